@@ -1,0 +1,40 @@
+# Two commands: `make test` and `make bench`. Both create .venv on first use and reinstall
+# the project whenever pyproject.toml changes (the stamp file is older than it).
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+PRESET ?= quick
+DEVICE ?= auto
+# A CPU-only torch wheel lying on local disk (as on this project's CI machines) is preferred:
+# it installs in seconds, where a plain `pip install torch` may pull a multi-GB CUDA build.
+# Override with `make test TORCH_WHEEL=` to let pip choose.
+TORCH_WHEEL ?= $(firstword $(wildcard /opt/wheels/torch-*+cpu-*.whl))
+
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export HF_DATASETS_OFFLINE := 1
+
+.PHONY: test bench lint install clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	if [ -n "$(TORCH_WHEEL)" ] && ! $(BIN)/python -c "import torch" 2>/dev/null; then \
+		$(BIN)/pip install -q "$(TORCH_WHEEL)"; fi
+	$(BIN)/pip install -q -e '.[hf,dev,notebooks]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests benchmarks
+
+test: lint
+	MLCORE_QUICK=1 $(BIN)/python -m pytest tests -q
+	MLCORE_QUICK=1 $(BIN)/python -m pytest --nbmake notebooks -q
+
+bench: $(STAMP)
+	$(BIN)/python -m benchmarks --preset $(PRESET) --device $(DEVICE)
+
+clean:
+	rm -rf $(VENV) reports .pytest_cache .ruff_cache
