@@ -1,0 +1,1 @@
+"""The mlcore benchmark suite: one module per topic, run with ``python -m benchmarks``."""

@@ -1,0 +1,54 @@
+"""Peak tensor memory of one call.
+
+CUDA: the caching allocator's own peak counter (``max_memory_allocated``), reset before the call,
+minus what was allocated before it: exactly the bytes of live tensors at the worst moment.
+
+CPU: torch has no peak counter for its CPU allocator, and process RSS is blurred by glibc's
+arenas (freed pages are reused without showing up). We therefore replay the allocation record of
+the PyTorch profiler (``profile_memory=True``): each operator's own net allocation and each free,
+in time order; the running sum's maximum is the peak. This is honest at operator granularity: a
+temporary buffer that one aten op allocates and frees internally is not seen.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+
+def _cpu_peak(fn: Callable[[], object]) -> int:
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        result = fn()
+        del result  # outputs count while alive; freeing them afterwards does not lower the peak
+    deltas: list[tuple[float, int]] = []
+    for event in prof.events():
+        if event.name == "[memory]":  # a free (or allocation) outside any operator
+            deltas.append((event.time_range.start, event.cpu_memory_usage))
+        elif event.self_cpu_memory_usage:
+            deltas.append((event.time_range.start, event.self_cpu_memory_usage))
+    deltas.sort(key=lambda d: d[0])
+    running = peak = 0
+    for _, delta in deltas:
+        running += delta
+        peak = max(peak, running)
+    return int(peak)
+
+
+def peak_memory(fn: Callable[[], object], *, device: torch.device | str = "cpu") -> int:
+    """Bytes of tensor memory at the peak of ``fn()`` above what was live before it."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        with torch.cuda.device(device):
+            torch.cuda.synchronize()
+            before = torch.cuda.memory_allocated()
+            torch.cuda.reset_peak_memory_stats()
+            result = fn()
+            torch.cuda.synchronize()
+            peak = torch.cuda.max_memory_allocated() - before
+            del result
+        return int(peak)
+    if device.type != "cpu":
+        raise ValueError(f"device must be 'cpu' or 'cuda', got {device}")
+    return _cpu_peak(fn)

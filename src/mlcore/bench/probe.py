@@ -1,0 +1,141 @@
+"""Machine probe: what this machine is, and the ceilings it reaches *measured in this run*.
+
+The ceilings are the denominators of every roofline fraction in the report:
+
+- read bandwidth: ``x.sum()`` over a buffer several times the last-level cache;
+- copy bandwidth: ``dst.copy_(src)`` (bytes read + bytes written);
+- batch-1 matmul (GEMV) bandwidth per dtype, with a weight larger than the last-level cache:
+  token-by-token decoding reads every weight once per token, so this is its practical ceiling;
+- matmul throughput (FLOP/s) per dtype, ``2 n^3`` FLOPs for an ``n x n`` product.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from .timing import time_fn
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass
+class Probe:
+    """Facts and measured ceilings of one machine (GB/s are 1e9 bytes per second)."""
+
+    device: str
+    device_name: str
+    cpu_model: str
+    cpu_count: int
+    cache_bytes: dict[str, int]
+    torch_version: str
+    torch_threads: int
+    read_gbs: float = 0.0
+    copy_gbs: float = 0.0
+    gemv_gbs: dict[str, float] = field(default_factory=dict)
+    matmul_flops: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @property
+    def last_level_cache(self) -> int:
+        return max(self.cache_bytes.values(), default=32 * 2**20)
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _parse_size(text: str) -> int:
+    text = text.strip().upper()
+    scale = {"K": 2**10, "M": 2**20, "G": 2**30}.get(text[-1:], 1)
+    return int(text.rstrip("KMG")) * scale
+
+
+def _cpu_caches() -> dict[str, int]:
+    """Cache sizes per level from sysfs, e.g. {"L1d": 49152, "L2": 2097152, "L3": 33554432}."""
+    caches: dict[str, int] = {}
+    root = Path("/sys/devices/system/cpu/cpu0/cache")
+    for index in sorted(root.glob("index*")):
+        try:
+            level = (index / "level").read_text().strip()
+            kind = (index / "type").read_text().strip()
+            size = _parse_size((index / "size").read_text())
+        except (OSError, ValueError):
+            continue
+        name = f"L{level}" + ({"Data": "d", "Instruction": "i"}.get(kind, ""))
+        caches[name] = size
+    return caches
+
+
+def describe_machine(device: torch.device) -> Probe:
+    """The static facts, no measurement."""
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_model()
+    return Probe(
+        device=str(device),
+        device_name=name,
+        cpu_model=_cpu_model(),
+        cpu_count=os.cpu_count() or 1,
+        cache_bytes=_cpu_caches(),
+        torch_version=torch.__version__,
+        torch_threads=torch.get_num_threads(),
+    )
+
+
+def _buffer_bytes(probe: Probe, quick: bool) -> int:
+    """A working set well past the last-level cache (4x), so we measure DRAM, not cache."""
+    floor = 64 * 2**20 if quick else 256 * 2**20
+    if probe.device.startswith("cuda"):
+        floor = 1 * 2**30  # GPU L2 is tens of MB; 1 GiB is safely DRAM/HBM
+    return max(floor, 4 * probe.last_level_cache)
+
+
+def _measure(fn, device: torch.device, quick: bool) -> float:
+    return time_fn(fn, device=device, warmup=1, min_run_time=0.1 if quick else 0.5).median
+
+
+def _bandwidths(device: torch.device, nbytes: int, quick: bool) -> tuple[float, float]:
+    src = torch.ones(nbytes // 4, dtype=torch.float32, device=device)
+    dst = torch.empty_like(src)
+    read = nbytes / _measure(lambda: src.sum(), device, quick) / 1e9
+    copy = 2 * nbytes / _measure(lambda: dst.copy_(src), device, quick) / 1e9
+    return read, copy
+
+
+def _gemv_gbs(device: torch.device, dtype: torch.dtype, nbytes: int, quick: bool) -> float:
+    k = 4096
+    rows = max(nbytes // (k * dtype.itemsize), k)
+    weight = torch.randn(rows, k, device=device).to(dtype)
+    x = torch.randn(k, device=device).to(dtype)
+    return weight.numel() * dtype.itemsize / _measure(lambda: weight @ x, device, quick) / 1e9
+
+
+def _matmul_flops(device: torch.device, dtype: torch.dtype, quick: bool) -> float:
+    size = (4096 if quick else 8192) if device.type == "cuda" else (1024 if quick else 2048)
+    a = torch.randn(size, size, device=device).to(dtype)
+    b = torch.randn(size, size, device=device).to(dtype)
+    return 2 * size**3 / _measure(lambda: a @ b, device, quick)
+
+
+def probe_machine(device: torch.device | str = "cpu", *, quick: bool = True) -> Probe:
+    """Describe the machine and measure its bandwidth and matmul ceilings on ``device``."""
+    device = torch.device(device)
+    probe = describe_machine(device)
+    nbytes = _buffer_bytes(probe, quick)
+    probe.read_gbs, probe.copy_gbs = _bandwidths(device, nbytes, quick)
+    dtypes = ["float32", "bfloat16"] + (["float16"] if device.type == "cuda" else [])
+    for name in dtypes:
+        probe.gemv_gbs[name] = _gemv_gbs(device, _DTYPES[name], nbytes, quick)
+        probe.matmul_flops[name] = _matmul_flops(device, _DTYPES[name], quick)
+    return probe

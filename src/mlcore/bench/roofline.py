@@ -1,0 +1,39 @@
+"""Roofline: achieved throughput as a fraction of the probed ceilings (Williams et al. 2009).
+
+A kernel that does ``flops`` operations and moves ``bytes_moved`` bytes in ``seconds`` reaches
+``flops / seconds`` FLOP/s and ``bytes_moved / seconds`` B/s; its arithmetic intensity
+``flops / bytes_moved`` tells which ceiling binds: ``min(peak_flops, intensity * peak_bw)``.
+"""
+
+from __future__ import annotations
+
+from .probe import Probe
+
+
+def roofline(
+    *,
+    seconds: float,
+    probe: Probe,
+    flops: float | None = None,
+    bytes_moved: float | None = None,
+    dtype: str = "float32",
+) -> dict[str, float]:
+    """Achieved GFLOP/s and GB/s with their fractions of this machine's measured ceilings.
+
+    Bandwidth is compared with the read-bandwidth ceiling (or the GEMV ceiling of ``dtype``
+    when one was probed, being the more demanding practical limit of streaming weights).
+    """
+    if seconds <= 0:
+        raise ValueError(f"seconds must be > 0, got {seconds}")
+    out: dict[str, float] = {}
+    if flops is not None:
+        peak = probe.matmul_flops.get(dtype) or max(probe.matmul_flops.values(), default=0.0)
+        out["gflops"] = flops / seconds / 1e9
+        out["frac_peak_flops"] = flops / seconds / peak if peak else float("nan")
+    if bytes_moved is not None:
+        peak_bw = max(probe.read_gbs, probe.gemv_gbs.get(dtype, 0.0))
+        out["gbs"] = bytes_moved / seconds / 1e9
+        out["frac_peak_bw"] = out["gbs"] / peak_bw if peak_bw else float("nan")
+    if flops is not None and bytes_moved:
+        out["intensity"] = flops / bytes_moved
+    return out

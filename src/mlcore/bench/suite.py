@@ -1,0 +1,112 @@
+"""The suite runner behind ``python -m benchmarks``: discover topics, run them, write the report.
+
+A topic is a module ``benchmarks/<name>.py`` with ``run(ctx) -> Iterable[Result]`` and optional
+``PLOTS`` and ``DESCRIPTION``. A topic that raises is recorded as failed; the others still run.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import importlib
+import pkgutil
+import traceback
+from pathlib import Path
+from types import ModuleType
+
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+from .probe import probe_machine
+from .report import write_report
+from .schema import Context, Plot, Result
+
+PRESETS = ("quick", "full")
+
+
+class SuiteError(Exception):
+    """A problem with how the suite was asked to run (reported as one line, exit code 2)."""
+
+
+def discover(package: str = "benchmarks") -> list[str]:
+    """Names of the topic modules in ``package`` (files not starting with an underscore)."""
+    pkg = importlib.import_module(package)
+    return sorted(m.name for m in pkgutil.iter_modules(pkg.__path__) if not m.name.startswith("_"))
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda":
+        if not torch.cuda.is_available():
+            raise SuiteError("--device cuda was asked for, but torch sees no CUDA GPU on this machine")
+        return torch.device("cuda")
+    if name == "cpu":
+        return torch.device("cpu")
+    raise SuiteError(f"--device must be auto, cpu or cuda, got {name!r}")
+
+
+def prepare_out_dir(base: Path) -> Path:
+    """``base/<timestamp>``, created and proven writable before any benchmark runs."""
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    out = base / stamp
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe_file = out / ".write-test"
+        probe_file.write_text("ok")
+        probe_file.unlink()
+    except OSError as exc:
+        raise SuiteError(f"--out {base} is not writable: {exc.strerror or exc}") from None
+    return out
+
+
+def run_suite(
+    names: list[str] | None = None,
+    *,
+    device: str = "auto",
+    preset: str = "quick",
+    out: Path = Path("reports"),
+    package: str = "benchmarks",
+    console: Console | None = None,
+) -> Path:
+    """Run the named topics (all when empty) and return the report folder."""
+    console = console or Console()
+    if preset not in PRESETS:
+        raise SuiteError(f"--preset must be one of {', '.join(PRESETS)}, got {preset!r}")
+    available = discover(package)
+    names = names or available
+    unknown = [n for n in names if n not in available]
+    if unknown:
+        raise SuiteError(f"unknown benchmark(s) {', '.join(unknown)}; available: {', '.join(available)}")
+    dev = resolve_device(device)
+    out_dir = prepare_out_dir(Path(out))
+    started = dt.datetime.now().isoformat(timespec="seconds")
+
+    results: list[Result] = []
+    failures: dict[str, str] = {}
+    plots: dict[str, list[Plot]] = {}
+    columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+               TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=False) as progress:
+        task = progress.add_task("probing the machine", total=len(names) + 1)
+        probe = probe_machine(dev, quick=preset == "quick")
+        progress.advance(task)
+        ctx = Context(device=dev, preset=preset, probe=probe, out_dir=out_dir)
+        for name in names:
+            progress.update(task, description=f"[bold]{name}[/bold]")
+            try:
+                module: ModuleType = importlib.import_module(f"{package}.{name}")
+                plots[name] = list(getattr(module, "PLOTS", []))
+                for result in module.run(ctx):
+                    results.append(result)
+                    progress.update(task, description=f"[bold]{name}[/bold] {result.name} {result.params}")
+            except Exception:  # a failing topic is reported, the suite goes on
+                failures[name] = traceback.format_exc()
+                console.print(f"[red]benchmark {name} failed[/red]: {traceback.format_exc(limit=1).splitlines()[-1]}")
+            progress.advance(task)
+
+    meta = {"preset": preset, "device": str(dev), "started": started, "names": names}
+    report = write_report(out_dir, probe=probe, results=results, failures=failures, plots=plots, meta=meta)
+    status = f"{len(names) - len(failures)}/{len(names)} benchmarks ok"
+    console.print(f"[bold]{status}[/bold], {len(results)} results; report: {report}")
+    return out_dir

@@ -1,0 +1,82 @@
+"""Wall-clock timing that a reader can trust.
+
+CPU: ``torch.utils.benchmark.Timer`` (it handles warm-up of its own, picks the number of loops
+per measurement and reports median and interquartile range). We pass the current thread count
+explicitly: the Timer defaults to one thread, which would silently under-state a multi-core CPU.
+
+CUDA: CUDA events around each call with a synchronize, after explicit warm-up, since host timers
+only measure the kernel *launch* unless the stream is synchronized.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.utils.benchmark as tbench
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Median and interquartile range of one call, in seconds, over ``runs`` measurements."""
+
+    median: float
+    iqr: float
+    runs: int
+
+
+def _quantile(sorted_xs: list[float], q: float) -> float:
+    if len(sorted_xs) == 1:
+        return sorted_xs[0]
+    pos = q * (len(sorted_xs) - 1)
+    lo = int(pos)
+    hi = min(lo + 1, len(sorted_xs) - 1)
+    return sorted_xs[lo] + (sorted_xs[hi] - sorted_xs[lo]) * (pos - lo)
+
+
+def _time_cuda(fn: Callable[[], object], warmup: int, min_run_time: float, device: torch.device) -> Timing:
+    with torch.cuda.device(device):
+        for _ in range(warmup):
+            fn()
+        torch.cuda.synchronize()
+        times: list[float] = []
+        total = 0.0
+        while total < min_run_time or len(times) < 5:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            elapsed = start.elapsed_time(end) / 1e3  # ms -> s
+            times.append(elapsed)
+            total += elapsed
+            if len(times) >= 1000:
+                break
+    times.sort()
+    return Timing(statistics.median(times), _quantile(times, 0.75) - _quantile(times, 0.25), len(times))
+
+
+def time_fn(
+    fn: Callable[[], object],
+    *,
+    device: torch.device | str = "cpu",
+    warmup: int = 2,
+    min_run_time: float = 0.2,
+) -> Timing:
+    """Time ``fn()`` on ``device``; returns the median and IQR of one call in seconds.
+
+    ``warmup`` calls run first (lazy initialisation, caches, autotuning); measurements then
+    continue until ``min_run_time`` seconds have been spent.
+    """
+    device = torch.device(device)
+    if warmup < 0 or min_run_time <= 0:
+        raise ValueError(f"warmup must be >= 0 and min_run_time > 0, got {warmup} and {min_run_time}")
+    if device.type == "cuda":
+        return _time_cuda(fn, warmup, min_run_time, device)
+    for _ in range(warmup):
+        fn()
+    timer = tbench.Timer(stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
+    m = timer.blocked_autorange(min_run_time=min_run_time)
+    return Timing(m.median, m.iqr, len(m.times))

@@ -1,0 +1,147 @@
+"""The benchmark harness measures what it says, and the suite survives bad input and failing topics."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from mlcore.bench import Plot, Result, describe_machine, peak_memory, roofline, run_suite, time_fn
+from mlcore.bench.report import write_report
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_time_fn_measures_a_known_sleep():
+    t = time_fn(lambda: time.sleep(0.01), warmup=1, min_run_time=0.1)
+    assert 0.009 < t.median < 0.03
+    assert t.runs >= 3 and t.iqr >= 0
+
+
+def test_time_fn_rejects_bad_arguments():
+    with pytest.raises(ValueError, match="min_run_time"):
+        time_fn(lambda: None, min_run_time=0)
+
+
+def test_peak_memory_counts_live_tensor_bytes():
+    x = torch.randn(512, 512)
+    assert peak_memory(lambda: x @ x) == 512 * 512 * 4  # exactly the output
+
+    def two_live_then_one():
+        a = torch.empty(1000, 1000)  # 4 MB
+        b = torch.empty(500, 1000)  # 2 MB, both alive: 6 MB
+        del a
+        return b
+
+    assert peak_memory(two_live_then_one) == 6_000_000
+
+
+def test_peak_memory_rejects_unknown_device():
+    with pytest.raises(ValueError, match="device"):
+        peak_memory(lambda: None, device="meta")
+
+
+def test_roofline_fractions():
+    probe = describe_machine(torch.device("cpu"))
+    probe.read_gbs, probe.matmul_flops = 100.0, {"float32": 1e12}
+    out = roofline(seconds=0.5, flops=2e11, bytes_moved=10e9, probe=probe)
+    assert out["gflops"] == pytest.approx(400.0)
+    assert out["frac_peak_flops"] == pytest.approx(0.4)
+    assert out["gbs"] == pytest.approx(20.0)
+    assert out["frac_peak_bw"] == pytest.approx(0.2)
+    assert out["intensity"] == pytest.approx(20.0)
+    with pytest.raises(ValueError, match="seconds"):
+        roofline(seconds=0, flops=1, probe=probe)
+
+
+def test_result_ratio_is_mlcore_over_twin():
+    r = Result("b", "x", {"T": 1}, "cpu", "float32", median=3.0, spread=0.1, twin="torch", twin_median=1.5)
+    assert r.ratio == pytest.approx(2.0)
+
+
+def test_describe_machine_reads_real_facts():
+    probe = describe_machine(torch.device("cpu"))
+    assert probe.cpu_count >= 1 and probe.torch_threads >= 1
+    assert probe.torch_version == torch.__version__
+
+
+def test_report_writer(tmp_path):
+    probe = describe_machine(torch.device("cpu"))
+    probe.read_gbs, probe.copy_gbs = 10.0, 8.0
+    results = [
+        Result("demo", "impl", {"impl": name, "T": T}, "cpu", "float32", T * k, 0.0, memory_bytes=T * 1024)
+        for name, k in (("a", 1.0), ("b", 2.0))
+        for T in (1, 2, 4)
+    ]
+    plots = {"demo": [Plot(name="time", x="T", series="impl")]}
+    report = write_report(tmp_path, probe=probe, results=results, failures={"broken": "Traceback: boom"},
+                          plots=plots, meta={"preset": "quick", "started": "now"})
+    text = report.read_text()
+    assert "## demo" in text and "## broken" in text and "FAILED" in text and "boom" in text
+    assert (tmp_path / "demo_time.png").stat().st_size > 1000
+    data = json.loads((tmp_path / "results.json").read_text())
+    assert len(data["results"]) == 6 and "broken" in data["failures"]
+
+
+@pytest.fixture()
+def fake_suite(tmp_path, monkeypatch):
+    pkg = tmp_path / "fakebench"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "good.py").write_text(textwrap.dedent("""
+        from mlcore.bench import Result
+        def run(ctx):
+            yield Result("good", "x", {"n": 1}, str(ctx.device), None, 1.0, 0.0)
+    """))
+    (pkg / "bad.py").write_text("def run(ctx):\n    raise RuntimeError('deliberate failure')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr("mlcore.bench.suite.probe_machine", lambda dev, quick: describe_machine(dev))
+    return tmp_path
+
+
+def test_failing_topic_is_reported_and_others_run(fake_suite):
+    out = run_suite(device="cpu", out=fake_suite / "reports", package="fakebench")
+    data = json.loads((out / "results.json").read_text())
+    assert [r["benchmark"] for r in data["results"]] == ["good"]
+    assert "deliberate failure" in data["failures"]["bad"]
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "benchmarks", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120)
+
+
+def test_cli_unknown_name_is_one_clear_line():
+    proc = _cli("no_such_topic")
+    assert proc.returncode == 2
+    assert "unknown benchmark" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU message")
+def test_cli_cuda_without_gpu():
+    proc = _cli("roofline", "--device", "cuda")
+    assert proc.returncode == 2 and "no CUDA GPU" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_cli_unwritable_out(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    proc = _cli("roofline", "--out", str(blocker / "sub"))
+    assert proc.returncode == 2 and "not writable" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_roofline_suite_end_to_end(tmp_path):
+    proc = _cli("roofline", "--device", "cpu", "--out", str(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    (report_dir,) = list(tmp_path.iterdir())
+    data = json.loads((report_dir / "results.json").read_text())
+    assert data["probe"]["read_gbs"] > 0 and data["probe"]["matmul_flops"]["float32"] > 0
+    matmul = [r for r in data["results"] if r["name"] == "torch.matmul"]
+    assert matmul and all(0 < r["extra"]["frac_peak_flops"] < 3 for r in matmul)
+    assert (report_dir / "roofline_matmul_gflops_vs_n.png").exists()
