@@ -1,0 +1,245 @@
+"""Multi-head self-attention with grouped-query (GQA) and multi-query (MQA) key/value heads.
+
+Vaswani et al. 2017 (multi-head), Shazeer 2019 (MQA: one K/V head), Ainslie et al. 2023 (GQA: Hkv groups):
+
+    Q = x W_q  -> (B, H,   T, D)        H query heads of head_dim D
+    K = x W_k  -> (B, Hkv, T, D)        Hkv key/value heads, H % Hkv == 0; each serves G = H / Hkv query heads
+    V = x W_v  -> (B, Hkv, T, D)
+    head_h = softmax(Q_h K_g^T / sqrt(D) + M) V_g     with g = h // G
+    out    = concat(head_1 .. head_H) W_o  -> (B, T, C)
+
+The KV cache holds K and V only, so GQA shrinks it by a factor G. Positions enter through RoPE (rotating
+Q and K, Su et al. 2021) or ALiBi (a linear bias ``slope_h * (j - i)`` on the scores, Press et al. 2021).
+Parameter names follow Llama (``q_proj``, ``k_proj``, ``v_proj``, ``o_proj``) so checkpoints map one to one.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .masks import causal_mask, combine_masks, sliding_window_mask
+from .naive import scaled_dot_product_attention
+
+__all__ = ["MultiHeadAttention"]
+
+BACKENDS = ("naive", "flash", "torch")
+
+
+def _cache_length(cache: Any, layer_idx: int) -> int:
+    """Tokens already held by ``cache`` for this layer (0 without a cache or a ``get_seq_length`` method)."""
+    if cache is None or not hasattr(cache, "get_seq_length"):
+        return 0
+    try:
+        return int(cache.get_seq_length(layer_idx))
+    except TypeError:
+        return int(cache.get_seq_length())
+
+
+class MultiHeadAttention(nn.Module):
+    """Self-attention over (B, T, C) with H query heads and Hkv key/value heads.
+
+    Args:
+        d_model: C, the model width.
+        n_heads: H, query heads. n_kv_heads: Hkv (default H; 1 = MQA), must divide H.
+        head_dim: D (default C // H).
+        qkv_bias, out_bias: biases on the Q/K/V projections and on the output projection.
+        fused_qkv: one ``qkv_proj`` of width (H + 2 Hkv) D instead of q_proj, k_proj, v_proj.
+        dropout: dropout on the attention weights while training.
+        rope: a ``mlcore.positional.RotaryEmbedding`` (``rope(position_ids) -> (cos, sin)``), or None.
+        alibi: add ALiBi's per-head linear bias ``slope_h * (j - i)`` to the scores.
+        sliding_window: each query sees only the last ``sliding_window`` keys, itself included (Mistral).
+        causal: mask future keys (decoder); False for an encoder (BERT).
+        backend: "naive" (mlcore's written-out SDPA), "flash" (mlcore's tiled FlashAttention) or
+            "torch" (``torch.nn.functional.scaled_dot_product_attention``, the ecosystem twin).
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        n_heads: int,
+        *,
+        n_kv_heads: int | None = None,
+        head_dim: int | None = None,
+        qkv_bias: bool = False,
+        out_bias: bool = False,
+        fused_qkv: bool = False,
+        dropout: float = 0.0,
+        rope: nn.Module | None = None,
+        alibi: bool = False,
+        sliding_window: int | None = None,
+        causal: bool = True,
+        backend: str = "naive",
+    ) -> None:
+        super().__init__()
+        for name, n in (("d_model", d_model), ("n_heads", n_heads)):
+            if not isinstance(n, int) or n < 1:
+                raise ValueError(f"{name} must be a positive int, got {n!r}")
+        n_kv_heads = n_heads if n_kv_heads is None else n_kv_heads
+        if not isinstance(n_kv_heads, int) or n_kv_heads < 1 or n_heads % n_kv_heads != 0:
+            raise ValueError(f"n_kv_heads must be a positive divisor of n_heads={n_heads}, got {n_kv_heads!r}")
+        if head_dim is None:
+            if d_model % n_heads != 0:
+                raise ValueError(f"d_model={d_model} is not divisible by n_heads={n_heads}; pass head_dim")
+            head_dim = d_model // n_heads
+        if not isinstance(head_dim, int) or head_dim < 1:
+            raise ValueError(f"head_dim must be a positive int, got {head_dim!r}")
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
+        if sliding_window is not None and (not isinstance(sliding_window, int) or sliding_window < 1):
+            raise ValueError(f"sliding_window must be a positive int or None, got {sliding_window!r}")
+        if sliding_window is not None and not causal:
+            raise ValueError("sliding_window needs causal=True (a Mistral-style window looks back only)")
+        if rope is not None and alibi:
+            raise ValueError("choose one of rope and alibi, not both")
+        self.d_model, self.n_heads, self.n_kv_heads, self.head_dim = d_model, n_heads, n_kv_heads, head_dim
+        self.fused_qkv, self.dropout, self.causal, self.backend = fused_qkv, dropout, causal, backend
+        self.sliding_window = sliding_window
+        q_dim, kv_dim = n_heads * head_dim, n_kv_heads * head_dim
+        if fused_qkv:
+            self.qkv_proj = nn.Linear(d_model, q_dim + 2 * kv_dim, bias=qkv_bias)
+        else:
+            self.q_proj = nn.Linear(d_model, q_dim, bias=qkv_bias)
+            self.k_proj = nn.Linear(d_model, kv_dim, bias=qkv_bias)
+            self.v_proj = nn.Linear(d_model, kv_dim, bias=qkv_bias)
+        self.o_proj = nn.Linear(q_dim, d_model, bias=out_bias)
+        self.rope = rope
+        self.alibi = alibi
+
+    def extra_repr(self) -> str:
+        return (f"n_heads={self.n_heads}, n_kv_heads={self.n_kv_heads}, head_dim={self.head_dim}, "
+                f"causal={self.causal}, sliding_window={self.sliding_window}, backend={self.backend!r}")
+
+    # -- pieces of the forward pass ---------------------------------------------------------------
+
+    def project(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """x (B, T, C) -> q (B, H, T, D), k (B, Hkv, T, D), v (B, Hkv, T, D)."""
+        B, T, _ = x.shape
+        H, Hkv, D = self.n_heads, self.n_kv_heads, self.head_dim
+        if self.fused_qkv:
+            q, k, v = self.qkv_proj(x).split([H * D, Hkv * D, Hkv * D], dim=-1)
+        else:
+            q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        q = q.view(B, T, H, D).transpose(1, 2)
+        k = k.view(B, T, Hkv, D).transpose(1, 2)
+        v = v.view(B, T, Hkv, D).transpose(1, 2)
+        return q, k, v
+
+    def rotate(self, q: Tensor, k: Tensor, position_ids: Tensor) -> tuple[Tensor, Tensor]:
+        """Apply RoPE at ``position_ids`` (B, T) to q (B, H, T, D) and k (B, Hkv, T, D)."""
+        from mlcore.positional import apply_rotary
+
+        cos, sin = self.rope(position_ids)  # each (B, T, D)
+        interleaved = bool(getattr(self.rope, "interleaved", False))
+        return (apply_rotary(q, cos, sin, interleaved=interleaved),
+                apply_rotary(k, cos, sin, interleaved=interleaved))
+
+    def build_mask(
+        self, attention_mask: Tensor | None, B: int, T: int, Tk: int, device: torch.device, *, with_causal: bool = True
+    ) -> Tensor | None:
+        """One mask broadcastable to (B, H, T, Tk): bool (True = attend), or additive float with ALiBi / a float mask.
+
+        Combines the user's mask (a (B, Tk) 0/1 padding mask, or a full bool/additive (B|1, H|1, T|1, Tk) mask),
+        the causal or sliding-window mask (bottom-right aligned, the queries are the last T of Tk positions;
+        a plain causal mask is left out when ``with_causal`` is False, for backends given ``is_causal``)
+        and ALiBi's bias.
+        """
+        user = None
+        if attention_mask is not None:
+            if attention_mask.dim() == 2:
+                if tuple(attention_mask.shape) != (B, Tk):
+                    raise ValueError(f"attention_mask (padding) must have shape (B, Tk) = ({B}, {Tk}) covering "
+                                     f"cached and new keys, got {tuple(attention_mask.shape)}")
+                user = (attention_mask != 0)[:, None, None, :]  # (B, 1, 1, Tk)
+            elif attention_mask.dim() == 4:
+                shape = tuple(attention_mask.shape)
+                if not all(s in (1, t) for s, t in zip(shape, (B, self.n_heads, T, Tk))):
+                    raise ValueError(f"attention_mask of shape {shape} is not broadcastable to "
+                                     f"(B, H, T, Tk) = {(B, self.n_heads, T, Tk)}")
+                if not (attention_mask.dtype == torch.bool or attention_mask.dtype.is_floating_point):
+                    raise ValueError(f"a 4-D attention_mask must be bool or float, got {attention_mask.dtype}")
+                user = attention_mask
+            else:
+                raise ValueError("attention_mask must be (B, Tk) padding or a 4-D mask broadcastable to "
+                                 f"(B, H, T, Tk), got shape {tuple(attention_mask.shape)}")
+            user = user.to(device)
+        structural = None
+        if self.sliding_window is not None:
+            structural = sliding_window_mask(T, Tk, window=self.sliding_window, device=device)
+        elif self.causal and with_causal:
+            structural = causal_mask(T, Tk, device=device)
+        bias = None
+        if self.alibi:
+            from mlcore.positional import alibi_bias
+
+            bias = alibi_bias(self.n_heads, T, Tk, device=device)  # (H, T, Tk): slope_h * (j - i), i bottom-right
+        return combine_masks(user, structural, bias)
+
+    # -- forward ----------------------------------------------------------------------------------
+
+    def forward(
+        self,
+        x: Tensor,
+        *,
+        attention_mask: Tensor | None = None,
+        position_ids: Tensor | None = None,
+        cache: Any = None,
+        layer_idx: int = 0,
+        return_weights: bool = False,
+    ) -> Tensor | tuple[Tensor, Tensor]:
+        """x (B, T, C) -> (B, T, C), or ``(out, weights (B, H, T, Tk))`` with ``return_weights`` (naive backend).
+
+        attention_mask: (B, Tk) with 1 = token, 0 = pad, over all keys (cached and new); or a full bool
+            (True = attend) / additive mask broadcastable to (B, H, T, Tk), 4-D.
+        position_ids: (B, T) positions for RoPE; default ``arange(P, P + T)`` after the P cached tokens.
+        cache: anything with ``update(layer_idx, k_new, v_new) -> (k, v)`` returning all keys/values
+            (B, Hkv, Tk, D); its ``get_seq_length(layer_idx)`` (if any) gives P.
+        """
+        if not isinstance(x, Tensor) or x.dim() != 3 or x.shape[-1] != self.d_model:
+            raise ValueError(f"x must be (B, T, C={self.d_model}), got {getattr(x, 'shape', type(x))}")
+        if return_weights and self.backend != "naive":
+            raise ValueError(f"return_weights needs backend='naive', got backend={self.backend!r}")
+        B, T, _ = x.shape
+        q, k, v = self.project(x)
+
+        if self.rope is not None:
+            if position_ids is None:
+                past = _cache_length(cache, layer_idx)
+                position_ids = torch.arange(past, past + T, device=x.device).unsqueeze(0)
+            if position_ids.dim() != 2 or position_ids.shape[-1] != T or position_ids.shape[0] not in (1, B):
+                raise ValueError(f"position_ids must be (B, T) = ({B}, {T}), got {tuple(position_ids.shape)}")
+            q, k = self.rotate(q, k, position_ids.expand(B, T))
+
+        if cache is not None:
+            k, v = cache.update(layer_idx, k, v)  # all keys/values so far: (B, Hkv, Tk, D)
+        Tk = k.shape[2]
+        # mlcore's kernels take is_causal bottom-right aligned (flash skips blocks above the diagonal);
+        # torch's is_causal is top-left aligned, so the torch backend gets the causal mask spelled out.
+        is_causal = self.causal and self.sliding_window is None and self.backend != "torch"
+        mask = self.build_mask(attention_mask, B, T, Tk, x.device, with_causal=not is_causal)
+        p = self.dropout if self.training else 0.0
+
+        if self.backend == "naive":
+            res = scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal, dropout_p=p,
+                                               return_weights=return_weights)
+            out, weights = res if return_weights else (res, None)
+        elif self.backend == "flash":
+            from .flash import flash_attention
+
+            out = flash_attention(q, k, v, attn_mask=mask, is_causal=is_causal, dropout_p=p)
+        else:
+            if mask is not None and mask.dtype != torch.bool:
+                mask = mask.to(q.dtype)  # torch wants a bool mask or one of the query's dtype
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p,
+                                                 enable_gqa=self.n_kv_heads != self.n_heads)
+            if mask is not None:  # some torch kernels give NaN where a row sees no key; mlcore's rule is zeros
+                sees = (mask if mask.dtype == torch.bool else mask > float("-inf")).any(dim=-1, keepdim=True)
+                out = torch.where(sees, out, torch.zeros((), dtype=out.dtype, device=out.device))
+
+        out = self.o_proj(out.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim))
+        return (out, weights) if return_weights else out

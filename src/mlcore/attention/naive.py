@@ -1,0 +1,124 @@
+"""Scaled dot-product attention, written out (Vaswani et al., "Attention Is All You Need", 2017, eq. 1).
+
+    Attention(Q, K, V) = softmax(Q K^T / sqrt(d) + M) V
+
+- ``Q K^T`` compares every query with every key: scores of shape (B, H, Tq, Tk).
+- Dividing by ``sqrt(d)`` keeps the scores' variance near 1 whatever the head dim ``d``, so the softmax
+  does not saturate (a dot product of two d-dim unit-variance vectors has variance d).
+- ``M`` is an additive mask: ``0`` where a query may look, ``-inf`` where it may not (causal, padding, window).
+- The softmax turns each row of scores into weights that sum to 1; the output is the weighted sum of values.
+
+Grouped-query attention (GQA, Ainslie et al. 2023; MQA, Shazeer 2019): ``Hkv`` key/value heads are shared by
+``G = H / Hkv`` query heads each. Instead of copying K and V ``G`` times (``repeat_interleave``), the query
+heads are viewed as ``(B, Hkv, G, Tq, D)`` and K/V as ``(B, Hkv, 1, Tk, D)``; broadcasting does the rest.
+
+This is the reference implementation: it materialises the full (Tq, Tk) weight matrix, which is what
+``flash.py`` avoids.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from ._checks import check_qkv, prepare_mask
+
+__all__ = ["scaled_dot_product_attention", "safe_softmax"]
+
+
+def safe_softmax(scores: Tensor, dim: int = -1) -> Tensor:
+    """softmax along ``dim``, written out, that returns zeros (not NaN) for a row that is all ``-inf``.
+
+    softmax(s)_j = exp(s_j - m) / sum_k exp(s_k - m), with m = max_k s_k subtracted for stability
+    (softmax is unchanged by a shift). If every entry is -inf, m = -inf and the textbook formula gives
+    0/0 = NaN; here such a row has nothing to attend to and gets weight zero everywhere.
+    """
+    if scores.shape[dim] == 0:  # no keys at all: nothing to weigh (the output of attention is then zeros)
+        return scores
+    m = scores.amax(dim=dim, keepdim=True).detach()  # the shift does not change the value, so no gradient
+    m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))  # an all -inf row: shift by 0, exp gives 0
+    p = torch.exp(scores - m)
+    total = p.sum(dim=dim, keepdim=True)
+    return p / torch.where(total > 0, total, torch.ones_like(total))
+
+
+def _causal_bias(Tq: int, Tk: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """(Tq, Tk) additive mask, bottom-right aligned: query i sees keys j <= i + (Tk - Tq)."""
+    i = torch.arange(Tq, device=device).unsqueeze(1)
+    j = torch.arange(Tk, device=device).unsqueeze(0)
+    bias = torch.zeros(Tq, Tk, dtype=dtype, device=device)
+    return bias.masked_fill(j > i + (Tk - Tq), float("-inf"))
+
+
+def _split_heads_of_mask(mask: Tensor, Hkv: int, G: int) -> Tensor:
+    """Additive mask broadcastable to (B, H, Tq, Tk) -> broadcastable to (B, Hkv, G, Tq, Tk)."""
+    while mask.dim() < 4:
+        mask = mask.unsqueeze(0)
+    b, h, tq, tk = mask.shape
+    if h == 1:
+        return mask.unsqueeze(2)  # (b, 1, 1, tq, tk)
+    return mask.reshape(b, Hkv, G, tq, tk)  # query head h = hkv * G + g
+
+
+def scaled_dot_product_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    *,
+    attn_mask: Tensor | None = None,
+    is_causal: bool = False,
+    scale: float | None = None,
+    dropout_p: float = 0.0,
+    return_weights: bool = False,
+    generator: torch.Generator | None = None,
+) -> Tensor | tuple[Tensor, Tensor]:
+    """softmax(scale * q k^T + mask) v, the full weight matrix written out.
+
+    Args:
+        q: (B, H, Tq, D) queries.
+        k: (B, Hkv, Tk, D) keys, with H % Hkv == 0 (Hkv == H: multi-head; 1 < Hkv < H: GQA; Hkv == 1: MQA).
+        v: (B, Hkv, Tk, Dv) values.
+        attn_mask: bool (True = attend) or additive float, broadcastable to (B, H, Tq, Tk).
+        is_causal: query i sees keys j <= i + Tk - Tq (bottom-right aligned, as KV-cached decoding needs;
+            torch's ``is_causal`` is top-left aligned and differs when Tq != Tk). Combines with ``attn_mask``.
+        scale: multiplies the scores; defaults to 1 / sqrt(D).
+        dropout_p: dropout on the attention weights (training semantics: applied whenever > 0, kept
+            weights scaled by 1 / (1 - p)), drawn from ``generator`` (or torch's global generator).
+        return_weights: also return the weights (B, H, Tq, Tk) that multiplied v (after dropout, as in
+            transformers' eager attention).
+
+    Returns:
+        (B, H, Tq, Dv) in q's dtype, or ``(out, weights)``. A query row that may attend to nothing gives zeros.
+        Scores and softmax are computed in at least fp32.
+    """
+    B, H, Hkv, Tq, Tk, D, Dv = check_qkv(q, k, v)
+    if not 0.0 <= float(dropout_p) < 1.0:
+        raise ValueError(f"dropout_p must be in [0, 1), got {dropout_p!r}")
+    G = H // Hkv
+    acc = torch.promote_types(q.dtype, torch.float32)  # fp32 math for fp16/bf16 inputs
+    scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
+
+    # Query heads that share one key/value head become a group axis: a view, K/V are never copied.
+    q5 = q.reshape(B, Hkv, G, Tq, D).to(acc)
+    k5 = k.unsqueeze(2).to(acc)  # (B, Hkv, 1, Tk, D)
+    v5 = v.unsqueeze(2).to(acc)  # (B, Hkv, 1, Tk, Dv)
+
+    scores = torch.matmul(q5, k5.transpose(-1, -2)) * scale  # (B, Hkv, G, Tq, Tk)
+    mask = prepare_mask(attn_mask, B=B, H=H, Tq=Tq, Tk=Tk, dtype=acc, device=q.device)
+    if mask is not None:
+        scores = scores + _split_heads_of_mask(mask, Hkv, G)
+    if is_causal:
+        scores = scores + _causal_bias(Tq, Tk, acc, q.device)
+
+    weights = safe_softmax(scores, dim=-1)  # each row sums to 1 (or is all zeros)
+    if dropout_p > 0.0:
+        keep = torch.rand(weights.shape, generator=generator, device=weights.device) >= dropout_p
+        weights = weights * keep / (1.0 - dropout_p)
+
+    out = torch.matmul(weights, v5)  # (B, Hkv, G, Tq, Dv)
+    out = out.reshape(B, H, Tq, Dv).to(q.dtype)
+    if return_weights:
+        return out, weights.reshape(B, H, Tq, Tk).to(q.dtype)
+    return out

@@ -1,0 +1,62 @@
+"""ALiBi: attention with linear biases (Press, Smith & Lewis, 2022, "Train Short, Test Long").
+
+No position enters the embeddings. Instead every head ``h`` adds a penalty linear in the query-key distance to
+its attention logits:
+
+    score(i, j) = q_i . k_j / sqrt(d) + m_h * (j - i),          j <= i (causal)
+
+The slopes form a geometric sequence. For ``n`` a power of two, ``m_h = 2^(-8h/n)`` for ``h = 1..n``
+(start ``2^(-8/n)``, ratio the same). For other ``n``, the paper's code takes the ``2^floor(log2 n)`` slopes of
+the nearest lower power of two and appends every other slope of the ``2 * 2^floor(log2 n)`` sequence
+(the odd powers) until there are ``n``. BLOOM (transformers' ``build_alibi_tensor``) does exactly this.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def _power_of_two_slopes(n: int) -> list[float]:
+    start = 2.0 ** (-8.0 / n)  # = 2^(-(2^-(log2(n) - 3)))
+    return [start ** (h + 1) for h in range(n)]
+
+
+def alibi_slopes(n_heads: int) -> torch.Tensor:
+    """Per-head ALiBi slopes ``(H,)`` float32, largest (steepest) first."""
+    if not isinstance(n_heads, int) or n_heads < 1:
+        raise ValueError(f"n_heads must be an int >= 1, got {n_heads!r}")
+    closest = 2 ** math.floor(math.log2(n_heads))
+    slopes = _power_of_two_slopes(closest)
+    if closest != n_heads:
+        extra = _power_of_two_slopes(2 * closest)[0::2]  # odd powers of 2^(-8 / 2n'), interleaving the first set
+        slopes += extra[: n_heads - closest]
+    return torch.tensor(slopes, dtype=torch.float32)
+
+
+def alibi_bias(
+    n_heads: int,
+    Tq: int,
+    Tk: int,
+    *,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """Additive ALiBi bias ``(H, Tq, Tk)``: ``slope_h * (j - i_aligned)`` with ``i_aligned = i + Tk - Tq``.
+
+    Queries are aligned bottom-right against the keys (the last query is the last key), as in KV-cached
+    decoding where ``Tq`` new queries follow ``Tk - Tq`` cached keys. The bias is 0 on the aligned diagonal and
+    negative for past keys; entries for future keys (positive) are meant to be removed by a causal mask.
+    Softmax ignores a constant per row, so this equals BLOOM's ``slope * j`` under a causal mask.
+    """
+    for name, v in (("Tq", Tq), ("Tk", Tk)):
+        if not isinstance(v, int) or v < 1:
+            raise ValueError(f"{name} must be an int >= 1, got {v!r}")
+    if Tq > Tk:
+        raise ValueError(f"Tq must be <= Tk (queries are the last Tq of the Tk positions), got Tq={Tq}, Tk={Tk}")
+    slopes = alibi_slopes(n_heads).to(device=device)
+    i = torch.arange(Tq, device=device) + (Tk - Tq)  # (Tq,) query positions among the keys
+    j = torch.arange(Tk, device=device)  # (Tk,)
+    distance = (j[None, :] - i[:, None]).float()  # (Tq, Tk): j - i, <= 0 for visible keys
+    return (slopes[:, None, None] * distance[None]).to(dtype)

@@ -1,0 +1,230 @@
+"""What every byte-level BPE tokenizer shares: the vocabulary built from merges, decoding, save/load.
+
+Byte-level BPE (Sennrich et al. 2016, "Neural Machine Translation of Rare Words with Subword Units";
+Radford et al. 2019, GPT-2) starts from the 256 single bytes, ids ``0..255``, and learns merges. A merge
+``(a, b) -> c`` says "the token ``a`` followed by the token ``b`` becomes the token ``c``", whose bytes are
+``bytes(a) + bytes(b)``. New tokens get ids ``256, 257, ...`` in the order they were learned, so a
+token's id is also its *rank* (its priority when encoding), as tiktoken requires.
+
+Rarely, a merge rebuilds bytes that already have a token (``"a" + "bc"`` after ``"ab" + "c"`` made
+``"abc"``); such a merge points at the existing id instead of minting a second token with the same bytes,
+so every token's bytes stay unique.
+
+Special tokens (``"<|endoftext|>"``) are not learned: they take the ids after the learned tokens.
+
+Saved format (UTF-8 text, one fact per line, readable in any editor)::
+
+    mlcore-bpe 1                     <- format name and version
+    pattern "<the split regex, JSON-quoted>"
+    special_tokens 1
+    4095 "<|endoftext|>"             <- id and JSON-quoted text
+    merges 3839
+    101 32 256                       <- a b -> id (one merge per line, in learning order)
+"""
+
+from __future__ import annotations
+
+import json
+import operator
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import TypeVar
+
+from .patterns import GPT4_PATTERN, compile_pattern
+
+FORMAT_NAME = "mlcore-bpe"
+FORMAT_VERSION = 1
+
+Pair = tuple[int, int]
+T = TypeVar("T", bound="BaseTokenizer")
+
+
+def corpus_too_small(made: int, needed: int, vocab_size: int) -> ValueError:
+    """The error both trainers raise when the corpus runs out of pairs before the vocabulary is full."""
+    return ValueError(
+        f"corpus too small for vocab_size={vocab_size}: only {made} merges were possible "
+        f"({needed} needed); use a larger text or a smaller vocab_size"
+    )
+
+
+class BaseTokenizer:
+    """Merges, vocabulary, special tokens and the split pattern; decoding and (de)serialisation.
+
+    ``merges`` maps ``(a, b) -> id`` in learning order. ``vocab[i]`` is the bytes of ordinary token ``i``;
+    ``ranks`` is its inverse ``bytes -> id`` (tiktoken's "mergeable ranks"). Special tokens take the ids
+    ``len(vocab) .. vocab_size - 1``.
+    """
+
+    def __init__(
+        self,
+        merges: Mapping[Pair, int] | Iterable[tuple[Pair, int]],
+        *,
+        pattern: str = GPT4_PATTERN,
+        special_tokens: Mapping[str, int] | None = None,
+    ) -> None:
+        self.pattern = pattern
+        self.compiled_pattern = compile_pattern(pattern)
+        items = list(merges.items()) if isinstance(merges, Mapping) else list(merges)
+        self.vocab: list[bytes] = [bytes([i]) for i in range(256)]
+        self.ranks: dict[bytes, int] = {b: i for i, b in enumerate(self.vocab)}
+        self.merges: dict[Pair, int] = {}
+        for n, ((a, b), new_id) in enumerate(items):
+            self._add_merge(n, a, b, new_id)
+        self.special_tokens: dict[str, int] = self._check_specials(dict(special_tokens or {}))
+        self.inverse_special: dict[int, str] = {i: s for s, i in self.special_tokens.items()}
+
+    # -- construction checks -------------------------------------------------------------------
+    def _add_merge(self, n: int, a: int, b: int, new_id: int) -> None:
+        size = len(self.vocab)
+        if not all(isinstance(x, int) for x in (a, b, new_id)):
+            raise ValueError(f"merges[{n}] must be ints (a, b) -> id, got ({a!r}, {b!r}) -> {new_id!r}")
+        if not (0 <= a < size and 0 <= b < size):
+            raise ValueError(f"merges[{n}] = ({a}, {b}) uses an id outside the {size} tokens known so far")
+        if (a, b) in self.merges:
+            raise ValueError(f"merges[{n}] = ({a}, {b}) appears twice")
+        joined = self.vocab[a] + self.vocab[b]
+        if new_id == size:  # a new token
+            if joined in self.ranks:
+                raise ValueError(
+                    f"merges[{n}] = ({a}, {b}) -> {new_id} repeats the bytes {joined!r} of token "
+                    f"{self.ranks[joined]}; token bytes must be unique"
+                )
+            self.vocab.append(joined)
+            self.ranks[joined] = new_id
+        elif 0 <= new_id < size and self.vocab[new_id] == joined:  # rebuilds an existing token
+            pass
+        else:
+            raise ValueError(
+                f"merges[{n}] = ({a}, {b}) -> {new_id}: expected the next new id {size} or an existing "
+                f"token with bytes {joined!r}"
+            )
+        self.merges[(a, b)] = new_id
+
+    def _check_specials(self, specials: dict[str, int]) -> dict[str, int]:
+        first = len(self.vocab)
+        expected = set(range(first, first + len(specials)))
+        for text in specials:
+            if not isinstance(text, str) or not text:
+                raise ValueError(f"special_tokens keys must be non-empty strings, got {text!r}")
+        if set(specials.values()) != expected:
+            raise ValueError(
+                f"special_tokens ids must be exactly {first}..{first + len(specials) - 1} (after the "
+                f"{first} ordinary tokens), got {sorted(specials.values())}"
+            )
+        return specials
+
+    # -- sizes and lookups -----------------------------------------------------------------------
+    @property
+    def vocab_size(self) -> int:
+        """All token ids: 256 bytes + learned tokens + special tokens."""
+        return len(self.vocab) + len(self.special_tokens)
+
+    @property
+    def num_ordinary(self) -> int:
+        """Ids below this are ordinary (byte or learned) tokens; the special tokens follow."""
+        return len(self.vocab)
+
+    def token_bytes(self, token_id: int) -> bytes:
+        """The bytes one token stands for (a special token's UTF-8 text)."""
+        if isinstance(token_id, bool) or not isinstance(token_id, int):
+            raise ValueError(f"token id must be an int, got {type(token_id).__name__} {token_id!r}")
+        if 0 <= token_id < len(self.vocab):
+            return self.vocab[token_id]
+        if token_id in self.inverse_special:
+            return self.inverse_special[token_id].encode("utf-8")
+        raise ValueError(f"token id {token_id} is out of range: expected 0 <= id < {self.vocab_size}")
+
+    # -- decoding --------------------------------------------------------------------------------
+    def decode_bytes(self, ids: Iterable[int]) -> bytes:
+        """Concatenate the bytes of ``ids``; this never fails on valid ids, even mid-character."""
+        return b"".join(self.token_bytes(_as_id(i)) for i in ids)
+
+    def decode(self, ids: Iterable[int]) -> str:
+        """Ids -> text. Byte sequences that are not valid UTF-8 become U+FFFD, never an exception."""
+        return self.decode_bytes(ids).decode("utf-8", errors="replace")
+
+    # -- save / load -----------------------------------------------------------------------------
+    def save(self, path: str | Path) -> None:
+        """Write the tokenizer in mlcore's text format (see the module docstring)."""
+        lines = [f"{FORMAT_NAME} {FORMAT_VERSION}", f"pattern {json.dumps(self.pattern)}"]
+        lines.append(f"special_tokens {len(self.special_tokens)}")
+        lines += [f"{i} {json.dumps(s)}" for s, i in sorted(self.special_tokens.items(), key=lambda x: x[1])]
+        lines.append(f"merges {len(self.merges)}")
+        lines += [f"{a} {b} {i}" for (a, b), i in self.merges.items()]
+        Path(path).write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+    @classmethod
+    def load(cls: type[T], path: str | Path) -> T:
+        """Read a file written by :meth:`save`; a corrupt file or another version raises ValueError."""
+        try:
+            lines = Path(path).read_text(encoding="utf-8").splitlines()
+        except UnicodeDecodeError as exc:
+            raise ValueError(f"{path}: not a UTF-8 text file ({exc})") from exc
+        return cls(**parse_saved(lines, str(path)))
+
+
+def _as_id(value: object) -> int:
+    """Accept Python, NumPy and 0-d torch integers; anything else is a ValueError."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    try:
+        return operator.index(value)  # type: ignore[arg-type]
+    except TypeError:
+        raise ValueError(f"token ids must be integers, got {type(value).__name__} {value!r}") from None
+
+
+def parse_saved(lines: Sequence[str], source: str) -> dict:
+    """Parse the lines of a saved tokenizer into the constructor's keyword arguments."""
+    pos = 0
+
+    def next_line(what: str) -> str:
+        nonlocal pos
+        if pos >= len(lines):
+            raise ValueError(f"{source}: file ends early, expected {what} at line {pos + 1}")
+        pos += 1
+        return lines[pos - 1]
+
+    def fail(what: str, line: str) -> ValueError:
+        return ValueError(f"{source}: line {pos} is {line!r}, expected {what}")
+
+    header = next_line("the header").split()
+    if len(header) != 2 or header[0] != FORMAT_NAME:
+        raise fail(f"the header '{FORMAT_NAME} {FORMAT_VERSION}'", " ".join(header))
+    if header[1] != str(FORMAT_VERSION):
+        raise ValueError(f"{source}: format version {header[1]!r} is not supported (expected {FORMAT_VERSION})")
+    try:
+        line = next_line("the pattern")
+        key, _, value = line.partition(" ")
+        if key != "pattern":
+            raise fail("'pattern \"...\"'", line)
+        pattern = json.loads(value)
+        line = next_line("special_tokens N")
+        key, _, value = line.partition(" ")
+        if key != "special_tokens":
+            raise fail("'special_tokens N'", line)
+        specials: dict[str, int] = {}
+        for _ in range(int(value)):
+            line = next_line("a special token")
+            i, _, text = line.partition(" ")
+            specials[json.loads(text)] = int(i)
+        line = next_line("merges N")
+        key, _, value = line.partition(" ")
+        if key != "merges":
+            raise fail("'merges N'", line)
+        merges = []
+        for _ in range(int(value)):
+            line = next_line("a merge 'a b id'")
+            parts = line.split()
+            if len(parts) != 3:
+                raise fail("a merge 'a b id'", line)
+            a, b, new_id = (int(p) for p in parts)
+            merges.append(((a, b), new_id))
+    except (json.JSONDecodeError, ValueError) as exc:
+        if str(exc).startswith(source):
+            raise
+        raise ValueError(f"{source}: corrupt tokenizer file at line {pos}: {exc}") from exc
+    if any(line.strip() for line in lines[pos:]):
+        raise ValueError(f"{source}: unexpected content after the last merge at line {pos + 1}")
+    if not isinstance(pattern, str):
+        raise ValueError(f"{source}: pattern must be a string, got {pattern!r}")
+    return {"merges": merges, "pattern": pattern, "special_tokens": specials}

@@ -1,0 +1,170 @@
+"""``BPETokenizer``: train, encode, decode, save/load, export — byte-level BPE as in GPT-2/GPT-4.
+
+References: Sennrich et al. 2016 (BPE for subwords), Radford et al. 2019 (byte-level BPE with regex
+pre-tokenization, GPT-2), OpenAI's tiktoken (encoding by rank; the ``allowed_special`` rules).
+
+    tok = BPETokenizer.train(text, 4096, special_tokens=["<|endoftext|>"])
+    ids = tok.encode("Hello world")              # == tok.to_tiktoken().encode("Hello world")
+    tok.decode(ids)                              # "Hello world"
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Collection, Iterable, Mapping
+from pathlib import Path
+from typing import Literal
+
+import regex
+
+from .base import BaseTokenizer, Pair
+from .encoder import ChunkEncoder
+from .fast_trainer import train_fast
+from .naive_trainer import train_naive
+from .patterns import GPT4_PATTERN, compile_pattern
+
+TRAINERS = {"fast": train_fast, "naive": train_naive}
+
+
+def count_pretokens(text: str, pattern: str = GPT4_PATTERN, special_tokens: Iterable[str] = ()) -> Counter[bytes]:
+    """Distinct pre-tokens of ``text`` as UTF-8 bytes with their frequencies; special tokens are cut out."""
+    compiled = compile_pattern(pattern)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = _fix_surrogates(text)
+    specials = sorted(special_tokens, key=len, reverse=True)
+    pieces = regex.split("|".join(regex.escape(s) for s in specials), text) if specials else [text]
+    counts: Counter[str] = Counter()
+    for piece in pieces:
+        counts.update(compiled.findall(piece))
+    return Counter({chunk.encode("utf-8"): n for chunk, n in counts.items()})
+
+
+class BPETokenizer(BaseTokenizer):
+    """A trained byte-level BPE tokenizer (state and decoding in :class:`BaseTokenizer`)."""
+
+    def __init__(
+        self,
+        merges: Mapping[Pair, int] | Iterable[tuple[Pair, int]],
+        *,
+        pattern: str = GPT4_PATTERN,
+        special_tokens: Mapping[str, int] | None = None,
+    ) -> None:
+        super().__init__(merges, pattern=pattern, special_tokens=special_tokens)
+        self._chunks = ChunkEncoder(self.compiled_pattern, self.ranks)
+        self._special_regex_cache: dict[frozenset[str], regex.Pattern[str]] = {}
+
+    # -- training --------------------------------------------------------------------------------
+    @classmethod
+    def train(
+        cls,
+        text: str,
+        vocab_size: int,
+        *,
+        pattern: str = GPT4_PATTERN,
+        special_tokens: Iterable[str] | None = None,
+        trainer: Literal["fast", "naive"] = "fast",
+    ) -> BPETokenizer:
+        """Learn ``vocab_size - 256 - len(special_tokens)`` merges from ``text``.
+
+        ``vocab_size`` counts everything: 256 bytes, learned tokens and special tokens (which take the
+        last ids, in the order given). Special tokens occurring in ``text`` are cut out before counting.
+        """
+        if not isinstance(text, str):
+            raise ValueError(f"text must be a str, got {type(text).__name__}")
+        specials = list(special_tokens or [])
+        if len(set(specials)) != len(specials) or not all(isinstance(s, str) and s for s in specials):
+            raise ValueError(f"special_tokens must be distinct non-empty strings, got {specials!r}")
+        if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < 256 + len(specials):
+            raise ValueError(
+                f"vocab_size must be an int >= 256 + {len(specials)} special tokens = {256 + len(specials)}, "
+                f"got {vocab_size!r}"
+            )
+        if trainer not in TRAINERS:
+            raise ValueError(f"trainer must be one of {sorted(TRAINERS)}, got {trainer!r}")
+        num_tokens = vocab_size - len(specials)
+        word_counts = count_pretokens(text, pattern, specials)
+        merges = TRAINERS[trainer](word_counts, num_tokens, vocab_size=vocab_size)
+        special_ids = {s: num_tokens + k for k, s in enumerate(specials)}
+        return cls(merges, pattern=pattern, special_tokens=special_ids)
+
+    # -- encoding --------------------------------------------------------------------------------
+    def encode_ordinary(self, text: str) -> list[int]:
+        """Text -> ids, treating special-token text as ordinary text."""
+        if not isinstance(text, str):
+            raise ValueError(f"text must be a str, got {type(text).__name__}")
+        try:
+            return self._chunks.encode(text)
+        except UnicodeEncodeError:
+            # Lone surrogates cannot be UTF-8: repair as tiktoken does (pairs join, the rest -> U+FFFD).
+            return self._chunks.encode(_fix_surrogates(text))
+
+    def encode(
+        self,
+        text: str,
+        *,
+        allowed_special: Literal["all"] | Collection[str] = frozenset(),
+        disallowed_special: Literal["all"] | Collection[str] = "all",
+    ) -> list[int]:
+        """Text -> ids with tiktoken's rules for special tokens.
+
+        Special-token text listed in ``allowed_special`` ("all" = every special token) becomes its id.
+        Text of a special token in ``disallowed_special`` (default "all" = every one not allowed) raises
+        ValueError — so a user's "<|endoftext|>" cannot silently end a document. Pass
+        ``disallowed_special=()`` to encode it as ordinary text instead.
+        """
+        if not isinstance(text, str):
+            raise ValueError(f"text must be a str, got {type(text).__name__}")
+        known = set(self.special_tokens)
+        allowed = known if allowed_special == "all" else set(allowed_special) & known  # unknown: ignored
+        disallowed = known - allowed if disallowed_special == "all" else set(disallowed_special)
+        if disallowed:
+            match = self._special_regex(frozenset(disallowed)).search(text)
+            if match:
+                raise ValueError(
+                    f"text contains the special token {match.group()!r}, which is not allowed: pass "
+                    f"allowed_special={{{match.group()!r}}} to encode it as a special token, or "
+                    "disallowed_special=() to encode it as ordinary text"
+                )
+        if not allowed:
+            return self.encode_ordinary(text)
+        ids: list[int] = []
+        start = 0
+        for match in self._special_regex(frozenset(allowed)).finditer(text):
+            ids.extend(self.encode_ordinary(text[start : match.start()]))
+            ids.append(self.special_tokens[match.group()])
+            start = match.end()
+        ids.extend(self.encode_ordinary(text[start:]))
+        return ids
+
+    def _special_regex(self, tokens: frozenset[str]) -> regex.Pattern[str]:
+        if tokens not in self._special_regex_cache:
+            ordered = sorted(tokens, key=lambda s: (-len(s), s))  # longest first
+            self._special_regex_cache[tokens] = regex.compile("|".join(regex.escape(s) for s in ordered))
+        return self._special_regex_cache[tokens]
+
+    # -- export ----------------------------------------------------------------------------------
+    def to_tiktoken(self, name: str = "mlcore-bpe"):
+        """A ``tiktoken.Encoding`` with the same ranks, split pattern and special tokens."""
+        from .export import to_tiktoken
+
+        return to_tiktoken(self, name)
+
+    def to_hf_json(self) -> str:
+        """Hugging Face ``tokenizers`` JSON (load with ``tokenizers.Tokenizer.from_str``)."""
+        from .export import to_hf_json
+
+        return to_hf_json(self)
+
+    def save_hf(self, path: str | Path) -> None:
+        """Write :meth:`to_hf_json` to ``path`` (conventionally ``tokenizer.json``)."""
+        Path(path).write_text(self.to_hf_json(), encoding="utf-8")
+
+    def __repr__(self) -> str:
+        return (f"BPETokenizer(vocab_size={self.vocab_size}, merges={len(self.merges)}, "
+                f"special_tokens={list(self.special_tokens)})")
+
+
+def _fix_surrogates(text: str) -> str:
+    return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")

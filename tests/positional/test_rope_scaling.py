@@ -1,0 +1,106 @@
+"""RoPE inverse frequencies and attention factors vs transformers' ``ROPE_INIT_FUNCTIONS`` (same LlamaConfig)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import LlamaConfig
+from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
+
+from mlcore.positional import RotaryEmbedding, rope_inv_freq
+
+from ._hf import MAX_POS, llama_config, scaling_of
+
+YARN = {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32}
+LLAMA3 = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+          "original_max_position_embeddings": 256}
+
+CASES = [
+    ({"rope_type": "linear", "factor": 2.0}, 10000.0),
+    ({"rope_type": "linear", "factor": 8.0}, 500000.0),
+    ({"rope_type": "dynamic", "factor": 2.0}, 10000.0),
+    (YARN, 10000.0),
+    ({**YARN, "factor": 16.0, "beta_fast": 16, "beta_slow": 2}, 10000.0),
+    ({**YARN, "mscale": 0.707, "mscale_all_dim": 0.707}, 10000.0),  # DeepSeek-V2 style: factor cancels
+    ({**YARN, "mscale": 1.0, "mscale_all_dim": 0.5}, 10000.0),
+    ({**YARN, "attention_factor": 1.25}, 10000.0),
+    ({**YARN, "truncate": False}, 10000.0),
+    ({**YARN, "original_max_position_embeddings": 4096, "factor": 32.0}, 1000000.0),
+    (LLAMA3, 10000.0),
+    ({**LLAMA3, "original_max_position_embeddings": 8192}, 500000.0),
+]
+
+
+def _hf(config: LlamaConfig, seq_len: int | None = None) -> tuple[torch.Tensor, float]:
+    rope_type = config.rope_parameters["rope_type"]
+    if rope_type == "default":
+        return LlamaRotaryEmbedding.compute_default_rope_parameters(config)
+    return ROPE_INIT_FUNCTIONS[rope_type](config, None, seq_len=seq_len)
+
+
+@pytest.mark.parametrize("theta", [10000.0, 500000.0])
+@pytest.mark.parametrize("head_dim", [16, 64])
+def test_default_matches_hf(head_dim: int, theta: float) -> None:
+    ref, ref_af = _hf(llama_config(head_dim=head_dim, theta=theta))
+    ours, af = rope_inv_freq(head_dim, base=theta, max_position_embeddings=MAX_POS)
+    torch.testing.assert_close(ours, ref, rtol=1e-6, atol=0)
+    assert af == ref_af == 1.0
+
+
+@pytest.mark.parametrize("head_dim", [16, 64])
+@pytest.mark.parametrize("params,theta", CASES, ids=lambda v: str(v) if isinstance(v, float) else v["rope_type"])
+def test_scaled_matches_hf(params: dict, theta: float, head_dim: int) -> None:
+    config = llama_config(params, head_dim=head_dim, theta=theta)
+    ref, ref_af = _hf(config)
+    ours, af = rope_inv_freq(head_dim, base=theta, scaling=scaling_of(params), max_position_embeddings=MAX_POS)
+    torch.testing.assert_close(ours, ref, rtol=1e-6, atol=0)
+    assert af == pytest.approx(ref_af, rel=1e-12)
+    # the module, built directly and from the config, holds the same numbers
+    for rope in (RotaryEmbedding(head_dim, base=theta, max_position_embeddings=MAX_POS, scaling=scaling_of(params)),
+                 RotaryEmbedding.from_hf_config(config)):
+        torch.testing.assert_close(rope.inv_freq, ref, rtol=1e-6, atol=0)
+        assert rope.attention_factor == pytest.approx(ref_af, rel=1e-12)
+
+
+def test_scalings_change_something() -> None:
+    """Guard against a vacuous comparison: every scaling moves some frequency away from plain RoPE."""
+    plain, _ = rope_inv_freq(64, base=10000.0)
+    for params, theta in CASES:
+        if params["rope_type"] == "dynamic" or theta != 10000.0:
+            continue
+        scaled, _ = rope_inv_freq(64, base=theta, scaling=params, max_position_embeddings=MAX_POS)
+        assert not torch.allclose(scaled, plain), params
+
+
+@pytest.mark.parametrize("factor", [2.0, 4.0])
+@pytest.mark.parametrize("seq_len", [None, 1, 17, MAX_POS - 1, MAX_POS, MAX_POS + 1, 100, 500, 4096])
+def test_dynamic_ntk_matches_hf(factor: float, seq_len: int | None) -> None:
+    params = {"rope_type": "dynamic", "factor": factor}
+    ref, ref_af = _hf(llama_config(params), seq_len=seq_len)
+    ours, af = rope_inv_freq(16, scaling=params, max_position_embeddings=MAX_POS, seq_len=seq_len)
+    torch.testing.assert_close(ours, ref, rtol=1e-6, atol=0)
+    assert af == ref_af
+    if seq_len is not None and seq_len > MAX_POS:  # the base really grew
+        assert ours[-1] < rope_inv_freq(16, max_position_embeddings=MAX_POS)[0][-1]
+
+
+def test_yarn_factor_inferred_from_context_ratio() -> None:
+    """DeepSeek-V3 style: no factor -> max_position_embeddings / original_max_position_embeddings."""
+    params = {"rope_type": "yarn", "factor": None, "original_max_position_embeddings": 16}
+    config = llama_config(params)
+    ref, ref_af = ROPE_INIT_FUNCTIONS["yarn"](config, None)
+    ours, af = rope_inv_freq(16, scaling=params, max_position_embeddings=MAX_POS)
+    torch.testing.assert_close(ours, ref, rtol=1e-6, atol=0)
+    assert af == pytest.approx(ref_af)
+
+
+def test_from_hf_config_reads_v4_style_rope_scaling() -> None:
+    """A v4-style config (rope_theta + rope_scaling with the old ``type`` key) standardised by transformers."""
+    config = LlamaConfig(hidden_size=64, num_attention_heads=4, num_hidden_layers=1, vocab_size=32,
+                         max_position_embeddings=MAX_POS, rope_theta=500.0,
+                         rope_scaling={"type": "linear", "factor": 3.0})
+    ref, _ = ROPE_INIT_FUNCTIONS["linear"](config, None)
+    rope = RotaryEmbedding.from_hf_config(config)
+    assert rope.rope_type == "linear" and rope.base == 500.0
+    torch.testing.assert_close(rope.inv_freq, ref, rtol=1e-6, atol=0)

@@ -1,0 +1,89 @@
+"""The exported JSON against Hugging Face ``tokenizers`` itself: it loads and gives the same ids."""
+
+import json
+
+import pytest
+from .bpe_strategies import unicode_text
+from hypothesis import given, settings
+from tokenizers import Tokenizer
+
+from mlcore.tokenizer import BPETokenizer
+from mlcore.tokenizer.export import byte_level_string, bytes_to_unicode
+
+
+@pytest.fixture(scope="module")
+def hf(tok) -> Tokenizer:
+    return Tokenizer.from_str(tok.to_hf_json())
+
+
+def test_byte_table_is_gpt2s():
+    """Our byte -> character table against the one HF's ByteLevel pre-tokenizer applies."""
+    from tokenizers.pre_tokenizers import ByteLevel
+
+    assert sorted(bytes_to_unicode().values()) == sorted(ByteLevel.alphabet())
+    pre = ByteLevel(add_prefix_space=False, use_regex=False)
+    chars = [chr(c) for c in range(0, 0x110000, 0x3F) if not 0xD800 <= c < 0xE000]  # hits every valid byte
+    text = "".join(chars)
+    assert pre.pre_tokenize_str(text)[0][0] == byte_level_string(text.encode("utf-8"))
+
+
+def test_settings(tok):
+    model = json.loads(tok.to_hf_json())["model"]
+    assert model["type"] == "BPE" and model["ignore_merges"] is True and model["byte_fallback"] is False
+    assert model["unk_token"] is None and model["dropout"] is None
+
+
+def test_vocab_and_specials(tok, hf):
+    assert hf.get_vocab_size(with_added_tokens=True) == tok.vocab_size
+    for s, i in tok.special_tokens.items():
+        assert hf.token_to_id(s) == i
+
+
+@pytest.mark.parametrize("which", ["tok", "tok_big"])
+def test_corpus_ids_match(request, corpus, which):
+    t = request.getfixturevalue(which)
+    h = Tokenizer.from_str(t.to_hf_json())
+    ids = t.encode_ordinary(corpus)
+    assert h.encode(corpus, add_special_tokens=False).ids == ids
+    assert h.decode(ids) == corpus
+
+
+@settings(max_examples=50, deadline=None)
+@given(unicode_text)
+def test_random_unicode_ids_match(tok, hf, text):
+    ids = tok.encode(text, allowed_special="all")  # HF always maps special-token text to its id
+    assert hf.encode(text, add_special_tokens=False).ids == ids
+    assert hf.decode(ids, skip_special_tokens=False) == text
+
+
+def test_save_hf_writes_loadable_file(tok, tmp_path):
+    path = tmp_path / "tokenizer.json"
+    tok.save_hf(path)
+    assert Tokenizer.from_file(str(path)).encode("Hello, world!").ids == tok.encode("Hello, world!")
+
+
+def _hf_and_tiktoken(merges):
+    t = BPETokenizer(merges)
+    return t, Tokenizer.from_str(t.to_hf_json()), t.to_tiktoken()
+
+
+def test_merges_by_bytes_not_by_pair():
+    """'abc' learned as ab+c; in 'abcd', bc merges first, then a+bc must still give 'abc' (tiktoken ranks
+    bytes). HF only applies listed pairs, so the export must list the split a+bc too."""
+    a, b, c = ord("a"), ord("b"), ord("c")
+    t, hf, enc = _hf_and_tiktoken([((b, c), 256), ((a, b), 257), ((257, c), 258)])
+    for text in ["abcd", "xabc", "abc abcabc"]:
+        assert hf.encode(text).ids == enc.encode_ordinary(text) == t.encode_ordinary(text), text
+    assert enc.encode_ordinary("abcd") == [258, ord("d")]
+
+
+def test_whole_pretoken_shortcut_needs_ignore_merges():
+    """'abcd' is a token (ab+cd) that rank-ordered merging cannot reach (bc goes first); tiktoken takes a
+    pre-token that is a token whole, HF does so only with ignore_merges=True."""
+    a, b, c, d = (ord(x) for x in "abcd")
+    t, hf, enc = _hf_and_tiktoken([((b, c), 256), ((a, b), 257), ((c, d), 258), ((257, 258), 259)])
+    assert enc.encode_ordinary("abcd") == [259] == hf.encode("abcd").ids == t.encode_ordinary("abcd")
+    assert enc.encode_ordinary("xabcd") == hf.encode("xabcd").ids == t.encode_ordinary("xabcd")
+    spec = json.loads(t.to_hf_json())
+    spec["model"]["ignore_merges"] = False
+    assert Tokenizer.from_str(json.dumps(spec)).encode("abcd").ids != [259]  # the setting matters

@@ -1,0 +1,83 @@
+"""Our encoder against ``tiktoken.Encoding`` built from our own ranks, pattern and special tokens."""
+
+import pytest
+import tiktoken
+from .bpe_strategies import unicode_text
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from mlcore.tokenizer import GPT2_PATTERN, BPETokenizer
+
+
+def test_export_is_a_tiktoken_encoding(tok):
+    enc = tok.to_tiktoken()
+    assert isinstance(enc, tiktoken.Encoding)
+    assert enc.n_vocab == tok.vocab_size
+    assert enc._pat_str == tok.pattern
+    assert enc._special_tokens == tok.special_tokens
+    assert all(enc.decode_single_token_bytes(i) == tok.token_bytes(i) for i in range(tok.vocab_size))
+
+
+@pytest.mark.parametrize("which", ["tok", "tok_big"])
+def test_corpus_encodes_like_tiktoken(request, corpus, which):
+    t = request.getfixturevalue(which)
+    enc = t.to_tiktoken()
+    ids = t.encode_ordinary(corpus)
+    assert ids == enc.encode_ordinary(corpus)
+    assert t.decode(ids) == corpus
+    assert enc.decode(ids) == corpus
+
+
+@settings(max_examples=50, deadline=None)
+@given(unicode_text)
+def test_random_unicode_encodes_like_tiktoken(tok, text):
+    enc = tok.to_tiktoken()
+    ids = tok.encode_ordinary(text)
+    assert ids == enc.encode_ordinary(text)
+    assert tok.decode(ids) == text
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.integers(0, 1023), max_size=30))
+def test_decode_of_any_ids_is_tiktoken_decode(tok, ids):
+    """Random ids cut UTF-8 characters apart: both give U+FFFD, neither raises."""
+    assert tok.decode(ids) == tok.to_tiktoken().decode(ids)
+    assert tok.decode_bytes(ids) == tok.to_tiktoken().decode_bytes(ids)
+
+
+def test_lone_surrogates_are_repaired_like_tiktoken(tok):
+    text = "a\ud83d\ude00b \ud800 c"  # a surrogate *pair* written as two code points, and a lone one
+    assert tok.encode_ordinary(text) == tok.to_tiktoken().encode_ordinary(text)
+
+
+def test_gpt2_pattern_also_matches(corpus):
+    t = BPETokenizer.train(corpus[:50_000], 400, pattern=GPT2_PATTERN)
+    text = corpus[50_000:80_000] + " 12345 you'll  \n\n x"
+    assert t.encode(text) == t.to_tiktoken().encode(text)
+
+
+def test_merge_order_is_rank_order_on_overlaps(tok):
+    """Runs where merges overlap or compete ('----', long spaces, repeated letters)."""
+    enc = tok.to_tiktoken()
+    for text in ["-" * 37, " " * 33 + "x", "aaaaaaa", "eeeeeeeeee", "\n" * 9, "0" * 20, "ab" * 15]:
+        assert tok.encode_ordinary(text) == enc.encode_ordinary(text), text
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.text(st.sampled_from("etaoinsh"), min_size=65, max_size=400),
+       st.text(st.sampled_from(" -=\n"), min_size=65, max_size=400))
+def test_long_pieces_take_the_heap_path_and_still_match(tok_big, letters, symbols):
+    """One long word / one long run of symbols is a single pre-token of > 64 bytes (``LONG_PIECE``)."""
+    enc = tok_big.to_tiktoken()
+    for text in (letters, symbols, letters + symbols):
+        assert tok_big.encode_ordinary(text) == enc.encode_ordinary(text)
+
+
+def test_a_huge_whitespace_run_is_fast(tok):
+    import time
+
+    text = " " * 50_000 + "x"
+    start = time.perf_counter()
+    ids = tok.encode(text)
+    assert time.perf_counter() - start < 5.0  # the quadratic loop would take minutes
+    assert ids == tok.to_tiktoken().encode(text)
