@@ -1,0 +1,173 @@
+"""Attention forward: naive (full score matrix) vs flash_attention (tiled, online softmax) vs torch SDPA.
+
+Work: ``4 * B * H * Tq * Tk * D`` FLOPs (two matmuls, Q K^T and P V), half of it when causal. The
+naive version writes the (Tq, Tk) scores and weights to memory, so its peak memory grows as T^2;
+flash_attention keeps one (block_q, block_k) tile at a time, so its peak is the output, O(T).
+
+Implementations (``params["impl"]``):
+
+- ``naive``: ``mlcore.attention.naive.scaled_dot_product_attention``
+- ``flash``: ``mlcore.attention.flash_attention`` in plain PyTorch (``use_triton=False``)
+- ``triton``: the same function through its Triton kernel (CUDA, bf16, D in {64, 128} only)
+- ``torch_sdpa``: ``torch.nn.functional.scaled_dot_product_attention``, the ecosystem twin every ratio
+  refers to (on CUDA, bf16 and no mask, torch dispatches it to its FlashAttention-2 backend).
+
+CPU runs fp32, CUDA runs bf16. ``ratio`` = mlcore seconds / torch SDPA seconds (> 1: slower).
+``params["mode"]``: "fwd" (inference, under no_grad) always; "train" (forward + backward via
+``torch.autograd.grad``, where flash's memory stays linear because backward recomputes P) in the full preset.
+Quick: T = 256..2048, D = 64, fwd only. Full: T = 256..8192, D = 64 and 128, fwd and train (on CPU the
+naive version stops at T = 4096, 2048 for train: its fp32 score matrices would need several GiB).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+import torch.nn.functional as F
+
+from mlcore.attention.flash import flash_attention
+from mlcore.attention.naive import scaled_dot_product_attention as naive_attention
+from mlcore.bench import Context, Plot, Result, peak_memory, roofline, time_fn
+
+DESCRIPTION = (
+    "attention forward: naive vs flash_attention (PyTorch, Triton) vs torch SDPA; time, FLOP/s, memory"
+)
+PLOTS = [
+    Plot(
+        name="attention_time_vs_T",
+        x="T",
+        y="median",
+        series="impl",
+        where={"D": 64, "causal": False, "mode": "fwd"},
+        logx=True,
+        logy=True,
+        title="attention forward time vs T (D=64, not causal)",
+        ylabel="seconds",
+    ),
+    Plot(
+        name="attention_time_vs_T_causal",
+        x="T",
+        y="median",
+        series="impl",
+        where={"D": 64, "causal": True, "mode": "fwd"},
+        logx=True,
+        logy=True,
+        title="attention forward time vs T (D=64, causal)",
+        ylabel="seconds",
+    ),
+    Plot(
+        name="attention_memory_vs_T",
+        x="T",
+        y="memory_bytes",
+        series="impl",
+        where={"D": 64, "causal": False, "mode": "fwd"},
+        logx=True,
+        logy=True,
+        title="attention forward peak memory vs T (D=64, not causal)",
+        ylabel="bytes",
+    ),
+    Plot(
+        name="attention_train_memory_vs_T",
+        x="T",
+        y="memory_bytes",
+        series="impl",
+        where={"D": 64, "causal": False, "mode": "train"},
+        logx=True,
+        logy=True,
+        title="attention forward + backward peak memory vs T (D=64; full preset)",
+        ylabel="bytes",
+    ),
+]
+
+B, H = 1, 8
+FLASH_BLOCK = 128  # plain-PyTorch flash: bigger tiles mean fewer Python-level steps (64 is the API default)
+NAIVE_CPU_MAX_T = (
+    4096  # the (B, H, T, T) fp32 scores at T=8192 alone are 2 GiB: too much for a shared CPU box
+)
+
+
+def _settings(ctx: Context) -> tuple[list[int], list[int]]:
+    if ctx.quick:
+        return [256, 512, 1024, 2048], [64]
+    return [256, 512, 1024, 2048, 4096, 8192], [64, 128]
+
+
+def _impls(ctx: Context, T: int, D: int, dtype: torch.dtype, mode: str) -> dict[str, object]:
+    """name -> fn(q, k, v, causal) for the implementations that run at this setting."""
+    block = FLASH_BLOCK
+    impls: dict[str, object] = {
+        "torch_sdpa": lambda q, k, v, c: F.scaled_dot_product_attention(q, k, v, is_causal=c),  # Tq == Tk here
+        "flash": lambda q, k, v, c: flash_attention(q, k, v, is_causal=c, block_q=block, block_k=block,
+                                                    use_triton=False),
+    }  # fmt: skip
+    if ctx.device.type == "cuda" or T <= (NAIVE_CPU_MAX_T if mode == "fwd" else NAIVE_CPU_MAX_T // 2):
+        impls["naive"] = lambda q, k, v, c: naive_attention(q, k, v, is_causal=c)
+    if ctx.device.type == "cuda" and D in (64, 128):
+        from mlcore.attention.triton_kernel import triton_available
+
+        if triton_available():
+            impls["triton"] = lambda q, k, v, c: flash_attention(q, k, v, is_causal=c, use_triton=True)
+    return impls
+
+
+def _timed(ctx: Context, impls: dict[str, object], q, k, v, causal: bool, mode: str) -> dict[str, tuple]:
+    """impl -> (median s, IQR s, peak bytes) of the forward ("fwd") or forward + backward ("train")."""
+    measured = {}
+    for name, impl in impls.items():
+        if mode == "fwd":
+
+            def fn(impl=impl):
+                with torch.no_grad():
+                    return impl(q, k, v, causal)
+        else:
+            leaves = [t.detach().requires_grad_() for t in (q, k, v)]
+            d_out = torch.randn_like(q)
+
+            def fn(impl=impl, leaves=leaves, d_out=d_out):
+                return torch.autograd.grad(impl(*leaves, causal), leaves, d_out)
+
+        t = time_fn(fn, device=ctx.device, min_run_time=0.1 if ctx.quick else 0.3)
+        measured[name] = (t.median, t.iqr, peak_memory(fn, device=ctx.device))
+    return measured
+
+
+def run(ctx: Context) -> Iterator[Result]:
+    dev = ctx.device
+    dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
+    dtype_name = str(dtype).removeprefix("torch.")
+    Ts, Ds = _settings(ctx)
+    modes = ["fwd"] if ctx.quick else ["fwd", "train"]
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    for mode, D, causal, T in ((m, d, c, t) for m in modes for d in Ds for c in (False, True) for t in Ts):
+        q, k, v = (torch.randn(B, H, T, D, generator=gen).to(dev, dtype) for _ in range(3))
+        impls = _impls(ctx, T, D, dtype, mode)
+        # useful work: Q K^T and P V (2 * 2 T^2 D each), halved when causal; backward does 2.5x the forward
+        flops = 4.0 * B * H * T * T * D * (0.5 if causal else 1.0) * (1.0 if mode == "fwd" else 3.5)
+        measured = _timed(ctx, impls, q, k, v, causal, mode)
+        twin_s, _, twin_mem = measured["torch_sdpa"]
+        naive_mem = measured["naive"][2] if "naive" in measured else None
+        for name, (median, iqr, mem) in measured.items():
+            rl = roofline(seconds=median, flops=flops, probe=ctx.probe, dtype=dtype_name)
+            extra = {
+                "gflops": round(rl["gflops"], 3),
+                "frac_peak_flops": round(rl["frac_peak_flops"], 4),
+                "memory_vs_sdpa": round(mem / twin_mem, 3) if twin_mem else None,
+                "memory_vs_naive": round(mem / naive_mem, 4) if naive_mem else None,
+            }
+            is_twin = name == "torch_sdpa"
+            yield Result(
+                benchmark="attention",
+                name=name,
+                params={"impl": name, "mode": mode, "T": T, "D": D, "causal": causal, "B": B, "H": H,
+                        "block": FLASH_BLOCK if name == "flash" else None},
+                device=str(dev),
+                dtype=dtype_name,
+                median=median,
+                spread=iqr,
+                memory_bytes=mem,
+                twin=None if is_twin else "torch.nn.functional.scaled_dot_product_attention",
+                twin_median=None if is_twin else twin_s,
+                extra=extra,
+            )  # fmt: skip
+        del q, k, v
