@@ -1,0 +1,191 @@
+"""Training checkpoints in safetensors: model weights, AdamW state, RNG state and step, never pickle.
+
+A checkpoint is a folder ``step_000123/`` holding
+
+- ``model.safetensors``: the model's ``state_dict`` (tensors that share storage, such as tied embeddings,
+  are stored once; the aliases are listed in the metadata);
+- ``training_state.safetensors``: the optimizer's per-parameter tensors flattened to names
+  ``optim.<param index>.<name>`` (AdamW: ``step``, ``exp_avg``, ``exp_avg_sq``), the torch (and CUDA) RNG
+  states as byte tensors ``rng.*``, and a JSON string in the safetensors metadata with the step, the
+  optimizer's ``param_groups`` (hyper-parameters), any non-tensor state and caller extras.
+
+safetensors holds only tensors and a string-to-string header, so loading cannot run code, which a pickled
+``torch.save`` of ``optimizer.state_dict()`` could. Folders are written under a temporary name and renamed
+when complete, so a run killed mid-write never leaves a half checkpoint that looks whole.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+MODEL_FILE = "model.safetensors"
+STATE_FILE = "training_state.safetensors"
+META_KEY = "mlcore_checkpoint"
+
+
+def _model_tensors(model: torch.nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """The state dict with shared tensors stored once: ``(tensors, aliases)``, ``aliases[dup] = kept``."""
+    tensors: dict[str, torch.Tensor] = {}
+    aliases: dict[str, str] = {}
+    seen: dict[tuple, str] = {}
+    for name, tensor in model.state_dict().items():
+        key = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape), tensor.dtype)
+        if tensor.numel() > 0 and key in seen:
+            aliases[name] = seen[key]
+            continue
+        seen[key] = name
+        tensors[name] = tensor.detach().cpu().contiguous()
+    return tensors, aliases
+
+
+def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Flatten ``optimizer.state_dict()`` into named tensors and a JSON-ready remainder."""
+    sd = optimizer.state_dict()
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, dict[str, Any]] = {}
+    for pid, state in sd["state"].items():
+        for name, value in state.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"optim.{pid}.{name}"] = value.detach().cpu().contiguous()
+            else:
+                scalars.setdefault(str(pid), {})[name] = value
+    try:
+        groups = json.loads(json.dumps(sd["param_groups"]))
+    except TypeError as err:
+        raise ValueError(f"optimizer param_groups hold a value JSON cannot store: {err}") from err
+    return tensors, {"param_groups": groups, "scalars": scalars}
+
+
+def save_checkpoint(
+    directory: str | Path,
+    *,
+    model: torch.nn.Module,
+    step: int,
+    optimizer: torch.optim.Optimizer | None = None,
+    extra: dict[str, Any] | None = None,
+) -> Path:
+    """Write a checkpoint folder (see module doc) and return its path. ``extra`` must be JSON-serializable."""
+    directory = Path(directory)
+    tmp = directory.with_name(directory.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+
+    weights, aliases = _model_tensors(model)
+    save_file(weights, str(tmp / MODEL_FILE), metadata={"format": "pt", "aliases": json.dumps(aliases)})
+
+    tensors: dict[str, torch.Tensor] = {"rng.torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        for i, state in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"rng.cuda.{i}"] = state
+    meta: dict[str, Any] = {"step": int(step), "extra": extra or {}, "optimizer": None}
+    if optimizer is not None:
+        optim_tensors, meta["optimizer"] = _optimizer_tensors(optimizer)
+        tensors.update(optim_tensors)
+    save_file(tensors, str(tmp / STATE_FILE), metadata={"format": "pt", META_KEY: json.dumps(meta)})
+
+    if directory.exists():
+        shutil.rmtree(directory)
+    os.replace(tmp, directory)
+    return directory
+
+
+def _read(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint file {str(path)!r} is missing")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})
+    except (SafetensorError, OSError, RuntimeError) as err:
+        raise ValueError(f"corrupt checkpoint file {str(path)!r}: {err}") from err
+
+
+def load_checkpoint(
+    directory: str | Path,
+    *,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer | None = None,
+    restore_rng: bool = True,
+) -> dict[str, Any]:
+    """Load a checkpoint written by :func:`save_checkpoint` into ``model`` (and ``optimizer``), restore the
+    RNG state, and return the metadata (``step``, ``extra``).
+
+    Raises ``FileNotFoundError`` for a missing folder or file, ``ValueError`` for a corrupt file or a
+    checkpoint whose tensor names or shapes do not fit ``model`` / ``optimizer``.
+    """
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise FileNotFoundError(f"checkpoint folder {str(directory)!r} does not exist")
+    weights, wmeta = _read(directory / MODEL_FILE)
+    state, smeta = _read(directory / STATE_FILE)
+    try:
+        aliases = json.loads(wmeta.get("aliases", "{}"))
+        meta = json.loads(smeta[META_KEY])
+    except (KeyError, json.JSONDecodeError) as err:
+        raise ValueError(f"corrupt checkpoint {str(directory)!r}: unreadable metadata ({err})") from err
+    for dup, kept in aliases.items():
+        weights[dup] = weights[kept]
+
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(weights))
+    unexpected = sorted(set(weights) - set(expected))
+    wrong = [f"{k}: checkpoint {tuple(weights[k].shape)} vs model {tuple(v.shape)}"
+             for k, v in expected.items() if k in weights and weights[k].shape != v.shape]
+    if missing or unexpected or wrong:
+        raise ValueError(f"checkpoint {str(directory)!r} is from another model shape: missing {missing[:5]}, "
+                         f"unexpected {unexpected[:5]}, shape mismatches {wrong[:5]}")
+    model.load_state_dict(weights)
+
+    if optimizer is not None:
+        _load_optimizer(optimizer, state, meta.get("optimizer"), directory)
+    if restore_rng:
+        torch.set_rng_state(state["rng.torch"])
+        cuda_states = [state[f"rng.cuda.{i}"] for i in range(torch.cuda.device_count()) if f"rng.cuda.{i}" in state]
+        if torch.cuda.is_available() and len(cuda_states) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(cuda_states)
+    return {"step": int(meta["step"]), "extra": meta.get("extra", {})}
+
+
+def _load_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor],
+                    meta: dict[str, Any] | None, directory: Path) -> None:
+    """Rebuild ``optimizer.state_dict()`` from the flat tensors, checking it fits the current parameters."""
+    if meta is None:
+        raise ValueError(f"checkpoint {str(directory)!r} holds no optimizer state")
+    groups = meta["param_groups"]
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    saved_counts = [len(g["params"]) for g in groups]
+    current_counts = [len(g["params"]) for g in optimizer.param_groups]
+    if saved_counts != current_counts:
+        raise ValueError(f"checkpoint {str(directory)!r} is from another model shape: optimizer groups hold "
+                         f"{saved_counts} parameters, the current optimizer {current_counts}")
+    for group in groups:
+        if isinstance(group.get("betas"), list):
+            group["betas"] = tuple(group["betas"])
+    state: dict[int, dict[str, Any]] = {}
+    for name, tensor in tensors.items():
+        if name.startswith("optim."):
+            _, pid, key = name.split(".", 2)
+            state.setdefault(int(pid), {})[key] = tensor
+    for pid, values in meta.get("scalars", {}).items():
+        state.setdefault(int(pid), {}).update(values)
+    for pid, values in state.items():
+        shape = tuple(params[pid].shape)
+        for key, value in values.items():
+            if isinstance(value, torch.Tensor) and value.dim() > 0 and tuple(value.shape) != shape:
+                raise ValueError(f"checkpoint {str(directory)!r} is from another model shape: optimizer state "
+                                 f"{key} of parameter {pid} is {tuple(value.shape)}, the parameter is {shape}")
+    optimizer.load_state_dict({"state": state, "param_groups": groups})
+
+
+def latest_checkpoint(out_dir: str | Path) -> Path | None:
+    """The ``step_*`` folder with the highest step under ``out_dir/checkpoints``, or ``None``."""
+    root = Path(out_dir) / "checkpoints"
+    found = [p for p in root.glob("step_*") if p.is_dir() and not p.name.endswith(".tmp")]
+    return max(found, key=lambda p: int(p.name.split("_")[1]), default=None)

@@ -1,0 +1,93 @@
+"""Every knob of the training loop, in one dataclass (as nanoGPT keeps them at the top of ``train.py``).
+
+The defaults are the usual small-model recipe: AdamW (Loshchilov & Hutter, 2019) with ``betas=(0.9, 0.95)``
+and weight decay 0.1 on matrices only, a linear warm-up followed by a cosine decay (Loshchilov & Hutter,
+"SGDR", 2017), and gradient clipping at norm 1.0.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+MIXED_PRECISION = ("auto", "no", "bf16", "fp16")
+
+
+@dataclass
+class TrainConfig:
+    """Hyper-parameters of :func:`mlcore.training.train`.
+
+    One optimizer step consumes ``batch_size * grad_accum_steps`` sequences: ``grad_accum_steps`` micro-batches
+    of ``batch_size`` each, whose gradients add up before the step. ``max_steps`` counts optimizer steps.
+
+    ``mixed_precision="auto"`` picks bf16 on a CUDA device that supports it and full precision elsewhere
+    (bf16 autocast on a CPU is usually slower, not faster). ``cpu=True`` forces the CPU even with a GPU present.
+
+    ``eval_every`` / ``checkpoint_every`` / ``log_every`` are in optimizer steps (0 turns the action off);
+    an evaluation also runs after the last step whenever eval data is given.
+    """
+
+    max_steps: int = 100
+    batch_size: int = 8
+    grad_accum_steps: int = 1
+    lr: float = 3e-4
+    min_lr_ratio: float = 0.0
+    warmup_steps: int = 10
+    weight_decay: float = 0.1
+    betas: tuple[float, float] = (0.9, 0.95)
+    eps: float = 1e-8
+    grad_clip: float | None = 1.0
+    eval_every: int = 0
+    eval_batches: int | None = None
+    eval_batch_size: int | None = None
+    log_every: int = 1
+    checkpoint_every: int = 0
+    out_dir: str | None = None
+    seed: int = 0
+    mixed_precision: str = "auto"
+    cpu: bool = False
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("max_steps", "batch_size", "grad_accum_steps"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value <= 0:
+                raise ValueError(f"TrainConfig.{name} must be a positive int, got {value!r}")
+        for name in ("warmup_steps", "eval_every", "log_every", "checkpoint_every"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 0:
+                raise ValueError(f"TrainConfig.{name} must be a non-negative int, got {value!r}")
+        if not self.lr > 0:
+            raise ValueError(f"TrainConfig.lr must be > 0, got {self.lr}")
+        if not 0.0 <= self.min_lr_ratio <= 1.0:
+            raise ValueError(f"TrainConfig.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+        if self.weight_decay < 0:
+            raise ValueError(f"TrainConfig.weight_decay must be >= 0, got {self.weight_decay}")
+        if self.grad_clip is not None and not self.grad_clip > 0:
+            raise ValueError(f"TrainConfig.grad_clip must be > 0 or None, got {self.grad_clip}")
+        if self.mixed_precision not in MIXED_PRECISION:
+            raise ValueError(f"TrainConfig.mixed_precision must be one of {MIXED_PRECISION}, "
+                             f"got {self.mixed_precision!r}")
+        if self.checkpoint_every and self.out_dir is None:
+            raise ValueError("TrainConfig.checkpoint_every needs out_dir to write checkpoints into, got out_dir=None")
+        self.betas = (float(self.betas[0]), float(self.betas[1]))
+
+    @property
+    def sequences_per_step(self) -> int:
+        """Sequences consumed by one optimizer step, ``batch_size * grad_accum_steps``."""
+        return self.batch_size * self.grad_accum_steps
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict; ``TrainConfig.from_dict(c.to_dict()) == c``."""
+        data = asdict(self)
+        data["betas"] = list(self.betas)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        """Build from ``to_dict()`` output, refusing keys this version does not know."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"TrainConfig.from_dict: unknown keys {unknown}; known keys are {sorted(known)}")
+        return cls(**data)

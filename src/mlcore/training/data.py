@@ -1,0 +1,139 @@
+"""Data for causal language modelling: local text / JSON lines through Hugging Face ``datasets``,
+tokenized and packed into fixed-length blocks, served in an order that depends only on ``(seed, step)``.
+
+Packing (as in GPT-2 and nanoGPT): the documents' tokens are concatenated, each followed by a separator
+(end-of-text) token, and cut into blocks of ``block_size`` tokens; the ragged tail is dropped. No block holds
+padding, so every position trains.
+
+Order: micro-batch number ``i`` holds positions ``i*B .. i*B + B - 1`` of an endless stream in which epoch
+``e`` is ``randperm(N)`` drawn from a generator seeded with ``seed + e``. Because a batch is a pure function
+of ``(seed, i)``, resuming at step ``s`` serves exactly the batches an uninterrupted run would have seen.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from pathlib import Path
+
+import torch
+
+TEXT_SUFFIXES = (".txt", ".md", ".text")
+JSON_SUFFIXES = (".json", ".jsonl")
+
+Batch = dict[str, torch.Tensor]
+
+
+def load_text_dataset(path: str | Path, *, text_field: str = "text", sample_by: str = "document"):
+    """Load a local ``.txt`` / ``.md`` file or ``.json`` / ``.jsonl`` (JSON lines) file as a ``datasets.Dataset``
+    with one string column ``text_field``. Nothing is downloaded.
+
+    ``sample_by`` ("document", "paragraph" or "line") tells the text builder what one row is.
+    Raises ``FileNotFoundError`` for a missing file and ``ValueError`` for an unknown suffix, a JSON file
+    without ``text_field`` or a dataset with no text in it.
+    """
+    import datasets
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"data file {str(path)!r} does not exist (expected a local .txt, .md or .jsonl file)")
+    suffix = path.suffix.lower()
+    if suffix in TEXT_SUFFIXES:
+        ds = datasets.load_dataset("text", data_files=str(path), split="train", sample_by=sample_by)
+        if text_field != "text":
+            ds = ds.rename_column("text", text_field)
+    elif suffix in JSON_SUFFIXES:
+        try:
+            ds = datasets.load_dataset("json", data_files=str(path), split="train")
+        except Exception as err:  # datasets raises several kinds for malformed JSON
+            raise ValueError(f"data file {str(path)!r} is not valid JSON lines: {err}") from err
+        if text_field not in ds.column_names:
+            raise ValueError(f"data file {str(path)!r} has columns {ds.column_names}, expected a {text_field!r} column")
+    else:
+        raise ValueError(f"data file {str(path)!r} has suffix {suffix!r}; expected one of "
+                         f"{TEXT_SUFFIXES + JSON_SUFFIXES}")
+    if len(ds) == 0 or not any(isinstance(t, str) and t.strip() for t in ds[text_field]):
+        raise ValueError(f"data file {str(path)!r} holds an empty dataset (no non-blank {text_field!r} rows)")
+    return ds
+
+
+def pack_tokens(documents: Iterable[list[int]], block_size: int, *, separator_id: int | None = None) -> torch.Tensor:
+    """Concatenate token lists (each followed by ``separator_id`` when given) and cut them into a
+    ``LongTensor (N, block_size)``, dropping the ragged tail."""
+    if block_size < 2:
+        raise ValueError(f"block_size must be >= 2 (one input and one target), got {block_size}")
+    stream: list[int] = []
+    for ids in documents:
+        stream.extend(ids)
+        if separator_id is not None:
+            stream.append(separator_id)
+    n_blocks = len(stream) // block_size
+    if n_blocks == 0:
+        raise ValueError(f"only {len(stream)} tokens to pack, fewer than block_size={block_size}: the dataset is "
+                         "empty or too small")
+    return torch.tensor(stream[: n_blocks * block_size], dtype=torch.long).view(n_blocks, block_size)
+
+
+def tokenize_and_pack(
+    dataset,
+    encode: Callable[[str], list[int]],
+    block_size: int,
+    *,
+    text_field: str = "text",
+    separator_id: int | None = None,
+) -> Batch:
+    """Tokenize a ``datasets.Dataset`` with ``encode`` (``Dataset.map``, batched) and pack it with
+    :func:`pack_tokens`. Returns ``{"input_ids": LongTensor (N, block_size)}``, ready for :func:`train`."""
+    if len(dataset) == 0:
+        raise ValueError("dataset is empty: nothing to tokenize")
+    tokenized = dataset.map(
+        lambda rows: {"input_ids": [encode(t) for t in rows[text_field]]},
+        batched=True,
+        remove_columns=dataset.column_names,
+        desc="tokenizing",
+    )
+    return {"input_ids": pack_tokens(tokenized["input_ids"], block_size, separator_id=separator_id)}
+
+
+def check_data(data: Mapping[str, torch.Tensor], name: str = "train_data") -> int:
+    """Validate a batch dict (``input_ids`` ``(N, T)`` long; optional ``attention_mask`` / ``loss_mask`` of the
+    same shape) and return ``N``."""
+    if not isinstance(data, Mapping) or "input_ids" not in data:
+        raise ValueError(f"{name} must be a dict with an 'input_ids' tensor, got {type(data).__name__}")
+    ids = data["input_ids"]
+    if not isinstance(ids, torch.Tensor) or ids.dim() != 2 or ids.dtype != torch.long:
+        raise ValueError(f"{name}['input_ids'] must be a LongTensor (N, T), got "
+                         f"{getattr(ids, 'dtype', type(ids))} {tuple(getattr(ids, 'shape', ()))}")
+    if ids.size(0) == 0 or ids.size(1) < 2:
+        raise ValueError(f"{name} is empty: input_ids has shape {tuple(ids.shape)}, expected N >= 1 and T >= 2")
+    for key, value in data.items():
+        if key != "input_ids" and (not isinstance(value, torch.Tensor) or value.shape != ids.shape):
+            raise ValueError(f"{name}[{key!r}] must have the shape of input_ids {tuple(ids.shape)}, "
+                             f"got {tuple(getattr(value, 'shape', ()))}")
+    return ids.size(0)
+
+
+def batch_indices(num_examples: int, batch_size: int, index: int, *, seed: int) -> torch.Tensor:
+    """Example indices ``(batch_size,)`` of micro-batch ``index`` in the seeded endless stream (module doc)."""
+    positions = torch.arange(index * batch_size, (index + 1) * batch_size)
+    epochs = positions // num_examples
+    out = torch.empty(batch_size, dtype=torch.long)
+    for epoch in epochs.unique().tolist():
+        perm = torch.randperm(num_examples, generator=torch.Generator().manual_seed(seed + epoch))
+        chosen = epochs == epoch
+        out[chosen] = perm[positions[chosen] % num_examples]
+    return out
+
+
+def get_batch(data: Mapping[str, torch.Tensor], indices: torch.Tensor) -> Batch:
+    """Rows ``indices`` of every tensor in ``data``."""
+    return {key: value[indices] for key, value in data.items()}
+
+
+def iterate_in_order(data: Mapping[str, torch.Tensor], batch_size: int, max_batches: int | None = None
+                     ) -> Iterator[Batch]:
+    """Batches of ``data`` in stored order (for evaluation), at most ``max_batches`` of them."""
+    n = check_data(data, "eval_data")
+    for i, start in enumerate(range(0, n, batch_size)):
+        if max_batches is not None and i >= max_batches:
+            return
+        yield {key: value[start:start + batch_size] for key, value in data.items()}

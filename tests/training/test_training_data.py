@@ -1,0 +1,61 @@
+"""Local data through datasets, packing, the seeded batch order, and the loss-curve PNG."""
+
+import json
+
+import pytest
+import torch
+
+from mlcore.training import batch_indices, load_text_dataset, pack_tokens, plot_loss_curves, tokenize_and_pack
+
+
+def test_load_text_and_jsonl(tmp_path):
+    (tmp_path / "a.txt").write_text("first line\nsecond line\n")
+    ds = load_text_dataset(tmp_path / "a.txt")
+    assert ds["text"] == ["first line\nsecond line\n"]
+    assert load_text_dataset(tmp_path / "a.txt", sample_by="line")["text"] == ["first line", "second line"]
+    rows = [{"text": "hello", "id": 1}, {"text": "world", "id": 2}]
+    (tmp_path / "b.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    assert load_text_dataset(tmp_path / "b.jsonl")["text"] == ["hello", "world"]
+
+
+def test_load_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_text_dataset(tmp_path / "missing.txt")
+    (tmp_path / "empty.txt").write_text("  \n")
+    with pytest.raises(ValueError, match="empty"):
+        load_text_dataset(tmp_path / "empty.txt")
+    (tmp_path / "c.jsonl").write_text(json.dumps({"body": "x"}))
+    with pytest.raises(ValueError, match="'text' column"):
+        load_text_dataset(tmp_path / "c.jsonl")
+    (tmp_path / "d.csv").write_text("a,b")
+    with pytest.raises(ValueError, match="suffix"):
+        load_text_dataset(tmp_path / "d.csv")
+
+
+def test_tokenize_and_pack(tmp_path):
+    (tmp_path / "a.jsonl").write_text("\n".join(json.dumps({"text": t}) for t in ["abc", "de", "fghij"]))
+    ds = load_text_dataset(tmp_path / "a.jsonl")
+    packed = tokenize_and_pack(ds, lambda s: [ord(c) for c in s], 4, separator_id=0)
+    stream = [97, 98, 99, 0, 100, 101, 0, 102, 103, 104, 105, 106, 0]
+    assert packed["input_ids"].tolist() == [stream[0:4], stream[4:8], stream[8:12]]
+    with pytest.raises(ValueError, match="fewer than block_size"):
+        pack_tokens([[1, 2]], 8)
+
+
+def test_batch_order_is_a_seeded_permutation_per_epoch():
+    n, b = 10, 4
+    stream = torch.cat([batch_indices(n, b, i, seed=3) for i in range(5)])   # 20 positions = 2 epochs
+    assert sorted(stream[:10].tolist()) == list(range(10))
+    assert sorted(stream[10:].tolist()) == list(range(10))
+    assert stream[:10].tolist() == torch.randperm(10, generator=torch.Generator().manual_seed(3)).tolist()
+    assert torch.equal(batch_indices(n, b, 3, seed=3), batch_indices(n, b, 3, seed=3))
+    assert not torch.equal(torch.cat([batch_indices(n, b, i, seed=4) for i in range(3)]), stream[:12])
+
+
+def test_loss_curve_png(tmp_path):
+    run = {"history": [{"step": s, "loss": 5 / s} for s in range(1, 20)],
+           "evals": [{"step": 10, "loss": 0.7, "perplexity": 2.01}]}
+    path = plot_loss_curves({"toy": run}, tmp_path / "curve.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(ValueError):
+        plot_loss_curves({}, tmp_path / "x.png")
