@@ -1,0 +1,338 @@
+"""Hugging Face checkpoints <-> mlcore ``Transformer``: configs and weights, both ways.
+
+Architectures (transformers class -> what it needs from mlcore):
+
+- ``LlamaForCausalLM``: RMSNorm, SwiGLU, RoPE (default / linear / dynamic / yarn / llama3), GQA/MQA,
+  ``attention_bias`` (on q, k, v *and* o), ``mlp_bias``.
+- ``MistralForCausalLM``: Llama plus a sliding window over the last ``sliding_window`` keys.
+- ``Qwen2ForCausalLM``: Llama plus a bias on q, k, v only (not o).
+- ``GPT2LMHeadModel``: LayerNorm, GELU (tanh) MLP, learned positions, biases everywhere, tied head. GPT-2 stores
+  its projections as ``Conv1D`` with weight shape (in, out) -- the transpose of ``nn.Linear`` -- and fuses q, k, v
+  into one ``c_attn`` matrix whose output columns are [q | k | v].
+
+Config fields are checked against a list of what is understood: a field mlcore does not implement, or does not
+know, is refused with a ``ValueError`` rather than silently producing different logits. Dropout settings only
+matter in training and are not copied (the converted model has ``dropout=0``).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import torch
+from torch import nn
+
+from mlcore.model.config import TransformerConfig
+
+SUPPORTED_ARCHITECTURES = {
+    "LlamaForCausalLM": "llama",
+    "MistralForCausalLM": "mistral",
+    "Qwen2ForCausalLM": "qwen2",
+    "GPT2LMHeadModel": "gpt2",
+}
+SUPPORTED_ROPE_TYPES = ("default", "linear", "dynamic", "yarn", "llama3")
+
+# Fields of every transformers config that do not change the forward pass of a causal LM.
+_GENERIC_KEYS = {
+    "_name_or_path", "architectures", "chunk_size_feed_forward", "dtype", "torch_dtype", "id2label", "label2id",
+    "is_encoder_decoder", "model_type", "output_attentions", "output_hidden_states", "problem_type",
+    "return_dict", "transformers_version", "use_cache", "bos_token_id", "eos_token_id", "pad_token_id",
+    "initializer_range", "tokenizer_class", "_attn_implementation_autoset", "task_specific_params",
+}
+_LLAMA_KEYS = {
+    "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+    "num_key_value_heads", "hidden_act", "max_position_embeddings", "rms_norm_eps", "tie_word_embeddings",
+    "rope_parameters", "rope_theta", "rope_scaling", "attention_dropout", "head_dim",
+}
+_ARCH_KEYS = {
+    "llama": _LLAMA_KEYS | {"attention_bias", "mlp_bias", "pretraining_tp"},
+    "mistral": _LLAMA_KEYS | {"sliding_window", "layer_types"},
+    "qwen2": _LLAMA_KEYS | {"use_sliding_window", "sliding_window", "max_window_layers", "layer_types"},
+    "gpt2": {
+        "vocab_size", "n_positions", "n_ctx", "n_embd", "n_layer", "n_head", "n_inner", "activation_function",
+        "resid_pdrop", "embd_pdrop", "attn_pdrop", "layer_norm_epsilon", "summary_type", "summary_use_proj",
+        "summary_activation", "summary_proj_to_labels", "summary_first_dropout", "scale_attn_weights",
+        "scale_attn_by_inverse_layer_idx", "reorder_and_upcast_attn", "add_cross_attention",
+        "tie_word_embeddings",
+    },
+}
+# transformers activation names -> mlcore activation names
+_ACTIVATIONS = {"silu": "silu", "swish": "silu", "gelu": "gelu", "gelu_new": "gelu_tanh",
+                "gelu_pytorch_tanh": "gelu_tanh", "relu": "relu"}
+
+
+def _refuse(arch: str, what: str) -> ValueError:
+    return ValueError(f"{arch}: {what} is not implemented by mlcore's Transformer; refusing to convert rather than "
+                      "produce different logits")
+
+
+def architecture_of(config: dict[str, Any]) -> str:
+    """The mlcore family name (``"llama"``, ``"mistral"``, ``"qwen2"``, ``"gpt2"``) of an HF config dict."""
+    archs = config.get("architectures") or []
+    for name in archs:
+        if name in SUPPORTED_ARCHITECTURES:
+            return SUPPORTED_ARCHITECTURES[name]
+    if not archs and config.get("model_type") in _ARCH_KEYS:
+        return config["model_type"]
+    seen = archs or config.get("model_type")
+    raise ValueError(f"unsupported architecture {seen!r}; supported: {sorted(SUPPORTED_ARCHITECTURES)}")
+
+
+def _rope_parameters(d: dict[str, Any], arch: str) -> dict[str, Any]:
+    """One flat HF-style RoPE dict from either the v5 ``rope_parameters`` or the v4 ``rope_theta``/``rope_scaling``."""
+    rope = dict(d.get("rope_parameters") or d.get("rope_scaling") or {})
+    if any(isinstance(v, dict) for v in rope.values()):
+        raise _refuse(arch, f"per-layer-type rope_parameters {sorted(rope)}")
+    rope.setdefault("rope_theta", d.get("rope_theta", 10000.0))
+    rope["rope_type"] = rope.get("rope_type", rope.pop("type", "default"))
+    rope.pop("type", None)
+    if rope["rope_type"] not in SUPPORTED_ROPE_TYPES:
+        raise _refuse(arch, f"rope_type={rope['rope_type']!r} (supported: {SUPPORTED_ROPE_TYPES})")
+    if rope.get("partial_rotary_factor", 1.0) != 1.0:
+        raise _refuse(arch, f"partial_rotary_factor={rope['partial_rotary_factor']}")
+    rope.pop("partial_rotary_factor", None)
+    if rope["rope_type"] in ("yarn", "llama3"):
+        rope.setdefault("original_max_position_embeddings", d["max_position_embeddings"])
+    return rope
+
+
+def config_from_hf(d: dict[str, Any]) -> TransformerConfig:
+    """Translate an HF config dict (``config.to_dict()`` or a ``config.json``) to a ``TransformerConfig``."""
+    arch = architecture_of(d)
+    unknown = sorted(k for k in set(d) - _GENERIC_KEYS - _ARCH_KEYS[arch] if d[k] is not None)  # null = absent
+    if unknown:
+        raise _refuse(arch, f"config fields {unknown}")
+    if arch == "gpt2":
+        return _gpt2_config(d)
+
+    act = d.get("hidden_act", "silu")
+    if act not in _ACTIVATIONS:
+        raise _refuse(arch, f"hidden_act={act!r} (supported: {sorted(_ACTIVATIONS)})")
+    rope = _rope_parameters(d, arch)
+    theta = float(rope.pop("rope_theta"))
+    max_pos = int(d["max_position_embeddings"])
+    max_seq_len = max_pos
+    if rope["rope_type"] == "dynamic":  # dynamic NTK exists to run past the trained length
+        max_seq_len = int(max_pos * float(rope["factor"]))
+    sliding_window = None
+    attn_bias = bool(d.get("attention_bias", False))
+    qkv_bias, out_bias = attn_bias, attn_bias
+    if arch == "mistral":
+        sliding_window = d.get("sliding_window")
+        if len(set(d.get("layer_types") or ["one"])) > 1:
+            raise _refuse(arch, f"mixed layer_types {d['layer_types']}")
+    if arch == "qwen2":
+        qkv_bias, out_bias = True, False
+        window = d.get("sliding_window") if d.get("use_sliding_window") else None
+        types = d.get("layer_types") or [  # what Qwen2Config derives when config.json has no layer_types
+            "sliding_attention" if window is not None and i >= d.get("max_window_layers", 28) else "full_attention"
+            for i in range(int(d["num_hidden_layers"]))]
+        sliding = [t == "sliding_attention" for t in types]
+        if any(sliding) and not all(sliding):
+            raise _refuse(arch, f"use_sliding_window on some layers only (layer_types {types}, max_window_layers "
+                                f"{d.get('max_window_layers')})")
+        sliding_window = window if all(sliding) else None
+    n_heads = int(d["num_attention_heads"])
+    return TransformerConfig(
+        vocab_size=int(d["vocab_size"]), d_model=int(d["hidden_size"]), n_layers=int(d["num_hidden_layers"]),
+        n_heads=n_heads, n_kv_heads=int(d.get("num_key_value_heads") or n_heads),
+        head_dim=int(d.get("head_dim") or d["hidden_size"] // n_heads), d_ff=int(d["intermediate_size"]),
+        max_seq_len=max_seq_len, norm="rmsnorm", norm_eps=float(d.get("rms_norm_eps", 1e-6)), mlp="swiglu",
+        activation=_ACTIVATIONS[act], mlp_bias=bool(d.get("mlp_bias", False)), position="rope",
+        rope_theta=theta, rope_scaling=None if rope["rope_type"] == "default" else rope,
+        rope_max_position_embeddings=max_pos, qkv_bias=qkv_bias, out_bias=out_bias,
+        sliding_window=sliding_window, tie_embeddings=bool(d.get("tie_word_embeddings", False)), dropout=0.0,
+        initializer_range=float(d.get("initializer_range", 0.02)),
+    )
+
+
+def _gpt2_config(d: dict[str, Any]) -> TransformerConfig:
+    for key, ok in (("scale_attn_weights", True), ("scale_attn_by_inverse_layer_idx", False),
+                    ("reorder_and_upcast_attn", False), ("add_cross_attention", False)):
+        if d.get(key, ok) != ok:
+            raise _refuse("gpt2", f"{key}={d[key]}")
+    if not d.get("tie_word_embeddings", True):
+        raise _refuse("gpt2", "tie_word_embeddings=False")
+    act = d.get("activation_function", "gelu_new")
+    if act not in _ACTIVATIONS:
+        raise _refuse("gpt2", f"activation_function={act!r} (supported: {sorted(_ACTIVATIONS)})")
+    d_model = int(d["n_embd"])
+    return TransformerConfig(
+        vocab_size=int(d["vocab_size"]), d_model=d_model, n_layers=int(d["n_layer"]), n_heads=int(d["n_head"]),
+        d_ff=int(d.get("n_inner") or 4 * d_model), max_seq_len=int(d["n_positions"]), norm="layernorm",
+        norm_eps=float(d.get("layer_norm_epsilon", 1e-5)), mlp="gelu", activation=_ACTIVATIONS[act],
+        mlp_bias=True, position="learned", qkv_bias=True, out_bias=True, tie_embeddings=True, dropout=0.0,
+        initializer_range=float(d.get("initializer_range", 0.02)),
+    )
+
+
+# --- weights -------------------------------------------------------------------------------------------------
+
+_LLAMA_RENAMES = [  # HF name pattern -> mlcore name (applied after stripping "model.")
+    (r"^embed_tokens\.", "embed."),
+    (r"^layers\.(\d+)\.input_layernorm\.", r"layers.\1.attn_norm."),
+    (r"^layers\.(\d+)\.post_attention_layernorm\.", r"layers.\1.mlp_norm."),
+    (r"^layers\.(\d+)\.self_attn\.", r"layers.\1.attn."),
+]
+
+
+_BUFFERS = re.compile(r"(rotary_emb\.inv_freq|\.attn\.bias|\.attn\.masked_bias)$")
+
+
+def state_dict_from_hf(sd: dict[str, torch.Tensor], arch: str) -> dict[str, torch.Tensor]:
+    """HF parameter names and layouts -> mlcore's. Buffers (rotary tables, GPT-2 masks) are dropped."""
+    out: dict[str, torch.Tensor] = {}
+    for name, t in sd.items():
+        if _BUFFERS.search(name):
+            continue
+        if arch == "gpt2":
+            out.update(_gpt2_tensor(name, t))
+            continue
+        new = name[len("model."):] if name.startswith("model.") else name
+        for pattern, repl in _LLAMA_RENAMES:
+            new = re.sub(pattern, repl, new)
+        out[new] = t
+    return out
+
+
+def _gpt2_tensor(name: str, t: torch.Tensor) -> dict[str, torch.Tensor]:
+    name = name[len("transformer."):] if name.startswith("transformer.") else name
+    if name == "wte.weight":
+        return {"embed.weight": t}
+    if name == "wpe.weight":
+        return {"pos_emb.weight": t}
+    if name.startswith("ln_f."):
+        return {"norm." + name[5:]: t}
+    if name == "lm_head.weight":
+        return {"lm_head.weight": t}
+    m = re.match(r"^h\.(\d+)\.(.+)$", name)
+    if not m:
+        return {name: t}  # unknown: reported as unexpected by the loader
+    i, rest = m.group(1), m.group(2)
+    p = f"layers.{i}."
+    kind = rest.rsplit(".", 1)[-1]  # weight | bias
+    conv = t.t() if kind == "weight" else t  # Conv1D (in, out) -> Linear (out, in)
+    if rest.startswith("ln_1."):
+        return {p + "attn_norm." + kind: t}
+    if rest.startswith("ln_2."):
+        return {p + "mlp_norm." + kind: t}
+    if rest.startswith("attn.c_attn."):
+        q, k, v = conv.chunk(3, dim=0)  # output rows are [q | k | v]
+        return {p + f"attn.{n}_proj.{kind}": x.contiguous() for n, x in zip("qkv", (q, k, v))}
+    if rest.startswith("attn.c_proj."):
+        return {p + "attn.o_proj." + kind: conv.contiguous()}
+    if rest.startswith("mlp.c_fc."):
+        return {p + "mlp.up_proj." + kind: conv.contiguous()}
+    if rest.startswith("mlp.c_proj."):
+        return {p + "mlp.down_proj." + kind: conv.contiguous()}
+    return {p + rest: t}
+
+
+def load_converted(model: nn.Module, sd: dict[str, torch.Tensor], *, source: str) -> None:
+    """Copy ``sd`` into ``model``'s parameters, with errors that name each missing, extra or misshapen tensor."""
+    params = dict(model.named_parameters())  # a tied head appears once, as embed.weight
+    if model.config.tie_embeddings:
+        sd = {k: v for k, v in sd.items() if k != "lm_head.weight"}
+    missing = sorted(set(params) - set(sd))
+    unexpected = sorted(set(sd) - set(params))
+    if missing or unexpected:
+        raise ValueError(f"{source}: weights do not match the model: missing {missing[:8]}"
+                         f"{'...' if len(missing) > 8 else ''}, unexpected {unexpected[:8]}"
+                         f"{'...' if len(unexpected) > 8 else ''}")
+    for name, p in params.items():
+        if tuple(sd[name].shape) != tuple(p.shape):
+            raise ValueError(f"{source}: tensor {name!r} has shape {tuple(sd[name].shape)}, the config expects "
+                             f"{tuple(p.shape)} (vocab_size / hidden size mismatch?)")
+    with torch.no_grad():
+        for name, p in params.items():
+            p.copy_(sd[name].to(p.dtype))
+
+
+def from_hf(hf_model: nn.Module) -> nn.Module:
+    """A transformers causal LM (Llama, Mistral, Qwen2, GPT-2) -> mlcore ``Transformer`` with the same weights."""
+    from mlcore.model.transformer import Transformer
+
+    cls_name = type(hf_model).__name__
+    if cls_name not in SUPPORTED_ARCHITECTURES:
+        raise ValueError(f"unsupported architecture {cls_name!r}; supported: {sorted(SUPPORTED_ARCHITECTURES)}")
+    d = hf_model.config.to_dict()
+    d["architectures"] = [cls_name]
+    config = config_from_hf(d)
+    model = Transformer(config)
+    sd = state_dict_from_hf(dict(hf_model.state_dict()), SUPPORTED_ARCHITECTURES[cls_name])
+    load_converted(model, sd, source=cls_name)
+    return model.to(next(hf_model.parameters()).dtype).eval()
+
+
+# --- export (Llama family) -----------------------------------------------------------------------------------
+
+def config_to_hf(config: TransformerConfig) -> dict[str, Any]:
+    """A ``TransformerConfig`` of the Llama family -> an HF ``config.json`` dict (Llama, Mistral or Qwen2)."""
+    c = config
+    problems = [f"{k}={getattr(c, k)!r}" for k, ok in (("norm", "rmsnorm"), ("mlp", "swiglu"), ("position", "rope"),
+                                                       ("rope_interleaved", False), ("partial_rotary_factor", 1.0))
+                if getattr(c, k) != ok]
+    if c.sliding_window is not None and (c.qkv_bias or c.out_bias or c.mlp_bias):
+        problems.append("sliding_window together with biases")
+    if c.qkv_bias and not c.out_bias and c.mlp_bias:
+        problems.append("qkv_bias without out_bias together with mlp_bias")
+    if c.out_bias and not c.qkv_bias:
+        problems.append("out_bias without qkv_bias")
+    act = {"silu": "silu", "gelu": "gelu", "gelu_tanh": "gelu_pytorch_tanh", "relu": "relu"}[c.activation]
+    if problems:
+        raise ValueError(f"to_hf exports Llama-family models (RMSNorm, SwiGLU, RoPE); this config has {problems}")
+    rope: dict[str, Any] = {"rope_type": "default", **(c.rope_scaling or {}), "rope_theta": c.rope_theta}
+    max_pos = c.rope_max_position_embeddings or c.max_seq_len
+    d: dict[str, Any] = {
+        "vocab_size": c.vocab_size, "hidden_size": c.d_model, "intermediate_size": c.d_ff,
+        "num_hidden_layers": c.n_layers, "num_attention_heads": c.n_heads, "num_key_value_heads": c.n_kv_heads,
+        "head_dim": c.head_dim, "hidden_act": act, "max_position_embeddings": max_pos, "rms_norm_eps": c.norm_eps,
+        "tie_word_embeddings": c.tie_embeddings, "rope_parameters": rope, "initializer_range": c.initializer_range,
+        "attention_dropout": 0.0,
+    }
+    if c.sliding_window is not None:
+        d.update(model_type="mistral", architectures=["MistralForCausalLM"], sliding_window=c.sliding_window)
+    elif c.qkv_bias and not c.out_bias:
+        d.update(model_type="qwen2", architectures=["Qwen2ForCausalLM"], use_sliding_window=False)
+    else:
+        d.update(model_type="llama", architectures=["LlamaForCausalLM"], attention_bias=c.qkv_bias,
+                 mlp_bias=c.mlp_bias)
+    return d
+
+
+def state_dict_to_hf(model: nn.Module) -> dict[str, torch.Tensor]:
+    """mlcore parameter names -> HF Llama-family names (``model.`` prefix, ``lm_head`` only when untied)."""
+    out: dict[str, torch.Tensor] = {}
+    for name, p in model.named_parameters():
+        t = p.detach()
+        if name == "lm_head.weight":
+            out[name] = t
+            continue
+        new = re.sub(r"^embed\.", "embed_tokens.", name)
+        new = re.sub(r"\.attn_norm\.", ".input_layernorm.", new)
+        new = re.sub(r"\.mlp_norm\.", ".post_attention_layernorm.", new)
+        new = re.sub(r"\.attn\.", ".self_attn.", new)
+        out["model." + new] = t
+    return out
+
+
+def to_hf(model: nn.Module) -> nn.Module:
+    """mlcore ``Transformer`` (Llama family) -> transformers ``*ForCausalLM`` with the same weights, in eval mode."""
+    import transformers
+
+    d = config_to_hf(model.config)
+    cfg_cls = {"llama": transformers.LlamaConfig, "mistral": transformers.MistralConfig,
+               "qwen2": transformers.Qwen2Config}[d["model_type"]]
+    arch = d.pop("architectures")
+    d.pop("model_type")
+    hf_config = cfg_cls(**d, architectures=arch)
+    hf_model = getattr(transformers, arch[0])(hf_config)
+    sd = state_dict_to_hf(model)
+    missing, unexpected = hf_model.load_state_dict(sd, strict=False)
+    missing = [k for k in missing if not (k == "lm_head.weight" and model.config.tie_embeddings)]
+    if missing or unexpected:
+        raise RuntimeError(f"to_hf: state dict mismatch, missing {missing}, unexpected {unexpected}")
+    if model.config.tie_embeddings:
+        hf_model.tie_weights()
+    return hf_model.to(next(model.parameters()).dtype).eval()

@@ -1,0 +1,78 @@
+"""The position-wise feed-forward network of a transformer block, in its two common forms.
+
+- GELU MLP (Vaswani et al. 2017; GELU from Hendrycks & Gimpel 2016, used by GPT-2):
+  ``MLP(x) = W_down · act(W_up · x + b_up) + b_down``, hidden width ``d_ff`` (usually ``4 · d_model``).
+- SwiGLU (Shazeer 2020, "GLU Variants Improve Transformer"; used by Llama, Mistral, Qwen2):
+  ``MLP(x) = W_down · (silu(W_gate · x) ⊙ W_up · x)``: a gated unit, three matrices instead of two.
+
+Layer names follow Llama (``gate_proj``, ``up_proj``, ``down_proj``) so that Hugging Face checkpoints and
+LoRA ``target_modules`` map one to one.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
+    """GELU, tanh approximation (GPT-2's ``gelu_new``): ``0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))``."""
+    return 0.5 * x * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x.pow(3))))
+
+
+ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "silu": F.silu,
+    "gelu": F.gelu,  # exact, erf-based
+    "gelu_tanh": gelu_tanh,
+    "relu": F.relu,
+}
+
+
+def get_activation(name: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    if name not in ACTIVATIONS:
+        raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {name!r}")
+    return ACTIVATIONS[name]
+
+
+class GeluMLP(nn.Module):
+    """Two-layer MLP. x: (B, T, C) -> (B, T, C) through a hidden width ``d_ff``."""
+
+    def __init__(self, d_model: int, d_ff: int, *, activation: str = "gelu_tanh", bias: bool = True,
+                 dropout: float = 0.0) -> None:
+        super().__init__()
+        self.up_proj = nn.Linear(d_model, d_ff, bias=bias)
+        self.down_proj = nn.Linear(d_ff, d_model, bias=bias)
+        self.act = get_activation(activation)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.down_proj(self.act(self.up_proj(x))))  # (B, T, d_ff) in the middle
+
+
+class SwiGLU(nn.Module):
+    """Gated MLP ``down(act(gate(x)) * up(x))``. x: (B, T, C) -> (B, T, C)."""
+
+    def __init__(self, d_model: int, d_ff: int, *, activation: str = "silu", bias: bool = False,
+                 dropout: float = 0.0) -> None:
+        super().__init__()
+        self.gate_proj = nn.Linear(d_model, d_ff, bias=bias)
+        self.up_proj = nn.Linear(d_model, d_ff, bias=bias)
+        self.down_proj = nn.Linear(d_ff, d_model, bias=bias)
+        self.act = get_activation(activation)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.down_proj(self.act(self.gate_proj(x)) * self.up_proj(x)))
+
+
+def build_mlp(kind: str, d_model: int, d_ff: int, *, activation: str, bias: bool, dropout: float) -> nn.Module:
+    """``"swiglu"`` -> :class:`SwiGLU`, ``"gelu"`` -> :class:`GeluMLP`."""
+    if kind == "swiglu":
+        return SwiGLU(d_model, d_ff, activation=activation, bias=bias, dropout=dropout)
+    if kind == "gelu":
+        return GeluMLP(d_model, d_ff, activation=activation, bias=bias, dropout=dropout)
+    raise ValueError(f"mlp must be 'swiglu' or 'gelu', got {kind!r}")

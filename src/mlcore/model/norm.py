@@ -1,0 +1,61 @@
+"""Normalization layers of the residual stream: LayerNorm and RMSNorm.
+
+- LayerNorm (Ba, Kiros & Hinton 2016, "Layer Normalization"): ``y = (x - mean(x)) / sqrt(var(x) + eps) * g + b``,
+  statistics over the feature dimension; used by GPT-2.
+- RMSNorm (Zhang & Sennrich 2019, "Root Mean Square Layer Normalization"): ``y = x / sqrt(mean(x^2) + eps) * g``,
+  no centring and no bias; used by Llama, Mistral and Qwen2. Statistics are computed in float32 and the result is
+  cast back before the gain is applied, the order Hugging Face's ``LlamaRMSNorm`` uses.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class RMSNorm(nn.Module):
+    """Root-mean-square normalization over the last dimension. x: (..., C) -> (..., C)."""
+
+    def __init__(self, dim: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = x.dtype
+        x32 = x.float()
+        inv_rms = torch.rsqrt(x32.pow(2).mean(dim=-1, keepdim=True) + self.eps)
+        return self.weight * (x32 * inv_rms).to(dtype)
+
+    def extra_repr(self) -> str:
+        return f"{self.weight.shape[0]}, eps={self.eps}"
+
+
+class LayerNorm(nn.Module):
+    """Layer normalization over the last dimension, with gain and (optional) bias. x: (..., C) -> (..., C)."""
+
+    def __init__(self, dim: int, eps: float = 1e-5, bias: bool = True) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.bias = nn.Parameter(torch.zeros(dim)) if bias else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = x.dtype
+        x32 = x.float()
+        mean = x32.mean(dim=-1, keepdim=True)
+        var = (x32 - mean).pow(2).mean(dim=-1, keepdim=True)  # biased variance, as in the paper
+        y = ((x32 - mean) * torch.rsqrt(var + self.eps)).to(dtype) * self.weight
+        return y + self.bias if self.bias is not None else y
+
+    def extra_repr(self) -> str:
+        return f"{self.weight.shape[0]}, eps={self.eps}, bias={self.bias is not None}"
+
+
+def build_norm(kind: str, dim: int, eps: float) -> nn.Module:
+    """``"rmsnorm"`` -> :class:`RMSNorm`, ``"layernorm"`` -> :class:`LayerNorm`."""
+    if kind == "rmsnorm":
+        return RMSNorm(dim, eps)
+    if kind == "layernorm":
+        return LayerNorm(dim, eps)
+    raise ValueError(f"norm must be 'rmsnorm' or 'layernorm', got {kind!r}")

@@ -1,0 +1,162 @@
+"""A decoder-only transformer language model, built from mlcore's own attention and positional parts.
+
+References
+- Vaswani et al. 2017, "Attention Is All You Need" (the block); Radford et al. 2019, "Language Models are
+  Unsupervised Multitask Learners" (GPT-2: pre-norm, learned positions, tied embeddings).
+- Touvron et al. 2023, "LLaMA" (RMSNorm, SwiGLU, RoPE); Ainslie et al. 2023, "GQA"; Shazeer 2019, "Fast
+  Transformer Decoding" (MQA); Jiang et al. 2023, "Mistral 7B" (sliding-window attention).
+- Su et al. 2021, "RoFormer" (RoPE); Press et al. 2022, "Train Short, Test Long" (ALiBi).
+- Karpathy's nanoGPT ``model.py`` for the shape of this file.
+
+The forward pass, with shapes:
+
+    input_ids (B, T) --embed--> x (B, T, C) [+ learned positions]
+    for each block: x = x + Attn(Norm(x)); x = x + MLP(Norm(x))
+    logits = Norm(x) @ W_vocab^T  -> (B, T, V)
+
+Positions come from the attention mask: ``position_ids = cumsum(mask) - 1`` (clamped at 0), so that a
+left-padded row gets the same positions, and hence the same logits, as the same row without padding. This is
+what transformers' ``generate`` does; a plain transformers forward needs ``position_ids`` passed to agree.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from mlcore.model.block import Block
+from mlcore.model.config import TransformerConfig
+from mlcore.model.norm import build_norm
+from mlcore.positional import LearnedEncoding, RotaryEmbedding
+
+
+def positions_from_mask(attention_mask: torch.Tensor, seq_len: int) -> torch.Tensor:
+    """(B, Tk) 0/1 mask -> (B, seq_len) positions of the last ``seq_len`` columns: ``cumsum - 1``, clamped at 0."""
+    pos = attention_mask.long().cumsum(dim=-1) - 1
+    return pos.clamp(min=0)[:, -seq_len:]
+
+
+def cache_length(cache: Any) -> int:
+    """Tokens already in a KV cache (``cache.get_seq_length()`` where the cache offers it), else 0."""
+    if cache is None or not hasattr(cache, "get_seq_length"):
+        return 0
+    return int(cache.get_seq_length())
+
+
+class Transformer(nn.Module):
+    """Decoder-only language model. ``model(input_ids) -> logits (B, T, vocab_size)``."""
+
+    def __init__(self, config: TransformerConfig) -> None:
+        super().__init__()
+        self.config = c = config
+        self.embed = nn.Embedding(c.vocab_size, c.d_model)
+        self.pos_emb = LearnedEncoding(c.max_seq_len, c.d_model) if c.position == "learned" else None
+        self.rope = self._build_rope(c) if c.position == "rope" else None
+        self.drop = nn.Dropout(c.dropout)
+        self.layers = nn.ModuleList([Block(c, i, rope=self.rope) for i in range(c.n_layers)])
+        self.norm = build_norm(c.norm, c.d_model, c.norm_eps)
+        self.lm_head = nn.Linear(c.d_model, c.vocab_size, bias=False)
+        self.reset_parameters()
+        if c.tie_embeddings:
+            self.lm_head.weight = self.embed.weight  # one matrix reads tokens in and writes logits out
+
+    @staticmethod
+    def _build_rope(c: TransformerConfig) -> nn.Module:
+        return RotaryEmbedding(
+            c.head_dim, base=c.rope_theta,
+            max_position_embeddings=c.rope_max_position_embeddings or c.max_seq_len,
+            scaling=c.rope_scaling, interleaved=c.rope_interleaved, partial_rotary_factor=c.partial_rotary_factor,
+        )
+
+    def reset_parameters(self) -> None:
+        """GPT-2 initialization: N(0, 0.02) weights, zero biases, output projections scaled by 1/sqrt(2·n_layers)."""
+        std = self.config.initializer_range
+        for name, p in self.named_parameters():
+            if p.dim() < 2:
+                continue  # norm gains stay at 1, biases stay at 0 (set by their modules)
+            residual_out = name.endswith(("o_proj.weight", "down_proj.weight"))  # writes into the stream
+            scale = 1 / math.sqrt(2 * self.config.n_layers) if residual_out else 1.0
+            nn.init.normal_(p, mean=0.0, std=std * scale)
+        for m in self.modules():
+            if isinstance(m, nn.Linear) and m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+    def num_parameters(self) -> int:
+        """Distinct parameters (a tied head counts once)."""
+        return sum(p.numel() for p in self.parameters())
+
+    def forward(self, input_ids: torch.Tensor, *, attention_mask: torch.Tensor | None = None,
+                cache: Any = None, position_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """input_ids (B, T) -> logits (B, T, V).
+
+        ``attention_mask``: (B, P + T) with 1 = token, 0 = padding, covering the ``P`` tokens already in
+        ``cache`` too (a (B, T) mask is accepted when the cache is empty). ``cache`` is handed to every attention
+        layer (``k, v = cache.update(layer_idx, k_new, v_new)``); positions start after its length.
+        ``position_ids`` (B, T) overrides the positions derived from the mask.
+        """
+        c = self.config
+        if input_ids.dim() != 2 or input_ids.dtype not in (torch.long, torch.int32, torch.int64):
+            raise ValueError(f"input_ids must be an integer tensor of shape (B, T), got {tuple(input_ids.shape)} "
+                             f"{input_ids.dtype}")
+        B, T = input_ids.shape
+        if T == 0:
+            raise ValueError("input_ids must hold at least one token, got T=0")
+        if not torch.compiler.is_compiling():  # one host sync; skipped inside torch.compile graphs
+            lo, hi = (int(v) for v in torch.aminmax(input_ids))
+            if lo < 0 or hi >= c.vocab_size:
+                raise ValueError(f"input_ids must lie in [0, vocab_size={c.vocab_size}), got values in [{lo}, {hi}] "
+                                 "(tokenizer/model vocab mismatch?)")
+        past = cache_length(cache)
+        if past + T > c.max_seq_len:
+            raise ValueError(f"sequence length {past + T} (cache {past} + input {T}) exceeds "
+                             f"max_seq_len={c.max_seq_len} of this model")
+        if attention_mask is not None and tuple(attention_mask.shape) != (B, past + T):
+            raise ValueError(f"attention_mask must have shape (B, P + T) = ({B}, {past + T}) (cache holds P={past}, "
+                             f"input T={T}), got {tuple(attention_mask.shape)}")
+        if position_ids is None:
+            if attention_mask is not None:
+                position_ids = positions_from_mask(attention_mask, T)
+            else:
+                position_ids = torch.arange(past, past + T, device=input_ids.device).expand(B, T)
+        elif position_ids.shape != (B, T):
+            raise ValueError(f"position_ids must have shape (B, T) = ({B}, {T}), got {tuple(position_ids.shape)}")
+
+        x = self.embed(input_ids)  # (B, T, C)
+        if self.pos_emb is not None:
+            x = x + self.pos_emb(position_ids)  # (B, T, C) learned absolute positions
+        x = self.drop(x)
+        for block in self.layers:
+            x = block(x, attention_mask=attention_mask, position_ids=position_ids, cache=cache)
+        return self.lm_head(self.norm(x))  # (B, T, V)
+
+    # --- Hugging Face interop (the code lives in hf_convert.py and pretrained.py) ---
+
+    @classmethod
+    def from_hf(cls, hf_model: nn.Module) -> Transformer:
+        """Copy a transformers Llama / Mistral / Qwen2 / GPT-2 causal LM into an mlcore Transformer."""
+        from mlcore.model.hf_convert import from_hf
+
+        return from_hf(hf_model)
+
+    @classmethod
+    def from_pretrained(cls, folder: str | Path, *, dtype: torch.dtype = torch.float32) -> Transformer:
+        """Read an HF model folder (``config.json`` + safetensors) offline; parameters in ``dtype``."""
+        from mlcore.model.pretrained import from_pretrained
+
+        return from_pretrained(folder, dtype=dtype)
+
+    def to_hf(self) -> nn.Module:
+        """The same model as a transformers ``LlamaForCausalLM`` / ``MistralForCausalLM`` / ``Qwen2ForCausalLM``."""
+        from mlcore.model.hf_convert import to_hf
+
+        return to_hf(self)
+
+    def save_pretrained(self, folder: str | Path) -> None:
+        """Write ``config.json`` + ``model.safetensors`` that ``AutoModelForCausalLM.from_pretrained`` loads."""
+        from mlcore.model.pretrained import save_pretrained
+
+        save_pretrained(self, folder)

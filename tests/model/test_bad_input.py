@@ -1,0 +1,78 @@
+"""Bad input gives clear errors: unsupported architectures and fields, too-long sequences, vocab mismatches."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import transformers
+
+from mlcore.model import Transformer, TransformerConfig
+from mlcore.model.hf_convert import config_from_hf
+
+from ._model_testutils import VOCAB, gpt2, llama_family
+
+
+def test_unsupported_architecture_names_supported_ones():
+    cfg = transformers.LlamaConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                   intermediate_size=32, vocab_size=VOCAB)
+    headless = transformers.LlamaModel(cfg)  # no LM head
+    with pytest.raises(ValueError, match="LlamaModel.*GPT2LMHeadModel.*LlamaForCausalLM"):
+        Transformer.from_hf(headless)
+    with pytest.raises(ValueError, match="FalconForCausalLM.*supported"):
+        config_from_hf({"architectures": ["FalconForCausalLM"], "model_type": "falcon"})
+
+
+@pytest.mark.parametrize("kind,overrides,match", [
+    ("llama", dict(rope_scaling={"rope_type": "longrope", "long_factor": [1.0] * 8, "short_factor": [1.0] * 8,
+                                 "original_max_position_embeddings": 16}), "longrope"),
+    ("llama", dict(hidden_act="gelu_fast"), "hidden_act"),
+    ("qwen2", dict(use_sliding_window=True, sliding_window=4, max_window_layers=1), "use_sliding_window"),
+    ("gpt2", dict(scale_attn_by_inverse_layer_idx=True), "scale_attn_by_inverse_layer_idx"),
+    ("gpt2", dict(reorder_and_upcast_attn=True), "reorder_and_upcast_attn"),
+    ("gpt2", dict(scale_attn_weights=False), "scale_attn_weights"),
+])
+def test_unimplemented_config_fields_are_refused(kind, overrides, match):
+    hf = gpt2(**overrides) if kind == "gpt2" else llama_family(kind, **overrides)
+    with pytest.raises(ValueError, match=match):
+        Transformer.from_hf(hf)
+
+
+def test_partial_rotary_factor_is_refused():
+    d = llama_family("llama").config.to_dict()
+    d["architectures"] = ["LlamaForCausalLM"]
+    d["rope_parameters"] = {**d["rope_parameters"], "partial_rotary_factor": 0.5}
+    with pytest.raises(ValueError, match="partial_rotary_factor"):
+        config_from_hf(d)
+
+
+def test_sequence_longer_than_max_positions():
+    model = Transformer(TransformerConfig(vocab_size=VOCAB, d_model=32, n_layers=1, n_heads=2, max_seq_len=8))
+    model(torch.zeros(1, 8, dtype=torch.long))
+    with pytest.raises(ValueError, match="max_seq_len=8"):
+        model(torch.zeros(1, 9, dtype=torch.long))
+    gpt = Transformer.from_hf(gpt2(n_positions=16))
+    with pytest.raises(ValueError, match="max_seq_len=16"):
+        gpt(torch.zeros(1, 17, dtype=torch.long))
+
+
+def test_token_ids_outside_vocab():
+    model = Transformer(TransformerConfig(vocab_size=VOCAB, d_model=32, n_layers=1, n_heads=2, max_seq_len=8))
+    with pytest.raises(ValueError, match="vocab_size=128"):
+        model(torch.tensor([[1, 2, VOCAB]]))
+    with pytest.raises(ValueError, match="input_ids"):
+        model(torch.zeros(4, dtype=torch.long))
+    with pytest.raises(ValueError, match="attention_mask"):
+        model(torch.zeros(2, 4, dtype=torch.long), attention_mask=torch.ones(2, 5))
+
+
+@pytest.mark.parametrize("field,value", [("n_kv_heads", 3), ("norm", "batchnorm"), ("mlp", "moe"),
+                                         ("position", "sinusoidal-3d"), ("d_model", 0)])
+def test_bad_config_values(field, value):
+    with pytest.raises(ValueError, match=field):
+        TransformerConfig(**{"vocab_size": VOCAB, "d_model": 64, "n_heads": 4, field: value})
+
+
+def test_export_refuses_non_llama_family():
+    model = Transformer.from_hf(gpt2())
+    with pytest.raises(ValueError, match="Llama-family"):
+        model.to_hf()

@@ -1,0 +1,152 @@
+"""mlcore's Transformer against transformers' own models with the same weights (reference: HF logits)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mlcore.model import Transformer
+
+from ._model_testutils import VOCAB, gpt2, hf_logits, left_padded_batch, llama_family, randomize_
+
+ATOL = 1e-4
+
+LLAMA_CASES = {
+    "gqa": dict(),
+    "mqa": dict(num_key_value_heads=1),
+    "mha_tied": dict(num_key_value_heads=4, tie_word_embeddings=True),
+    "attention_bias": dict(attention_bias=True, mlp_bias=True),
+    "rope_linear": dict(rope_scaling={"rope_type": "linear", "factor": 4.0}),
+    "rope_dynamic": dict(max_position_embeddings=16, rope_scaling={"rope_type": "dynamic", "factor": 2.0}),
+    "rope_yarn": dict(max_position_embeddings=32,
+                      rope_scaling={"rope_type": "yarn", "factor": 2.0, "original_max_position_embeddings": 16}),
+    "rope_llama3": dict(rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                                      "high_freq_factor": 4.0, "original_max_position_embeddings": 16}),
+    "head_dim_32": dict(head_dim=32, num_attention_heads=4, num_key_value_heads=2),
+}
+
+
+def _max_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    return (a - b).abs().max().item()
+
+
+def _check(hf, ids, mask=None, mine=None):
+    mine = mine or Transformer.from_hf(hf).eval()
+    ref = hf_logits(hf, ids, mask)
+    with torch.no_grad():
+        got = mine(ids, attention_mask=mask)
+    assert got.shape == ref.shape == (*ids.shape, VOCAB)
+    assert ref.abs().max() > 1.0  # logits are not trivially small
+    if mask is None:
+        assert _max_err(got, ref) < ATOL
+    else:
+        keep = mask.bool()
+        assert _max_err(got[keep], ref[keep]) < ATOL
+    return mine
+
+
+@pytest.mark.parametrize("case", sorted(LLAMA_CASES))
+def test_llama_logits_match(case):
+    hf = llama_family("llama", **LLAMA_CASES[case])
+    T = 24  # longer than the 16 positions that the dynamic / yarn / llama3 cases were "trained" at
+    ids = torch.randint(0, VOCAB, (2, T))
+    mine = _check(hf, ids)
+    padded_ids, mask = left_padded_batch([T, T - 7], T)
+    _check(hf, padded_ids, mask, mine)
+
+
+@pytest.mark.parametrize("kind", ["llama", "gpt2"])
+def test_left_padded_row_equals_unpadded_row(kind):
+    hf = gpt2() if kind == "gpt2" else llama_family("llama")
+    mine = Transformer.from_hf(hf).eval()
+    ids, mask = left_padded_batch([12, 8], 12)
+    with torch.no_grad():
+        batched = mine(ids, attention_mask=mask)
+        alone = mine(ids[1:, 4:])
+        ref_no_positions = hf(ids, attention_mask=mask).logits  # plain HF forward: positions 0..T-1 regardless
+    assert _max_err(batched[1, 4:], alone[0]) < ATOL
+    if kind == "gpt2":
+        # learned absolute positions: HF without position_ids gives other logits on the padded row. (RoPE is
+        # relative, so for Llama a constant shift of all positions changes nothing but rounding.)
+        assert _max_err(ref_no_positions[1, 4:], batched[1, 4:]) > 1e-2
+
+
+@pytest.mark.parametrize("attn", ["eager", "sdpa"])
+def test_mistral_sliding_window_shorter_than_sequence(attn):
+    hf = llama_family("mistral", attn=attn, sliding_window=4)
+    mine = Transformer.from_hf(hf).eval()
+    assert mine.config.sliding_window == 4
+    ids = torch.randint(0, VOCAB, (2, 16))
+    _check(hf, ids, mine=mine)
+    padded_ids, mask = left_padded_batch([16, 10], 16)
+    _check(hf, padded_ids, mask, mine)
+    # the window matters: the same weights with full attention give different logits late in the sequence
+    full = llama_family("mistral", attn=attn, sliding_window=None)
+    assert _max_err(hf_logits(full, ids)[:, 8:], hf_logits(hf, ids)[:, 8:]) > 1e-2
+
+
+def test_qwen2_qkv_bias():
+    hf = llama_family("qwen2")
+    mine = Transformer.from_hf(hf).eval()
+    assert mine.config.qkv_bias and not mine.config.out_bias
+    _check(hf, torch.randint(0, VOCAB, (2, 20)), mine=mine)
+    ids, mask = left_padded_batch([20, 13], 20)
+    _check(hf, ids, mask, mine)
+
+
+@pytest.mark.parametrize("activation", ["gelu_new", "gelu"])
+def test_gpt2_logits_match(activation):
+    hf = gpt2(activation_function=activation)
+    mine = Transformer.from_hf(hf).eval()
+    assert mine.config.position == "learned" and mine.config.norm == "layernorm"
+    _check(hf, torch.randint(0, VOCAB, (2, 20)), mine=mine)
+    ids, mask = left_padded_batch([20, 11], 20)
+    _check(hf, ids, mask, mine)
+
+
+def test_to_hf_round_trip_llama_gqa_untied():
+    from mlcore.model import TransformerConfig
+
+    cfg = TransformerConfig(vocab_size=VOCAB, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=96,
+                            max_seq_len=64, tie_embeddings=False, norm_eps=1e-6,
+                            rope_scaling={"rope_type": "linear", "factor": 2.0})
+    mine = randomize_(Transformer(cfg), seed=3)
+    hf = mine.to_hf()
+    assert type(hf).__name__ == "LlamaForCausalLM"
+    _check(hf, torch.randint(0, VOCAB, (2, 20)), mine=mine)
+    back = Transformer.from_hf(hf).eval()
+    ids = torch.randint(0, VOCAB, (2, 20))
+    with torch.no_grad():
+        assert torch.equal(back(ids), mine(ids))
+
+
+@pytest.mark.parametrize("style", ["llama_tied_bias", "mistral", "qwen2"])
+def test_save_pretrained_loads_in_transformers(tmp_path, style):
+    import transformers
+
+    from mlcore.model import TransformerConfig
+
+    extra = {"llama_tied_bias": dict(qkv_bias=True, out_bias=True, tie_embeddings=True),
+             "mistral": dict(sliding_window=5, tie_embeddings=False),
+             "qwen2": dict(qkv_bias=True, tie_embeddings=False)}[style]
+    cfg = TransformerConfig(vocab_size=VOCAB, d_model=64, n_layers=2, n_heads=4, n_kv_heads=1, d_ff=96,
+                            max_seq_len=64, norm_eps=1e-6, **extra)
+    mine = randomize_(Transformer(cfg), seed=4)  # biases and norm gains too, so that each one counts
+    mine.save_pretrained(tmp_path)
+    hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path, attn_implementation="eager").eval()
+    expected_cls = {"llama_tied_bias": "LlamaForCausalLM", "mistral": "MistralForCausalLM",
+                    "qwen2": "Qwen2ForCausalLM"}[style]
+    assert type(hf).__name__ == expected_cls
+    ids, mask = left_padded_batch([16, 9], 16)
+    _check(hf, ids, mask, mine)
+    _check(hf, torch.randint(0, VOCAB, (2, 16)), mine=mine)
+    reloaded = Transformer.from_pretrained(tmp_path)
+    with torch.no_grad():
+        assert torch.equal(reloaded(ids, attention_mask=mask), mine(ids, attention_mask=mask))
+
+
+def test_qwen2_sliding_window_on_every_layer():
+    hf = llama_family("qwen2", use_sliding_window=True, sliding_window=4, max_window_layers=0)
+    mine = Transformer.from_hf(hf).eval()
+    assert mine.config.sliding_window == 4
+    _check(hf, torch.randint(0, VOCAB, (2, 16)), mine=mine)

@@ -1,0 +1,120 @@
+"""Reading HF folders written by transformers' own save_pretrained; bad folders give clear errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from mlcore.model import Transformer
+
+from ._model_testutils import VOCAB, gpt2, hf_logits, llama_family
+
+
+def _assert_same_logits(hf, mine, T=12):
+    ids = torch.randint(0, VOCAB, (2, T))
+    with torch.no_grad():
+        err = (mine(ids) - hf_logits(hf, ids)).abs().max().item()
+    assert err < 1e-4
+
+
+@pytest.mark.parametrize("kind", ["llama", "gpt2", "qwen2"])
+def test_from_pretrained_reads_hf_folder(tmp_path, kind):
+    hf = gpt2() if kind == "gpt2" else llama_family(kind)
+    hf.save_pretrained(tmp_path)
+    assert (tmp_path / "model.safetensors").is_file()
+    _assert_same_logits(hf, Transformer.from_pretrained(tmp_path))
+
+
+def test_from_pretrained_reads_sharded_folder(tmp_path):
+    hf = llama_family("llama", tie_word_embeddings=False)
+    hf.save_pretrained(tmp_path, max_shard_size="40KB")
+    assert (tmp_path / "model.safetensors.index.json").is_file()
+    assert len(list(tmp_path.glob("model-*.safetensors"))) > 1
+    _assert_same_logits(hf, Transformer.from_pretrained(tmp_path))
+
+
+@pytest.fixture
+def llama_folder(tmp_path):
+    llama_family("llama").save_pretrained(tmp_path)
+    return tmp_path
+
+
+def test_missing_weights_file(llama_folder):
+    (llama_folder / "model.safetensors").unlink()
+    with pytest.raises(ValueError, match="no weights"):
+        Transformer.from_pretrained(llama_folder)
+
+
+def test_pickled_weights_are_refused(llama_folder):
+    sd = load_file(llama_folder / "model.safetensors")
+    (llama_folder / "model.safetensors").unlink()
+    torch.save(sd, llama_folder / "pytorch_model.bin")
+    with pytest.raises(ValueError, match="safetensors only"):
+        Transformer.from_pretrained(llama_folder)
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage"])
+def test_corrupt_safetensors(llama_folder, damage):
+    path = llama_folder / "model.safetensors"
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2] if damage == "truncate" else b"\x07" * 64)
+    with pytest.raises(ValueError, match="corrupt"):
+        Transformer.from_pretrained(llama_folder)
+
+
+def test_missing_tensor_is_named(llama_folder):
+    path = llama_folder / "model.safetensors"
+    sd = load_file(path)
+    del sd["model.layers.1.mlp.up_proj.weight"]
+    save_file(sd, path)
+    with pytest.raises(ValueError, match=r"layers\.1\.mlp\.up_proj\.weight"):
+        Transformer.from_pretrained(llama_folder)
+
+
+def test_vocab_mismatch_between_config_and_weights(llama_folder):
+    cfg = json.loads((llama_folder / "config.json").read_text())
+    cfg["vocab_size"] = VOCAB + 2
+    (llama_folder / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match="vocab_size"):
+        Transformer.from_pretrained(llama_folder)
+
+
+def test_missing_config(llama_folder):
+    (llama_folder / "config.json").unlink()
+    with pytest.raises(ValueError, match="config.json"):
+        Transformer.from_pretrained(llama_folder)
+
+
+def test_unknown_config_field_is_refused(llama_folder):
+    cfg = json.loads((llama_folder / "config.json").read_text())
+    cfg["quantization_config"] = {"quant_method": "gptq"}
+    (llama_folder / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match="quantization_config"):
+        Transformer.from_pretrained(llama_folder)
+
+
+def test_from_pretrained_dtype(llama_folder):
+    model = Transformer.from_pretrained(llama_folder, dtype=torch.bfloat16)
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+    assert not model.training
+
+
+def test_project_tiny_target_matches_transformers():
+    """The project's trained model (an HF folder written by save_pretrained) gives the same logits in both."""
+    import transformers
+
+    from mlcore.training.assets import tiny_dir
+
+    folder = tiny_dir() / "target"
+    if not (folder / "model.safetensors").is_file():
+        pytest.skip("tiny target model not built (python -m mlcore.training.pretrain --preset tiny)")
+    mine = Transformer.from_pretrained(folder)
+    hf = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32,
+                                                           attn_implementation="eager").eval()
+    ids = torch.randint(0, mine.config.vocab_size, (2, 64))
+    with torch.no_grad():
+        err = (mine(ids) - hf(ids).logits).abs().max().item()
+    assert err < 1e-4
