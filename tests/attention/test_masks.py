@@ -30,6 +30,21 @@ def test_causal_mask_matches_transformers_and_torch(Tq, Tk):
         )
 
 
+@pytest.mark.filterwarnings("ignore:Lower right causal bias")
+@pytest.mark.parametrize(("Tq", "Tk"), [(3, 8), (6, 6), (7, 3), (5, 1)])
+def test_causal_mask_equals_torch_causal_lower_right_and_is_causal(Tq, Tk):
+    """Regression: Tq > Tk raised, though ``is_causal`` accepts it (the first Tq - Tk queries see no key)."""
+    from torch.nn.attention.bias import causal_lower_right
+
+    from mlcore.attention import scaled_dot_product_attention as sdpa
+
+    m = causal_mask(Tq, Tk)
+    assert torch.equal(m, causal_lower_right(Tq, Tk)._materialize())
+    q, k, v = torch.randn(1, 2, Tq, 4), torch.randn(1, 2, Tk, 4), torch.randn(1, 2, Tk, 4)
+    torch.testing.assert_close(sdpa(q, k, v, attn_mask=m), sdpa(q, k, v, is_causal=True))
+    assert torch.equal(sliding_window_mask(Tq, Tk, window=Tq + Tk), m)
+
+
 @pytest.mark.parametrize(("Tq", "Tk", "window"), [(6, 6, 1), (6, 6, 3), (4, 10, 3), (1, 10, 4), (5, 5, 50)])
 def test_sliding_window_matches_transformers_mistral_rule(Tq, Tk, window):
     ours = sliding_window_mask(Tq, Tk, window=window)
@@ -99,7 +114,7 @@ def test_bad_mask_arguments():
     with pytest.raises(ValueError, match="window"):
         sliding_window_mask(4, window=0)
     with pytest.raises(ValueError, match="Tk"):
-        causal_mask(5, 3)
+        causal_mask(5, -1)
     with pytest.raises(ValueError, match="exactly one"):
         padding_mask()
     with pytest.raises(ValueError, match="attention_mask"):

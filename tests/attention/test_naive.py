@@ -245,3 +245,10 @@ def test_bad_mask_raises(mask, match):
 def test_bad_dropout_raises():
     with pytest.raises(ValueError, match="dropout_p"):
         sdpa(*_qkv(), dropout_p=1.0)
+
+
+def test_empty_head_dim_matches_torch():
+    """Regression: D = 0 raised ZeroDivisionError computing the default scale; torch averages v (all scores 0)."""
+    q, k, v = torch.randn(1, 4, 3, 0), torch.randn(1, 2, 5, 0), torch.randn(1, 2, 5, 6)
+    ref = F.scaled_dot_product_attention(q, k, v, enable_gqa=True)
+    torch.testing.assert_close(sdpa(q, k, v), ref)

@@ -12,8 +12,9 @@ from transformers.models.xlm.modeling_xlm import create_sinusoidal_embeddings
 from mlcore.positional import LearnedEncoding, SinusoidalEncoding
 
 
-@pytest.mark.parametrize("dim", [2, 16, 64])
+@pytest.mark.parametrize("dim", [1, 2, 7, 16, 33, 64])
 def test_sinusoidal_matches_xlm(dim: int) -> None:
+    """Odd dims too: XLM's formula ends with a lone sin column (PE(p, dim - 1), no cos partner)."""
     n = 300
     ref = create_sinusoidal_embeddings(n, dim, torch.empty(n, dim))
     enc = SinusoidalEncoding(dim, max_len=n)
@@ -70,7 +71,7 @@ def test_learned_encoding_beyond_max_len() -> None:
 
 def test_sinusoidal_bad_input() -> None:
     with pytest.raises(ValueError, match="dim"):
-        SinusoidalEncoding(7)
+        SinusoidalEncoding(0)
     with pytest.raises(ValueError, match="positions"):
         SinusoidalEncoding(8)(torch.tensor([0.5]))
     with pytest.raises(ValueError, match="positions"):

@@ -22,6 +22,12 @@ def test_slopes_match_bloom(n_heads: int) -> None:
     torch.testing.assert_close(alibi_slopes(n_heads), _bloom_slopes(n_heads), rtol=1e-6, atol=0)
 
 
+def test_slopes_bit_identical_to_bloom_for_1_to_64_heads() -> None:
+    """Regression: float64 powers rounded to float32 were 1 ulp off BLOOM's float32 powers from 11 heads on."""
+    for n_heads in range(1, 65):
+        assert torch.equal(alibi_slopes(n_heads), _bloom_slopes(n_heads)), n_heads
+
+
 def test_slopes_of_eight_heads_are_the_papers() -> None:
     """Press et al. (2022): for 8 heads the slopes are 1/2, 1/4, ..., 1/256."""
     torch.testing.assert_close(alibi_slopes(8), torch.tensor([2.0 ** -(h + 1) for h in range(8)]))

@@ -238,3 +238,18 @@ def test_cuda_matches_llama_on_cuda(params: dict) -> None:
     torch.testing.assert_close(apply_rotary(q, cos, sin), ref_q, rtol=1e-5, atol=1e-5)
     bias = alibi_bias(12, 4, 9, device="cuda")
     torch.testing.assert_close(bias.cpu(), alibi_bias(12, 4, 9))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+def test_transformers_call_signature_returns_x_dtype(dtype: torch.dtype) -> None:
+    """``rope(x, position_ids)`` as transformers calls it: cos/sin in x's dtype, equal to LlamaRotaryEmbedding's."""
+    config = llama_config({"rope_type": "linear", "factor": 3.0})
+    x, pos = torch.randn(B, 1, T, HEAD_DIM, dtype=dtype), torch.arange(T)[None].expand(B, T)
+    ref_cos, ref_sin = LlamaRotaryEmbedding(config)(x, pos)
+    rope = RotaryEmbedding.from_hf_config(config)
+    for cos, sin in (rope(x, pos), rope(x, position_ids=pos), rope(pos, dtype=dtype)):
+        torch.testing.assert_close(cos, ref_cos, rtol=0, atol=0)
+        torch.testing.assert_close(sin, ref_sin, rtol=0, atol=0)
+    assert rope(position_ids=pos)[0].dtype == torch.float32
+    with pytest.raises(ValueError, match="rope"):
+        rope(x, pos, pos)

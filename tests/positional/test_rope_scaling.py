@@ -104,3 +104,42 @@ def test_from_hf_config_reads_v4_style_rope_scaling() -> None:
     rope = RotaryEmbedding.from_hf_config(config)
     assert rope.rope_type == "linear" and rope.base == 500.0
     torch.testing.assert_close(rope.inv_freq, ref, rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize(
+    "params,theta,head_dim",
+    [
+        ({**YARN, "factor": 40.0, "mscale": 1.0, "mscale_all_dim": 1.0}, 10000.0, 64),  # DeepSeek-V3-like factor
+        ({**YARN, "factor": 5.0}, 1000000.0, 80),
+        ({"rope_type": "dynamic", "factor": 3.0}, 500000.0, 80),
+        ({"rope_type": "dynamic", "factor": 4.0}, 1000000.0, 64),
+        ({**LLAMA3, "factor": 6.0, "low_freq_factor": 1.5, "high_freq_factor": 3.0}, 500000.0, 128),
+    ],
+)
+def test_cos_sin_bit_identical_to_llama_at_long_positions(params: dict, theta: float, head_dim: int) -> None:
+    """Regression: YaRN divided theta_i by a non-power-of-two factor in another order than transformers (1 ulp),
+    and dynamic NTK computed the grown base in float64 where transformers' forward uses float32 tensors; at
+    position 1e5 that moved cos/sin by up to 2e-3. Both now round exactly as LlamaRotaryEmbedding does."""
+    config = llama_config(params, head_dim=head_dim, max_pos=4096, theta=theta)
+    position_ids = torch.tensor([[0, 1, 4095, 4096, 10000, 65535, 100000, 131071]])
+    ref_cos, ref_sin = LlamaRotaryEmbedding(config)(torch.zeros(1), position_ids)
+    cos, sin = RotaryEmbedding.from_hf_config(config)(position_ids)
+    torch.testing.assert_close(cos, ref_cos, rtol=0, atol=0)
+    torch.testing.assert_close(sin, ref_sin, rtol=0, atol=0)
+
+
+def test_from_hf_config_accepts_a_config_json_dict() -> None:
+    """A plain dict (config.json as read by json.load), v4 keys, including GPT-NeoX's rotary_pct / rotary_emb_base."""
+    from transformers import GPTNeoXConfig
+    from transformers.models.gpt_neox.modeling_gpt_neox import GPTNeoXRotaryEmbedding
+
+    d = {"hidden_size": 64, "num_attention_heads": 4, "max_position_embeddings": MAX_POS, "rope_theta": 500.0,
+         "rope_scaling": {"type": "linear", "factor": 3.0}}
+    ref, _ = ROPE_INIT_FUNCTIONS["linear"](LlamaConfig(**d), None)
+    torch.testing.assert_close(RotaryEmbedding.from_hf_config(d).inv_freq, ref, rtol=0, atol=0)
+    neox = {"hidden_size": 64, "num_attention_heads": 4, "max_position_embeddings": MAX_POS, "rotary_pct": 0.25,
+            "rotary_emb_base": 20000}
+    pos = torch.arange(10)[None]
+    ref_cos, _ = GPTNeoXRotaryEmbedding(GPTNeoXConfig(**neox))(torch.zeros(1), pos)
+    cos, _ = RotaryEmbedding.from_hf_config(neox)(pos)
+    torch.testing.assert_close(cos, ref_cos, rtol=0, atol=0)

@@ -1,10 +1,11 @@
 """Shared fixtures: the pydoc corpus and tokenizers trained on it once per session (well under a second)."""
 
 import pytest
-from .bpe_strategies import SPECIALS
 
 from mlcore.tokenizer import BPETokenizer
 from mlcore.tokenizer.train_corpus import pydoc_corpus
+
+from .bpe_strategies import SPECIALS
 
 
 @pytest.fixture(scope="session")

@@ -97,3 +97,24 @@ def test_bad_constructor_arguments():
         BPETokenizer([]).encode(b"bytes")
     with pytest.raises(ValueError, match="trainer"):
         BPETokenizer.train("abc", 257, trainer="magic")
+
+
+def test_special_tokens_as_dict_list_or_set(corpus):
+    """Regression: a dict's ids were silently ignored (and could be swapped); a str became one token per char."""
+    text = corpus[:20000]
+    listed = BPETokenizer.train(text, 300, special_tokens=["<a>", "<b>"])
+    as_dict = BPETokenizer.train(text, 300, special_tokens={"<b>": 299, "<a>": 298})
+    assert as_dict.special_tokens == listed.special_tokens == {"<a>": 298, "<b>": 299}
+    assert as_dict.to_tiktoken().encode("x<b>", allowed_special="all") == listed.encode("x<b>", allowed_special="all")
+    assert BPETokenizer.train(text, 300, special_tokens={"<b>", "<a>"}).special_tokens == {"<a>": 298, "<b>": 299}
+    with pytest.raises(ValueError, match="special_tokens ids"):
+        BPETokenizer.train(text, 300, special_tokens={"<|endoftext|>": 100257})
+    with pytest.raises(ValueError, match="single str"):
+        BPETokenizer.train(text, 300, special_tokens="<eos>")
+
+
+def test_allowed_special_as_a_plain_string_is_rejected(tok):
+    """Regression: allowed/disallowed_special="none" was read as the set of its characters (tiktoken: TypeError)."""
+    for kwargs in ({"allowed_special": "<|endoftext|>"}, {"disallowed_special": "none"}):
+        with pytest.raises(ValueError, match="_special"):
+            tok.encode("<|endoftext|>", **kwargs)

@@ -3,12 +3,13 @@
 import json
 
 import pytest
-from .bpe_strategies import unicode_text
 from hypothesis import given, settings
 from tokenizers import Tokenizer
 
 from mlcore.tokenizer import BPETokenizer
 from mlcore.tokenizer.export import byte_level_string, bytes_to_unicode
+
+from .bpe_strategies import unicode_text
 
 
 @pytest.fixture(scope="module")
@@ -87,3 +88,15 @@ def test_whole_pretoken_shortcut_needs_ignore_merges():
     spec = json.loads(t.to_hf_json())
     spec["model"]["ignore_merges"] = False
     assert Tokenizer.from_str(json.dumps(spec)).encode("abcd").ids != [259]  # the setting matters
+
+
+@pytest.mark.parametrize("special", ["a", "é", " "])
+def test_special_token_clashing_with_a_vocab_entry_is_refused(corpus, special):
+    """Regression: HF gives an added token whose text is already a (byte-level) vocab entry that entry's id, so
+    the export silently encoded the special "a" (or "é", byte 0xE9's printable name) as an ordinary token."""
+    t = BPETokenizer.train(corpus[:20000], 300, special_tokens=[special])
+    if special in {byte_level_string(b) for b in t.vocab}:
+        with pytest.raises(ValueError, match="special tokens"):
+            t.to_hf_json()
+    else:  # " " is stored as "Ġ": no clash, and HF must then give the special id
+        assert Tokenizer.from_str(t.to_hf_json()).encode(f"x{special}y").ids == t.encode(f"x{special}y", allowed_special="all")

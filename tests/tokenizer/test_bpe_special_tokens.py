@@ -1,9 +1,10 @@
 """Special tokens: ``allowed_special`` / ``disallowed_special`` behave exactly as tiktoken's Encoding."""
 
 import pytest
-from .bpe_strategies import SPECIALS
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
+from .bpe_strategies import SPECIALS
 
 CASES = [
     ("plain text", {}),

@@ -2,11 +2,12 @@
 
 import pytest
 import tiktoken
-from .bpe_strategies import unicode_text
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mlcore.tokenizer import GPT2_PATTERN, BPETokenizer
+
+from .bpe_strategies import unicode_text
 
 
 def test_export_is_a_tiktoken_encoding(tok):

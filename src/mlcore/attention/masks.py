@@ -26,15 +26,18 @@ def _positions(Tq: int, Tk: int | None, device: torch.device | str | None) -> tu
     for name, n in (("Tq", Tq), ("Tk", Tk)):
         if not isinstance(n, int) or isinstance(n, bool) or n < 0:
             raise ValueError(f"{name} must be a non-negative int, got {n!r}")
-    if Tk < Tq:
-        raise ValueError(f"Tk ({Tk}) must be >= Tq ({Tq}): the queries are the last Tq of the Tk positions")
-    i = torch.arange(Tk - Tq, Tk, device=device).unsqueeze(1)  # queries are the last Tq positions
+    # Queries are the last Tq positions. With Tq > Tk the first Tq - Tk queries come before every key and see
+    # nothing (an all-False row), as with ``is_causal`` and torch's ``causal_lower_right``.
+    i = torch.arange(Tk - Tq, Tk, device=device).unsqueeze(1)
     j = torch.arange(Tk, device=device).unsqueeze(0)
     return i, j, Tk
 
 
 def causal_mask(Tq: int, Tk: int | None = None, *, device: torch.device | str | None = None) -> Tensor:
-    """Bool (Tq, Tk), True where query i may see key j: j <= i + (Tk - Tq) (bottom-right aligned)."""
+    """Bool (Tq, Tk), True where query i may see key j: j <= i + (Tk - Tq) (bottom-right aligned).
+
+    Equals ``torch.nn.attention.bias.causal_lower_right(Tq, Tk)`` for any Tq, Tk (rows with no key when Tq > Tk).
+    """
     i, j, _ = _positions(Tq, Tk, device)
     return j <= i
 

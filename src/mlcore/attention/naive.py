@@ -98,7 +98,9 @@ def scaled_dot_product_attention(
         raise ValueError(f"dropout_p must be in [0, 1), got {dropout_p!r}")
     G = H // Hkv
     acc = torch.promote_types(q.dtype, torch.float32)  # fp32 math for fp16/bf16 inputs
-    scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
+    if scale is None:  # D == 0 (empty heads): every score is 0 whatever the scale; torch then averages v too
+        scale = 1.0 / math.sqrt(D) if D > 0 else 1.0
+    scale = float(scale)
 
     # Query heads that share one key/value head become a group axis: a view, K/V are never copied.
     q5 = q.reshape(B, Hkv, G, Tq, D).to(acc)

@@ -18,21 +18,28 @@ import math
 import torch
 
 
-def _power_of_two_slopes(n: int) -> list[float]:
-    start = 2.0 ** (-8.0 / n)  # = 2^(-(2^-(log2(n) - 3)))
-    return [start ** (h + 1) for h in range(n)]
+def _power_of_two_slopes(n: int, count: int, step: int = 1) -> torch.Tensor:
+    """``start^p`` for p = 1, 1 + step, ... (``count`` of them), ``start = 2^(-8/n)``, in float32.
+
+    Rounded as BLOOM does it: the start is rounded to float32 and raised to integer powers in float32, so the
+    slopes are bit-identical to transformers' ``build_alibi_tensor`` (a float64 power would differ by 1 ulp).
+    """
+    start = torch.tensor(2.0 ** (-8.0 / n), dtype=torch.float32)  # = 2^(-(2^-(log2(n) - 3)))
+    powers = torch.arange(1, 1 + step * count, step, dtype=torch.int32)
+    return torch.pow(start, powers)
 
 
 def alibi_slopes(n_heads: int) -> torch.Tensor:
     """Per-head ALiBi slopes ``(H,)`` float32, largest (steepest) first."""
-    if not isinstance(n_heads, int) or n_heads < 1:
+    if not isinstance(n_heads, int) or isinstance(n_heads, bool) or n_heads < 1:
         raise ValueError(f"n_heads must be an int >= 1, got {n_heads!r}")
     closest = 2 ** math.floor(math.log2(n_heads))
-    slopes = _power_of_two_slopes(closest)
+    slopes = _power_of_two_slopes(closest, closest)
     if closest != n_heads:
-        extra = _power_of_two_slopes(2 * closest)[0::2]  # odd powers of 2^(-8 / 2n'), interleaving the first set
-        slopes += extra[: n_heads - closest]
-    return torch.tensor(slopes, dtype=torch.float32)
+        # odd powers of 2^(-8 / 2n'), interleaving the first set
+        extra = _power_of_two_slopes(2 * closest, min(closest, n_heads - closest), step=2)
+        slopes = torch.cat((slopes, extra))
+    return slopes
 
 
 def alibi_bias(

@@ -22,7 +22,8 @@ A checkpoint in one layout converts to the other by permuting the rows of the q/
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -103,12 +104,20 @@ class RotaryEmbedding(nn.Module):
 
     @classmethod
     def from_hf_config(cls, config: Any, *, interleaved: bool = False) -> RotaryEmbedding:
-        """Build from a transformers config: v5 ``rope_parameters`` or v4 ``rope_theta`` + ``rope_scaling``."""
+        """Build from a transformers config: v5 ``rope_parameters`` or v4 ``rope_theta`` + ``rope_scaling``.
+
+        ``config`` may also be a plain dict, e.g. a ``config.json`` read with ``json.load`` (GPT-NeoX's v4 keys
+        ``rotary_pct`` / ``rotary_emb_base`` are read too).
+        """
+        if isinstance(config, Mapping):
+            config = SimpleNamespace(**config)
         params = dict(getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {})
         if any(isinstance(v, dict) for v in params.values()):
             raise ValueError(f"config.rope_parameters is nested per layer type ({sorted(params)}); pass one of them")
-        base = params.pop("rope_theta", None) or getattr(config, "rope_theta", None) or 10000.0
-        partial = params.pop("partial_rotary_factor", None) or getattr(config, "partial_rotary_factor", None) or 1.0
+        base = (params.pop("rope_theta", None) or getattr(config, "rope_theta", None)
+                or getattr(config, "rotary_emb_base", None) or 10000.0)
+        partial = (params.pop("partial_rotary_factor", None) or getattr(config, "partial_rotary_factor", None)
+                   or getattr(config, "rotary_pct", None) or 1.0)
         head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
         max_pos = config.max_position_embeddings
         rope_type = params.pop("rope_type", params.pop("type", "default"))
@@ -129,17 +138,31 @@ class RotaryEmbedding(nn.Module):
         if self.rope_type != "dynamic":
             return self.inv_freq
         # Dynamic NTK is built for the longest position this call sees (stateless; see the class docstring).
-        seq_len = int(position_ids.max().item()) + 1 if position_ids.numel() else 0
-        if seq_len <= self.max_position_embeddings:
+        if not position_ids.numel() or int(position_ids.max().item()) + 1 <= self.max_position_embeddings:
             return self.inv_freq
+        seq_len = position_ids.max() + 1  # a 0-d tensor: float32 arithmetic for the new base, as transformers
         inv_freq, _ = rope_inv_freq(
             self.rotary_dim, base=self.base, scaling=self.scaling,
             max_position_embeddings=self.max_position_embeddings, seq_len=seq_len,
         )
         return inv_freq.to(self.inv_freq.device)
 
-    def forward(self, position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``position_ids`` (B, T) int -> ``(cos, sin)``, each (B, T, rotary_dim) float32."""
+    def forward(
+        self, *args: torch.Tensor, position_ids: torch.Tensor | None = None, dtype: torch.dtype | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``rope(position_ids)``: (B, T) int -> ``(cos, sin)``, each (B, T, rotary_dim), float32 (or ``dtype``).
+
+        transformers' calls ``rope(x, position_ids)`` and ``rope(x, position_ids=position_ids)`` work too: cos/sin
+        then come back in ``x.dtype`` (computed in float32 and rounded once, as ``LlamaRotaryEmbedding`` does).
+        """
+        if len(args) == 2 and position_ids is None:
+            args, position_ids = args[:1], args[1]
+        if len(args) == 1 and position_ids is None:
+            position_ids = args[0]  # rope(position_ids)
+        elif len(args) == 1:  # rope(x, position_ids): x only gives the dtype
+            dtype = args[0].dtype if dtype is None else dtype
+        elif args or position_ids is None:
+            raise ValueError("call rope(position_ids) or, as transformers does, rope(x, position_ids)")
         if position_ids.dtype.is_floating_point or position_ids.dtype == torch.bool:
             raise ValueError(f"position_ids must be an integer tensor, got dtype {position_ids.dtype}")
         if position_ids.dim() == 1:
@@ -152,7 +175,8 @@ class RotaryEmbedding(nn.Module):
             angles = angles.repeat_interleave(2, dim=-1)  # [a0, a0, a1, a1, ...]
         else:
             angles = torch.cat((angles, angles), dim=-1)  # [a0, a1, ..., a0, a1, ...]
-        return angles.cos() * self.attention_factor, angles.sin() * self.attention_factor
+        cos, sin = angles.cos() * self.attention_factor, angles.sin() * self.attention_factor
+        return (cos, sin) if dtype is None else (cos.to(dtype), sin.to(dtype))
 
     def extra_repr(self) -> str:
         return (

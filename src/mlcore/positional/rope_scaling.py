@@ -80,7 +80,7 @@ def validate_scaling(scaling: dict[str, Any] | None) -> str:
     return rope_type
 
 
-def default_inv_freq(dim: int, base: float, device: torch.device | None = None) -> torch.Tensor:
+def default_inv_freq(dim: int, base: float | torch.Tensor, device: torch.device | None = None) -> torch.Tensor:
     """``theta_i = base^(-2i/dim)`` for ``i = 0 .. dim/2 - 1``: shape ``(dim/2,)``, float32 (Su et al., 2021)."""
     exponents = torch.arange(0, dim, 2, dtype=torch.int64, device=device).float() / dim
     return 1.0 / (base**exponents)
@@ -91,12 +91,22 @@ def _linear(dim: int, base: float, s: dict[str, Any]) -> tuple[torch.Tensor, flo
     return default_inv_freq(dim, base) / s["factor"], 1.0
 
 
-def _dynamic(dim: int, base: float, s: dict[str, Any], max_pos: int, seq_len: int | None) -> tuple[torch.Tensor, float]:
+def _dynamic(
+    dim: int, base: float, s: dict[str, Any], max_pos: int, seq_len: int | torch.Tensor | None
+) -> tuple[torch.Tensor, float]:
     # NTK-aware: enlarge the base so the lowest frequency is interpolated by ~ L/L0 while theta_0 stays 1.
     factor = s["factor"]
-    seq_len = max_pos if seq_len is None else max(int(seq_len), max_pos)
+    if isinstance(seq_len, torch.Tensor):
+        # A 0-d integer tensor (the longest position + 1 of a forward call): the new base is then computed in
+        # float32 tensor arithmetic, exactly as transformers' forward does. Its rounding differs from the Python
+        # float path by ~1e-7 relative, which moves angles at positions ~1e5 by ~1e-3 rad.
+        seq_len = torch.maximum(seq_len, torch.tensor(max_pos, dtype=seq_len.dtype, device=seq_len.device))
+    else:
+        seq_len = max_pos if seq_len is None else max(int(seq_len), max_pos)
     new_base = base * ((factor * seq_len / max_pos) - (factor - 1)) ** (dim / (dim - 2))
-    return default_inv_freq(dim, new_base), 1.0
+    # a 0-d CUDA base needs CUDA exponents (a CPU tensor cannot take a CUDA scalar)
+    device = new_base.device if isinstance(new_base, torch.Tensor) else None
+    return default_inv_freq(dim, new_base, device=device), 1.0
 
 
 def _yarn_mscale(scale: float, mscale: float = 1.0) -> float:
@@ -130,10 +140,11 @@ def _yarn(dim: int, base: float, s: dict[str, Any], max_pos: int) -> tuple[torch
     if low == high:
         high += 0.001  # avoid a zero-width ramp
 
-    theta = default_inv_freq(dim, base)
+    wavelength_scale = base ** (torch.arange(0, dim, 2, dtype=torch.int64).float() / dim)  # 1 / theta_i
+    theta, theta_interp = 1.0 / wavelength_scale, 1.0 / (factor * wavelength_scale)  # rounded as transformers does
     ramp = ((torch.arange(dim // 2, dtype=torch.float32) - low) / (high - low)).clamp(0, 1)
     keep = 1 - ramp  # 1 for fast-turning pairs (extrapolate), 0 for slow ones (interpolate)
-    inv_freq = (theta / factor) * (1 - keep) + theta * keep
+    inv_freq = theta_interp * (1 - keep) + theta * keep
     return inv_freq, float(attention_factor)
 
 
@@ -156,13 +167,14 @@ def rope_inv_freq(
     base: float = 10000.0,
     scaling: dict[str, Any] | None = None,
     max_position_embeddings: int = 2048,
-    seq_len: int | None = None,
+    seq_len: int | torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, float]:
     """Inverse frequencies ``(head_dim/2,)`` float32 and the cos/sin ``attention_factor`` for a RoPE scaling.
 
     ``head_dim`` is the rotary dimension (even). ``scaling`` is an HF-style dict (see module docstring);
     ``max_position_embeddings`` is ``L0`` for ``dynamic`` (as transformers uses it) and YaRN's fallback for a
-    missing ``factor``. ``seq_len`` only matters for ``dynamic``: the length the frequencies are built for.
+    missing ``factor``. ``seq_len`` only matters for ``dynamic``: the length the frequencies are built for (an int,
+    or a 0-d integer tensor to get transformers' float32 forward-pass arithmetic).
     """
     if not isinstance(head_dim, int) or head_dim < 2 or head_dim % 2:
         raise ValueError(f"head_dim (rotary dimension) must be an even int >= 2, got {head_dim!r}")

@@ -26,23 +26,25 @@ class SinusoidalEncoding(nn.Module):
 
     def __init__(self, dim: int, max_len: int = 4096, base: float = 10000.0) -> None:
         super().__init__()
-        if not isinstance(dim, int) or dim < 2 or dim % 2:
-            raise ValueError(f"dim must be an even int >= 2, got {dim!r}")
+        if not isinstance(dim, int) or isinstance(dim, bool) or dim < 1:
+            raise ValueError(f"dim must be a positive int, got {dim!r}")
         if not isinstance(max_len, int) or max_len < 1:
             raise ValueError(f"max_len must be an int >= 1, got {max_len!r}")
         if not base > 1:
             raise ValueError(f"base must be > 1, got {base!r}")
         self.dim, self.max_len, self.base = dim, max_len, float(base)
-        self.register_buffer("inv_freq", self._inv_freq().float(), persistent=False)  # (dim/2,): w_i
+        self.register_buffer("inv_freq", self._inv_freq().float(), persistent=False)  # (ceil(dim/2),): w_i
         self.register_buffer("table", self._encode(torch.arange(max_len)), persistent=False)  # (max_len, dim)
 
     def _inv_freq(self, device: torch.device | None = None) -> torch.Tensor:
+        # An odd dim ends with a lone sin column 2i = dim - 1 (no cos partner), as the formula says.
         return self.base ** (-torch.arange(0, self.dim, 2, dtype=torch.float64, device=device) / self.dim)
 
     def _encode(self, positions: torch.Tensor) -> torch.Tensor:
         # Angles in float64: p * w_i for p in the thousands would lose ~1e-4 rad in float32.
-        angles = positions[..., None].double() * self._inv_freq(positions.device)  # (..., dim/2)
-        return torch.stack((angles.sin(), angles.cos()), dim=-1).flatten(-2).float()  # sin at 2i, cos at 2i+1
+        angles = positions[..., None].double() * self._inv_freq(positions.device)  # (..., ceil(dim/2))
+        pe = torch.stack((angles.sin(), angles.cos()), dim=-1).flatten(-2)  # sin at 2i, cos at 2i+1
+        return pe[..., : self.dim].float()
 
     def forward(self, positions: torch.Tensor) -> torch.Tensor:
         """``positions`` int (T,) or (B, T), >= 0 -> encodings (T, dim) or (B, T, dim)."""

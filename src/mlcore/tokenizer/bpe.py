@@ -63,20 +63,26 @@ class BPETokenizer(BaseTokenizer):
         vocab_size: int,
         *,
         pattern: str = GPT4_PATTERN,
-        special_tokens: Iterable[str] | None = None,
+        special_tokens: Iterable[str] | Mapping[str, int] | None = None,
         trainer: Literal["fast", "naive"] = "fast",
     ) -> BPETokenizer:
         """Learn ``vocab_size - 256 - len(special_tokens)`` merges from ``text``.
 
         ``vocab_size`` counts everything: 256 bytes, learned tokens and special tokens (which take the
         last ids, in the order given). Special tokens occurring in ``text`` are cut out before counting.
+
+        ``special_tokens`` is a list (or any iterable) of distinct strings, or a dict ``{text: id}`` whose ids
+        are exactly the last ones, ``vocab_size - n .. vocab_size - 1`` (tiktoken's ``special_tokens`` shape);
+        other ids raise ValueError rather than being silently renumbered. A set is taken in sorted order (its
+        own order changes from run to run). A single ``str`` is rejected (it would otherwise be read as one
+        special token per character).
         """
         if not isinstance(text, str):
             raise ValueError(f"text must be a str, got {type(text).__name__}")
-        specials = list(special_tokens or [])
-        if len(set(specials)) != len(specials) or not all(isinstance(s, str) and s for s in specials):
-            raise ValueError(f"special_tokens must be distinct non-empty strings, got {specials!r}")
-        if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < 256 + len(specials):
+        if isinstance(vocab_size, bool) or not isinstance(vocab_size, int):
+            raise ValueError(f"vocab_size must be an int, got {vocab_size!r}")
+        specials = _special_list(special_tokens, vocab_size)
+        if vocab_size < 256 + len(specials):
             raise ValueError(
                 f"vocab_size must be an int >= 256 + {len(specials)} special tokens = {256 + len(specials)}, "
                 f"got {vocab_size!r}"
@@ -113,9 +119,16 @@ class BPETokenizer(BaseTokenizer):
         Text of a special token in ``disallowed_special`` (default "all" = every one not allowed) raises
         ValueError — so a user's "<|endoftext|>" cannot silently end a document. Pass
         ``disallowed_special=()`` to encode it as ordinary text instead.
+
+        Where two allowed special tokens match at the same place (``"<s"`` and ``"<s>"``), the longest wins,
+        as in Hugging Face ``tokenizers``; tiktoken tries them in its internal hash-map order, so for such
+        overlapping sets its choice is arbitrary and may differ.
         """
         if not isinstance(text, str):
             raise ValueError(f"text must be a str, got {type(text).__name__}")
+        for name, value in (("allowed_special", allowed_special), ("disallowed_special", disallowed_special)):
+            if isinstance(value, str) and value != "all":  # set("<|endoftext|>") would be its characters
+                raise ValueError(f'{name} must be "all" or a collection of special-token strings, got {value!r}')
         known = set(self.special_tokens)
         allowed = known if allowed_special == "all" else set(allowed_special) & known  # unknown: ignored
         disallowed = known - allowed if disallowed_special == "all" else set(disallowed_special)
@@ -164,6 +177,32 @@ class BPETokenizer(BaseTokenizer):
     def __repr__(self) -> str:
         return (f"BPETokenizer(vocab_size={self.vocab_size}, merges={len(self.merges)}, "
                 f"special_tokens={list(self.special_tokens)})")
+
+
+def _special_list(special_tokens: Iterable[str] | Mapping[str, int] | None, vocab_size: int) -> list[str]:
+    """The special tokens in id order, checked (see :meth:`BPETokenizer.train`)."""
+    if special_tokens is None:
+        return []
+    if isinstance(special_tokens, str):
+        raise ValueError(f"special_tokens must be a list of strings, not a single str: use [{special_tokens!r}]")
+    if isinstance(special_tokens, Mapping):
+        items = list(special_tokens.items())
+        if not all(isinstance(i, int) and not isinstance(i, bool) for _, i in items):
+            raise ValueError(f"special_tokens dict values must be int ids, got {special_tokens!r}")
+        first = vocab_size - len(items)
+        if sorted(i for _, i in items) != list(range(first, vocab_size)):
+            raise ValueError(
+                f"special_tokens ids must be the last {len(items)} ids {first}..{vocab_size - 1} of "
+                f"vocab_size={vocab_size}, got {sorted(i for _, i in items)}"
+            )
+        specials = [s for s, _ in sorted(items, key=lambda item: item[1])]
+    elif isinstance(special_tokens, (set, frozenset)):
+        specials = sorted(special_tokens, key=str)  # a set has no order: sort, so the ids do not vary by run
+    else:
+        specials = list(special_tokens)
+    if len(set(specials)) != len(specials) or not all(isinstance(s, str) and s for s in specials):
+        raise ValueError(f"special_tokens must be distinct non-empty strings, got {specials!r}")
+    return specials
 
 
 def _fix_surrogates(text: str) -> str:

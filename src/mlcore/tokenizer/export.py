@@ -78,6 +78,14 @@ def all_merges(tok: BaseTokenizer) -> list[tuple[int, int]]:
 def to_hf_json(tok: BaseTokenizer) -> str:
     """The tokenizer as a Hugging Face ``tokenizers`` JSON string (see the module docstring)."""
     names = [byte_level_string(b) for b in tok.vocab]
+    clashes = sorted(set(tok.special_tokens) & set(names))
+    if clashes:
+        # HF's added vocabulary gives a token whose text is already in the model vocab that vocab's id, so
+        # the special token would silently turn into an ordinary one (e.g. "a", or "é" = byte 0xE9's name).
+        raise ValueError(
+            f"special tokens {clashes} have the same text as ordinary tokens of the byte-level vocabulary; "
+            "Hugging Face tokenizers would encode them as those ordinary ids. Rename the special tokens."
+        )
     byte_level = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": False, "use_regex": False}
     spec = {
         "version": "1.0",
