@@ -262,7 +262,7 @@ def flash_attention(
         seed = int(torch.randint(0, 2**62, (), dtype=torch.int64, generator=generator, device=gen_device))
     tiling = Tiling(
         B=B, Hkv=Hkv, G=G, Tq=Tq, Tk=Tk, block_q=block_q, block_k=block_k,
-        scale=float(scale) if scale is not None else 1.0 / math.sqrt(D),
+        scale=float(scale) if scale is not None else (1.0 / math.sqrt(D) if D > 0 else 1.0),
         offset=(Tk - Tq) if is_causal else None, mask=mask, dropout_p=float(dropout_p), seed=seed,
         acc_dtype=acc_dtype,
     )  # fmt: skip
