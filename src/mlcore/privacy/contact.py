@@ -1,0 +1,133 @@
+"""Contact data: e-mail addresses, phone numbers, IP addresses, and dates of birth given context.
+
+- e-mail: the common subset of RFC 5322 addr-spec (dot-atoms: no leading, trailing or doubled dots; domain
+  labels of letters, digits and inner hyphens; an alphabetic TLD of 2+ letters).
+- phone: E.164 ("+" country code and subscriber number, 8-15 digits in all, optionally grouped) and North
+  American national forms ``(415) 555-2671``, ``415-555-2671``, ``415.555.2671`` with the NANP rule that the
+  area code and exchange start with 2-9. Other national forms are reported only after a phone word.
+- IP: IPv4 dotted quads (each 0-255, no leading zeros) and IPv6 (RFC 4291 text form, ``::`` compression and
+  an embedded IPv4 tail), validated by hand; "version 1.2.3.4" is not an address.
+- date of birth: a real calendar date (ISO, US, European dotted, or month names) after "born", "DOB", ...
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from collections.abc import Iterator
+
+from mlcore.privacy.context import has_context, score_with_context
+from mlcore.privacy.spans import PiiSpan
+
+_EMAIL = re.compile(
+    r"(?<![\w.%+-])[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*"
+    r"@(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,24}(?![\w-])"
+)
+
+
+def find_emails(text: str) -> Iterator[PiiSpan]:
+    for m in _EMAIL.finditer(text):
+        yield PiiSpan("EMAIL", m.start(), m.end(), m.group(), 0.95)
+
+
+_E164 = re.compile(r"(?<![\w+])\+[1-9](?:[ .-]?\(?\d\)?){7,14}(?![\w]|[.-]\d)")
+_NANP = re.compile(r"(?<![\w+(])(?:\(([2-9]\d{2})\)[ ]?|([2-9]\d{2})([-.]))([2-9]\d{2})[-.](\d{4})(?![\w]|[.-]\d)")
+_NATIONAL = re.compile(r"(?<![\w+])0\d{2,4}[ -]?\d{3,4}[ -]?\d{3,4}(?![\w]|[.-]\d)")
+
+
+def find_phones(text: str) -> Iterator[PiiSpan]:
+    for m in _E164.finditer(text):
+        digits = sum(c.isdigit() for c in m.group())
+        if 8 <= digits <= 15:
+            yield PiiSpan("PHONE", m.start(), m.end(), m.group(), score_with_context(text, m.start(), "PHONE", 0.8))
+    for m in _NANP.finditer(text):
+        if m.group(3) and m.group(3) != text[m.end(4)]:
+            continue  # mixed separators 415-555.2671
+        yield PiiSpan("PHONE", m.start(), m.end(), m.group(), score_with_context(text, m.start(), "PHONE", 0.7))
+    for m in _NATIONAL.finditer(text):
+        if has_context(text, m.start(), "PHONE", window=25):
+            yield PiiSpan("PHONE", m.start(), m.end(), m.group(), 0.75)
+
+
+_IPV4 = re.compile(r"(?<![\w.])(?:\d{1,3}\.){3}\d{1,3}(?![\w]|\.\d)")
+_IPV6 = re.compile(r"(?<![\w:.])(?:[0-9A-Fa-f]{0,4}:){2,7}(?:[0-9A-Fa-f]{1,4}|(?:\d{1,3}\.){3}\d{1,3})?(?![\w:])")
+
+
+def ipv4_valid(text: str) -> bool:
+    parts = text.split(".")
+    return len(parts) == 4 and all(
+        p.isdigit() and len(p) <= 3 and int(p) <= 255 and (p == "0" or not p.startswith("0")) for p in parts
+    )
+
+
+def ipv6_valid(text: str) -> bool:
+    """RFC 4291 section 2.2 text forms."""
+    if text.count("::") > 1:
+        return False
+    head, sep, tail = text.partition("::")
+    groups = [g for g in (head.split(":") if head else [])] + [g for g in (tail.split(":") if tail else [])]
+    if not sep and (not head or text.startswith(":") or text.endswith(":")):
+        return False
+    width = 8
+    if groups and "." in groups[-1]:
+        if not ipv4_valid(groups[-1]):
+            return False
+        groups, width = groups[:-1], 7
+    if any(not (1 <= len(g) <= 4) or any(c not in "0123456789abcdefABCDEF" for c in g) for g in groups):
+        return False
+    return len(groups) < width if sep else len(groups) == width
+
+
+def find_ips(text: str) -> Iterator[PiiSpan]:
+    for m in _IPV4.finditer(text):
+        if ipv4_valid(m.group()):
+            yield PiiSpan("IP_ADDRESS", m.start(), m.end(), m.group(),
+                          score_with_context(text, m.start(), "IP_ADDRESS", 0.8))
+    for m in _IPV6.finditer(text):
+        value = m.group()
+        if value.count(":") >= 2 and ipv6_valid(value) and any(c.isalnum() for c in value):
+            if re.fullmatch(r"\d{1,2}:\d{2}(?::\d{2})?", value):
+                continue  # a clock time
+            yield PiiSpan("IP_ADDRESS", m.start(), m.end(), value, 0.85)
+
+
+_MONTHS = "january february march april may june july august september october november december".split()
+_MON = r"(?:jan|feb|mar|apr|may|jun|jul|aug|sep|sept|oct|nov|dec)[a-z]*\.?"
+_DATE = re.compile(
+    r"(?<![\w/.-])(?:(?P<iy>\d{4})-(?P<im>\d{2})-(?P<id>\d{2})"
+    r"|(?P<a>\d{1,2})(?P<s>[/.-])(?P<b>\d{1,2})(?P=s)(?P<y>\d{4})"
+    r"|(?P<nm>" + _MON + r")\s+(?P<nd>\d{1,2})(?:st|nd|rd|th)?,?\s+(?P<ny>\d{4})"
+    r"|(?P<dd>\d{1,2})(?:st|nd|rd|th)?\s+(?P<dm>" + _MON + r"),?\s+(?P<dy>\d{4}))(?![\w/]|[.-]\d)",
+    re.IGNORECASE,
+)
+
+
+def _month(name: str) -> int:
+    name = name.lower().rstrip(".")
+    return next(i + 1 for i, full in enumerate(_MONTHS) if full.startswith(name[:3]))
+
+
+def parse_date(m: re.Match[str]) -> dt.date | None:
+    """The calendar date a `_DATE` match denotes (US month/day first when ambiguous), or None."""
+    try:
+        if m.group("iy"):
+            return dt.date(int(m.group("iy")), int(m.group("im")), int(m.group("id")))
+        if m.group("y"):
+            a, b, y = int(m.group("a")), int(m.group("b")), int(m.group("y"))
+            if m.group("s") == "." or a > 12:  # dotted dates and day > 12 are day-first
+                a, b = b, a
+            return dt.date(y, a, b)
+        if m.group("ny"):
+            return dt.date(int(m.group("ny")), _month(m.group("nm")), int(m.group("nd")))
+        return dt.date(int(m.group("dy")), _month(m.group("dm")), int(m.group("dd")))
+    except (ValueError, StopIteration):
+        return None
+
+
+def find_dates_of_birth(text: str) -> Iterator[PiiSpan]:
+    for m in _DATE.finditer(text):
+        date = parse_date(m)
+        if date is None or not (dt.date(1900, 1, 1) <= date < dt.date.today()):
+            continue
+        if has_context(text, m.start(), "DATE_OF_BIRTH", window=30):
+            yield PiiSpan("DATE_OF_BIRTH", m.start(), m.end(), m.group(), 0.85)

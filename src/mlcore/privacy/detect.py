@@ -1,0 +1,89 @@
+"""`detect_pii`: run every recognizer, keep the confident hits, resolve overlaps.
+
+The recognizers are plain generator functions ``text -> Iterator[PiiSpan]`` (one module per family:
+`cards`, `national_ids`, `banking`, `contact`, `secrets`); add your own by passing `recognizers`.
+Detection is linear in the text length; for inputs too large to hold, use `mlcore.privacy.mask_stream`
+or `StreamScanner`, which scan a bounded window.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator, Sequence
+
+from mlcore.privacy.banking import find_account_numbers, find_ibans, find_routing_numbers
+from mlcore.privacy.cards import find_cards
+from mlcore.privacy.contact import find_dates_of_birth, find_emails, find_ips, find_phones
+from mlcore.privacy.national_ids import find_national_ids
+from mlcore.privacy.secrets import find_secrets
+from mlcore.privacy.spans import KINDS, PiiSpan, resolve_overlaps
+
+Recognizer = Callable[[str], Iterator[PiiSpan]]
+
+RECOGNIZERS: tuple[Recognizer, ...] = (
+    find_cards,
+    find_national_ids,
+    find_ibans,
+    find_routing_numbers,
+    find_account_numbers,
+    find_emails,
+    find_phones,
+    find_ips,
+    find_dates_of_birth,
+    find_secrets,
+)
+
+MAX_CHARS = 64 * 1024 * 1024
+
+
+def check_text(text: object, name: str = "text") -> str:
+    """Raise a TypeError for anything but str (bytes included: decode them first)."""
+    if not isinstance(text, str):
+        raise TypeError(f"{name} must be a str, got {type(text).__name__}; decode bytes before scanning")
+    return text
+
+
+def check_kinds(kinds: Iterable[str] | None) -> frozenset[str] | None:
+    if kinds is None:
+        return None
+    if isinstance(kinds, str):
+        kinds = (kinds,)
+    kinds = frozenset(kinds)
+    unknown = sorted(kinds - set(KINDS))
+    if unknown:
+        # echo only what looks like a kind name: a caller may have passed a value by mistake
+        shown = [k if isinstance(k, str) and k.replace("_", "").isalpha() and len(k) <= 32 else "<value>"
+                 for k in unknown]
+        raise ValueError(f"kinds contains unknown kind(s) {shown}; expected a subset of {list(KINDS)}")
+    return kinds
+
+
+def detect_pii(
+    text: str,
+    *,
+    kinds: Iterable[str] | None = None,
+    min_score: float = 0.5,
+    recognizers: Sequence[Recognizer] = RECOGNIZERS,
+) -> list[PiiSpan]:
+    """All personal data and secrets in `text`, as non-overlapping spans sorted by start.
+
+    Args:
+        text: the text to scan (at most 64 Mi characters; stream anything larger).
+        kinds: keep only these kinds (see `mlcore.privacy.spans.KINDS`); None keeps all.
+        min_score: drop hits below this confidence, in [0, 1].
+        recognizers: the recognizer functions to run.
+    """
+    check_text(text)
+    wanted = check_kinds(kinds)
+    if not 0.0 <= min_score <= 1.0:
+        raise ValueError(f"min_score must be in [0, 1], got {min_score}")
+    if len(text) > MAX_CHARS:
+        raise ValueError(
+            f"text has {len(text)} characters, more than {MAX_CHARS}; stream it with mask_stream or StreamScanner"
+        )
+    found = [
+        span
+        for recognize in recognizers
+        for span in recognize(text)
+        if span.score >= min_score and (wanted is None or span.kind in wanted)
+    ]
+    return resolve_overlaps(found)
