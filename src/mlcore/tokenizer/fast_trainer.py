@@ -23,7 +23,7 @@ from collections import defaultdict
 from collections.abc import Mapping
 
 from .base import Pair, corpus_too_small
-from .naive_trainer import merge_word
+from .naive_trainer import add_merge, merge_word
 
 
 def train_fast(word_counts: Mapping[bytes, int], num_tokens: int, *, vocab_size: int | None = None
@@ -47,12 +47,7 @@ def train_fast(word_counts: Mapping[bytes, int], num_tokens: int, *, vocab_size:
         pair = _pop_best(heap, counts)
         if pair is None:
             raise corpus_too_small(len(vocab) - 256, num_tokens - 256, vocab_size or num_tokens)
-        joined = vocab[pair[0]] + vocab[pair[1]]
-        if joined in ids:  # these bytes already have a token: reuse it
-            new_id = ids[joined]
-        else:
-            new_id = ids[joined] = len(vocab)
-            vocab.append(joined)
+        new_id = add_merge(vocab, ids, pair)
         merges.append((pair, new_id))
 
         delta: dict[Pair, int] = defaultdict(int)

@@ -39,6 +39,15 @@ def merge_word(word: list[int], pair: Pair, new_id: int) -> list[int]:
     return out
 
 
+def add_merge(vocab: list[bytes], ids: dict[bytes, int], pair: Pair) -> int:
+    """Give the bytes of ``pair`` joined a token id: a new one, or the existing id of the same bytes."""
+    joined = vocab[pair[0]] + vocab[pair[1]]
+    if joined not in ids:
+        ids[joined] = len(vocab)
+        vocab.append(joined)
+    return ids[joined]
+
+
 def count_pairs(words: list[list[int]], freqs: list[int]) -> Counter[Pair]:
     """How often each adjacent pair occurs in the corpus (overlaps counted: ``aaa`` holds ``(a, a)`` twice)."""
     counts: Counter[Pair] = Counter()
@@ -65,12 +74,7 @@ def train_naive(word_counts: Mapping[bytes, int], num_tokens: int, *, vocab_size
         if not counts:
             raise corpus_too_small(len(vocab) - 256, num_tokens - 256, vocab_size or num_tokens)
         pair = min(counts, key=lambda p: (-counts[p], p))  # most frequent; ties -> smallest pair
-        joined = vocab[pair[0]] + vocab[pair[1]]
-        if joined in ids:  # these bytes already have a token: reuse it
-            new_id = ids[joined]
-        else:
-            new_id = ids[joined] = len(vocab)
-            vocab.append(joined)
+        new_id = add_merge(vocab, ids, pair)
         merges.append((pair, new_id))
         words = [merge_word(w, pair, new_id) for w in words]
     return merges
