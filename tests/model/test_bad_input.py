@@ -25,11 +25,8 @@ def test_unsupported_architecture_names_supported_ones():
 @pytest.mark.parametrize("kind,overrides,match", [
     ("llama", dict(rope_scaling={"rope_type": "longrope", "long_factor": [1.0] * 8, "short_factor": [1.0] * 8,
                                  "original_max_position_embeddings": 16}), "longrope"),
-    ("llama", dict(hidden_act="gelu_fast"), "hidden_act"),
-    ("qwen2", dict(use_sliding_window=True, sliding_window=4, max_window_layers=1), "use_sliding_window"),
-    ("gpt2", dict(scale_attn_by_inverse_layer_idx=True), "scale_attn_by_inverse_layer_idx"),
-    ("gpt2", dict(reorder_and_upcast_attn=True), "reorder_and_upcast_attn"),
-    ("gpt2", dict(scale_attn_weights=False), "scale_attn_weights"),
+    ("llama", dict(hidden_act="gelu_10"), "hidden_act"),
+    ("gpt2", dict(add_cross_attention=True), "add_cross_attention"),
 ])
 def test_unimplemented_config_fields_are_refused(kind, overrides, match):
     hf = gpt2(**overrides) if kind == "gpt2" else llama_family(kind, **overrides)
@@ -63,6 +60,19 @@ def test_token_ids_outside_vocab():
         model(torch.zeros(4, dtype=torch.long))
     with pytest.raises(ValueError, match="attention_mask"):
         model(torch.zeros(2, 4, dtype=torch.long), attention_mask=torch.ones(2, 5))
+
+
+@pytest.mark.parametrize("call,match", [
+    (lambda m: m([[1, 2, 3]]), "input_ids"),                                       # a list, not a tensor
+    (lambda m: m(torch.zeros(2, 3)), "input_ids"),                                 # float ids
+    (lambda m: m(torch.zeros(0, 3, dtype=torch.long)), "input_ids"),               # empty batch
+    (lambda m: m(torch.zeros(1, 3, dtype=torch.long), attention_mask=[[1, 1, 1]]), "attention_mask"),
+    (lambda m: m(torch.zeros(1, 3, dtype=torch.long), attention_mask=torch.tensor([[0, 2, 1]])), "attention_mask"),
+])
+def test_bad_forward_arguments_name_the_argument(call, match):
+    model = Transformer(TransformerConfig(vocab_size=VOCAB, d_model=32, n_layers=1, n_heads=2, max_seq_len=8))
+    with pytest.raises(ValueError, match=match):
+        call(model)
 
 
 @pytest.mark.parametrize("field,value", [("n_kv_heads", 3), ("norm", "batchnorm"), ("mlp", "moe"),

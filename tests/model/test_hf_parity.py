@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import transformers
 
 from mlcore.model import Transformer
 
@@ -150,3 +151,55 @@ def test_qwen2_sliding_window_on_every_layer():
     mine = Transformer.from_hf(hf).eval()
     assert mine.config.sliding_window == 4
     _check(hf, torch.randint(0, VOCAB, (2, 16)), mine=mine)
+
+
+@pytest.mark.parametrize("overrides", [dict(max_window_layers=1),
+                                       dict(layer_types=["sliding_attention", "full_attention"])])
+def test_qwen2_sliding_window_on_some_layers(tmp_path, overrides):
+    hf = llama_family("qwen2", attn="sdpa", use_sliding_window=True, sliding_window=3, **overrides)
+    mine = _check(hf, *left_padded_batch([20, 11], 20))
+    assert [b.attn.sliding_window for b in mine.layers] == [3 if t == "sliding_attention" else None
+                                                          for t in hf.config.layer_types]
+    mine.save_pretrained(tmp_path)  # exported as Qwen2 with the same layer_types
+    back = transformers.AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    assert back.config.layer_types == hf.config.layer_types
+    _check(back, torch.randint(0, VOCAB, (1, 20)), mine=mine)
+
+
+@pytest.mark.parametrize("activation", ["gelu_fast", "quick_gelu", "relu2", "tanh"])
+def test_more_activations_match(activation):
+    _check(llama_family("llama", hidden_act=activation), torch.randint(0, VOCAB, (1, 10)))
+    _check(gpt2(activation_function=activation), torch.randint(0, VOCAB, (1, 10)))
+
+
+def test_gpt2_untied_head(tmp_path):
+    hf = gpt2(tie_word_embeddings=False)
+    assert hf.lm_head.weight.data_ptr() != hf.transformer.wte.weight.data_ptr()
+    _check(hf, *left_padded_batch([12, 5], 12))
+    hf.save_pretrained(tmp_path)
+    _check(hf, torch.randint(0, VOCAB, (1, 12)), mine=Transformer.from_pretrained(tmp_path))
+
+
+def test_dynamic_rope_runs_past_factor_times_trained_length():
+    hf = llama_family("llama", max_position_embeddings=8, rope_scaling={"rope_type": "dynamic", "factor": 2.0})
+    _check(hf, torch.randint(0, VOCAB, (1, 40)))  # 5x the trained length, 2.5x factor * length
+
+
+@pytest.mark.parametrize("overrides", [dict(scale_attn_by_inverse_layer_idx=True), dict(scale_attn_weights=False),
+                                       dict(reorder_and_upcast_attn=True)])
+def test_gpt2_attention_scale_options(tmp_path, overrides):
+    hf = gpt2(attn="sdpa", **overrides)
+    _check(hf, *left_padded_batch([12, 7], 12))
+    hf.save_pretrained(tmp_path)
+    _check(hf, torch.randint(0, VOCAB, (1, 12)), mine=Transformer.from_pretrained(tmp_path))
+
+
+def test_export_respects_layer_types():
+    from mlcore.model import TransformerConfig
+
+    cfg = TransformerConfig(vocab_size=VOCAB, d_model=32, n_layers=2, n_heads=4, max_seq_len=32, sliding_window=3,
+                            layer_types=["full_attention", "full_attention"])  # the window is never used
+    mine = randomize_(Transformer(cfg)).eval()
+    hf = mine.to_hf()
+    assert type(hf).__name__ == "LlamaForCausalLM"
+    _check(hf, torch.randint(0, VOCAB, (2, 20)), mine=mine)

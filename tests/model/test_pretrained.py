@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+import transformers
 from safetensors.torch import load_file, save_file
 
 from mlcore.model import Transformer
@@ -118,3 +119,15 @@ def test_project_tiny_target_matches_transformers():
     with torch.no_grad():
         err = (mine(ids) - hf(ids).logits).abs().max().item()
     assert err < 1e-4
+
+
+def test_old_config_json_with_generation_defaults(tmp_path):
+    hf = gpt2()
+    hf.save_pretrained(tmp_path)
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    cfg.update(max_length=20, do_sample=True, temperature=0.7, pruned_heads={}, use_bfloat16=False)  # v4 files
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    back = transformers.AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    ids = torch.randint(0, VOCAB, (1, 12))
+    with torch.no_grad():
+        torch.testing.assert_close(Transformer.from_pretrained(tmp_path)(ids), back(ids).logits, atol=1e-4, rtol=0)

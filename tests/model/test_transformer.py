@@ -104,3 +104,21 @@ def test_cuda_logits_equal_cpu_logits(backend):
         b = gpu(ids.cuda(), attention_mask=mask.cuda()).cpu()
     keep = mask.bool()
     assert (a[keep] - b[keep]).abs().max() < 1e-3
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_norms_match_torch_and_transformers(dtype):
+    from transformers.models.llama.modeling_llama import LlamaRMSNorm
+
+    from mlcore.model import LayerNorm, RMSNorm
+
+    g = torch.Generator().manual_seed(0)
+    x = (torch.randn(4, 7, 48, generator=g) * 3 + 1).to(dtype)
+    w, b = torch.randn(48, generator=g).to(dtype), torch.randn(48, generator=g).to(dtype)
+    ln = LayerNorm(48, 1e-5).to(dtype)
+    rms, hf_rms = RMSNorm(48, 1e-6).to(dtype), LlamaRMSNorm(48, eps=1e-6).to(dtype)
+    with torch.no_grad():
+        ln.weight.copy_(w), ln.bias.copy_(b), rms.weight.copy_(w), hf_rms.weight.copy_(w)
+        tol = 1e-5 if dtype == torch.float32 else 0.0  # half precision: one rounding, bit for bit
+        torch.testing.assert_close(ln(x), torch.nn.functional.layer_norm(x, (48,), w, b, 1e-5), atol=tol, rtol=0)
+        torch.testing.assert_close(rms(x), hf_rms(x), atol=tol, rtol=0)

@@ -44,9 +44,12 @@ def test_missing_scaling_keys(scaling: dict, missing: str) -> None:
 
 
 @pytest.mark.parametrize("rope_type", ["linear", "dynamic", "yarn", "llama3"])
-def test_factor_below_one(rope_type: str) -> None:
-    scaling = {"rope_type": rope_type, "factor": 0.5, "original_max_position_embeddings": 64,
+@pytest.mark.parametrize("factor", [0, -2.0, "4", None, True])
+def test_factor_not_a_positive_number(rope_type: str, factor: object) -> None:
+    scaling = {"rope_type": rope_type, "factor": factor, "original_max_position_embeddings": 64,
                "low_freq_factor": 1.0, "high_freq_factor": 4.0}
+    if rope_type == "yarn" and factor is None:
+        return  # YaRN infers a missing factor from the context lengths (DeepSeek-style configs)
     with pytest.raises(ValueError, match="factor"):
         RotaryEmbedding(16, scaling=scaling)
 

@@ -29,6 +29,11 @@ CASES = [
     ({**YARN, "original_max_position_embeddings": 4096, "factor": 32.0}, 1000000.0),
     (LLAMA3, 10000.0),
     ({**LLAMA3, "original_max_position_embeddings": 8192}, 500000.0),
+    # factor < 1: transformers warns but runs, and so do we
+    ({"rope_type": "linear", "factor": 0.5}, 10000.0),
+    ({"rope_type": "dynamic", "factor": 0.5}, 10000.0),
+    ({**YARN, "factor": 0.5}, 10000.0),
+    ({**LLAMA3, "factor": 0.5}, 10000.0),
 ]
 
 

@@ -98,3 +98,14 @@ def test_train_refuses_a_checkpoint_of_another_shape(toy_factory, token_data, tm
     train(toy_factory(), token_data, cfg)
     with pytest.raises(ValueError, match="another model shape"):
         train(toy_factory(dim=16), token_data, cfg, resume_from="latest")
+
+
+def test_checkpoint_with_damaged_metadata(toy_factory, token_data, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    model, opt, _ = _trained(toy_factory, token_data)
+    path = save_checkpoint(tmp_path / "ck", model=model, optimizer=opt, step=2)
+    state = load_file(str(path / "training_state.safetensors"))
+    save_file(state, str(path / "training_state.safetensors"), metadata={"mlcore_checkpoint": json.dumps({"x": 1})})
+    with pytest.raises(ValueError, match="corrupt"):  # valid JSON, but no step
+        load_checkpoint(path, model=toy_factory(), optimizer=opt)

@@ -112,9 +112,13 @@ def prefill_flops(config: TransformerConfig, seq_len: int, batch: int = 1) -> in
 
 
 def decode_flops_per_token(config: TransformerConfig, context_len: int, batch: int = 1) -> int:
-    """FLOPs of one decode step whose new token sees ``context_len`` keys (cache + itself), window-capped."""
-    t = min(context_len, config.sliding_window) if config.sliding_window else context_len
-    return batch * flops_per_token(config, t)
+    """FLOPs of one decode step whose new token sees ``context_len`` keys (cache + itself), capped at the
+    window in sliding-window layers."""
+    if context_len <= 0:
+        raise ValueError(f"context_len must be positive, got {context_len}")
+    c = config
+    keys = [min(context_len, w) if (w := c.layer_window(i)) else context_len for i in range(c.n_layers)]
+    return batch * (2 * matmul_params(c) + sum(2 * t * c.d_attn * 2 for t in keys))
 
 
 def training_flops(config: TransformerConfig, n_tokens: int, *, context_len: int | None = None) -> int:

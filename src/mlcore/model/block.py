@@ -32,7 +32,7 @@ class Block(nn.Module):
         self.attn = MultiHeadAttention(
             c.d_model, c.n_heads, n_kv_heads=c.n_kv_heads, head_dim=c.head_dim, qkv_bias=c.qkv_bias,
             out_bias=c.out_bias, dropout=c.dropout, rope=rope, alibi=c.position == "alibi",
-            sliding_window=c.sliding_window, causal=True, backend=c.attn_backend,
+            sliding_window=c.layer_window(layer_idx), causal=True, backend=c.attn_backend,
         )
         self.mlp_norm = build_norm(c.norm, c.d_model, c.norm_eps)
         self.mlp = build_mlp(c.mlp, c.d_model, c.d_ff, activation=c.activation, bias=c.mlp_bias, dropout=c.dropout)

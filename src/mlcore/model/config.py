@@ -13,8 +13,10 @@ from typing import Any
 NORMS = ("rmsnorm", "layernorm")
 MLPS = ("swiglu", "gelu")
 POSITIONS = ("rope", "learned", "alibi", "none")
-ACTIVATIONS = ("silu", "gelu", "gelu_tanh", "relu")
+ACTIVATIONS = ("silu", "gelu", "gelu_tanh", "relu", "quick_gelu", "relu2", "relu6", "leaky_relu", "tanh", "sigmoid",
+               "mish")
 ATTN_BACKENDS = ("naive", "flash", "torch")
+LAYER_TYPES = ("full_attention", "sliding_attention")
 
 
 @dataclass
@@ -29,6 +31,10 @@ class TransformerConfig:
     "dynamic" | "yarn" | "llama3", "factor": ..., ...}``); ``rope_max_position_embeddings`` is what HF calls
     ``config.max_position_embeddings`` for the RoPE formulas (defaults to ``max_seq_len``; it differs only for
     dynamic NTK scaling, whose model runs past the length it was trained at).
+
+    ``sliding_window`` limits every layer's attention to the last ``sliding_window`` keys (Mistral), unless
+    ``layer_types`` (one ``"full_attention"`` / ``"sliding_attention"`` per layer, as in transformers' Qwen2
+    config) says which layers slide.
 
     ``attn_backend`` picks the attention kernel of :class:`mlcore.attention.MultiHeadAttention`: ``"naive"``
     (the written-out formula), ``"flash"`` (mlcore's tiled online softmax) or ``"torch"`` (PyTorch SDPA).
@@ -56,6 +62,7 @@ class TransformerConfig:
     qkv_bias: bool = False
     out_bias: bool = False
     sliding_window: int | None = None
+    layer_types: list[str] | None = None
     tie_embeddings: bool = True
     dropout: float = 0.0
     attn_backend: str = "naive"
@@ -90,6 +97,13 @@ class TransformerConfig:
                 raise ValueError(f"TransformerConfig.{name} must be one of {allowed}, got {getattr(self, name)!r}")
         if self.sliding_window is not None and self.sliding_window <= 0:
             raise ValueError(f"TransformerConfig.sliding_window must be positive or None, got {self.sliding_window}")
+        if self.layer_types is not None:
+            self.layer_types = list(self.layer_types)
+            if len(self.layer_types) != self.n_layers or not set(self.layer_types) <= set(LAYER_TYPES):
+                raise ValueError(f"TransformerConfig.layer_types must list one of {LAYER_TYPES} per layer "
+                                 f"(n_layers={self.n_layers}), got {self.layer_types}")
+            if "sliding_attention" in self.layer_types and self.sliding_window is None:
+                raise ValueError("TransformerConfig.layer_types has sliding_attention layers but sliding_window=None")
         if self.rope_scaling is not None and self.position != "rope":
             raise ValueError(f"TransformerConfig.rope_scaling needs position='rope', got position={self.position!r}")
         if not 0.0 <= self.dropout < 1.0:
@@ -99,6 +113,12 @@ class TransformerConfig:
     def d_attn(self) -> int:
         """Width of the concatenated query heads, ``n_heads * head_dim``."""
         return self.n_heads * self.head_dim
+
+    def layer_window(self, layer_idx: int) -> int | None:
+        """The sliding window of layer ``layer_idx`` (None = full causal attention)."""
+        if self.layer_types is not None and self.layer_types[layer_idx] != "sliding_attention":
+            return None
+        return self.sliding_window
 
     @property
     def d_kv(self) -> int:

@@ -5,10 +5,12 @@ Architectures (transformers class -> what it needs from mlcore):
 - ``LlamaForCausalLM``: RMSNorm, SwiGLU, RoPE (default / linear / dynamic / yarn / llama3), GQA/MQA,
   ``attention_bias`` (on q, k, v *and* o), ``mlp_bias``.
 - ``MistralForCausalLM``: Llama plus a sliding window over the last ``sliding_window`` keys.
-- ``Qwen2ForCausalLM``: Llama plus a bias on q, k, v only (not o).
-- ``GPT2LMHeadModel``: LayerNorm, GELU (tanh) MLP, learned positions, biases everywhere, tied head. GPT-2 stores
-  its projections as ``Conv1D`` with weight shape (in, out) -- the transpose of ``nn.Linear`` -- and fuses q, k, v
-  into one ``c_attn`` matrix whose output columns are [q | k | v].
+- ``Qwen2ForCausalLM``: Llama plus a bias on q, k, v only (not o); with ``use_sliding_window`` the window applies
+  to the layers ``layer_types`` marks ``"sliding_attention"`` (from ``max_window_layers`` on).
+- ``GPT2LMHeadModel``: LayerNorm, GELU (tanh) MLP, learned positions, biases everywhere, tied (or untied) head.
+  GPT-2 stores its projections as ``Conv1D`` with weight shape (in, out) -- the transpose of ``nn.Linear`` -- and
+  fuses q, k, v into one ``c_attn`` matrix whose output columns are [q | k | v]. Its optional score scalings
+  (``scale_attn_weights=False``, ``scale_attn_by_inverse_layer_idx``) are folded into the query projection.
 
 Config fields are checked against a list of what is understood: a field mlcore does not implement, or does not
 know, is refused with a ``ValueError`` rather than silently producing different logits. Dropout settings only
@@ -32,6 +34,7 @@ SUPPORTED_ARCHITECTURES = {
     "GPT2LMHeadModel": "gpt2",
 }
 SUPPORTED_ROPE_TYPES = ("default", "linear", "dynamic", "yarn", "llama3")
+_DYNAMIC_HEADROOM = 8  # max_seq_len of a dynamic-NTK model, in multiples of max_position_embeddings * factor
 
 # Fields of every transformers config that do not change the forward pass of a causal LM.
 _GENERIC_KEYS = {
@@ -39,6 +42,14 @@ _GENERIC_KEYS = {
     "is_encoder_decoder", "model_type", "output_attentions", "output_hidden_states", "problem_type",
     "return_dict", "transformers_version", "use_cache", "bos_token_id", "eos_token_id", "pad_token_id",
     "initializer_range", "tokenizer_class", "_attn_implementation_autoset", "task_specific_params",
+    # generation defaults and framework flags that older config.json files carry
+    "max_length", "min_length", "do_sample", "early_stopping", "num_beams", "num_beam_groups", "temperature",
+    "top_k", "top_p", "typical_p", "repetition_penalty", "length_penalty", "no_repeat_ngram_size",
+    "encoder_no_repeat_ngram_size", "bad_words_ids", "num_return_sequences", "diversity_penalty",
+    "output_scores", "return_dict_in_generate", "forced_bos_token_id", "forced_eos_token_id",
+    "remove_invalid_values", "exponential_decay_length_penalty", "suppress_tokens", "begin_suppress_tokens",
+    "decoder_start_token_id", "sep_token_id", "prefix", "finetuning_task", "torchscript", "tf_legacy_loss",
+    "use_bfloat16", "is_decoder", "tie_encoder_decoder", "cross_attention_hidden_size",
 }
 _LLAMA_KEYS = {
     "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
@@ -58,8 +69,11 @@ _ARCH_KEYS = {
     },
 }
 # transformers activation names -> mlcore activation names
-_ACTIVATIONS = {"silu": "silu", "swish": "silu", "gelu": "gelu", "gelu_new": "gelu_tanh",
-                "gelu_pytorch_tanh": "gelu_tanh", "relu": "relu"}
+# (gelu_fast and gelu_accurate are the tanh formula written differently: equal to float rounding)
+_ACTIVATIONS = {"silu": "silu", "swish": "silu", "gelu": "gelu", "gelu_python": "gelu", "gelu_new": "gelu_tanh",
+                "gelu_pytorch_tanh": "gelu_tanh", "gelu_python_tanh": "gelu_tanh", "gelu_fast": "gelu_tanh",
+                "gelu_accurate": "gelu_tanh", "relu": "relu", "quick_gelu": "quick_gelu", "relu2": "relu2",
+                "relu6": "relu6", "leaky_relu": "leaky_relu", "tanh": "tanh", "sigmoid": "sigmoid", "mish": "mish"}
 
 
 def _refuse(arch: str, what: str) -> ValueError:
@@ -100,7 +114,8 @@ def _rope_parameters(d: dict[str, Any], arch: str) -> dict[str, Any]:
 def config_from_hf(d: dict[str, Any]) -> TransformerConfig:
     """Translate an HF config dict (``config.to_dict()`` or a ``config.json``) to a ``TransformerConfig``."""
     arch = architecture_of(d)
-    unknown = sorted(k for k in set(d) - _GENERIC_KEYS - _ARCH_KEYS[arch] if d[k] is not None)  # null = absent
+    unknown = sorted(k for k in set(d) - _GENERIC_KEYS - _ARCH_KEYS[arch]
+                     if d[k] is not None and d[k] != {} and d[k] != [])  # null / empty = absent (pruned_heads={})
     if unknown:
         raise _refuse(arch, f"config fields {unknown}")
     if arch == "gpt2":
@@ -113,26 +128,29 @@ def config_from_hf(d: dict[str, Any]) -> TransformerConfig:
     theta = float(rope.pop("rope_theta"))
     max_pos = int(d["max_position_embeddings"])
     max_seq_len = max_pos
-    if rope["rope_type"] == "dynamic":  # dynamic NTK exists to run past the trained length
-        max_seq_len = int(max_pos * float(rope["factor"]))
-    sliding_window = None
+    if rope["rope_type"] == "dynamic":  # dynamic NTK exists to run past the trained length: its base grows with
+        # the sequence, with no hard end in transformers; allow a generous multiple of the factor-scaled length
+        max_seq_len = _DYNAMIC_HEADROOM * int(max_pos * max(float(rope.get("factor", 1.0)), 1.0))
+    sliding_window, layer_types = None, None
     attn_bias = bool(d.get("attention_bias", False))
     qkv_bias, out_bias = attn_bias, attn_bias
-    if arch == "mistral":
-        sliding_window = d.get("sliding_window")
-        if len(set(d.get("layer_types") or ["one"])) > 1:
-            raise _refuse(arch, f"mixed layer_types {d['layer_types']}")
-    if arch == "qwen2":
-        qkv_bias, out_bias = True, False
-        window = d.get("sliding_window") if d.get("use_sliding_window") else None
-        types = d.get("layer_types") or [  # what Qwen2Config derives when config.json has no layer_types
-            "sliding_attention" if window is not None and i >= d.get("max_window_layers", 28) else "full_attention"
-            for i in range(int(d["num_hidden_layers"]))]
-        sliding = [t == "sliding_attention" for t in types]
-        if any(sliding) and not all(sliding):
-            raise _refuse(arch, f"use_sliding_window on some layers only (layer_types {types}, max_window_layers "
-                                f"{d.get('max_window_layers')})")
-        sliding_window = window if all(sliding) else None
+    if arch in ("mistral", "qwen2"):
+        if arch == "qwen2":
+            qkv_bias, out_bias = True, False
+            sliding_window = d.get("sliding_window") if d.get("use_sliding_window") else None
+        else:
+            sliding_window = d.get("sliding_window")
+        types = d.get("layer_types")
+        if types is None and arch == "qwen2":  # what Qwen2Config derives when config.json has no layer_types
+            types = ["sliding_attention" if sliding_window is not None and i >= d.get("max_window_layers", 28)
+                     else "full_attention" for i in range(int(d["num_hidden_layers"]))]
+        if types is not None:
+            if len(types) != int(d["num_hidden_layers"]) or not set(types) <= {"full_attention", "sliding_attention"}:
+                raise _refuse(arch, f"layer_types {types}")
+            if sliding_window is None or "sliding_attention" not in types:
+                sliding_window = None  # no layer slides
+            elif "full_attention" in types:
+                layer_types = list(types)  # some layers slide, the others attend to everything
     n_heads = int(d["num_attention_heads"])
     return TransformerConfig(
         vocab_size=int(d["vocab_size"]), d_model=int(d["hidden_size"]), n_layers=int(d["num_hidden_layers"]),
@@ -142,18 +160,18 @@ def config_from_hf(d: dict[str, Any]) -> TransformerConfig:
         activation=_ACTIVATIONS[act], mlp_bias=bool(d.get("mlp_bias", False)), position="rope",
         rope_theta=theta, rope_scaling=None if rope["rope_type"] == "default" else rope,
         rope_max_position_embeddings=max_pos, qkv_bias=qkv_bias, out_bias=out_bias,
-        sliding_window=sliding_window, tie_embeddings=bool(d.get("tie_word_embeddings", False)), dropout=0.0,
+        sliding_window=sliding_window, layer_types=layer_types,
+        tie_embeddings=bool(d.get("tie_word_embeddings", False)), dropout=0.0,
         initializer_range=float(d.get("initializer_range", 0.02)),
     )
 
 
 def _gpt2_config(d: dict[str, Any]) -> TransformerConfig:
-    for key, ok in (("scale_attn_weights", True), ("scale_attn_by_inverse_layer_idx", False),
-                    ("reorder_and_upcast_attn", False), ("add_cross_attention", False)):
-        if d.get(key, ok) != ok:
-            raise _refuse("gpt2", f"{key}={d[key]}")
-    if not d.get("tie_word_embeddings", True):
-        raise _refuse("gpt2", "tie_word_embeddings=False")
+    # reorder_and_upcast_attn only changes the order of float operations (it upcasts to float32): same values.
+    # scale_attn_weights / scale_attn_by_inverse_layer_idx change the score scale; gpt2_query_scales folds
+    # them into the query projection.
+    if d.get("add_cross_attention", False):
+        raise _refuse("gpt2", "add_cross_attention=True")
     act = d.get("activation_function", "gelu_new")
     if act not in _ACTIVATIONS:
         raise _refuse("gpt2", f"activation_function={act!r} (supported: {sorted(_ACTIVATIONS)})")
@@ -162,7 +180,8 @@ def _gpt2_config(d: dict[str, Any]) -> TransformerConfig:
         vocab_size=int(d["vocab_size"]), d_model=d_model, n_layers=int(d["n_layer"]), n_heads=int(d["n_head"]),
         d_ff=int(d.get("n_inner") or 4 * d_model), max_seq_len=int(d["n_positions"]), norm="layernorm",
         norm_eps=float(d.get("layer_norm_epsilon", 1e-5)), mlp="gelu", activation=_ACTIVATIONS[act],
-        mlp_bias=True, position="learned", qkv_bias=True, out_bias=True, tie_embeddings=True, dropout=0.0,
+        mlp_bias=True, position="learned", qkv_bias=True, out_bias=True,
+        tie_embeddings=bool(d.get("tie_word_embeddings", True)), dropout=0.0,
         initializer_range=float(d.get("initializer_range", 0.02)),
     )
 
@@ -229,6 +248,36 @@ def _gpt2_tensor(name: str, t: torch.Tensor) -> dict[str, torch.Tensor]:
     return {p + rest: t}
 
 
+def gpt2_query_scales(d: dict[str, Any]) -> list[float] | None:
+    """Per-layer factors that turn GPT-2's score scale into mlcore's ``1/sqrt(D)``, or None when all are 1.
+
+    transformers' GPT-2 divides the scores ``q . k`` by ``sqrt(D)`` only if ``scale_attn_weights`` and also by
+    ``layer_idx + 1`` if ``scale_attn_by_inverse_layer_idx``. Both are linear in ``q``, so multiplying the query
+    projection (weight and bias) by ``s_l = sqrt(D)^[not scale_attn_weights] / (l + 1)^[by_inverse_layer_idx]``
+    gives the same scores with mlcore's fixed ``1/sqrt(D)``.
+    """
+    if architecture_of(d) != "gpt2":
+        return None
+    head_dim = int(d["n_embd"]) // int(d["n_head"])
+    base = 1.0 if d.get("scale_attn_weights", True) else head_dim ** 0.5
+    inverse = bool(d.get("scale_attn_by_inverse_layer_idx", False))
+    scales = [base / (i + 1 if inverse else 1) for i in range(int(d["n_layer"]))]
+    return None if all(x == 1.0 for x in scales) else scales
+
+
+def fold_query_scales(sd: dict[str, torch.Tensor], scales: list[float] | None) -> dict[str, torch.Tensor]:
+    """Multiply each layer's ``q_proj`` weight and bias (mlcore names) by ``scales[layer]`` (out of place)."""
+    if scales is None:
+        return sd
+    out = dict(sd)
+    for i, scale in enumerate(scales):
+        for kind in ("weight", "bias"):
+            name = f"layers.{i}.attn.q_proj.{kind}"
+            if name in out:
+                out[name] = out[name] * scale
+    return out
+
+
 def load_converted(model: nn.Module, sd: dict[str, torch.Tensor], *, source: str) -> None:
     """Copy ``sd`` into ``model``'s parameters, with errors that name each missing, extra or misshapen tensor."""
     params = dict(model.named_parameters())  # a tied head appears once, as embed.weight
@@ -261,6 +310,7 @@ def from_hf(hf_model: nn.Module) -> nn.Module:
     config = config_from_hf(d)
     model = Transformer(config)
     sd = state_dict_from_hf(dict(hf_model.state_dict()), SUPPORTED_ARCHITECTURES[cls_name])
+    sd = fold_query_scales(sd, gpt2_query_scales(d))
     load_converted(model, sd, source=cls_name)
     return model.to(next(hf_model.parameters()).dtype).eval()
 
@@ -273,13 +323,18 @@ def config_to_hf(config: TransformerConfig) -> dict[str, Any]:
     problems = [f"{k}={getattr(c, k)!r}" for k, ok in (("norm", "rmsnorm"), ("mlp", "swiglu"), ("position", "rope"),
                                                        ("rope_interleaved", False), ("partial_rotary_factor", 1.0))
                 if getattr(c, k) != ok]
-    if c.sliding_window is not None and (c.qkv_bias or c.out_bias or c.mlp_bias):
-        problems.append("sliding_window together with biases")
+    qwen2_shape = c.qkv_bias and not c.out_bias and not c.mlp_bias
+    types = [("sliding_attention" if c.layer_window(i) else "full_attention") for i in range(c.n_layers)]
+    window = c.sliding_window if "sliding_attention" in types else None  # None when no layer slides
+    if window is not None and (c.qkv_bias or c.out_bias or c.mlp_bias) and not qwen2_shape:
+        problems.append("sliding_window together with biases other than Qwen2's (q, k, v only)")
+    if len(set(types)) > 1 and not qwen2_shape:
+        problems.append("sliding_window on some layers only, without Qwen2's q/k/v biases")
     if c.qkv_bias and not c.out_bias and c.mlp_bias:
         problems.append("qkv_bias without out_bias together with mlp_bias")
     if c.out_bias and not c.qkv_bias:
         problems.append("out_bias without qkv_bias")
-    act = {"silu": "silu", "gelu": "gelu", "gelu_tanh": "gelu_pytorch_tanh", "relu": "relu"}[c.activation]
+    act = {"gelu_tanh": "gelu_pytorch_tanh"}.get(c.activation, c.activation)  # every other name is HF's too
     if problems:
         raise ValueError(f"to_hf exports Llama-family models (RMSNorm, SwiGLU, RoPE); this config has {problems}")
     rope: dict[str, Any] = {"rope_type": "default", **(c.rope_scaling or {}), "rope_theta": c.rope_theta}
@@ -291,10 +346,12 @@ def config_to_hf(config: TransformerConfig) -> dict[str, Any]:
         "tie_word_embeddings": c.tie_embeddings, "rope_parameters": rope, "initializer_range": c.initializer_range,
         "attention_dropout": 0.0,
     }
-    if c.sliding_window is not None:
-        d.update(model_type="mistral", architectures=["MistralForCausalLM"], sliding_window=c.sliding_window)
-    elif c.qkv_bias and not c.out_bias:
-        d.update(model_type="qwen2", architectures=["Qwen2ForCausalLM"], use_sliding_window=False)
+    if qwen2_shape:
+        d.update(model_type="qwen2", architectures=["Qwen2ForCausalLM"], use_sliding_window=window is not None,
+                 sliding_window=window, layer_types=types,
+                 max_window_layers=types.index("sliding_attention") if window is not None else c.n_layers)
+    elif window is not None:
+        d.update(model_type="mistral", architectures=["MistralForCausalLM"], sliding_window=window)
     else:
         d.update(model_type="llama", architectures=["LlamaForCausalLM"], attention_bias=c.qkv_bias,
                  mlp_bias=c.mlp_bias)

@@ -24,11 +24,28 @@ def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
     return 0.5 * x * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x.pow(3))))
 
 
+def quick_gelu(x: torch.Tensor) -> torch.Tensor:
+    """The sigmoid approximation of GELU (CLIP's ``quick_gelu``): ``x * sigmoid(1.702 x)``."""
+    return x * torch.sigmoid(1.702 * x)
+
+
+def relu2(x: torch.Tensor) -> torch.Tensor:
+    """Squared ReLU (So et al. 2021, "Primer"): ``relu(x)^2``."""
+    return torch.square(F.relu(x))
+
+
 ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "silu": F.silu,
     "gelu": F.gelu,  # exact, erf-based
     "gelu_tanh": gelu_tanh,
     "relu": F.relu,
+    "quick_gelu": quick_gelu,
+    "relu2": relu2,
+    "relu6": F.relu6,
+    "leaky_relu": F.leaky_relu,  # negative slope 0.01, torch's (and transformers') default
+    "tanh": torch.tanh,
+    "sigmoid": torch.sigmoid,
+    "mish": F.mish,
 }
 
 

@@ -4,7 +4,8 @@
   statistics over the feature dimension; used by GPT-2.
 - RMSNorm (Zhang & Sennrich 2019, "Root Mean Square Layer Normalization"): ``y = x / sqrt(mean(x^2) + eps) * g``,
   no centring and no bias; used by Llama, Mistral and Qwen2. Statistics are computed in float32 and the result is
-  cast back before the gain is applied, the order Hugging Face's ``LlamaRMSNorm`` uses.
+  cast back before the gain is applied, the order Hugging Face's ``LlamaRMSNorm`` uses. LayerNorm computes
+  everything, gain and bias included, in float32 and rounds once, as ``torch.nn.functional.layer_norm`` does.
 """
 
 from __future__ import annotations
@@ -45,8 +46,10 @@ class LayerNorm(nn.Module):
         x32 = x.float()
         mean = x32.mean(dim=-1, keepdim=True)
         var = (x32 - mean).pow(2).mean(dim=-1, keepdim=True)  # biased variance, as in the paper
-        y = ((x32 - mean) * torch.rsqrt(var + self.eps)).to(dtype) * self.weight
-        return y + self.bias if self.bias is not None else y
+        y = (x32 - mean) * torch.rsqrt(var + self.eps) * self.weight.float()
+        if self.bias is not None:
+            y = y + self.bias.float()
+        return y.to(dtype)  # one rounding at the end, as torch's fused layer_norm
 
     def extra_repr(self) -> str:
         return f"{self.weight.shape[0]}, eps={self.eps}, bias={self.bias is not None}"

@@ -18,6 +18,8 @@ from mlcore.model.hf_convert import (
     architecture_of,
     config_from_hf,
     config_to_hf,
+    fold_query_scales,
+    gpt2_query_scales,
     load_converted,
     state_dict_from_hf,
     state_dict_to_hf,
@@ -81,7 +83,7 @@ def from_pretrained(folder: str | Path, *, dtype: torch.dtype = torch.float32):
     config = config_from_hf(d)
     arch = architecture_of(d)
     model = Transformer(config).to(dtype)
-    sd = state_dict_from_hf(load_hf_state_dict(folder), arch)
+    sd = fold_query_scales(state_dict_from_hf(load_hf_state_dict(folder), arch), gpt2_query_scales(d))
     load_converted(model, sd, source=str(folder))
     return model.eval()
 

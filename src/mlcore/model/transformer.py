@@ -99,12 +99,16 @@ class Transformer(nn.Module):
         ``position_ids`` (B, T) overrides the positions derived from the mask.
         """
         c = self.config
+        if not isinstance(input_ids, torch.Tensor):
+            raise ValueError(f"input_ids must be a torch integer tensor of shape (B, T), got {type(input_ids).__name__}")
         if input_ids.dim() != 2 or input_ids.dtype not in (torch.long, torch.int32, torch.int64):
             raise ValueError(f"input_ids must be an integer tensor of shape (B, T), got {tuple(input_ids.shape)} "
                              f"{input_ids.dtype}")
         B, T = input_ids.shape
-        if T == 0:
-            raise ValueError("input_ids must hold at least one token, got T=0")
+        if T == 0 or B == 0:
+            raise ValueError(f"input_ids must hold at least one row and one token, got shape {(B, T)}")
+        if attention_mask is not None and not isinstance(attention_mask, torch.Tensor):
+            raise ValueError(f"attention_mask must be a (B, T) tensor of 0/1, got {type(attention_mask).__name__}")
         if not torch.compiler.is_compiling():  # one host sync; skipped inside torch.compile graphs
             lo, hi = (int(v) for v in torch.aminmax(input_ids))
             if lo < 0 or hi >= c.vocab_size:
@@ -114,9 +118,13 @@ class Transformer(nn.Module):
         if past + T > c.max_seq_len:
             raise ValueError(f"sequence length {past + T} (cache {past} + input {T}) exceeds "
                              f"max_seq_len={c.max_seq_len} of this model")
-        if attention_mask is not None and tuple(attention_mask.shape) != (B, past + T):
-            raise ValueError(f"attention_mask must have shape (B, P + T) = ({B}, {past + T}) (cache holds P={past}, "
-                             f"input T={T}), got {tuple(attention_mask.shape)}")
+        if attention_mask is not None:
+            if tuple(attention_mask.shape) != (B, past + T):
+                raise ValueError(f"attention_mask must have shape (B, P + T) = ({B}, {past + T}) (cache holds "
+                                 f"P={past}, input T={T}), got {tuple(attention_mask.shape)}")
+            if not torch.compiler.is_compiling() and bool(((attention_mask != 0) & (attention_mask != 1)).any()):
+                raise ValueError("attention_mask must hold only 0 (pad) and 1 (token), got values "
+                                 f"{sorted(set(attention_mask.unique().tolist()))[:6]}")
         if position_ids is None:
             if attention_mask is not None:
                 position_ids = positions_from_mask(attention_mask, T)

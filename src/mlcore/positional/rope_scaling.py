@@ -30,6 +30,7 @@ tests hold every type to transformers' own functions.
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any
 
 import torch
@@ -70,8 +71,11 @@ def validate_scaling(scaling: dict[str, Any] | None) -> str:
         )
     factor = scaling.get("factor")
     if rope_type != "default" and not (rope_type == "yarn" and factor is None):
-        if not isinstance(factor, (int, float)) or factor < 1.0:
-            raise ValueError(f"scaling['factor'] must be a number >= 1, got {factor!r}")
+        if isinstance(factor, bool) or not isinstance(factor, (int, float)) or factor <= 0:
+            raise ValueError(f"scaling['factor'] must be a positive number, got {factor!r}")
+        if factor < 1.0:  # transformers only warns here and runs, so we do the same
+            warnings.warn(f"scaling['factor'] = {factor} < 1 compresses positions instead of stretching them",
+                          stacklevel=3)
     if rope_type == "llama3" and not scaling["high_freq_factor"] > scaling["low_freq_factor"]:
         raise ValueError(
             "scaling['high_freq_factor'] must be > scaling['low_freq_factor'], got "

@@ -130,6 +130,9 @@ def load_checkpoint(
         meta = json.loads(smeta[META_KEY])
     except (KeyError, json.JSONDecodeError) as err:
         raise ValueError(f"corrupt checkpoint {str(directory)!r}: unreadable metadata ({err})") from err
+    if (not isinstance(meta, dict) or not isinstance(meta.get("step"), int) or not isinstance(aliases, dict)
+            or "rng.torch" not in state):
+        raise ValueError(f"corrupt checkpoint {str(directory)!r}: metadata lacks the step, aliases or RNG state")
     for dup, kept in aliases.items():
         weights[dup] = weights[kept]
 
@@ -176,6 +179,9 @@ def _load_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.T
     for pid, values in meta.get("scalars", {}).items():
         state.setdefault(int(pid), {}).update(values)
     for pid, values in state.items():
+        if not 0 <= pid < len(params):
+            raise ValueError(f"checkpoint {str(directory)!r} is from another model shape: optimizer state for "
+                             f"parameter {pid}, the current optimizer has {len(params)} parameters")
         shape = tuple(params[pid].shape)
         for key, value in values.items():
             if isinstance(value, torch.Tensor) and value.dim() > 0 and tuple(value.shape) != shape:
@@ -187,5 +193,5 @@ def _load_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.T
 def latest_checkpoint(out_dir: str | Path) -> Path | None:
     """The ``step_*`` folder with the highest step under ``out_dir/checkpoints``, or ``None``."""
     root = Path(out_dir) / "checkpoints"
-    found = [p for p in root.glob("step_*") if p.is_dir() and not p.name.endswith(".tmp")]
+    found = [p for p in root.glob("step_*") if p.is_dir() and p.name.split("_", 1)[1].isdigit()]
     return max(found, key=lambda p: int(p.name.split("_")[1]), default=None)
