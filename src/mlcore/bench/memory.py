@@ -12,16 +12,41 @@ temporary buffer that one aten op allocates and frees internally is not seen.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import os
+from collections.abc import Callable, Iterator
 
 import torch
 from torch.profiler import ProfilerActivity, profile
 
 
+@contextlib.contextmanager
+def _quiet_native_stderr() -> Iterator[None]:
+    """Silence file descriptor 2 for a moment: the profiler's C++ side prints start/stop lines there."""
+    try:
+        saved = os.dup(2)
+    except OSError:  # no real stderr (embedded interpreters): nothing to silence
+        yield
+        return
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def _cpu_peak(fn: Callable[[], object]) -> int:
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+    prof = profile(activities=[ProfilerActivity.CPU], profile_memory=True)
+    with _quiet_native_stderr():
+        prof.start()
+    try:
         result = fn()
         del result  # outputs count while alive; freeing them afterwards does not lower the peak
+    finally:
+        with _quiet_native_stderr():
+            prof.stop()
     deltas: list[tuple[float, int]] = []
     for event in prof.events():
         if event.name == "[memory]":  # a free (or allocation) outside any operator
