@@ -43,19 +43,21 @@ def iban_valid(iban: str) -> bool:
     )
 
 
-_IBAN_START = re.compile(r"(?<![A-Za-z0-9])([A-Z]{2})(\d{2})(?=[ ]?[A-Z0-9])")
+# letters may precede the country code ("IBAN:DE89...", "ibanDE89..."): the check digits and the exact
+# length make a false start inside a word vanishingly rare; such glued hits score lower
+_IBAN_START = re.compile(r"(?<![0-9])([A-Za-z]{2})(\d{2})(?=[ ]?[A-Za-z0-9])")
 
 
 def find_ibans(text: str) -> Iterator[PiiSpan]:
     for m in _IBAN_START.finditer(text):
-        length = IBAN_LENGTHS.get(m.group(1))
+        length = IBAN_LENGTHS.get(m.group(1).upper())
         if length is None:
             continue
         # read `length` alphanumerics, allowing one space between characters
         chars, pos, n = [], m.start(), len(text)
         while pos < n and len(chars) < length:
             ch = text[pos]
-            if ch.isascii() and (ch.isdigit() or ch.isupper()):
+            if ch.isascii() and ch.isalnum():  # lowercase too: people type "de89 3704 ..."
                 chars.append(ch)
                 pos += 1
             elif ch == " " and chars and pos + 1 < n and text[pos + 1].isalnum() and text[pos - 1] != " ":
@@ -67,8 +69,12 @@ def find_ibans(text: str) -> Iterator[PiiSpan]:
         if pos < n and text[pos].isalnum():
             continue  # the run goes on: wrong length, or we stopped inside a group
         value = "".join(chars)
-        if iban_valid(value):
+        if iban_valid(value.upper()):
             score = 0.95 if has_context(text, m.start(), "IBAN") else 0.9
+            if not value.isupper():
+                score -= 0.05
+            if m.start() > 0 and text[m.start() - 1].isalpha():
+                score -= 0.2
             yield PiiSpan("IBAN", m.start(), pos, text[m.start() : pos], score)
 
 
@@ -82,8 +88,8 @@ def find_routing_numbers(text: str) -> Iterator[PiiSpan]:
 
 
 _ACCOUNT = re.compile(
-    r"(?<![a-z])(?:account|acct|a/c|acc)\.?(?:[ \t]*(?:number|num|no\.?|nr\.?|#))?[ \t]*[:#=]?[ \t]*"
-    r"(\d(?:-?\d){5,16})(?![\w]|[.,-]\d)",
+    r"(?<![a-z])(?:account|acct|a/c|acc)\.?(?:[ \t]*(?:number|num|no\.?|nr\.?|#))?[ \t]*(?:[:#=]|is\b|was\b)?[ \t]*"
+    r"((?-i:[A-Z]{1,4})?\d(?:-?\d){5,16})(?![\w]|[.,-]\d)",
     re.IGNORECASE,
 )
 

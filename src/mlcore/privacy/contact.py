@@ -3,11 +3,13 @@
 - e-mail: the common subset of RFC 5322 addr-spec (dot-atoms: no leading, trailing or doubled dots; domain
   labels of letters, digits and inner hyphens; an alphabetic TLD of 2+ letters).
 - phone: E.164 ("+" country code and subscriber number, 8-15 digits in all, optionally grouped) and North
-  American national forms ``(415) 555-2671``, ``415-555-2671``, ``415.555.2671`` with the NANP rule that the
-  area code and exchange start with 2-9. Other national forms are reported only after a phone word.
+  American national forms ``(415) 555-2671``, ``415-555-2671``, ``415.555.2671`` (optionally ``1-`` before
+  and ``x123`` after) with the NANP rule that the area code and exchange start with 2-9; ``415 555 2671``
+  and ``4155552671`` only after a phone word, as are other national forms.
 - IP: IPv4 dotted quads (each 0-255, no leading zeros) and IPv6 (RFC 4291 text form, ``::`` compression and
   an embedded IPv4 tail), validated by hand; "version 1.2.3.4" is not an address.
-- date of birth: a real calendar date (ISO, US, European dotted, or month names) after "born", "DOB", ...
+- date of birth: a real calendar date (ISO, US, European dotted, or month names; two-digit years read as the
+  latest past year) after "born", "DOB", ...
 """
 
 from __future__ import annotations
@@ -19,8 +21,10 @@ from collections.abc import Iterator
 from mlcore.privacy.context import has_context, score_with_context
 from mlcore.privacy.spans import PiiSpan
 
+# The lookahead bounds the local part to RFC 5321's 64 characters before the "@" is seen, so a long run of
+# local-part characters without an "@" (base64, query strings) costs O(64) per start, not O(n).
 _EMAIL = re.compile(
-    r"(?<![\w.%+-])[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*"
+    r"(?<![\w.%+-])(?=[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]{1,64}@)[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*"
     r"@(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,24}(?![\w-])"
 )
 
@@ -30,8 +34,13 @@ def find_emails(text: str) -> Iterator[PiiSpan]:
         yield PiiSpan("EMAIL", m.start(), m.end(), m.group(), 0.95)
 
 
-_E164 = re.compile(r"(?<![\w+])\+[1-9](?:[ .-]?\(?\d\)?){7,14}(?![\w]|[.-]\d)")
-_NANP = re.compile(r"(?<![\w+(])(?:\(([2-9]\d{2})\)[ ]?|([2-9]\d{2})([-.]))([2-9]\d{2})[-.](\d{4})(?![\w]|[.-]\d)")
+_E164 = re.compile(r"(?<![\w+])\+[1-9](?:[ .-]?\(?\d\)?){7,14}(?:[ ]?(?:x|ext\.?)[ ]?\d{1,6})?(?![\w]|[.-]\d)")
+_NANP = re.compile(
+    r"(?<![\w+(])(?:(?:\+1|001|1)[-. ]?)?(?:\(([2-9]\d{2})\)[ ]?|([2-9]\d{2})([-. ]))([2-9]\d{2})[-. ](\d{4})"
+    r"(?:[ ]?(?:x|ext\.?|extension)[ ]?\d{1,6})?(?![\w]|[.-]\d)",
+    re.IGNORECASE,
+)
+_NANP_BARE = re.compile(r"(?<![\w+.-])1?[2-9]\d{2}[2-9]\d{6}(?![\w]|[.-]\d)")
 _NATIONAL = re.compile(r"(?<![\w+])0\d{2,4}[ -]?\d{3,4}[ -]?\d{3,4}(?![\w]|[.-]\d)")
 
 
@@ -43,14 +52,21 @@ def find_phones(text: str) -> Iterator[PiiSpan]:
     for m in _NANP.finditer(text):
         if m.group(3) and m.group(3) != text[m.end(4)]:
             continue  # mixed separators 415-555.2671
+        if m.group(3) == " " and (not has_context(text, m.start(), "PHONE", window=30)
+                                   or re.match(r" \d", text[m.end() : m.end() + 2])):
+            continue  # "415 555 2671" is any three groups of digits unless a phone word precedes it
         yield PiiSpan("PHONE", m.start(), m.end(), m.group(), score_with_context(text, m.start(), "PHONE", 0.7))
+    for m in _NANP_BARE.finditer(text):  # 4155552671: only after "phone", "call", "tel", ...
+        if has_context(text, m.start(), "PHONE", window=30):
+            yield PiiSpan("PHONE", m.start(), m.end(), m.group(), 0.75)
     for m in _NATIONAL.finditer(text):
         if has_context(text, m.start(), "PHONE", window=25):
             yield PiiSpan("PHONE", m.start(), m.end(), m.group(), 0.75)
 
 
 _IPV4 = re.compile(r"(?<![\w.])(?:\d{1,3}\.){3}\d{1,3}(?![\w]|\.\d)")
-_IPV6 = re.compile(r"(?<![\w:.])(?:[0-9A-Fa-f]{0,4}:){2,7}(?:[0-9A-Fa-f]{1,4}|(?:\d{1,3}\.){3}\d{1,3})?(?![\w:])")
+# the embedded-IPv4 tail is tried first: "::ffff:192.168.1.1" must not stop at "::ffff:192"
+_IPV6 = re.compile(r"(?<![\w:.])(?:[0-9A-Fa-f]{0,4}:){2,7}(?:(?:\d{1,3}\.){3}\d{1,3}|[0-9A-Fa-f]{1,4})?(?![\w:])")
 
 
 def ipv4_valid(text: str) -> bool:
@@ -88,14 +104,15 @@ def find_ips(text: str) -> Iterator[PiiSpan]:
         if value.count(":") >= 2 and ipv6_valid(value) and any(c.isalnum() for c in value):
             if re.fullmatch(r"\d{1,2}:\d{2}(?::\d{2})?", value):
                 continue  # a clock time
-            yield PiiSpan("IP_ADDRESS", m.start(), m.end(), value, 0.85)
+            yield PiiSpan("IP_ADDRESS", m.start(), m.end(), value,
+                          score_with_context(text, m.start(), "IP_ADDRESS", 0.85))
 
 
 _MONTHS = "january february march april may june july august september october november december".split()
 _MON = r"(?:jan|feb|mar|apr|may|jun|jul|aug|sep|sept|oct|nov|dec)[a-z]*\.?"
 _DATE = re.compile(
     r"(?<![\w/.-])(?:(?P<iy>\d{4})-(?P<im>\d{2})-(?P<id>\d{2})"
-    r"|(?P<a>\d{1,2})(?P<s>[/.-])(?P<b>\d{1,2})(?P=s)(?P<y>\d{4})"
+    r"|(?P<a>\d{1,2})(?P<s>[/.-])(?P<b>\d{1,2})(?P=s)(?P<y>\d{4}|\d{2})"
     r"|(?P<nm>" + _MON + r")\s+(?P<nd>\d{1,2})(?:st|nd|rd|th)?,?\s+(?P<ny>\d{4})"
     r"|(?P<dd>\d{1,2})(?:st|nd|rd|th)?\s+(?P<dm>" + _MON + r"),?\s+(?P<dy>\d{4}))(?![\w/]|[.-]\d)",
     re.IGNORECASE,
@@ -114,6 +131,8 @@ def parse_date(m: re.Match[str]) -> dt.date | None:
             return dt.date(int(m.group("iy")), int(m.group("im")), int(m.group("id")))
         if m.group("y"):
             a, b, y = int(m.group("a")), int(m.group("b")), int(m.group("y"))
+            if len(m.group("y")) == 2:  # "1/5/85": the most recent past year with those two digits
+                y += 2000 if 2000 + y <= dt.date.today().year else 1900
             if m.group("s") == "." or a > 12:  # dotted dates and day > 12 are day-first
                 a, b = b, a
             return dt.date(y, a, b)

@@ -33,7 +33,9 @@ CONTEXT_WORDS: dict[str, tuple[str, ...]] = {
 NEGATIVE_WORDS: dict[str, tuple[str, ...]] = {
     "IP_ADDRESS": ("version", "ver", "v", "release", "build"),
     "PHONE": ("order", "invoice", "tracking", "ref", "reference", "serial"),
-    "CARD": ("order", "tracking", "invoice", "serial", "ref"),
+    # only words that rarely sit by chance before a real card: "no raw card survives" outranks precision
+    "CARD": ("order", "tracking", "invoice", "serial", "ref", "isbn", "gtin", "barcode", "fedex", "usps", "parcel",
+             "shipment", "imei"),
 }
 
 _PATTERNS: dict[str, re.Pattern[str]] = {}
@@ -82,4 +84,4 @@ def score_with_context(text: str, start: int, kind: str, base: float, *, boost: 
         score += boost
     elif has_negative_context(text, start, kind):  # a positive word outweighs a negative one
         score -= 0.5
-    return max(0.0, min(1.0, score))
+    return round(max(0.0, min(1.0, score)), 6)

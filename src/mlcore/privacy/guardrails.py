@@ -23,11 +23,12 @@ classifier and least-privilege tools.
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
-from mlcore.privacy.detect import RECOGNIZERS, Recognizer, check_text, detect_pii
+from mlcore.privacy.detect import MASK_MIN_SCORE, RECOGNIZERS, Recognizer, check_text, detect_pii
 from mlcore.privacy.keys import normalise
 from mlcore.privacy.masking import make_replacer
 from mlcore.privacy.spans import PiiSpan, replace_spans
@@ -51,6 +52,11 @@ INJECTION_PATTERNS: tuple[tuple[str, re.Pattern[str], float], ...] = tuple(
          r"^\s*###?\s*(?:system|instruction)s?\s*:", 0.8),
         ("disable_safety", r"\b(?:bypass|disable|turn off|ignore)\b[^.\n]{0,20}?\b(?:safety|filters?|guardrails?|"
          r"moderation|content polic(?:y|ies))", 0.7),
+        ("system_prompt_question", r"\bwhat(?:'s| is| are| were)\s+(?:your\s+(?:system prompt|(?:initial |hidden |"
+         r"original |secret )?instructions)|the\s+(?:system prompt|(?:initial|hidden|original|secret) instructions))"
+         r"|\brepeat\b[^.\n]{0,40}?\b(?:verbatim|word for word)\b", 0.7),
+        ("stop_following", r"\b(?:stop|quit|cease) (?:following|obeying)\b[^.\n]{0,20}?\b(?:instructions?|rules|"
+         r"guidelines|programming)|\bfrom now on,? you (?:will|must|are)\b", 0.7),
         ("exfiltration", r"\b(?:send|post|upload|exfiltrate|forward)\b[^.\n]{0,40}?(?:https?://|\bwebhook\b)", 0.5),
         ("encoded_payload", r"[A-Za-z0-9+/]{200,}={0,2}", 0.3),
     )
@@ -96,9 +102,22 @@ def _worst(a: str, b: str) -> str:
     return a if _RANK[a] >= _RANK[b] else b
 
 
+_INVISIBLE = dict.fromkeys(map(ord, "\u00ad\u200b\u200c\u200d\u200e\u200f\u2060\u2061\u2062\u2063\ufeff"))
+_SPACED_LETTERS = re.compile(r"\b(?:[A-Za-z] ){3,}[A-Za-z]\b")
+
+
+def _normalised(text: str) -> str:
+    """The text an attacker hides a phrase in, undone: NFKC (fullwidth and styled letters), zero-width and
+    soft-hyphen characters removed, "I g n o r e" letter-spacing collapsed."""
+    text = unicodedata.normalize("NFKC", text).translate(_INVISIBLE)
+    return _SPACED_LETTERS.sub(lambda m: m.group().replace(" ", ""), text)
+
+
 def injection_score(text: str) -> tuple[float, list[str]]:
-    """Combined heuristic score in [0, 1] and the names of the patterns that fired."""
-    fired = [(name, w) for name, pattern, w in INJECTION_PATTERNS if pattern.search(text)]
+    """Combined heuristic score in [0, 1] and the names of the patterns that fired (on the text as given
+    or on its normalised form)."""
+    plain = _normalised(text)
+    fired = [(name, w) for name, pattern, w in INJECTION_PATTERNS if pattern.search(text) or pattern.search(plain)]
     keep = 1.0
     for _, w in fired:
         keep *= 1.0 - w
@@ -133,7 +152,7 @@ def scan_input(
     if not 0.0 < injection_threshold <= 1.0:
         raise ValueError(f"injection_threshold must be in (0, 1], got {injection_threshold}")
     replace = make_replacer(strategy, key)
-    spans = detect_pii(prompt)
+    spans = detect_pii(prompt, min_score=MASK_MIN_SCORE)
     verdict, reasons = ALLOW, []
     safe = prompt
     if spans:
@@ -168,7 +187,7 @@ def scan_output(
     """
     check_text(text)
     allowed_norm = {(v if isinstance(v, str) else str(v)) for v in allowed}
-    spans = [s for s in detect_pii(text, recognizers=_output_recognizers(max_digits))
+    spans = [s for s in detect_pii(text, recognizers=_output_recognizers(max_digits), min_score=MASK_MIN_SCORE)
              if not any(normalise(s.kind, s.text) == normalise(s.kind, a) for a in allowed_norm)]
     replace = make_replacer(strategy, key)
     verdict, reasons, safe = ALLOW, _reasons(spans, "leak"), text

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import unicodedata
 
 MIN_KEY_BYTES = 16
 
@@ -40,7 +41,7 @@ def keyed_digest(key: bytes, kind: str, value: str, *, purpose: str = "hash") ->
 def normalise(kind: str, value: str) -> str:
     """The canonical form two spellings of one value share (digits only for numbers, lowercase e-mail)."""
     if kind in ("CARD", "SSN", "ITIN", "ABA_ROUTING", "ACCOUNT_NUMBER", "PHONE"):
-        return "".join(c for c in value if c.isdigit())
+        return "".join(str(unicodedata.decimal(c)) for c in value if c.isdecimal())
     if kind == "IBAN":
         return "".join(value.split()).upper()
     if kind == "EMAIL":

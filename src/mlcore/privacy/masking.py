@@ -21,9 +21,9 @@ import os
 import re
 from collections.abc import Callable, Iterable, Iterator
 
-from mlcore.privacy.detect import check_kinds, check_text, detect_pii
+from mlcore.privacy.detect import MASK_MIN_SCORE, check_kinds, check_text, detect_pii
 from mlcore.privacy.keys import check_key, derive, keyed_digest, normalise
-from mlcore.privacy.pseudonym import pseudonym_for
+from mlcore.privacy.pseudonym import SECRET_PREFIXES, pseudonym_for
 from mlcore.privacy.spans import PiiSpan, replace_spans
 
 STRATEGIES = ("redact", "mask", "hash", "pseudonym", "encrypt")
@@ -38,8 +38,9 @@ def mask_value(kind: str, value: str) -> str:
         return local[:1] + "***@" + domain
     if kind == "DATE_OF_BIRTH":
         return re.sub(r"\b(?!(?:19|20)\d\d\b)\w+\b", lambda m: "*" * len(m.group()), value)
-    if kind == "SECRET":
-        return value[:4] + "*" * min(len(value) - 4, 16)
+    if kind == "SECRET":  # a vendor prefix (ghp_, AKIA, sk_live_) says which key; anything else is the secret
+        keep = next((len(p) for p in SECRET_PREFIXES if value.startswith(p)), 0)
+        return value[:keep] + "*" * max(4, min(len(value) - keep, 16))
     alnum = [i for i, c in enumerate(value) if c.isalnum()]
     hidden = set(alnum[:-4]) if len(alnum) > 4 else set(alnum)
     return "".join("*" if i in hidden else c for i, c in enumerate(value))
@@ -79,7 +80,7 @@ def mask_pii(
     strategy: str = "redact",
     key: bytes | str | None = None,
     kinds: Iterable[str] | None = None,
-    min_score: float = 0.5,
+    min_score: float = MASK_MIN_SCORE,
     spans: list[PiiSpan] | None = None,
 ) -> str:
     """`text` with every detected value replaced according to `strategy` (see the module table).
@@ -88,6 +89,8 @@ def mask_pii(
         strategy: "redact", "mask", "hash", "pseudonym" or "encrypt".
         key: at least 16 bytes; required by "hash", "pseudonym" and "encrypt".
         kinds: only these kinds (None: all).
+        min_score: replace hits scoring at least this; lower than `detect_pii`'s 0.5 by default so that a
+            valid card next to a word such as "order" is still not let through (see `detect.MASK_MIN_SCORE`).
         spans: detections to use instead of running `detect_pii` (e.g. reviewed by a person).
     """
     check_text(text)
@@ -124,7 +127,7 @@ def mask_stream(
     strategy: str = "redact",
     key: bytes | str | None = None,
     kinds: Iterable[str] | None = None,
-    min_score: float = 0.5,
+    min_score: float = MASK_MIN_SCORE,
     max_buffer: int = 1 << 16,
 ) -> Iterator[str]:
     """`mask_pii` over an iterable of text chunks with bounded memory (see `StreamScanner`).

@@ -20,19 +20,21 @@ from __future__ import annotations
 
 import datetime as dt
 import random
+import re
 import string
 from collections.abc import Callable, Iterable
 
 from mlcore.privacy.cards import BRANDS, card_brand
 from mlcore.privacy.checksums import aba_check_digit, iban_check_digits, luhn_check_digit
 from mlcore.privacy.contact import _DATE, parse_date
-from mlcore.privacy.detect import check_kinds, check_text, detect_pii
+from mlcore.privacy.detect import MASK_MIN_SCORE, check_kinds, check_text, detect_pii
 from mlcore.privacy.keys import check_key, keyed_digest, normalise
 from mlcore.privacy.national_ids import _ITIN_GROUPS
 from mlcore.privacy.spans import replace_spans
 
-_SECRET_PREFIXES = ("AKIA", "ASIA", "ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_", "sk_live_", "sk_test_",
-                    "rk_live_", "xoxb-", "xoxp-", "xoxa-", "xoxr-", "xoxs-", "AIza", "eyJ")
+SECRET_PREFIXES = ("AKIA", "ASIA", "ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_", "sk_live_", "sk_test_",
+                   "rk_live_", "rk_test_", "xoxb-", "xoxp-", "xoxa-", "xoxr-", "xoxs-", "AIza", "eyJ", "glpat-",
+                   "sk-proj-", "sk-ant-", "npm_", "-----BEGIN")
 
 
 def _fill(template: str, rng: random.Random, keep: int = 0) -> str:
@@ -53,13 +55,13 @@ def _fill(template: str, rng: random.Random, keep: int = 0) -> str:
 def _relayout(original: str, digits: str) -> str:
     """Write `digits` into the digit positions of `original` (keeping spaces, dashes, brackets)."""
     it = iter(digits)
-    return "".join(next(it) if c.isdigit() else c for c in original)
+    return "".join(next(it) if c.isdecimal() else c for c in original)
 
 
 def _card(value: str, rng: random.Random) -> str:
-    digits = "".join(c for c in value if c.isdigit())
-    keep = 1
+    digits = normalise("CARD", value)  # ASCII digits, whatever digit script the value was written in
     brand = card_brand(digits)
+    keep = 4 if digits.startswith("0604") else 1
     for b in BRANDS:
         if b.name == brand and len(digits) in b.lengths:
             for lo, hi in b.ranges:
@@ -68,8 +70,12 @@ def _card(value: str, rng: random.Random) -> str:
                     keep = w
                     break
             break
-    body = digits[:keep] + "".join(rng.choice(string.digits) for _ in range(len(digits) - keep - 1))
-    return _relayout(value, body + luhn_check_digit(body))
+    for _ in range(64):  # ranges nest (Discover's 622126-622925 inside UnionPay's 62): redraw until the brand holds
+        body = digits[:keep] + "".join(rng.choice(string.digits) for _ in range(len(digits) - keep - 1))
+        new = body + luhn_check_digit(body)
+        if card_brand(new) == brand:
+            break
+    return _relayout(value, new)
 
 
 def _ssn(value: str, rng: random.Random, itin: bool) -> str:
@@ -82,8 +88,10 @@ def _ssn(value: str, rng: random.Random, itin: bool) -> str:
 
 def _iban(value: str, rng: random.Random) -> str:
     compact = "".join(value.split())
-    bban = _fill(compact[4:], rng)
-    new = compact[:2] + iban_check_digits(compact[:2], bban) + bban
+    bban = _fill(compact[4:].upper(), rng)
+    new = compact[:2].upper() + iban_check_digits(compact[:2].upper(), bban) + bban
+    if not value.isupper():
+        new = new.lower()  # written in lowercase, pseudonymized in lowercase
     it = iter(new)
     return "".join(next(it) if not c.isspace() else c for c in value)
 
@@ -95,20 +103,29 @@ def _aba(value: str, rng: random.Random) -> str:
 
 
 def _phone(value: str, rng: random.Random) -> str:
-    out, i, group_start = [], 0, True
+    """Digits redrawn group by group; the country or trunk prefix ("+44", "+1", "001-", "1-", "0") is kept, and
+    every group (or, in a bare 10-digit NANP number, the area code and exchange) starts with 2-9."""
+    i = 0
     if value.startswith("+"):  # keep the country calling code (first group, at most 3 digits)
         j = 1
         while j < len(value) and value[j].isdigit() and j <= 3 and (j < 2 or not value[1] == "1"):
             j += 1
-        out.append(value[:j])
-        i, group_start = j, False
-    for ch in value[i:]:
-        if ch.isdigit():
-            out.append(str(rng.randint(2, 9)) if group_start else rng.choice(string.digits))
-            group_start = False
-        else:
-            out.append(ch)
-            group_start = True
+        i = j
+    elif re.match(r"(?:001|1)[-. ]", value):
+        i = 3 if value.startswith("001") else 1
+    elif value.startswith("0") and not value.startswith("00"):  # a national trunk prefix: 020 ..., 07700 ...
+        i = 1
+    out = [value[:i]]
+    for run in re.finditer(r"\d+|\D+", value[i:]):
+        text = run.group()
+        if not text[0].isdigit():
+            out.append(text)
+            continue
+        lead = {0, 3} if len(text) == 10 else {0}
+        starts_new_group = run.start() > 0 or i == 0 or not value[i - 1].isdigit()
+        out.append("".join(str(rng.randint(2, 9)) if k in lead and (starts_new_group or len(text) == 10)
+                           else rng.choice(string.digits)
+                           for k in range(len(text))))
     return "".join(out)
 
 
@@ -122,14 +139,15 @@ def _date(value: str, rng: random.Random) -> str:
     if m.group("y"):
         sep = m.group("s")
         a, b = (d.day, d.month) if sep == "." or int(m.group("a")) > 12 else (d.month, d.day)
-        return f"{a:0{len(m.group('a'))}d}{sep}{b:0{len(m.group('b'))}d}{sep}{d.year}"
+        year = f"{d.year % 100:02d}" if len(m.group("y")) == 2 else str(d.year)
+        return f"{a:0{len(m.group('a'))}d}{sep}{b:0{len(m.group('b'))}d}{sep}{year}"
     if m.group("ny"):
         return f"{d.strftime('%B')} {d.day}, {d.year}"
     return f"{d.day} {d.strftime('%B')} {d.year}"
 
 
 def _secret(value: str, rng: random.Random) -> str:
-    keep = next((len(p) for p in _SECRET_PREFIXES if value.startswith(p)), 0)
+    keep = next((len(p) for p in SECRET_PREFIXES if value.startswith(p)), 0)
     if value.startswith("-----BEGIN"):
         head, _, rest = value.partition("\n")
         body, _, tail = rest.rpartition("\n")
@@ -179,7 +197,7 @@ class Pseudonymizer:
     """
 
     def __init__(self, key: bytes | str, *, vault: bool = True, kinds: Iterable[str] | None = None,
-                 min_score: float = 0.5) -> None:
+                 min_score: float = MASK_MIN_SCORE) -> None:
         self._key = check_key(key, purpose="pseudonymization")
         self._kinds = check_kinds(kinds)
         self._min_score = min_score

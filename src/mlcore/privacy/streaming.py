@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 
-from mlcore.privacy.detect import RECOGNIZERS, Recognizer, check_kinds, check_text, detect_pii
+from mlcore.privacy.detect import MASK_MIN_SCORE, RECOGNIZERS, Recognizer, check_kinds, check_text, detect_pii
 from mlcore.privacy.spans import PiiSpan, replace_spans
 
 
@@ -49,7 +49,7 @@ class StreamScanner:
     """
 
     def __init__(self, replace: Callable[[PiiSpan], str], *, kinds: Iterable[str] | None = None,
-                 min_score: float = 0.5, hold: int = 64, context: int = 64, max_buffer: int = 1 << 16,
+                 min_score: float = MASK_MIN_SCORE, hold: int = 64, context: int = 64, max_buffer: int = 1 << 16,
                  recognizers: Sequence[Recognizer] = RECOGNIZERS) -> None:
         if hold < 32:
             raise ValueError(f"hold must be at least 32 characters (the longest grouped card), got {hold}")
