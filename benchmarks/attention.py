@@ -33,51 +33,21 @@ from mlcore.bench import Context, Plot, Result, peak_memory, roofline, time_fn
 DESCRIPTION = (
     "attention forward: naive vs flash_attention (PyTorch, Triton) vs torch SDPA; time, FLOP/s, memory"
 )
+
+
+def _vs_t(name: str, y: str, causal: bool, mode: str, title: str) -> Plot:
+    """A log-log curve of ``y`` against T at D=64, one line per implementation."""
+    return Plot(name=name, x="T", y=y, series="impl", where={"D": 64, "causal": causal, "mode": mode},
+                logx=True, logy=True, title=title, ylabel="bytes" if y == "memory_bytes" else "seconds")
+
+
 PLOTS = [
-    Plot(
-        name="attention_time_vs_T",
-        x="T",
-        y="median",
-        series="impl",
-        where={"D": 64, "causal": False, "mode": "fwd"},
-        logx=True,
-        logy=True,
-        title="attention forward time vs T (D=64, not causal)",
-        ylabel="seconds",
-    ),
-    Plot(
-        name="attention_time_vs_T_causal",
-        x="T",
-        y="median",
-        series="impl",
-        where={"D": 64, "causal": True, "mode": "fwd"},
-        logx=True,
-        logy=True,
-        title="attention forward time vs T (D=64, causal)",
-        ylabel="seconds",
-    ),
-    Plot(
-        name="attention_memory_vs_T",
-        x="T",
-        y="memory_bytes",
-        series="impl",
-        where={"D": 64, "causal": False, "mode": "fwd"},
-        logx=True,
-        logy=True,
-        title="attention forward peak memory vs T (D=64, not causal)",
-        ylabel="bytes",
-    ),
-    Plot(
-        name="attention_train_memory_vs_T",
-        x="T",
-        y="memory_bytes",
-        series="impl",
-        where={"D": 64, "causal": False, "mode": "train"},
-        logx=True,
-        logy=True,
-        title="attention forward + backward peak memory vs T (D=64; full preset)",
-        ylabel="bytes",
-    ),
+    _vs_t("attention_time_vs_T", "median", False, "fwd", "attention forward time vs T (D=64, not causal)"),
+    _vs_t("attention_time_vs_T_causal", "median", True, "fwd", "attention forward time vs T (D=64, causal)"),
+    _vs_t("attention_memory_vs_T", "memory_bytes", False, "fwd",
+          "attention forward peak memory vs T (D=64, not causal)"),
+    _vs_t("attention_train_memory_vs_T", "memory_bytes", False, "train",
+          "attention forward + backward peak memory vs T (D=64; full preset)"),
 ]
 
 B, H = 1, 8
