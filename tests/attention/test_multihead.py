@@ -10,26 +10,8 @@ from hypothesis import strategies as st
 from torch import nn
 
 from mlcore.attention import MultiHeadAttention
+from mlcore.inference import DynamicCache
 from mlcore.positional import RotaryEmbedding
-
-
-class ListCache:
-    """The smallest object with mlcore's cache protocol: ``update(layer_idx, k_new, v_new) -> (k, v)``."""
-
-    def __init__(self) -> None:
-        self.k: dict[int, torch.Tensor] = {}
-        self.v: dict[int, torch.Tensor] = {}
-
-    def get_seq_length(self, layer_idx: int = 0) -> int:
-        return self.k[layer_idx].shape[2] if layer_idx in self.k else 0
-
-    def update(self, layer_idx, k_new, v_new):
-        if layer_idx in self.k:
-            self.k[layer_idx] = torch.cat([self.k[layer_idx], k_new], dim=2)
-            self.v[layer_idx] = torch.cat([self.v[layer_idx], v_new], dim=2)
-        else:
-            self.k[layer_idx], self.v[layer_idx] = k_new, v_new
-        return self.k[layer_idx], self.v[layer_idx]
 
 
 def _left_pad_mask(B: int, T: int) -> torch.Tensor:
@@ -129,7 +111,7 @@ def test_kv_cache_decoding_equals_full_forward(backend):
     m = MultiHeadAttention(32, 4, n_kv_heads=2, rope=RotaryEmbedding(8), backend=backend).eval()
     x = torch.randn(2, 7, 32)
     full = m(x)
-    cache = ListCache()
+    cache = DynamicCache()
     parts = [m(x[:, :4], cache=cache, layer_idx=3)]
     for t in range(4, 7):
         parts.append(m(x[:, t : t + 1], cache=cache, layer_idx=3))
@@ -238,7 +220,7 @@ def test_random_configs_match_torch_twin(Hkv, G, D, T, prefill, window, causal, 
     outs = {}
     for name, m in models.items():
         if prefill:
-            cache = ListCache()
+            cache = DynamicCache()
             a = m(x[:, :prefill], attention_mask=am[:, :prefill], cache=cache)
             b = m(x[:, prefill:], attention_mask=am, cache=cache)
             outs[name] = torch.cat([a, b], dim=1)

@@ -86,3 +86,30 @@ def test_export_refuses_non_llama_family():
     model = Transformer.from_hf(gpt2())
     with pytest.raises(ValueError, match="Llama-family"):
         model.to_hf()
+
+
+@pytest.mark.parametrize("kw", [dict(sliding_window=2.5), dict(n_kv_heads="2"), dict(head_dim=0), dict(d_ff=True),
+                                dict(sliding_window=0)])
+def test_config_refuses_non_int_sizes(kw):
+    name = next(iter(kw))
+    with pytest.raises(ValueError, match=f"TransformerConfig.{name} must be a positive int"):
+        TransformerConfig(**kw)
+
+
+def test_forward_refuses_a_transformers_cache():
+    import transformers
+
+    model = Transformer(TransformerConfig(vocab_size=32, d_model=32, n_layers=1, n_heads=2, max_seq_len=16))
+    with pytest.raises(ValueError, match="transformers DynamicCache.*mlcore"):
+        model(torch.zeros(1, 3, dtype=torch.long), cache=transformers.DynamicCache())
+
+
+def test_logits_to_keep_returns_the_last_rows():
+    model = Transformer(TransformerConfig(vocab_size=32, d_model=32, n_layers=1, n_heads=2, max_seq_len=16))
+    ids = torch.randint(0, 32, (2, 5), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        full, last = model(ids), model(ids, logits_to_keep=1)
+    assert last.shape == (2, 1, 32)
+    torch.testing.assert_close(last, full[:, -1:])
+    with pytest.raises(ValueError, match="logits_to_keep"):
+        model(ids, logits_to_keep=-1)

@@ -5,26 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from mlcore.inference import DynamicCache
 from mlcore.model import Transformer, TransformerConfig
 
 from ._model_testutils import VOCAB, left_padded_batch, randomize_
-
-
-class ListCache:
-    """The smallest cache that speaks the attention protocol ``k, v = cache.update(layer_idx, k_new, v_new)``."""
-
-    def __init__(self) -> None:
-        self.kv: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
-
-    def update(self, layer_idx, k, v):
-        if layer_idx in self.kv:
-            k = torch.cat([self.kv[layer_idx][0], k], dim=2)
-            v = torch.cat([self.kv[layer_idx][1], v], dim=2)
-        self.kv[layer_idx] = (k, v)
-        return k, v
-
-    def get_seq_length(self, layer_idx: int = 0) -> int:
-        return self.kv[layer_idx][0].shape[2] if layer_idx in self.kv else 0
 
 
 def _cfg(**kw) -> TransformerConfig:
@@ -41,7 +25,7 @@ def test_cached_decoding_equals_full_forward(kw):
     ids, mask = left_padded_batch([14, 9], 14)
     with torch.no_grad():
         full = model(ids, attention_mask=mask)
-        cache = ListCache()
+        cache = DynamicCache()
         steps = [model(ids[:, :10], attention_mask=mask[:, :10], cache=cache)]
         for t in range(10, 14):
             steps.append(model(ids[:, t:t + 1], attention_mask=mask[:, : t + 1], cache=cache))
@@ -53,7 +37,7 @@ def test_cached_decoding_equals_full_forward(kw):
 
 def test_cache_counts_toward_max_length():
     model = Transformer(_cfg(max_seq_len=8))
-    cache = ListCache()
+    cache = DynamicCache()
     with torch.no_grad():
         model(torch.zeros(1, 6, dtype=torch.long), cache=cache)
         with pytest.raises(ValueError, match="cache 6"):

@@ -7,6 +7,8 @@ softmax (Dao et al., 2022/2023). Both agree with ``torch.nn.functional.scaled_do
 
 from ._checks import check_qkv, prepare_mask
 from .flash import flash_attention
+from .inputs import AttentionInputs
+from .kv_cache import KVCache, check_cache
 from .masks import causal_mask, combine_masks, padding_mask, sliding_window_mask
 from .multihead import MultiHeadAttention
 from .naive import scaled_dot_product_attention
@@ -15,6 +17,9 @@ __all__ = [
     "scaled_dot_product_attention",
     "flash_attention",
     "MultiHeadAttention",
+    "AttentionInputs",
+    "KVCache",
+    "check_cache",
     "causal_mask",
     "padding_mask",
     "sliding_window_mask",

@@ -21,22 +21,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .masks import causal_mask, combine_masks, sliding_window_mask
+from .inputs import AttentionInputs
+from .kv_cache import check_cache
 from .naive import scaled_dot_product_attention
 
 __all__ = ["MultiHeadAttention"]
 
 BACKENDS = ("naive", "flash", "torch")
-
-
-def _cache_length(cache: Any, layer_idx: int) -> int:
-    """Tokens already held by ``cache`` for this layer (0 without a cache or a ``get_seq_length`` method)."""
-    if cache is None or not hasattr(cache, "get_seq_length"):
-        return 0
-    try:
-        return int(cache.get_seq_length(layer_idx))
-    except TypeError:
-        return int(cache.get_seq_length())
 
 
 class MultiHeadAttention(nn.Module):
@@ -130,32 +121,36 @@ class MultiHeadAttention(nn.Module):
         v = v.view(B, T, Hkv, D).transpose(1, 2)
         return q, k, v
 
-    def rotate(self, q: Tensor, k: Tensor, position_ids: Tensor) -> tuple[Tensor, Tensor]:
-        """Apply RoPE at ``position_ids`` (B, T) to q (B, H, T, D) and k (B, Hkv, T, D)."""
+    def rotate(self, q: Tensor, k: Tensor, cos: Tensor, sin: Tensor) -> tuple[Tensor, Tensor]:
+        """Apply RoPE tables cos/sin (B, T, rotary_dim) to q (B, H, T, D) and k (B, Hkv, T, D)."""
         from mlcore.positional import apply_rotary
 
-        cos, sin = self.rope(position_ids)  # each (B, T, D)
         interleaved = bool(getattr(self.rope, "interleaved", False))
         return (apply_rotary(q, cos, sin, interleaved=interleaved),
                 apply_rotary(k, cos, sin, interleaved=interleaved))
 
-    def build_mask(
-        self, attention_mask: Tensor | None, B: int, T: int, Tk: int, device: torch.device, *, with_causal: bool = True
-    ) -> Tensor | None:
-        """One mask broadcastable to (B, H, T, Tk): bool (True = attend), or additive float with ALiBi / a float mask.
+    def build_inputs(self, x: Tensor, attention_mask: Tensor | None, position_ids: Tensor | None,
+                     cache: Any, layer_idx: int) -> AttentionInputs:
+        """This layer's :class:`AttentionInputs` when no model built them (standalone use), after checking them.
 
-        Combines the user's mask (a (B, Tk) 0/1 padding mask, or a full bool/additive (B|1, H|1, T|1, Tk) mask),
-        the causal or sliding-window mask (bottom-right aligned, the queries are the last T of Tk positions;
-        a plain causal mask is left out when ``with_causal`` is False, for backends given ``is_causal``)
-        and ALiBi's bias.
+        attention_mask: (B, P + T) 0/1 padding over cached and new keys, or a 4-D bool / additive mask
+        broadcastable to (B, H, T, P + T). position_ids: (B, T) or (1, T).
         """
-        user = None
+        B, T, _ = x.shape
+        past = 0
+        if cache is not None:
+            check_cache(cache)
+            past = int(cache.get_seq_length(layer_idx))
+        Tk = past + T
+        pad, extra = None, None
         if attention_mask is not None:
+            if not isinstance(attention_mask, Tensor):
+                raise ValueError(f"attention_mask must be a tensor, got {type(attention_mask).__name__}")
             if attention_mask.dim() == 2:
                 if tuple(attention_mask.shape) != (B, Tk):
                     raise ValueError(f"attention_mask (padding) must have shape (B, Tk) = ({B}, {Tk}) covering "
                                      f"cached and new keys, got {tuple(attention_mask.shape)}")
-                user = (attention_mask != 0)[:, None, None, :]  # (B, 1, 1, Tk)
+                pad = attention_mask.to(x.device)
             elif attention_mask.dim() == 4:
                 shape = tuple(attention_mask.shape)
                 if not all(s in (1, t) for s, t in zip(shape, (B, self.n_heads, T, Tk))):
@@ -163,22 +158,18 @@ class MultiHeadAttention(nn.Module):
                                      f"(B, H, T, Tk) = {(B, self.n_heads, T, Tk)}")
                 if not (attention_mask.dtype == torch.bool or attention_mask.dtype.is_floating_point):
                     raise ValueError(f"a 4-D attention_mask must be bool or float, got {attention_mask.dtype}")
-                user = attention_mask
+                extra = attention_mask.to(x.device)
             else:
                 raise ValueError("attention_mask must be (B, Tk) padding or a 4-D mask broadcastable to "
                                  f"(B, H, T, Tk), got shape {tuple(attention_mask.shape)}")
-            user = user.to(device)
-        structural = None
-        if self.sliding_window is not None:
-            structural = sliding_window_mask(T, Tk, window=self.sliding_window, device=device)
-        elif self.causal and with_causal:
-            structural = causal_mask(T, Tk, device=device)
-        bias = None
-        if self.alibi:
-            from mlcore.positional import alibi_bias
-
-            bias = alibi_bias(self.n_heads, T, Tk, device=device)  # (H, T, Tk): slope_h * (j - i), i bottom-right
-        return combine_masks(user, structural, bias)
+        if position_ids is not None:
+            if position_ids.dim() != 2 or position_ids.shape[-1] != T or position_ids.shape[0] not in (1, B):
+                raise ValueError(f"position_ids must be (B, T) = ({B}, {T}), got {tuple(position_ids.shape)}")
+            position_ids = position_ids.expand(B, T)
+        inputs = AttentionInputs.build(B, T, past, x.device, attention_mask=pad, position_ids=position_ids,
+                                       rope=self.rope, has_cache=cache is not None)
+        inputs.extra_mask = extra
+        return inputs
 
     # -- forward ----------------------------------------------------------------------------------
 
@@ -191,37 +182,36 @@ class MultiHeadAttention(nn.Module):
         cache: Any = None,
         layer_idx: int = 0,
         return_weights: bool = False,
+        inputs: AttentionInputs | None = None,
     ) -> Tensor | tuple[Tensor, Tensor]:
         """x (B, T, C) -> (B, T, C), or ``(out, weights (B, H, T, Tk))`` with ``return_weights`` (naive backend).
 
+        inputs: the forward's shared :class:`AttentionInputs` (positions, RoPE tables, key indices), as
+            ``Transformer`` passes them; without them they are built here from the next two arguments.
         attention_mask: (B, Tk) with 1 = token, 0 = pad, over all keys (cached and new); or a full bool
             (True = attend) / additive mask broadcastable to (B, H, T, Tk), 4-D.
         position_ids: (B, T) positions for RoPE; default ``arange(P, P + T)`` after the P cached tokens.
-        cache: anything with ``update(layer_idx, k_new, v_new) -> (k, v)`` returning all keys/values
-            (B, Hkv, Tk, D); its ``get_seq_length(layer_idx)`` (if any) gives P.
+        cache: an mlcore KV cache (:mod:`mlcore.attention.kv_cache`): ``update(layer_idx, k_new, v_new,
+            index_new) -> (k, v, key_index)`` with all keys/values (B, Hkv, Tk, D) and their indices (B, Tk).
         """
         if not isinstance(x, Tensor) or x.dim() != 3 or x.shape[-1] != self.d_model:
             raise ValueError(f"x must be (B, T, C={self.d_model}), got {getattr(x, 'shape', type(x))}")
         if return_weights and self.backend != "naive":
             raise ValueError(f"return_weights needs backend='naive', got backend={self.backend!r}")
+        if inputs is None:
+            inputs = self.build_inputs(x, attention_mask, position_ids, cache, layer_idx)
         B, T, _ = x.shape
         q, k, v = self.project(x)
-
         if self.rope is not None:
-            if position_ids is None:
-                past = _cache_length(cache, layer_idx)
-                position_ids = torch.arange(past, past + T, device=x.device).unsqueeze(0)
-            if position_ids.dim() != 2 or position_ids.shape[-1] != T or position_ids.shape[0] not in (1, B):
-                raise ValueError(f"position_ids must be (B, T) = ({B}, {T}), got {tuple(position_ids.shape)}")
-            q, k = self.rotate(q, k, position_ids.expand(B, T))
+            q, k = self.rotate(q, k, inputs.cos, inputs.sin)
 
         if cache is not None:
-            k, v = cache.update(layer_idx, k, v)  # all keys/values so far: (B, Hkv, Tk, D)
-        Tk = k.shape[2]
-        # mlcore's kernels take is_causal bottom-right aligned (flash skips blocks above the diagonal);
-        # torch's is_causal is top-left aligned, so the torch backend gets the causal mask spelled out.
-        is_causal = self.causal and self.sliding_window is None and self.backend != "torch"
-        mask = self.build_mask(attention_mask, B, T, Tk, x.device, with_causal=not is_causal)
+            k, v, key_index = cache.update(layer_idx, k, v, inputs.index)  # (B, Hkv, Tk, D), (B, Tk)
+        else:
+            key_index = inputs.index
+        is_causal = inputs.use_is_causal(causal=self.causal, window=self.sliding_window, alibi=self.alibi)
+        mask = inputs.mask(key_index, causal=self.causal, window=self.sliding_window,
+                           alibi_heads=self.n_heads if self.alibi else None)
         p = self.dropout if self.training else 0.0
 
         if self.backend == "naive":
@@ -235,7 +225,7 @@ class MultiHeadAttention(nn.Module):
         else:
             if mask is not None and mask.dtype != torch.bool:
                 mask = mask.to(q.dtype)  # torch wants a bool mask or one of the query's dtype
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p,
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p, is_causal=is_causal,
                                                  enable_gqa=self.n_kv_heads != self.n_heads)
             if mask is not None:  # some torch kernels give NaN where a row sees no key; mlcore's rule is zeros
                 sees = (mask if mask.dtype == torch.bool else mask > float("-inf")).any(dim=-1, keepdim=True)

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from mlcore.attention import MultiHeadAttention
+from mlcore.attention import AttentionInputs, MultiHeadAttention
 from mlcore.model.config import TransformerConfig
 from mlcore.model.mlp import build_mlp
 from mlcore.model.norm import build_norm
@@ -38,11 +38,9 @@ class Block(nn.Module):
         self.mlp = build_mlp(c.mlp, c.d_model, c.d_ff, activation=c.activation, bias=c.mlp_bias, dropout=c.dropout)
         self.resid_drop = nn.Dropout(c.dropout)
 
-    def forward(self, x: torch.Tensor, *, attention_mask: torch.Tensor | None = None,
-                position_ids: torch.Tensor | None = None, cache: Any = None) -> torch.Tensor:
-        """x: (B, T, C) -> (B, T, C). ``attention_mask`` (B, Tk) 1 = token; ``position_ids`` (B, T)."""
-        h = self.attn(self.attn_norm(x), attention_mask=attention_mask, position_ids=position_ids,
-                      cache=cache, layer_idx=self.layer_idx)
+    def forward(self, x: torch.Tensor, *, inputs: AttentionInputs, cache: Any = None) -> torch.Tensor:
+        """x: (B, T, C) -> (B, T, C). ``inputs``: the forward's shared positions, RoPE tables and key indices."""
+        h = self.attn(self.attn_norm(x), inputs=inputs, cache=cache, layer_idx=self.layer_idx)
         x = x + self.resid_drop(h)
         x = x + self.mlp(self.mlp_norm(x))
         return x

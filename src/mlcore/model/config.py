@@ -73,6 +73,10 @@ class TransformerConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or value <= 0:
                 raise ValueError(f"TransformerConfig.{name} must be a positive int, got {value!r}")
+        for name in ("n_kv_heads", "head_dim", "d_ff", "sliding_window", "rope_max_position_embeddings"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value <= 0):
+                raise ValueError(f"TransformerConfig.{name} must be a positive int or None, got {value!r}")
         if self.n_kv_heads is None:
             self.n_kv_heads = self.n_heads
         if self.n_kv_heads <= 0 or self.n_heads % self.n_kv_heads != 0:
@@ -95,8 +99,6 @@ class TransformerConfig:
                               ("activation", ACTIVATIONS), ("attn_backend", ATTN_BACKENDS)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"TransformerConfig.{name} must be one of {allowed}, got {getattr(self, name)!r}")
-        if self.sliding_window is not None and self.sliding_window <= 0:
-            raise ValueError(f"TransformerConfig.sliding_window must be positive or None, got {self.sliding_window}")
         if self.layer_types is not None:
             self.layer_types = list(self.layer_types)
             if len(self.layer_types) != self.n_layers or not set(self.layer_types) <= set(LAYER_TYPES):

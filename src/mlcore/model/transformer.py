@@ -28,23 +28,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from mlcore.attention import AttentionInputs, check_cache
 from mlcore.model.block import Block
 from mlcore.model.config import TransformerConfig
 from mlcore.model.norm import build_norm
 from mlcore.positional import LearnedEncoding, RotaryEmbedding
-
-
-def positions_from_mask(attention_mask: torch.Tensor, seq_len: int) -> torch.Tensor:
-    """(B, Tk) 0/1 mask -> (B, seq_len) positions of the last ``seq_len`` columns: ``cumsum - 1``, clamped at 0."""
-    pos = attention_mask.long().cumsum(dim=-1) - 1
-    return pos.clamp(min=0)[:, -seq_len:]
-
-
-def cache_length(cache: Any) -> int:
-    """Tokens already in a KV cache (``cache.get_seq_length()`` where the cache offers it), else 0."""
-    if cache is None or not hasattr(cache, "get_seq_length"):
-        return 0
-    return int(cache.get_seq_length())
 
 
 class Transformer(nn.Module):
@@ -90,13 +78,17 @@ class Transformer(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
     def forward(self, input_ids: torch.Tensor, *, attention_mask: torch.Tensor | None = None,
-                cache: Any = None, position_ids: torch.Tensor | None = None) -> torch.Tensor:
-        """input_ids (B, T) -> logits (B, T, V).
+                cache: Any = None, position_ids: torch.Tensor | None = None, logits_to_keep: int = 0,
+                validate: bool = True) -> torch.Tensor:
+        """input_ids (B, T) -> logits (B, T, V), or (B, logits_to_keep, V) for the last positions only.
 
         ``attention_mask``: (B, P + T) with 1 = token, 0 = padding, covering the ``P`` tokens already in
-        ``cache`` too (a (B, T) mask is accepted when the cache is empty). ``cache`` is handed to every attention
-        layer (``k, v = cache.update(layer_idx, k_new, v_new)``); positions start after its length.
-        ``position_ids`` (B, T) overrides the positions derived from the mask.
+        ``cache`` too (a (B, T) mask is accepted when the cache is empty). ``cache``: an mlcore KV cache
+        (:mod:`mlcore.attention.kv_cache`, e.g. ``mlcore.inference.DynamicCache()``); positions start after its
+        length. ``position_ids`` (B, T) overrides the positions derived from the mask.
+        ``logits_to_keep``: compute logits for the last n positions only (0 = all): prefill needs one row,
+        not T. ``validate=False`` skips the checks that wait for the device (token range, mask values):
+        a decode loop validates its inputs once and then steps without them.
         """
         c = self.config
         if not isinstance(input_ids, torch.Tensor):
@@ -109,36 +101,43 @@ class Transformer(nn.Module):
             raise ValueError(f"input_ids must hold at least one row and one token, got shape {(B, T)}")
         if attention_mask is not None and not isinstance(attention_mask, torch.Tensor):
             raise ValueError(f"attention_mask must be a (B, T) tensor of 0/1, got {type(attention_mask).__name__}")
-        if not torch.compiler.is_compiling():  # one host sync; skipped inside torch.compile graphs
+        if not isinstance(logits_to_keep, int) or isinstance(logits_to_keep, bool) or logits_to_keep < 0:
+            raise ValueError(f"logits_to_keep must be an int >= 0 (0 = every position), got {logits_to_keep!r}")
+        check_cache(cache)
+        if validate and not torch.compiler.is_compiling():  # one host sync, skipped by decode steps
             lo, hi = (int(v) for v in torch.aminmax(input_ids))
             if lo < 0 or hi >= c.vocab_size:
                 raise ValueError(f"input_ids must lie in [0, vocab_size={c.vocab_size}), got values in [{lo}, {hi}] "
                                  "(tokenizer/model vocab mismatch?)")
-        past = cache_length(cache)
-        if past + T > c.max_seq_len:
+        past = 0 if cache is None else int(cache.get_seq_length())
+        # A streaming cache (sliding window with sinks) keeps positions bounded for RoPE / ALiBi, so the
+        # sequence may run past max_seq_len; learned absolute positions never can.
+        streaming = bool(getattr(cache, "streaming", False)) and c.position != "learned"
+        if past + T > c.max_seq_len and not streaming:
             raise ValueError(f"sequence length {past + T} (cache {past} + input {T}) exceeds "
                              f"max_seq_len={c.max_seq_len} of this model")
         if attention_mask is not None:
             if tuple(attention_mask.shape) != (B, past + T):
                 raise ValueError(f"attention_mask must have shape (B, P + T) = ({B}, {past + T}) (cache holds "
                                  f"P={past}, input T={T}), got {tuple(attention_mask.shape)}")
-            if not torch.compiler.is_compiling() and bool(((attention_mask != 0) & (attention_mask != 1)).any()):
+            if validate and not torch.compiler.is_compiling() and bool(
+                    ((attention_mask != 0) & (attention_mask != 1)).any()):
                 raise ValueError("attention_mask must hold only 0 (pad) and 1 (token), got values "
                                  f"{sorted(set(attention_mask.unique().tolist()))[:6]}")
-        if position_ids is None:
-            if attention_mask is not None:
-                position_ids = positions_from_mask(attention_mask, T)
-            else:
-                position_ids = torch.arange(past, past + T, device=input_ids.device).expand(B, T)
-        elif position_ids.shape != (B, T):
+        if position_ids is not None and tuple(position_ids.shape) != (B, T):
             raise ValueError(f"position_ids must have shape (B, T) = ({B}, {T}), got {tuple(position_ids.shape)}")
 
+        # Built once, shared by every layer: positions, RoPE cos/sin, column indices for the masks.
+        inputs = AttentionInputs.build(B, T, past, input_ids.device, attention_mask=attention_mask,
+                                       position_ids=position_ids, rope=self.rope, has_cache=cache is not None)
         x = self.embed(input_ids)  # (B, T, C)
         if self.pos_emb is not None:
-            x = x + self.pos_emb(position_ids)  # (B, T, C) learned absolute positions
+            x = x + self.pos_emb(inputs.positions)  # (B, T, C) learned absolute positions
         x = self.drop(x)
         for block in self.layers:
-            x = block(x, attention_mask=attention_mask, position_ids=position_ids, cache=cache)
+            x = block(x, inputs=inputs, cache=cache)
+        if logits_to_keep:
+            x = x[:, -logits_to_keep:]
         return self.lm_head(self.norm(x))  # (B, T, V)
 
     # --- Hugging Face interop (the code lives in hf_convert.py and pretrained.py) ---

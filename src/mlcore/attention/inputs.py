@@ -1,0 +1,118 @@
+"""What every attention layer of one forward pass shares, built once: positions, RoPE angles and masks.
+
+A decoder with L layers used to rebuild the same RoPE cos/sin, causal or sliding mask and ALiBi bias L times
+per token. :class:`AttentionInputs` is made once per forward (by ``Transformer.forward``, or by a lone
+``MultiHeadAttention``) and handed down to every layer, which only reads it.
+
+Masks are built from **key indices**, not from tensor shapes. Every token has an index: its column in the
+padded sequence (``past + t`` for the t-th new token), or ``-1`` for a padding token. A KV cache stores the
+index of every key it holds beside the key (:mod:`mlcore.attention.kv_cache`), so a preallocated buffer
+with unwritten slots, a ring buffer or a block table can all be attended through correctly:
+
+    attend(i, j)  <=>  idx_j >= 0  and  idx_j <= idx_i  [and  idx_j > idx_i - window]     (decoder)
+    attend(i, j)  <=>  idx_j >= 0                                                        (encoder)
+    ALiBi bias    =   slope_h * (idx_j - idx_i)
+
+This is transformers' rule too: its masks read ``cache_position`` (the column) and the padding mask, while
+``position_ids`` (``cumsum(mask) - 1``) only feed the position encoding. Queries are compared by their column
+(a padding query too, as with torch's ``key_padding_mask``): a left-padding query sees no key, and its output
+row is zeros, mlcore's convention for a row with no key.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+
+@dataclass
+class AttentionInputs:
+    """Per-forward attention inputs shared by all layers.
+
+    Attributes:
+        positions: (B, T) long, the position of each new token for RoPE / learned embeddings
+            (``cumsum(mask) - 1`` clamped at 0, or ``past + t``).
+        index: (B, T) long, the column index ``past + t`` of each new token, -1 at padding: the key indices
+            that caches store beside the keys.
+        query_index: (B, T) long, the column index ``past + t`` of each query (padding or not).
+        cos, sin: (B, T, rotary_dim) RoPE tables at ``positions`` (None without RoPE).
+        plain_causal: no padding and no cache: a plain causal mask, left to the kernels' ``is_causal`` fast path.
+        extra_mask: an extra 4-D bool / additive mask broadcastable to (B, H, T, Tk) (standalone attention only).
+    """
+
+    positions: Tensor
+    index: Tensor
+    query_index: Tensor
+    cos: Tensor | None = None
+    sin: Tensor | None = None
+    plain_causal: bool = False
+    extra_mask: Tensor | None = None
+    _memo: dict = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def build(cls, batch: int, seq_len: int, past: int, device: torch.device, *,
+              attention_mask: Tensor | None = None, position_ids: Tensor | None = None,
+              rope: torch.nn.Module | None = None, has_cache: bool = False) -> AttentionInputs:
+        """Positions, indices and RoPE tables for ``seq_len`` new tokens after ``past`` cached ones.
+
+        ``attention_mask`` (B, past + T) 1 = token, 0 = pad, or None (no padding). ``position_ids`` (B, T)
+        overrides the positions derived from the mask (not the indices: they always follow the columns).
+        """
+        B, T = batch, seq_len
+        index = query_index = torch.arange(past, past + T, device=device).expand(B, T)
+        if attention_mask is not None:
+            new_is_token = attention_mask[:, -T:] != 0
+            index = torch.where(new_is_token, index, torch.full_like(index, -1))
+        if position_ids is None:
+            if attention_mask is not None:
+                position_ids = (attention_mask.long().cumsum(dim=-1) - 1).clamp(min=0)[:, -T:]
+            else:
+                position_ids = torch.arange(past, past + T, device=device).expand(B, T)
+        cos = sin = None
+        if rope is not None:
+            cos, sin = rope(position_ids)  # (B, T, rotary_dim), float32
+        plain = attention_mask is None and not has_cache and past == 0
+        return cls(positions=position_ids, index=index, query_index=query_index, cos=cos, sin=sin, plain_causal=plain)
+
+    def mask(self, key_index: Tensor, *, causal: bool = True, window: int | None = None,
+             alibi_heads: int | None = None, dtype: torch.dtype = torch.float32) -> Tensor | None:
+        """The mask for keys with indices ``key_index`` (B, Tk), built once and reused by every layer alike.
+
+        Returns bool (B, 1, T, Tk) (True = attend), or an additive float (B, H, T, Tk) mask with ALiBi or a
+        float ``extra_mask``; None when the kernels' own ``is_causal`` covers it (see ``use_is_causal``).
+        """
+        if self.use_is_causal(causal=causal, window=window, alibi=alibi_heads is not None):
+            return None
+        key = (id(key_index), causal, window, alibi_heads, dtype)
+        hit = self._memo.get(key)
+        if hit is not None and hit[0] is key_index:  # the same key tensor (all layers of one cache share it)
+            return hit[1]
+        q = self.query_index[:, :, None]  # (B, T, 1)
+        k = key_index[:, None, :]  # (B, 1, Tk)
+        allowed = k >= 0
+        if causal:
+            allowed = allowed & (k <= q)
+            if window is not None:
+                allowed = allowed & (k > q - window)
+        else:  # an encoder: every query sees every real key
+            allowed = allowed.expand(-1, q.shape[1], -1)
+        mask: Tensor = allowed[:, None]  # (B, 1, T, Tk)
+        if alibi_heads is not None:
+            from mlcore.positional import alibi_slopes
+
+            slopes = alibi_slopes(alibi_heads).to(device=q.device, dtype=torch.float32)[None, :, None, None]
+            dist = (k - q)[:, None].to(torch.float32)  # (B, 1, T, Tk): j - i
+            bias = slopes * dist
+            mask = bias.masked_fill(~mask, float("-inf")).to(dtype)
+        if self.extra_mask is not None:
+            from .masks import combine_masks
+
+            mask = combine_masks(mask, self.extra_mask)
+        self._memo[key] = (key_index, mask)
+        return mask
+
+    def use_is_causal(self, *, causal: bool, window: int | None, alibi: bool) -> bool:
+        """True when a plain causal mask is all there is: kernels take ``is_causal=True`` and no mask tensor."""
+        return self.plain_causal and causal and window is None and not alibi and self.extra_mask is None

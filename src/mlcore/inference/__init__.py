@@ -1,0 +1,12 @@
+"""KV-cached inference: caches, sampling, ``generate`` and speculative decoding.
+
+    from mlcore.inference import generate, DynamicCache
+    out = generate(model, input_ids, max_new_tokens=32)        # greedy, StaticCache, (B, T + 32)
+"""
+
+from mlcore.inference.cache_factory import make_cache
+from mlcore.inference.dynamic_cache import DynamicCache
+from mlcore.inference.generate import generate, generate_no_cache
+from mlcore.inference.static_cache import StaticCache
+
+__all__ = ["generate", "generate_no_cache", "DynamicCache", "StaticCache", "make_cache"]

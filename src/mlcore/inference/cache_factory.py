@@ -1,0 +1,56 @@
+"""``make_cache(name_or_cache, model, ...)``: the cache ``generate`` uses, from a name or an object."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from mlcore.attention import check_cache
+
+CACHE_NAMES = ("dynamic", "static", "paged", "sliding", "int8")
+
+
+def make_cache(cache: str | Any, model: nn.Module, *, batch: int, max_len: int,
+               device: torch.device | str | None = None, **options: Any) -> Any:
+    """A fresh cache of the named kind sized for ``batch`` rows of ``max_len`` columns, or ``cache`` checked.
+
+    A cache object passed in must be empty; a StaticCache must be long enough for ``max_len`` columns.
+    ``options`` go to the cache's constructor (e.g. ``window=``, ``sinks=`` for "sliding", ``block_size=``
+    for "paged").
+    """
+    c = model.config
+    if not isinstance(cache, str):
+        check_cache(cache)
+        if cache.get_seq_length() != 0:
+            raise ValueError(f"cache must be empty at the start of generate, it holds {cache.get_seq_length()} "
+                             "columns (call .crop(0) / .reset(), or pass a new one)")
+        cap = getattr(cache, "max_len", None)
+        if cap is not None and cap < max_len and not getattr(cache, "streaming", False):
+            raise ValueError(f"cache holds at most max_len={cap} columns, but prompt + max_new_tokens = {max_len}")
+        return cache
+    if cache not in CACHE_NAMES:
+        raise ValueError(f"cache must be one of {CACHE_NAMES} or a cache object, got {cache!r}")
+    if cache != "sliding" and max_len > c.max_seq_len:
+        raise ValueError(f"prompt + max_new_tokens = {max_len} exceeds the model's max_seq_len={c.max_seq_len} "
+                         "(lower max_new_tokens, or use cache='sliding' with a RoPE model)")
+    if cache == "dynamic":
+        from mlcore.inference.dynamic_cache import DynamicCache
+
+        return DynamicCache()
+    if cache == "static":
+        from mlcore.inference.static_cache import StaticCache
+
+        return StaticCache.for_model(model, batch, max_len, device=device, **options)
+    if cache == "paged":
+        from mlcore.inference.paged_cache import PagedCache
+
+        return PagedCache.for_model(model, batch, max_len, device=device, **options)
+    if cache == "sliding":
+        from mlcore.inference.sliding_cache import SlidingWindowCache
+
+        return SlidingWindowCache.for_model(model, batch, max_len, device=device, **options)
+    from mlcore.inference.quantized_cache import QuantizedCache
+
+    return QuantizedCache.for_model(model, batch, max_len, device=device, **options)

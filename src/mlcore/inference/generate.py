@@ -1,0 +1,182 @@
+"""Autoregressive generation with a KV cache: one prefill pass over the prompt, then one token per decode step.
+
+    prefill:  logits_T = model(prompt (B, T), cache)          -- O(T^2) attention once, fills the cache
+    decode:   x_{t+1} ~ p(. | x_<=t) from model(x_t (B, 1), cache)   -- O(t) per token, the cache grows by one
+
+Without a cache every new token recomputes the keys and values of the whole prefix (O(t^2) per token,
+see :func:`generate_no_cache`, kept for the benchmark's baseline). Greedy decoding here equals transformers'
+``generate(do_sample=False)`` token for token, left-padded batches included: positions come from the mask
+(``cumsum - 1``), a finished row is padded with ``pad_token_id`` while the others go on, and generation stops
+when every row has finished.
+
+Validation happens once per call; the decode steps call the model with ``validate=False`` and
+``logits_to_keep=1``, so a step pays neither a host sync for checks nor the vocabulary projection of the
+whole prompt.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from mlcore.inference.cache_factory import make_cache
+from mlcore.inference.sampling import (
+    make_generator,
+    presence_mask,
+    process_logits,
+    sample_next,
+    validate_sampling_args,
+)
+
+Streamer = Callable[[Tensor], Any]
+
+
+def check_prompt(model: nn.Module, input_ids: Tensor, attention_mask: Tensor | None,
+                 max_new_tokens: int) -> Tensor:
+    """Validate a generation request once; return the (B, T) 0/1 mask (all ones when none was given)."""
+    if not isinstance(input_ids, Tensor) or input_ids.dim() != 2 or input_ids.dtype not in (torch.long, torch.int):
+        seen = f"{tuple(input_ids.shape)} {input_ids.dtype}" if isinstance(input_ids, Tensor) else repr(input_ids)
+        raise ValueError(f"input_ids must be an integer (B, T) tensor, got {seen}")
+    B, T = input_ids.shape
+    if B == 0 or T == 0:
+        raise ValueError(f"input_ids must hold at least one row and one token (an empty prompt has nothing to "
+                         f"continue), got shape {(B, T)}")
+    if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must be an int >= 0, got {max_new_tokens!r}")
+    if attention_mask is None:
+        return torch.ones_like(input_ids)
+    if not isinstance(attention_mask, Tensor) or tuple(attention_mask.shape) != (B, T):
+        seen = tuple(attention_mask.shape) if isinstance(attention_mask, Tensor) else repr(attention_mask)
+        raise ValueError(f"attention_mask must match input_ids' shape {(B, T)}, got {seen}")
+    if bool(((attention_mask != 0) & (attention_mask != 1)).any()):
+        raise ValueError("attention_mask must hold only 0 (pad) and 1 (token)")
+    if bool((attention_mask.sum(dim=1) == 0).any()):
+        raise ValueError("attention_mask has a row with no token: every prompt needs at least one")
+    return attention_mask.to(input_ids.device).long()
+
+
+def _eos_tensor(eos_token_id: int | Sequence[int] | None, device: torch.device) -> Tensor | None:
+    if eos_token_id is None:
+        return None
+    ids = [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id)
+    if not ids or not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in ids):
+        raise ValueError(f"eos_token_id must be an int >= 0 or a non-empty list of them, got {eos_token_id!r}")
+    return torch.tensor(ids, device=device)
+
+
+def _stop_sequences(stop: Sequence[Sequence[int]] | None) -> list[list[int]]:
+    if stop is None:
+        return []
+    seqs = [list(s) for s in stop]
+    if not all(s and all(isinstance(i, int) and i >= 0 for i in s) for s in seqs):
+        raise ValueError(f"stop must be a list of non-empty token-id lists, e.g. [[13, 13]], got {stop!r}")
+    return seqs
+
+
+def _hit_stop(tokens: list[list[int]], stops: list[list[int]]) -> list[bool]:
+    return [any(len(row) >= len(s) and row[-len(s):] == s for s in stops) for row in tokens]
+
+
+def _emit(streamer: Streamer | Any | None, tokens: Tensor) -> None:
+    if streamer is None:
+        return
+    if hasattr(streamer, "put"):  # transformers' BaseStreamer interface
+        streamer.put(tokens.cpu())
+    else:
+        streamer(tokens)
+
+
+@torch.no_grad()
+def generate(
+    model: nn.Module,
+    input_ids: Tensor,
+    *,
+    max_new_tokens: int,
+    attention_mask: Tensor | None = None,
+    temperature: float = 0.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    repetition_penalty: float | None = None,
+    eos_token_id: int | Sequence[int] | None = None,
+    pad_token_id: int | None = None,
+    stop: Sequence[Sequence[int]] | None = None,
+    cache: str | Any = "static",
+    seed: int | None = None,
+    streamer: Streamer | Any | None = None,
+) -> Tensor:
+    """Continue left-padded prompts ``input_ids`` (B, T); return (B, T + n) with n <= ``max_new_tokens``.
+
+    temperature: 0 = greedy (argmax); > 0 samples from ``softmax(logits / temperature)`` after ``top_k`` /
+        ``top_p`` (nucleus) filtering; ``repetition_penalty`` as transformers defines it (CTRL, Keskar et al.
+        2019). Draws use a local ``torch.Generator`` seeded with ``seed`` (the global RNG is never touched).
+    eos_token_id / stop: a row finishes at one of these ids or once its output ends with a ``stop`` token-id
+        sequence; later positions hold ``pad_token_id`` (default: the first EOS id, else 0). Generation ends
+        early when every row has finished, as transformers' does.
+    cache: "dynamic" | "static" | "paged" | "sliding" | "int8", or a cache object (mlcore's KVCache protocol)
+        that is empty (it is filled from the prompt on).
+    streamer: called with each step's new tokens (B,) (or ``.put(tokens)`` for a transformers streamer,
+        whose ``.end()`` is called at the end).
+    """
+    mask = check_prompt(model, input_ids, attention_mask, max_new_tokens)
+    validate_sampling_args(temperature, top_k, top_p, repetition_penalty)
+    eos = _eos_tensor(eos_token_id, input_ids.device)
+    stops = _stop_sequences(stop)
+    if pad_token_id is None:
+        pad_token_id = int(eos[0]) if eos is not None else 0
+    B, T = input_ids.shape
+    if max_new_tokens == 0:
+        return input_ids.clone()
+    kv = make_cache(cache, model, batch=B, max_len=T + max_new_tokens, device=input_ids.device)
+    greedy = temperature == 0
+    generator = None if greedy else make_generator(seed, input_ids.device)
+    vocab = model.config.vocab_size
+    penalise = repetition_penalty is not None and repetition_penalty != 1.0
+    # transformers' penalty reads every id of input_ids, padding included; so do we, to agree token for token
+    present = presence_mask(input_ids, vocab) if penalise else None
+
+    logits = model(input_ids, attention_mask=mask, cache=kv, logits_to_keep=1)[:, -1]  # (B, V), validated once
+    positions = mask.sum(dim=1, keepdim=True) - 1  # (B, 1) position of each row's last prompt token
+    unfinished = torch.ones(B, dtype=torch.bool, device=input_ids.device)
+    out = [input_ids]
+    history: list[list[int]] = [[] for _ in range(B)] if stops else []
+    for step in range(max_new_tokens):
+        scores = process_logits(logits, temperature=temperature, top_k=top_k, top_p=top_p,
+                                repetition_penalty=repetition_penalty, present=present)
+        token = sample_next(scores, generator=generator, greedy=greedy)  # (B,)
+        token = torch.where(unfinished, token, torch.full_like(token, pad_token_id))
+        out.append(token[:, None])
+        _emit(streamer, token)
+        if present is not None:
+            present.scatter_(1, token[:, None].clamp(max=vocab - 1), True)
+        if eos is not None:
+            unfinished &= ~torch.isin(token, eos)
+        if stops:
+            for row, t in zip(history, token.tolist()):
+                row.append(t)
+            unfinished &= ~torch.tensor(_hit_stop(history, stops), device=token.device)
+        if (eos is not None or stops) and not bool(unfinished.any()):
+            break
+        if step == max_new_tokens - 1:
+            break
+        positions = positions + 1
+        logits = model(token[:, None], cache=kv, position_ids=positions, logits_to_keep=1, validate=False)[:, -1]
+    if hasattr(streamer, "end"):
+        streamer.end()
+    return torch.cat(out, dim=1)
+
+
+@torch.no_grad()
+def generate_no_cache(model: nn.Module, input_ids: Tensor, *, max_new_tokens: int,
+                      attention_mask: Tensor | None = None) -> Tensor:
+    """Greedy decoding that re-runs the whole sequence every step (no KV cache): the O(t^2)-per-token baseline."""
+    mask = check_prompt(model, input_ids, attention_mask, max_new_tokens)
+    ids = input_ids
+    for _ in range(max_new_tokens):
+        logits = model(ids, attention_mask=mask, logits_to_keep=1, validate=False)[:, -1]
+        token = logits.argmax(dim=-1, keepdim=True)
+        ids = torch.cat([ids, token], dim=1)
+        mask = torch.cat([mask, torch.ones_like(token)], dim=1)
+    return ids
