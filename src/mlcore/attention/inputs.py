@@ -77,15 +77,17 @@ class AttentionInputs:
         return cls(positions=position_ids, index=index, query_index=query_index, cos=cos, sin=sin, plain_causal=plain)
 
     def mask(self, key_index: Tensor, *, causal: bool = True, window: int | None = None,
-             alibi_heads: int | None = None, dtype: torch.dtype = torch.float32) -> Tensor | None:
+             alibi_heads: int | None = None, dtype: torch.dtype = torch.float32,
+             additive: bool = False) -> Tensor | None:
         """The mask for keys with indices ``key_index`` (B, Tk), built once and reused by every layer alike.
 
-        Returns bool (B, 1, T, Tk) (True = attend), or an additive float (B, H, T, Tk) mask with ALiBi or a
-        float ``extra_mask``; None when the kernels' own ``is_causal`` covers it (see ``use_is_causal``).
+        Returns bool (B, 1, T, Tk) (True = attend), or an additive float (B, H, T, Tk) mask in ``dtype`` with
+        ALiBi, a float ``extra_mask`` or ``additive=True`` (0 / -inf, for kernels that add it to the scores);
+        None when the kernels' own ``is_causal`` covers it (see ``use_is_causal``).
         """
         if self.use_is_causal(causal=causal, window=window, alibi=alibi_heads is not None):
             return None
-        key = (id(key_index), causal, window, alibi_heads, dtype)
+        key = (id(key_index), causal, window, alibi_heads, dtype, additive)
         hit = self._memo.get(key)
         if hit is not None and hit[0] is key_index:  # the same key tensor (all layers of one cache share it)
             return hit[1]
@@ -110,6 +112,8 @@ class AttentionInputs:
             from .masks import combine_masks
 
             mask = combine_masks(mask, self.extra_mask)
+        if additive and mask.dtype == torch.bool:
+            mask = torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, float("-inf"))
         self._memo[key] = (key_index, mask)
         return mask
 

@@ -210,8 +210,10 @@ class MultiHeadAttention(nn.Module):
         else:
             key_index = inputs.index
         is_causal = inputs.use_is_causal(causal=self.causal, window=self.sliding_window, alibi=self.alibi)
+        # the written-out kernel adds the mask to fp32 scores: hand it the additive form, made once per forward
+        additive = self.backend == "naive" and q.dtype in (torch.float32, torch.bfloat16, torch.float16)
         mask = inputs.mask(key_index, causal=self.causal, window=self.sliding_window,
-                           alibi_heads=self.n_heads if self.alibi else None)
+                           alibi_heads=self.n_heads if self.alibi else None, additive=additive)
         p = self.dropout if self.training else 0.0
 
         if self.backend == "naive":

@@ -102,12 +102,10 @@ def scaled_dot_product_attention(
         scale = 1.0 / math.sqrt(D) if D > 0 else 1.0
     scale = float(scale)
 
-    # Query heads that share one key/value head become a group axis: a view, K/V are never copied.
-    q5 = q.reshape(B, Hkv, G, Tq, D).to(acc)
-    k5 = k.unsqueeze(2).to(acc)  # (B, Hkv, 1, Tk, D)
-    v5 = v.unsqueeze(2).to(acc)  # (B, Hkv, 1, Tk, Dv)
-
-    scores = torch.matmul(q5, k5.transpose(-1, -2)) * scale  # (B, Hkv, G, Tq, Tk)
+    # Query heads that share one key/value head are stacked along the query axis, (B, Hkv, G*Tq, D), so one
+    # batched matmul per K/V head serves the whole group: K and V are never expanded or copied.
+    qg = q.reshape(B, Hkv, G * Tq, D).to(acc)
+    scores = torch.matmul(qg, k.to(acc).transpose(-1, -2)).view(B, Hkv, G, Tq, Tk) * scale  # (B, Hkv, G, Tq, Tk)
     mask = prepare_mask(attn_mask, B=B, H=H, Tq=Tq, Tk=Tk, dtype=acc, device=q.device)
     if mask is not None:
         scores = scores + _split_heads_of_mask(mask, Hkv, G)
@@ -119,8 +117,8 @@ def scaled_dot_product_attention(
         keep = torch.rand(weights.shape, generator=generator, device=weights.device) >= dropout_p
         weights = weights * keep / (1.0 - dropout_p)
 
-    out = torch.matmul(weights, v5)  # (B, Hkv, G, Tq, Dv)
-    out = out.reshape(B, H, Tq, Dv).to(q.dtype)
+    out = torch.matmul(weights.view(B, Hkv, G * Tq, Tk), v.to(acc))  # (B, Hkv, G*Tq, Dv)
+    out = out.view(B, H, Tq, Dv).to(q.dtype)
     if return_weights:
         return out, weights.reshape(B, H, Tq, Tk).to(q.dtype)
     return out

@@ -134,8 +134,8 @@ def generate(
     generator = None if greedy else make_generator(seed, input_ids.device)
     vocab = model.config.vocab_size
     penalise = repetition_penalty is not None and repetition_penalty != 1.0
-    # transformers' penalty reads every id of input_ids, padding included; so do we, to agree token for token
-    present = presence_mask(input_ids, vocab) if penalise else None
+    # transformers (5.x) skips each row's left padding when it penalises the prompt (prompt_ignore_length); so do we
+    present = presence_mask(input_ids, vocab, mask) if penalise else None
 
     logits = model(input_ids, attention_mask=mask, cache=kv, logits_to_keep=1)[:, -1]  # (B, V), validated once
     positions = mask.sum(dim=1, keepdim=True) - 1  # (B, 1) position of each row's last prompt token
