@@ -12,11 +12,14 @@ Implementations (``params["impl"]``):
 - ``torch_sdpa``: ``torch.nn.functional.scaled_dot_product_attention``, the ecosystem twin every ratio
   refers to (on CUDA, bf16 and no mask, torch dispatches it to its FlashAttention-2 backend).
 
-CPU runs fp32, CUDA runs bf16. ``ratio`` = mlcore seconds / torch SDPA seconds (> 1: slower).
+CPU runs fp32, CUDA runs bf16. ``speedup`` = torch SDPA seconds / mlcore seconds (> 1: mlcore faster).
 ``params["mode"]``: "fwd" (inference, under no_grad) always; "train" (forward + backward via
 ``torch.autograd.grad``, where flash's memory stays linear because backward recomputes P) in the full preset.
 Quick: T = 256..2048, D = 64, fwd only. Full: T = 256..8192, D = 64 and 128, fwd and train (on CPU the
 naive version stops at T = 4096, 2048 for train: its fp32 score matrices would need several GiB).
+
+Goals (issue 3): flash_attention's peak memory at the largest T the naive version runs at most 1/8 of naive's
+(forward, D=64, not causal); on CUDA the Triton forward at T=4096, D=128, bf16 at least 0.7x SDPA's speed.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ import torch.nn.functional as F
 
 from mlcore.attention.flash import flash_attention
 from mlcore.attention.naive import scaled_dot_product_attention as naive_attention
-from mlcore.bench import Context, Plot, Result, peak_memory, roofline, time_fn
+from mlcore.bench import Context, Goal, Plot, Result, Table, peak_memory, roofline, time_fn
 
 DESCRIPTION = (
     "attention forward: naive vs flash_attention (PyTorch, Triton) vs torch SDPA; time, FLOP/s, memory"
@@ -49,6 +52,14 @@ PLOTS = [
     _vs_t("attention_train_memory_vs_T", "memory_bytes", False, "train",
           "attention forward + backward peak memory vs T (D=64; full preset)"),
 ]
+
+
+def _table(mode: str, causal: bool) -> Table:
+    title = f"{'forward' if mode == 'fwd' else 'forward + backward'}, {'causal' if causal else 'not causal'}"
+    return Table(title, where={"mode": mode, "causal": causal}, params=("T", "D"), columns=("frac_peak_flops",))
+
+
+TABLES = [_table(mode, causal) for mode in ("fwd", "train") for causal in (False, True)]
 
 B, H = 1, 8
 FLASH_BLOCK = 128  # plain-PyTorch flash: bigger tiles mean fewer Python-level steps (64 is the API default)
@@ -82,7 +93,7 @@ def _impls(ctx: Context, T: int, D: int, dtype: torch.dtype, mode: str) -> dict[
 
 
 def _timed(ctx: Context, impls: dict[str, object], q, k, v, causal: bool, mode: str) -> dict[str, tuple]:
-    """impl -> (median s, IQR s, peak bytes) of the forward ("fwd") or forward + backward ("train")."""
+    """impl -> (Timing, peak bytes) of the forward ("fwd") or forward + backward ("train")."""
     measured = {}
     for name, impl in impls.items():
         if mode == "fwd":
@@ -98,8 +109,20 @@ def _timed(ctx: Context, impls: dict[str, object], q, k, v, causal: bool, mode: 
                 return torch.autograd.grad(impl(*leaves, causal), leaves, d_out)
 
         t = time_fn(fn, device=ctx.device, min_run_time=0.1 if ctx.quick else 0.3)
-        measured[name] = (t.median, t.iqr, peak_memory(fn, device=ctx.device))
+        measured[name] = (t, peak_memory(fn, device=ctx.device))
     return measured
+
+
+def _goal(ctx: Context, name: str, mode: str, T: int, D: int, causal: bool, Ts: list[int]) -> Goal | None:
+    """Issue 3's targets, on the one result each is about."""
+    if mode != "fwd" or causal:
+        return None
+    naive_max_t = max(Ts) if ctx.device.type == "cuda" else max(t for t in Ts if t <= NAIVE_CPU_MAX_T)
+    if name == "flash" and D == 64 and T == naive_max_t:
+        return Goal("<=", 1 / 8, f"flash peak memory / naive at T={T}, D=64", metric="memory_vs_naive")
+    if name == "triton" and D == 128 and T == 4096:
+        return Goal(">=", 0.7, "Triton forward vs SDPA flash at T=4096, D=128, bf16")
+    return None
 
 
 def run(ctx: Context) -> Iterator[Result]:
@@ -115,10 +138,10 @@ def run(ctx: Context) -> Iterator[Result]:
         # useful work: Q K^T and P V (2 * 2 T^2 D each), halved when causal; backward does 2.5x the forward
         flops = 4.0 * B * H * T * T * D * (0.5 if causal else 1.0) * (1.0 if mode == "fwd" else 3.5)
         measured = _timed(ctx, impls, q, k, v, causal, mode)
-        twin_s, _, twin_mem = measured["torch_sdpa"]
-        naive_mem = measured["naive"][2] if "naive" in measured else None
-        for name, (median, iqr, mem) in measured.items():
-            rl = roofline(seconds=median, flops=flops, probe=ctx.probe, dtype=dtype_name)
+        twin_t, twin_mem = measured["torch_sdpa"]
+        naive_mem = measured["naive"][1] if "naive" in measured else None
+        for name, (t, mem) in measured.items():
+            rl = roofline(seconds=t.median, flops=flops, probe=ctx.probe, dtype=dtype_name)
             extra = {
                 "gflops": round(rl["gflops"], 3),
                 "frac_peak_flops": round(rl["frac_peak_flops"], 4),
@@ -126,18 +149,13 @@ def run(ctx: Context) -> Iterator[Result]:
                 "memory_vs_naive": round(mem / naive_mem, 4) if naive_mem else None,
             }
             is_twin = name == "torch_sdpa"
-            yield Result(
-                benchmark="attention",
-                name=name,
-                params={"impl": name, "mode": mode, "T": T, "D": D, "causal": causal, "B": B, "H": H,
-                        "block": FLASH_BLOCK if name == "flash" else None},
-                device=str(dev),
-                dtype=dtype_name,
-                median=median,
-                spread=iqr,
-                memory_bytes=mem,
+            yield Result.from_timing(
+                "attention", name,
+                {"impl": name, "mode": mode, "T": T, "D": D, "causal": causal, "B": B, "H": H,
+                 "block": FLASH_BLOCK if name == "flash" else None},
+                device=dev, dtype=dtype_name, timing=t, memory_bytes=mem,
                 twin=None if is_twin else "torch.nn.functional.scaled_dot_product_attention",
-                twin_median=None if is_twin else twin_s,
-                extra=extra,
+                twin_timing=None if is_twin else twin_t, extra=extra,
+                goal=_goal(ctx, name, mode, T, D, causal, Ts),
             )  # fmt: skip
         del q, k, v

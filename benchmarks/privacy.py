@@ -9,10 +9,13 @@ Implementations (``params["impl"]``):
   recognizer (libphonenumber, ~100x slower than the others). Without an NLP engine Presidio applies no
   context enhancement, so its scores are the bare pattern scores; every hit is kept.
 
-Figures: detection throughput in MB/s on a synthetic log (unit "MB/s": ratio = mlcore / presidio, > 1
+Figures: detection throughput in MB/s on a synthetic log (speed-up = mlcore MB/s / presidio MB/s, > 1
 means mlcore is faster), mask_pii throughput per strategy, and precision / recall / F2 per kind on the
-labelled synthetic set (unit "F2", ratio = mlcore F2 / presidio F2). In the full preset, canary exposure
+labelled synthetic set (unit "F2", vs twin = mlcore F2 / presidio F2). In the full preset, canary exposure
 (bits) against repetitions k for raw and mask_pii-redacted training data (plot ``privacy_exposure_vs_k``).
+
+Goals: ``detect_pii`` at least 2x the throughput of Presidio's pattern recognizers (issue 14); recall at
+least 0.99 and precision at least 0.98 on cards, SSNs and IBANs (issue 6).
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 
-from mlcore.bench import Context, Plot, Result, time_fn
+from mlcore.bench import Context, Goal, Plot, Result, Table, time_fn
 from mlcore.privacy import detect_pii, mask_pii
 from mlcore.privacy.evaluate import evaluate
 from mlcore.privacy.spans import PiiSpan, resolve_overlaps
@@ -31,6 +34,13 @@ PLOTS = [
     Plot(name="privacy_exposure_vs_k", x="k", y="median", series="impl", where={"task": "exposure"},
          title="canary exposure vs repetitions (Carlini et al. 2019)", ylabel="exposure (bits)"),
 ]
+TABLES = [
+    Table("Throughput", where={"task": "throughput"}, params=("bytes",)),
+    Table("Detection quality per kind (labelled synthetic set)", where={"task": "quality"}, params=(),
+          columns=("precision", "recall", "presidio_precision", "presidio_recall", "support")),
+    Table("Canary exposure (full preset)", where={"task": "exposure"}),
+]
+QUALITY_GOALS = ("CARD", "SSN", "IBAN")  # recall >= 0.99 and precision >= 0.98 on these
 
 KEY = b"benchmark-key-0123456789"
 PRESIDIO_KINDS = {"CREDIT_CARD": "CARD", "US_SSN": "SSN", "US_ITIN": "ITIN", "IBAN_CODE": "IBAN",
@@ -77,20 +87,18 @@ def run(ctx: Context) -> Iterator[Result]:
         twin_time = time_fn(lambda: presidio(log), device="cpu", warmup=1, min_run_time=0.3)
     common = {"task": "throughput", "bytes": int(mb * 1e6)}
     t = time_fn(lambda: detect_pii(log), device="cpu", warmup=1, min_run_time=0.5)
-    yield Result(
-        "privacy", "detect_pii", {**common, "impl": "mlcore", "op": "detect"}, "cpu", None,
-        median=mb / t.median, spread=mb / t.median * t.iqr / t.median, unit="MB/s",
-        twin="presidio pattern recognizers" if twin_time else None,
-        twin_median=mb / twin_time.median if twin_time else None,
-        ratio=(mb / t.median) / (mb / twin_time.median) if twin_time else None,
+    yield Result.from_timing(
+        "privacy", "detect_pii", {**common, "impl": "mlcore", "op": "detect"}, device="cpu", dtype=None,
+        timing=t, twin="presidio pattern recognizers" if twin_time else None, twin_timing=twin_time,
+        work=mb, unit="MB/s", goal=Goal(">=", 2.0, "detect_pii throughput vs Presidio's pattern recognizers"),
         extra={"seconds": t.median, "spans": len(detect_pii(log)), "kinds": 11,
                "presidio_kinds": len(PRESIDIO_KINDS)},
     )
     for strategy in ("redact", "mask", "hash", "pseudonym", "encrypt"):
         t = time_fn(lambda s=strategy: mask_pii(log, strategy=s, key=KEY), device="cpu", warmup=1, min_run_time=0.3)
-        yield Result("privacy", f"mask_pii[{strategy}]", {**common, "impl": "mlcore", "op": f"mask_{strategy}"},
-                     "cpu", None, median=mb / t.median, spread=mb / t.median * t.iqr / t.median, unit="MB/s",
-                     extra={"seconds": t.median})
+        yield Result.from_timing("privacy", f"mask_pii[{strategy}]",
+                                 {**common, "impl": "mlcore", "op": f"mask_{strategy}"}, device="cpu", dtype=None,
+                                 timing=t, work=mb, unit="MB/s", extra={"seconds": t.median})
 
     records = SyntheticPii(seed=2024).records(n_records)
     t0 = time.perf_counter()
@@ -101,9 +109,11 @@ def run(ctx: Context) -> Iterator[Result]:
         p = theirs.get(kind) if kind in PRESIDIO_KINDS.values() else None
         yield Result(
             "privacy", f"f2[{kind}]", {"task": "quality", "impl": "mlcore", "kind": kind}, "cpu", None,
-            median=s.f2, spread=0.0, unit="F2",
+            median=s.f2, spread=0.0, unit="F2", better="higher",
             twin="presidio pattern recognizers" if p else None, twin_median=p.f2 if p else None,
             ratio=s.f2 / p.f2 if p and p.f2 > 0 else None,
+            goal=[Goal(">=", 0.99, f"{kind} recall", metric="recall"),
+                  Goal(">=", 0.98, f"{kind} precision", metric="precision")] if kind in QUALITY_GOALS else None,
             extra={"precision": round(s.precision, 4), "recall": round(s.recall, 4), "support": s.support,
                    "fp": s.fp, "fn": s.fn, "records": n_records, "eval_seconds": round(eval_s, 2),
                    **({"presidio_precision": round(p.precision, 4), "presidio_recall": round(p.recall, 4),

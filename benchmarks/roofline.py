@@ -12,12 +12,17 @@ from collections.abc import Iterator
 
 import torch
 
-from mlcore.bench import Context, Plot, Result, roofline, time_fn
+from mlcore.bench import Context, Plot, Result, Table, roofline, time_fn
 
 DESCRIPTION = "probed ceilings; torch.matmul throughput across sizes against the matmul peak"
 PLOTS = [
     Plot(name="matmul_gflops_vs_n", x="n", y="gflops", series="dtype", logx=True,
          title="matmul throughput vs size", ylabel="GFLOP/s"),
+]
+TABLES = [
+    Table("Probed ceilings", where={"kind": "ceiling"}),
+    Table("torch.matmul against the matmul peak", where={"name": "torch.matmul"},
+          columns=("gflops", "frac_peak_flops")),
 ]
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -46,5 +51,5 @@ def run(ctx: Context) -> Iterator[Result]:
             flops = 2.0 * n**3
             rl = roofline(seconds=t.median, flops=flops, bytes_moved=3 * n * n * dtype.itemsize,
                           probe=ctx.probe, dtype=dtype_name)
-            yield Result("roofline", "torch.matmul", {"n": n}, str(ctx.device), dtype_name,
-                         t.median, t.iqr, "s", extra={k: round(v, 4) for k, v in rl.items()})
+            yield Result.from_timing("roofline", "torch.matmul", {"n": n}, device=ctx.device, dtype=dtype_name,
+                                     timing=t, extra={k: round(v, 4) for k, v in rl.items()})

@@ -13,9 +13,12 @@ Implementations (``params["impl"]``):
   (same ids); each call starts with mlcore's per-chunk cache empty, so repeated words are cached only
   within one pass
 
-Figures: training seconds (ratio = mlcore / twin, > 1 slower; ``extra["speedup_vs_naive"]`` for fast vs
-naive); encode MB/s (unit "MB/s": ratio > 1 means mlcore is faster); compression in bytes per token on the
-corpus itself (ratio = mlcore / HF BpeTrainer, > 1 means mlcore compresses better).
+Figures: training seconds (speed-up = HF seconds / mlcore seconds, > 1 faster; ``extra["speedup_vs_naive"]``
+for fast vs naive); encode MB/s (speed-up = mlcore MB/s / tiktoken MB/s); compression in bytes per token on the
+corpus itself (vs twin = mlcore / HF BpeTrainer, > 1 means mlcore compresses better).
+
+Goals (issue 4): the fast trainer at least 20x faster than the naive one at the largest vocabulary both run
+(4096 in the full preset, 512 in the quick one); compression within 2% of BpeTrainer's (vs twin >= 0.98).
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 
-from mlcore.bench import Context, Plot, Result, time_fn
+from mlcore.bench import Context, Goal, Plot, Result, Table, time_fn
 from mlcore.tokenizer import GPT4_PATTERN, BPETokenizer
 from mlcore.tokenizer.train_corpus import pydoc_corpus
 
@@ -34,6 +37,11 @@ PLOTS = [
     Plot(name="tokenizer_bytes_per_token_vs_vocab", x="vocab_size", y="bytes_per_token", series="impl",
          where={"task": "train"}, title="compression on pydoc_data.topics (higher is better)",
          ylabel="bytes per token"),
+]
+TABLES = [
+    Table("Encoding throughput", where={"task": "encode"}, params=("vocab_size", "corpus_mb")),
+    Table("Training time", where={"task": "train"}, columns=("speedup_vs_naive",)),
+    Table("Compression (bytes per token on the training corpus)", where={"task": "compression"}),
 ]
 
 SPECIALS = ["<|endoftext|>"]
@@ -89,19 +97,23 @@ def _train_results(ctx: Context, text: str) -> Iterator[Result]:
         extra = {"bytes_per_token": bpt, "compression_vs_hf": bpt / hf_bpt, "hf_vocab": hf_tok.get_vocab_size()}
         if naive_s is not None:
             extra["speedup_vs_naive"] = naive_s / fast_t.median
-        yield Result(benchmark="tokenizer", name="fast", params={"impl": "fast", **common}, device="cpu",
-                     dtype=None, median=fast_t.median, spread=fast_t.iqr, twin=HF_TWIN, twin_median=hf_t.median,
-                     extra=extra)
+        fast_goal = (Goal(">=", 20.0, f"fast BPE trainer vs naive at vocab {vocab_size}", metric="speedup_vs_naive")
+                     if vocab_size == max(naive_sizes) else None)
+        yield Result.from_timing("tokenizer", "fast", {"impl": "fast", **common}, device="cpu", dtype=None,
+                                 timing=fast_t, twin=HF_TWIN, twin_timing=hf_t, extra=extra, goal=fast_goal)
         if naive_s is not None:
-            yield Result(benchmark="tokenizer", name="naive", params={"impl": "naive", **common, "runs": 1},
-                         device="cpu", dtype=None, median=naive_s, spread=0.0, twin=HF_TWIN,
-                         twin_median=hf_t.median, extra={"bytes_per_token": bpt,
-                                                         "fast_speedup": naive_s / fast_t.median})
-        yield Result(benchmark="tokenizer", name="hf_bpe_trainer", params={"impl": "hf_bpe_trainer", **common},
-                     device="cpu", dtype=None, median=hf_t.median, spread=hf_t.iqr, extra={"bytes_per_token": hf_bpt})
+            yield Result(benchmark="tokenizer", name="naive", params={"impl": "naive", **common}, device="cpu",
+                         dtype=None, median=naive_s, spread=0.0, twin=HF_TWIN, twin_median=hf_t.median, runs=1,
+                         twin_runs=hf_t.runs, twin_spread=hf_t.iqr,
+                         extra={"bytes_per_token": bpt, "fast_speedup": naive_s / fast_t.median})
+        yield Result.from_timing("tokenizer", "hf_bpe_trainer", {"impl": "hf_bpe_trainer", **common}, device="cpu",
+                                 dtype=None, timing=hf_t, extra={"bytes_per_token": hf_bpt})
+        compression_goal = (Goal(">=", 0.98, f"compression vs HF BpeTrainer at vocab {vocab_size}")
+                            if vocab_size == max(sizes) else None)
         yield Result(benchmark="tokenizer", name="compression", params={"impl": "mlcore", **common,
                      "task": "compression"}, device="cpu", dtype=None, median=bpt, spread=0.0,
-                     unit="bytes/token", twin=HF_TWIN, twin_median=hf_bpt, extra={"bytes_per_token": bpt})
+                     unit="bytes/token", better="higher", twin=HF_TWIN, twin_median=hf_bpt,
+                     extra={"bytes_per_token": bpt}, goal=compression_goal)
 
 
 def _encode_results(ctx: Context, text: str) -> Iterator[Result]:
@@ -120,17 +132,16 @@ def _encode_results(ctx: Context, text: str) -> Iterator[Result]:
     impls = {"tiktoken": lambda: enc.encode_ordinary(text),
              "hf_tokenizers": lambda: hf.encode(text, add_special_tokens=False),
              "mlcore": ours}
-    rates = {}
-    for name, fn in impls.items():
-        t = time_fn(fn, device="cpu", warmup=1, min_run_time=1.0)
-        rates[name] = (mb / t.median, mb * t.iqr / t.median**2)
-    for name, (rate, spread) in rates.items():
-        yield Result(benchmark="tokenizer", name=f"encode_{name}",
-                     params={"impl": name, "task": "encode", "vocab_size": vocab_size, "corpus_mb": round(mb, 3)},
-                     device="cpu", dtype=None, median=rate, spread=spread, unit="MB/s",
-                     twin="tiktoken" if name == "mlcore" else None,
-                     twin_median=rates["tiktoken"][0] if name == "mlcore" else None,
-                     extra={"hf_tokenizers_mb_s": rates["hf_tokenizers"][0]} if name == "mlcore" else {})
+    timings = {name: time_fn(fn, device="cpu", warmup=1, min_run_time=1.0) for name, fn in impls.items()}
+    for name, t in timings.items():
+        is_ours = name == "mlcore"
+        yield Result.from_timing(
+            "tokenizer", f"encode_{name}",
+            {"impl": name, "task": "encode", "vocab_size": vocab_size, "corpus_mb": round(mb, 3)},
+            device="cpu", dtype=None, timing=t, work=mb, unit="MB/s",
+            twin="tiktoken" if is_ours else None, twin_timing=timings["tiktoken"] if is_ours else None,
+            extra={"hf_tokenizers_mb_s": mb / timings["hf_tokenizers"].median} if is_ours else {},
+        )
 
 
 def run(ctx: Context) -> Iterator[Result]:

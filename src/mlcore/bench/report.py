@@ -1,50 +1,28 @@
-"""Report writer: ``results.json``, ``REPORT.md`` (one table per benchmark) and PNG plots."""
+"""Report writer: ``results.json``, ``REPORT.md`` and PNG plots.
+
+REPORT.md opens with a summary of every topic's headline figures against their goals (met / not met, with a
+warning where the figure is noisy), then the machine and its probed ceilings, then one section per topic with
+its narrow tables (see ``tables.py``) and plots.
+"""
 
 from __future__ import annotations
 
 import json
-import math
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
 from .probe import Probe
-from .schema import Plot, Result
+from .schema import MAX_REL_SPREAD, MIN_RUNS, Plot, Result, Table
+from .tables import fmt, fmt_bytes, fmt_speedup, results_table, topic_tables
 
-
-def _fmt(value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, bool):
-        return str(value)
-    if isinstance(value, int):
-        return f"{value:,}"
-    if isinstance(value, float):
-        if math.isnan(value):
-            return "nan"
-        if value == 0:
-            return "0"
-        if abs(value) >= 1e4 or abs(value) < 1e-3:
-            return f"{value:.3e}"
-        return f"{value:.4g}"
-    return str(value)
-
-
-def _fmt_bytes(n: int | None) -> str:
-    if n is None:
-        return ""
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if abs(n) < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return str(n)
-
+__all__ = ["draw_plot", "goal_rows", "probe_table", "results_table", "summary_table", "write_report"]
 
 def probe_table(probe: Probe) -> str:
     rows = [
         ("device", f"{probe.device} ({probe.device_name})"),
         ("CPU", f"{probe.cpu_model}, {probe.cpu_count} logical cores"),
-        ("caches", ", ".join(f"{k} {_fmt_bytes(v)}" for k, v in probe.cache_bytes.items()) or "unknown"),
+        ("caches", ", ".join(f"{k} {fmt_bytes(v)}" for k, v in probe.cache_bytes.items()) or "unknown"),
         ("torch", f"{probe.torch_version}, {probe.torch_threads} threads"),
         ("read bandwidth", f"{probe.read_gbs:.1f} GB/s"),
         ("copy bandwidth", f"{probe.copy_gbs:.1f} GB/s (read + write)"),
@@ -55,28 +33,53 @@ def probe_table(probe: Probe) -> str:
     return "\n".join(lines)
 
 
-def results_table(results: list[Result]) -> str:
-    """One Markdown table; params and extra keys become columns in first-seen order."""
-    param_keys: list[str] = []
-    extra_keys: list[str] = []
+def goal_rows(results: list[Result]) -> list[dict[str, Any]]:
+    """One row per goal of every result: topic, label, measured value, goal, met (None: not measured), flags."""
+    rows = []
     for r in results:
-        param_keys += [k for k in r.params if k not in param_keys]
-        extra_keys += [k for k in r.extra if k not in extra_keys]
-    has_mem = any(r.memory_bytes is not None for r in results)
-    has_twin = any(r.twin for r in results)
-    header = ["name", *param_keys, "dtype", "median", "IQR", "unit"]
-    header += ["peak mem"] if has_mem else []
-    header += ["twin", "twin median", "ratio"] if has_twin else []
-    header += extra_keys
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for r in results:
-        row = [r.name, *(_fmt(r.params.get(k)) for k in param_keys), r.dtype or "", _fmt(r.median),
-               _fmt(r.spread), r.unit]
-        row += [_fmt_bytes(r.memory_bytes)] if has_mem else []
-        row += [r.twin or "", _fmt(r.twin_median), _fmt(r.ratio)] if has_twin else []
-        row += [_fmt(r.extra.get(k)) for k in extra_keys]
-        lines.append("| " + " | ".join(row) + " |")
-    return "\n".join(lines)
+        for goal in r.goals:
+            value = goal.value_of(r)
+            rows.append({"topic": r.benchmark, "label": goal.label, "value": value, "goal": goal,
+                         "met": goal.met(value), "flags": r.flags, "result": r.name})
+    return rows
+
+
+def _goal_text(op: str, target: float, speedup: bool) -> str:
+    sign = {">=": "≥", "<=": "≤"}.get(op, op)
+    return f"{sign} {fmt_speedup(target) if speedup else fmt(float(target))}"
+
+
+def summary_table(results: list[Result], topics: list[str], failures: dict[str, str]) -> list[str]:
+    """The opening section: each topic's headline figures against their goals."""
+    rows = sorted(goal_rows(results), key=lambda row: row["topic"])  # stable: a topic's goals in yield order
+    lines = ["## Summary: headline figures against their goals", ""]
+    if rows or failures:
+        lines += ["| topic | figure | measured | goal | status |", "|---|---|---|---|---|"]
+    for row in rows:
+        goal = row["goal"]
+        speedup = goal.metric.startswith("speedup")  # "speedup" or an extra such as "speedup_vs_naive"
+        measured = fmt_speedup(row["value"]) if speedup else fmt(row["value"])
+        status = {True: "✅ met", False: "❌ not met", None: "— not measured"}[row["met"]]
+        if row["flags"]:
+            status += f" (⚠ {', '.join(row['flags'])})"
+        lines.append(f"| {row['topic']} | {row['label']} | {measured or '—'} | "
+                     f"{_goal_text(goal.op, goal.target, speedup)} | {status} |")
+    lines += [f"| {name} | whole topic | — | — | ❌ benchmark failed (see its section) |" for name in sorted(failures)]
+    met = sum(row["met"] is True for row in rows)
+    noisy = sum(bool(row["flags"]) for row in rows)
+    lines += [""] if rows or failures else []
+    if rows:
+        lines += [f"{met} of {len(rows)} goals met" + (f"; {noisy} of them measured on noisy figures." if noisy
+                                                        else "."), ""]
+    without = sorted(set(topics) - {row["topic"] for row in rows} - set(failures))
+    if without:
+        lines += [f"No goals declared by: {', '.join(without)}.", ""]
+    lines += ["**Speed-up** = how many times better mlcore is than its ecosystem twin measured in the same run "
+              "(twin time / mlcore time, or mlcore rate / twin rate): above 1× mlcore is faster, below 1× slower. "
+              "For quality figures (F2, bytes per token) the column reads *vs twin*, same direction. "
+              f"**⚠** marks a figure from fewer than {MIN_RUNS} timed runs or with an interquartile range above "
+              f"{MAX_REL_SPREAD:.0%} of its median (mlcore's or the twin's): treat it as indicative.", ""]
+    return lines
 
 
 def _y_value(result: Result, y: str) -> float | None:
@@ -130,8 +133,14 @@ def write_report(
     failures: dict[str, str],
     plots: dict[str, list[Plot]],
     meta: dict[str, Any],
+    tables: dict[str, list[Table]] | None = None,
+    descriptions: dict[str, str] | None = None,
 ) -> Path:
-    """Write results.json, REPORT.md and the PNGs into ``out_dir``; returns the REPORT.md path."""
+    """Write results.json, REPORT.md and the PNGs into ``out_dir``; returns the REPORT.md path.
+
+    ``tables`` and ``descriptions`` are the topics' ``TABLES`` and ``DESCRIPTION`` (both optional).
+    """
+    tables, descriptions = tables or {}, descriptions or {}
     out_dir.mkdir(parents=True, exist_ok=True)
     payload = {
         "meta": meta,
@@ -144,15 +153,18 @@ def write_report(
     by_bench: dict[str, list[Result]] = defaultdict(list)
     for r in results:
         by_bench[r.benchmark].append(r)
+    topics = sorted(set(by_bench) | set(plots) | set(failures))
     md = [f"# mlcore benchmark report — preset `{meta.get('preset')}` on `{probe.device}`", "",
-          f"Generated {meta.get('started')}; ratios compare mlcore with its ecosystem twin measured in the same run.",
-          "", "## Machine and probed ceilings", "", probe_table(probe), ""]
-    for bench in sorted(set(by_bench) | set(plots) | set(failures)):
-        md += [f"## {bench}", ""]
+          f"Generated {meta.get('started')}. Every mlcore figure is compared with its ecosystem twin measured in "
+          "the same run.", ""]
+    md += summary_table(results, topics, failures)
+    md += ["## Machine and probed ceilings", "", probe_table(probe), ""]
+    for bench in topics:
+        md += [f"## {bench}", ""] + ([descriptions[bench], ""] if descriptions.get(bench) else [])
         if bench in failures:
             md += ["**FAILED**", "", "```", failures[bench].strip()[-3000:], "```", ""]
-        if by_bench.get(bench):
-            md += [results_table(by_bench[bench]), ""]
+        for table in topic_tables(by_bench.get(bench, []), tables.get(bench)):
+            md += [table, ""]
         for plot in plots.get(bench, []):
             png = out_dir / f"{bench}_{plot.name}.png"
             if by_bench.get(bench) and draw_plot(plot, by_bench[bench], png):

@@ -1,8 +1,35 @@
-"""What a benchmark yields (``Result``), what it asks to be drawn (``Plot``) and what it is given (``Context``)."""
+"""What a benchmark yields (``Result``, with optional ``Goal``s), how its section is laid out (``Table``,
+``Plot``) and what it is given (``Context``).
+
+Speed-up. Every result measured against an ecosystem twin in the same run carries ``speedup``, how many times
+better mlcore is: ``twin / mlcore`` for figures where lower is better (seconds, bytes), ``mlcore / twin`` where
+higher is better (MB/s, tokens/s, F2). Above 1 means mlcore is faster (or better); 0.5 means it takes twice as
+long. The direction comes from ``unit`` (times and byte sizes: lower; anything per second: higher); for any other
+unit with a twin, pass ``better="higher"`` or ``"lower"``. ``ratio`` (mlcore / twin in ``unit``, whatever the
+direction) is kept in ``results.json`` for older readers but no longer shown.
+
+Headline figures and goals. A result becomes a headline of its topic by carrying one or more ``Goal``s:
+
+    Result(..., twin="transformers generate", twin_median=..., goal=Goal(">=", 1.25, "decode tok/s vs HF generate"))
+    Result(..., extra={"frac_roofline": 0.9},
+           goal=[Goal(">=", 1.25, "decode vs HF generate"),
+                 Goal(">=", 0.85, "decode / roofline", metric="frac_roofline")])
+
+``Goal.metric`` names the figure the goal is about: ``"speedup"`` (the default), ``"median"``, or a key of
+``extra`` (metrics whose name starts with "speedup" are shown as ``1.32×``). ``REPORT.md`` opens with one row
+per goal: the measured value, the goal, met / not met, and the noise flags of that result.
+
+Noise flags. ``runs`` (how many timed measurements the median and IQR come from) and ``spread`` (their IQR, in
+``unit``) flag a figure as unreliable when ``runs < MIN_RUNS`` (3) or ``spread / median > MAX_REL_SPREAD``
+(0.10); the same holds for the twin through ``twin_runs`` / ``twin_spread``. Figures that are not timings (F2,
+bytes per token, probed ceilings) leave ``runs`` at None and are never flagged for it. The easiest way to fill
+all of this from :func:`mlcore.bench.time_fn` timings is :meth:`Result.from_timing`.
+"""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -10,14 +37,71 @@ from typing import Any
 import torch
 
 from .probe import Probe
+from .timing import Timing
+
+MIN_RUNS = 3  # fewer timed runs than this: the median is one or two samples, flagged
+MAX_REL_SPREAD = 0.10  # IQR above 10 % of the median: the machine was noisy, flagged
+TIME_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0}
+SIZE_UNITS = ("B", "bytes", "KB", "MB", "GB", "KiB", "MiB", "GiB")
+GOAL_OPS = (">=", ">", "<=", "<")
+
+
+def better_for_unit(unit: str) -> str | None:
+    """``"lower"`` for times ("s", "ms", "s/token") and sizes, ``"higher"`` for rates ("MB/s"), else None."""
+    if unit in TIME_UNITS or unit.split("/")[0] in TIME_UNITS or unit in SIZE_UNITS:
+        return "lower"
+    if unit.endswith("/s"):
+        return "higher"
+    return None
+
+
+@dataclass(frozen=True)
+class Goal:
+    """A target for one figure of a result: ``value op target``, e.g. ``Goal(">=", 1.25, "decode vs HF")``.
+
+    ``metric`` is ``"speedup"`` (default), ``"median"`` or a key of the result's ``extra``; ``label`` is the
+    line the summary table shows, so say what is compared and where ("flash / naive peak memory at T=2048").
+    """
+
+    op: str
+    target: float
+    label: str
+    metric: str = "speedup"
+
+    def __post_init__(self) -> None:
+        if self.op not in GOAL_OPS:
+            raise ValueError(f"Goal.op must be one of {GOAL_OPS}, got {self.op!r}")
+        if isinstance(self.target, bool) or not isinstance(self.target, (int, float)) or math.isnan(self.target):
+            raise ValueError(f"Goal.target must be a number, got {self.target!r}")
+        if not isinstance(self.label, str) or not self.label.strip():
+            raise ValueError(f"Goal.label must be a non-empty string, got {self.label!r}")
+        if not isinstance(self.metric, str) or not self.metric:
+            raise ValueError(f"Goal.metric must be 'speedup', 'median' or a key of Result.extra, got {self.metric!r}")
+
+    def value_of(self, result: Result) -> float | None:
+        """The figure this goal is about in ``result`` (None when it was not measured)."""
+        value = getattr(result, self.metric) if self.metric in ("speedup", "median") else result.extra.get(self.metric)
+        return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+    def met(self, value: float | None) -> bool | None:
+        """Whether ``value`` meets the goal; None when there is no value (or it is NaN)."""
+        if value is None or math.isnan(value):
+            return None
+        return {">=": value >= self.target, ">": value > self.target, "<=": value <= self.target,
+                "<": value < self.target}[self.op]
+
+    def evaluate(self, result: Result) -> dict[str, Any]:
+        """``asdict(self)`` plus the measured ``value`` and ``met``, as results.json stores it."""
+        value = self.value_of(result)
+        return {**asdict(self), "value": value, "met": self.met(value)}
 
 
 @dataclass
 class Result:
-    """One implementation measured at one setting.
+    """One implementation measured at one setting (see the module docstring for speed-up, goals and flags).
 
-    ``ratio`` is mlcore's figure divided by the ecosystem twin's, in ``unit``, both measured in the
-    same run: for seconds, 2.0 means mlcore takes twice as long; for MB/s, 2.0 means twice as fast.
+    ``median`` and ``spread`` (its interquartile range) are in ``unit``; ``twin_median`` / ``twin_spread`` are
+    the ecosystem twin's, in the same unit and the same run. ``runs`` / ``twin_runs`` count timed measurements.
     """
 
     benchmark: str
@@ -33,15 +117,134 @@ class Result:
     twin_median: float | None = None
     ratio: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    runs: int | None = None
+    twin_runs: int | None = None
+    twin_spread: float | None = None
+    better: str | None = None
+    speedup: float | None = None
+    goal: Goal | Sequence[Goal] | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.params, dict):
             raise ValueError(f"params must be a dict, got {type(self.params).__name__}")
+        self.device = str(self.device)
         if self.ratio is None and self.twin_median and not math.isnan(self.twin_median):
             self.ratio = self.median / self.twin_median
+        if self.better is None:
+            self.better = better_for_unit(self.unit)
+        elif self.better not in ("lower", "higher"):
+            raise ValueError(f"Result.better must be 'lower', 'higher' or None, got {self.better!r}")
+        if self.speedup is None and self.twin_median is not None:
+            if self.better is None:
+                raise ValueError(f"Result {self.benchmark}/{self.name}: unit {self.unit!r} has a twin but no known "
+                                 "direction; pass better='higher' or better='lower'")
+            self.speedup = _speedup(self.median, self.twin_median, self.better)
+        goals = (self.goal,) if isinstance(self.goal, Goal) else tuple(self.goal or ())
+        if not all(isinstance(g, Goal) for g in goals):
+            raise ValueError(f"Result.goal must be a Goal, a list of Goals or None, got {self.goal!r}")
+        self.goal = goals[0] if len(goals) == 1 else (goals or None)
+
+    @property
+    def goals(self) -> tuple[Goal, ...]:
+        """The result's goals as a tuple (empty when it is not a headline figure)."""
+        return (self.goal,) if isinstance(self.goal, Goal) else tuple(self.goal or ())
+
+    @property
+    def flags(self) -> list[str]:
+        """Why this figure is unreliable: too few runs or a wide IQR (of mlcore's figure or the twin's)."""
+        out = []
+        for who, runs, spread, median in (("", self.runs, self.spread, self.median),
+                                          ("twin ", self.twin_runs, self.twin_spread, self.twin_median)):
+            if runs is not None and runs < MIN_RUNS:
+                out.append(f"{who}{runs} run{'s' if runs != 1 else ''}")
+            if spread and median and abs(spread / median) > MAX_REL_SPREAD:
+                out.append(f"{who}IQR {100 * abs(spread / median):.0f}%")
+        return out
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        data = asdict(self)
+        data.pop("goal")
+        data["goals"] = [g.evaluate(self) for g in self.goals]
+        data["flags"] = self.flags
+        return data
+
+    @classmethod
+    def from_timing(
+        cls,
+        benchmark: str,
+        name: str,
+        params: dict[str, Any],
+        *,
+        device: torch.device | str,
+        dtype: str | None,
+        timing: Timing,
+        twin: str | None = None,
+        twin_timing: Timing | None = None,
+        work: float | None = None,
+        unit: str | None = None,
+        **kwargs: Any,
+    ) -> Result:
+        """A result from :func:`time_fn` timings of mlcore and (optionally) its twin, with runs and spreads filled.
+
+        Without ``work`` the figure is seconds per call. With ``work`` (tokens, bytes, ... per call) it is the
+        rate ``work / seconds`` in ``unit`` (say ``"tokens/s"``); its IQR is ``work * IQR_s / median_s^2``.
+        ``kwargs`` go to the constructor (``memory_bytes``, ``extra``, ``goal``, ...).
+        """
+        if (twin is None) != (twin_timing is None):
+            raise ValueError(f"twin and twin_timing go together, got twin={twin!r} and twin_timing={twin_timing!r}")
+        if work is not None and (not work > 0 or unit is None):
+            raise ValueError(f"work must be > 0 (amount done per call) and come with a rate unit such as "
+                             f"'tokens/s', got work={work!r}, unit={unit!r}")
+        if work is None and unit not in (None, "s"):
+            raise ValueError(f"without work the figure is seconds per call: unit must be 's' or None, got {unit!r}")
+
+        def figure(t: Timing) -> tuple[float, float]:
+            return (t.median, t.iqr) if work is None else (work / t.median, work * t.iqr / t.median**2)
+
+        median, spread = figure(timing)
+        twin_median, twin_spread = figure(twin_timing) if twin_timing is not None else (None, None)
+        return cls(benchmark, name, params, str(device), dtype, median, spread,
+                   unit=unit or "s", twin=twin, twin_median=twin_median,
+                   runs=timing.runs, twin_runs=twin_timing.runs if twin_timing else None, twin_spread=twin_spread,
+                   **kwargs)
+
+
+def _speedup(median: float, twin_median: float, better: str) -> float | None:
+    """How many times better mlcore is than the twin (> 1: mlcore faster / better); None when undefined."""
+    num, den = (twin_median, median) if better == "lower" else (median, twin_median)
+    return None if den == 0 else num / den
+
+
+@dataclass(frozen=True)
+class Table:
+    """One focused table in a topic's section of REPORT.md (declare a list of them as ``TABLES``).
+
+    ``where`` keeps the results whose params (or, for keys that are not params, Result fields such as "name"
+    or "unit") equal every item; a tuple / list / set value means "any of". ``params`` lists the params that
+    may become columns (default: every param that varies within the table); ``columns`` lists keys of
+    ``extra`` to show. Params that are the same on every row are printed once above the table instead of as
+    columns, and a topic's results that no table matches land in an extra table, so nothing is lost.
+    """
+
+    title: str
+    where: dict[str, Any] = field(default_factory=dict)
+    params: tuple[str, ...] | None = None
+    columns: tuple[str, ...] = ()
+
+    def matches(self, result: Result) -> bool:
+        for key, want in self.where.items():
+            have = result.params[key] if key in result.params else getattr(result, key, _MISSING)
+            if have is _MISSING:
+                return False
+            if isinstance(want, (tuple, list, set, frozenset)) and not isinstance(have, (tuple, list)):
+                if have not in want:
+                    return False
+            elif have != want:
+                return False
+        return True
+
+
+_MISSING = object()
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,8 @@
 """The suite runner behind ``python -m benchmarks``: discover topics, run them, write the report.
 
 A topic is a module ``benchmarks/<name>.py`` with ``run(ctx) -> Iterable[Result]`` and optional
-``PLOTS`` and ``DESCRIPTION``. A topic that raises is recorded as failed; the others still run.
+``PLOTS`` (list of ``Plot``), ``TABLES`` (list of ``Table``, how its section is split into narrow tables) and
+``DESCRIPTION`` (one line under its heading). A topic that raises is recorded as failed; the others still run.
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from .probe import probe_machine
-from .report import write_report
-from .schema import Context, Plot, Result
+from .report import goal_rows, write_report
+from .schema import Context, Plot, Result, Table
 
 PRESETS = ("quick", "full")
 
@@ -90,6 +91,8 @@ def run_suite(
     results: list[Result] = []
     failures: dict[str, str] = {}
     plots: dict[str, list[Plot]] = {}
+    tables: dict[str, list[Table]] = {}
+    descriptions: dict[str, str] = {}
     columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                TimeElapsedColumn())
     with Progress(*columns, console=console, transient=False) as progress:
@@ -102,6 +105,8 @@ def run_suite(
             try:
                 module: ModuleType = importlib.import_module(f"{package}.{name}")
                 plots[name] = list(getattr(module, "PLOTS", []))
+                tables[name] = list(getattr(module, "TABLES", []))
+                descriptions[name] = str(getattr(module, "DESCRIPTION", ""))
                 for result in module.run(ctx):
                     results.append(result)
                     progress.update(task, description=f"[bold]{name}[/bold] {result.name} {result.params}")
@@ -111,7 +116,11 @@ def run_suite(
             progress.advance(task)
 
     meta = {"preset": preset, "device": str(dev), "started": started, "names": names}
-    report = write_report(out_dir, probe=probe, results=results, failures=failures, plots=plots, meta=meta)
+    report = write_report(out_dir, probe=probe, results=results, failures=failures, plots=plots, meta=meta,
+                          tables=tables, descriptions=descriptions)
     status = f"{len(names) - len(failures)}/{len(names)} benchmarks ok"
+    goals = goal_rows(results)
+    if goals:
+        status += f", {sum(g['met'] is True for g in goals)}/{len(goals)} goals met"
     console.print(f"[bold]{status}[/bold], {len(results)} results; report: {report}")
     return out_dir

@@ -133,17 +133,51 @@ def training_flops(config: TransformerConfig, n_tokens: int, *, context_len: int
     return flops
 
 
+# Names accepted for a dtype besides ``torch.<name>`` itself: the short forms configs and CLIs use.
+DTYPE_ALIASES: dict[str, torch.dtype] = {
+    "fp32": torch.float32, "float": torch.float32, "fp16": torch.float16, "half": torch.float16,
+    "bf16": torch.bfloat16, "fp64": torch.float64, "double": torch.float64, "int8": torch.int8,
+    "uint8": torch.uint8, "fp8": torch.float8_e4m3fn, "fp8_e4m3": torch.float8_e4m3fn,
+    "fp8_e5m2": torch.float8_e5m2,
+}
+
+
+def resolve_dtype(dtype: torch.dtype | str, name: str = "dtype") -> torch.dtype:
+    """A ``torch.dtype`` from itself or a name: ``"float16"``, ``"torch.bfloat16"``, ``"bf16"``, ``"int8"``, ...
+
+    Raises ``ValueError`` naming the argument for anything else.
+    """
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if isinstance(dtype, str):
+        key = dtype.strip().lower().removeprefix("torch.")
+        if key in DTYPE_ALIASES:
+            return DTYPE_ALIASES[key]
+        found = getattr(torch, key, None)
+        if isinstance(found, torch.dtype):
+            return found
+    raise ValueError(f"{name} must be a torch.dtype or a dtype name such as 'float16', 'bf16' or 'int8', "
+                     f"got {dtype!r}")
+
+
 def kv_cache_bytes(config: TransformerConfig, batch: int, seq_len: int,
-                   dtype: torch.dtype = torch.float16) -> int:
-    """Bytes of a full KV cache: ``2 (K and V) · n_layers · batch · n_kv_heads · seq_len · head_dim · itemsize``."""
-    if batch <= 0 or seq_len <= 0:
-        raise ValueError(f"batch and seq_len must be positive, got batch={batch}, seq_len={seq_len}")
-    itemsize = torch.empty((), dtype=dtype).element_size()
+                   dtype: torch.dtype | str = torch.float16) -> int:
+    """Bytes of a full KV cache: ``2 (K and V) · n_layers · batch · n_kv_heads · seq_len · head_dim · itemsize``.
+
+    ``dtype`` is a ``torch.dtype`` or its name (``"float16"``, ``"bf16"``, ``"int8"``, ...). For an int8 cache
+    this counts the codes only; the scales a quantized cache keeps beside them are extra.
+    """
+    for arg, value in (("batch", batch), ("seq_len", seq_len)):
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise ValueError(f"{arg} must be a positive int, got {value!r}")
+    itemsize = resolve_dtype(dtype).itemsize
     return 2 * config.n_layers * batch * config.n_kv_heads * seq_len * config.head_dim * itemsize
 
 
-def summary(config: TransformerConfig, *, context_len: int = 2048, dtype: torch.dtype = torch.float16) -> dict:
+def summary(config: TransformerConfig, *, context_len: int = 2048,
+            dtype: torch.dtype | str = torch.float16) -> dict:
     """One row of a whiteboard table: parameters, FLOPs per token and KV bytes per token."""
+    dtype = resolve_dtype(dtype)
     p = count_parameters(config)
     return {
         "params": p.total,
@@ -151,5 +185,5 @@ def summary(config: TransformerConfig, *, context_len: int = 2048, dtype: torch.
         "flops_per_token": flops_per_token(config, context_len),
         "attention_share": attention_flops_per_token(config, context_len) / flops_per_token(config, context_len),
         "kv_bytes_per_token": kv_cache_bytes(config, 1, 1, dtype),
-        "weights_bytes": p.total * torch.empty((), dtype=dtype).element_size(),
+        "weights_bytes": p.total * dtype.itemsize,
     }

@@ -30,7 +30,13 @@ def _power_of_two_slopes(n: int, count: int, step: int = 1) -> torch.Tensor:
 
 
 def alibi_slopes(n_heads: int) -> torch.Tensor:
-    """Per-head ALiBi slopes ``(H,)`` float32, largest (steepest) first."""
+    """Per-head ALiBi slopes ``(H,)`` float32, in the head order of the paper's code and BLOOM.
+
+    For ``H`` a power of two the slopes decrease: ``2^(-8/H), 2^(-16/H), ..., 2^(-8)``. Otherwise they are not
+    sorted: the ``n = 2^floor(log2 H)`` decreasing slopes of the lower power of two come first, then the odd powers
+    ``2^(-4/n), 2^(-12/n), ...`` (themselves decreasing) for the remaining ``H - n`` heads. For ``H = 6``:
+    ``[0.25, 0.0625, 0.015625, 0.00390625, 0.5, 0.125]``, so the steepest slope belongs to head 4, not head 0.
+    """
     if not isinstance(n_heads, int) or isinstance(n_heads, bool) or n_heads < 1:
         raise ValueError(f"n_heads must be an int >= 1, got {n_heads!r}")
     closest = 2 ** math.floor(math.log2(n_heads))

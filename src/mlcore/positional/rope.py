@@ -86,8 +86,9 @@ class RotaryEmbedding(nn.Module):
         self.scaling = dict(scaling) if scaling is not None else None
         self.interleaved = bool(interleaved)
         self.partial_rotary_factor = float(partial_rotary_factor)
-        inv_freq, attention_factor = rope_inv_freq(
-            rotary_dim, base=self.base, scaling=self.scaling, max_position_embeddings=self.max_position_embeddings
+        inv_freq, attention_factor = rope_inv_freq(  # validated (and warned about) above: warn=False
+            rotary_dim, base=self.base, scaling=self.scaling, max_position_embeddings=self.max_position_embeddings,
+            warn=False,
         )
         self.register_buffer("inv_freq", inv_freq, persistent=False)  # (rotary_dim/2,)
         self.attention_factor = float(attention_factor)
@@ -98,7 +99,7 @@ class RotaryEmbedding(nn.Module):
         super()._apply(fn, recurse)
         if self.inv_freq.dtype != torch.float32:
             inv_freq, _ = rope_inv_freq(self.rotary_dim, base=self.base, scaling=self.scaling,
-                                        max_position_embeddings=self.max_position_embeddings)
+                                        max_position_embeddings=self.max_position_embeddings, warn=False)
             self.inv_freq = inv_freq.to(self.inv_freq.device)
         return self
 
@@ -143,7 +144,7 @@ class RotaryEmbedding(nn.Module):
         seq_len = position_ids.max() + 1  # a 0-d tensor: float32 arithmetic for the new base, as transformers
         inv_freq, _ = rope_inv_freq(
             self.rotary_dim, base=self.base, scaling=self.scaling,
-            max_position_embeddings=self.max_position_embeddings, seq_len=seq_len,
+            max_position_embeddings=self.max_position_embeddings, seq_len=seq_len, warn=False,
         )
         return inv_freq.to(self.inv_freq.device)
 

@@ -59,8 +59,12 @@ def rope_type_of(scaling: dict[str, Any] | None) -> str:
     return rope_type
 
 
-def validate_scaling(scaling: dict[str, Any] | None) -> str:
-    """Check an HF-style scaling dict; return its ``rope_type``. Raises ``ValueError`` naming the bad key."""
+def validate_scaling(scaling: dict[str, Any] | None, *, warn: bool = True) -> str:
+    """Check an HF-style scaling dict; return its ``rope_type``. Raises ``ValueError`` naming the bad key.
+
+    ``warn`` emits the ``factor < 1`` ``UserWarning``; callers that already validated the same dict (a module
+    rebuilding its frequencies) pass ``False`` so the warning appears once per construction.
+    """
     rope_type = rope_type_of(scaling)
     if scaling is None:
         return rope_type
@@ -73,7 +77,7 @@ def validate_scaling(scaling: dict[str, Any] | None) -> str:
     if rope_type != "default" and not (rope_type == "yarn" and factor is None):
         if isinstance(factor, bool) or not isinstance(factor, (int, float)) or factor <= 0:
             raise ValueError(f"scaling['factor'] must be a positive number, got {factor!r}")
-        if factor < 1.0:  # transformers only warns here and runs, so we do the same
+        if factor < 1.0 and warn:  # transformers only warns here and runs, so we do the same
             warnings.warn(f"scaling['factor'] = {factor} < 1 compresses positions instead of stretching them",
                           stacklevel=3)
     if rope_type == "llama3" and not scaling["high_freq_factor"] > scaling["low_freq_factor"]:
@@ -172,13 +176,15 @@ def rope_inv_freq(
     scaling: dict[str, Any] | None = None,
     max_position_embeddings: int = 2048,
     seq_len: int | torch.Tensor | None = None,
+    warn: bool = True,
 ) -> tuple[torch.Tensor, float]:
     """Inverse frequencies ``(head_dim/2,)`` float32 and the cos/sin ``attention_factor`` for a RoPE scaling.
 
     ``head_dim`` is the rotary dimension (even). ``scaling`` is an HF-style dict (see module docstring);
     ``max_position_embeddings`` is ``L0`` for ``dynamic`` (as transformers uses it) and YaRN's fallback for a
     missing ``factor``. ``seq_len`` only matters for ``dynamic``: the length the frequencies are built for (an int,
-    or a 0-d integer tensor to get transformers' float32 forward-pass arithmetic).
+    or a 0-d integer tensor to get transformers' float32 forward-pass arithmetic). ``warn=False`` silences the
+    ``factor < 1`` warning (for callers that validated ``scaling`` already, see :func:`validate_scaling`).
     """
     if not isinstance(head_dim, int) or head_dim < 2 or head_dim % 2:
         raise ValueError(f"head_dim (rotary dimension) must be an even int >= 2, got {head_dim!r}")
@@ -186,7 +192,7 @@ def rope_inv_freq(
         raise ValueError(f"base must be > 1, got {base!r}")
     if max_position_embeddings < 1:
         raise ValueError(f"max_position_embeddings must be >= 1, got {max_position_embeddings}")
-    rope_type = validate_scaling(scaling)
+    rope_type = validate_scaling(scaling, warn=warn)
     if rope_type == "default":
         return default_inv_freq(head_dim, base), 1.0
     if rope_type == "linear":

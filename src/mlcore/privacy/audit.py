@@ -96,7 +96,7 @@ def _train(texts: list[str], seq_len: int, steps: int, seed: int, device: str, d
     torch.manual_seed(seed)
     model = Transformer(TransformerConfig(vocab_size=PAD + 1, d_model=d_model, n_layers=2, n_heads=4,
                                           max_seq_len=seq_len))
-    config = TrainConfig(max_steps=steps, batch_size=16, lr=lr, warmup_steps=10, weight_decay=0.0, log_every=0,
+    config = TrainConfig(max_steps=steps, batch_size=16, lr=lr, warmup_steps=min(10, steps), weight_decay=0.0, log_every=0,
                          progress=False, seed=seed, cpu=device == "cpu")
     train(model, encode_bytes(texts, seq_len), config)
     return model

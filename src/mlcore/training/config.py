@@ -7,10 +7,23 @@ and weight decay 0.1 on matrices only, a linear warm-up followed by a cosine dec
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 MIXED_PRECISION = ("auto", "no", "bf16", "fp16")
+DEFAULT_WARMUP_STEPS = 10
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_real(name: str, value: Any, expected: str) -> float:
+    """``value`` as a float, or a ``ValueError`` naming ``TrainConfig.<name>`` when it is not a real number."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
+        raise ValueError(f"TrainConfig.{name} must be {expected}, got {value!r} ({type(value).__name__})")
+    return float(value)
 
 
 @dataclass
@@ -25,6 +38,10 @@ class TrainConfig:
 
     ``eval_every`` / ``checkpoint_every`` / ``log_every`` are in optimizer steps (0 turns the action off);
     an evaluation also runs after the last step whenever eval data is given.
+
+    ``warmup_steps`` defaults to ``min(10, max_steps)``; an explicit value must not exceed ``max_steps`` (the
+    learning rate would never reach its peak). Numbers are checked for type as well as range, so a string such
+    as ``lr="3e-4"`` (read from a YAML or command line without conversion) is refused with a ``ValueError``.
     """
 
     max_steps: int = 100
@@ -32,7 +49,7 @@ class TrainConfig:
     grad_accum_steps: int = 1
     lr: float = 3e-4
     min_lr_ratio: float = 0.0
-    warmup_steps: int = 10
+    warmup_steps: int | None = None  # None: min(DEFAULT_WARMUP_STEPS, max_steps)
     weight_decay: float = 0.1
     betas: tuple[float, float] = (0.9, 0.95)
     eps: float = 1e-8
@@ -51,26 +68,42 @@ class TrainConfig:
     def __post_init__(self) -> None:
         for name in ("max_steps", "batch_size", "grad_accum_steps"):
             value = getattr(self, name)
-            if not isinstance(value, int) or value <= 0:
+            if not _is_int(value) or value <= 0:
                 raise ValueError(f"TrainConfig.{name} must be a positive int, got {value!r}")
+        if self.warmup_steps is None:
+            self.warmup_steps = min(DEFAULT_WARMUP_STEPS, self.max_steps)
         for name in ("warmup_steps", "eval_every", "log_every", "checkpoint_every"):
             value = getattr(self, name)
-            if not isinstance(value, int) or value < 0:
+            if not _is_int(value) or value < 0:
                 raise ValueError(f"TrainConfig.{name} must be a non-negative int, got {value!r}")
-        if not self.lr > 0:
+        if self.warmup_steps > self.max_steps:
+            raise ValueError(f"TrainConfig.warmup_steps must be <= max_steps={self.max_steps} (the warm-up would "
+                             f"never reach the peak learning rate), got {self.warmup_steps}")
+        for name in ("eval_batches", "eval_batch_size"):
+            value = getattr(self, name)
+            if value is not None and (not _is_int(value) or value <= 0):
+                raise ValueError(f"TrainConfig.{name} must be a positive int or None, got {value!r}")
+        if not _check_real("lr", self.lr, "a number > 0") > 0:
             raise ValueError(f"TrainConfig.lr must be > 0, got {self.lr}")
-        if not 0.0 <= self.min_lr_ratio <= 1.0:
+        if not 0.0 <= _check_real("min_lr_ratio", self.min_lr_ratio, "a number in [0, 1]") <= 1.0:
             raise ValueError(f"TrainConfig.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
-        if self.weight_decay < 0:
+        if _check_real("weight_decay", self.weight_decay, "a number >= 0") < 0:
             raise ValueError(f"TrainConfig.weight_decay must be >= 0, got {self.weight_decay}")
-        if self.grad_clip is not None and not self.grad_clip > 0:
+        if not _check_real("eps", self.eps, "a number > 0") > 0:
+            raise ValueError(f"TrainConfig.eps must be > 0, got {self.eps}")
+        if self.grad_clip is not None and not _check_real("grad_clip", self.grad_clip, "a number > 0 or None") > 0:
             raise ValueError(f"TrainConfig.grad_clip must be > 0 or None, got {self.grad_clip}")
+        if not isinstance(self.betas, (tuple, list)) or len(self.betas) != 2:
+            raise ValueError(f"TrainConfig.betas must be a pair (beta1, beta2), got {self.betas!r}")
+        betas = tuple(_check_real("betas", b, "a pair of numbers in [0, 1)") for b in self.betas)
+        if not all(0.0 <= b < 1.0 for b in betas):
+            raise ValueError(f"TrainConfig.betas must be a pair of numbers in [0, 1), got {self.betas!r}")
         if self.mixed_precision not in MIXED_PRECISION:
             raise ValueError(f"TrainConfig.mixed_precision must be one of {MIXED_PRECISION}, "
                              f"got {self.mixed_precision!r}")
         if self.checkpoint_every and self.out_dir is None:
             raise ValueError("TrainConfig.checkpoint_every needs out_dir to write checkpoints into, got out_dir=None")
-        self.betas = (float(self.betas[0]), float(self.betas[1]))
+        self.betas = (betas[0], betas[1])
 
     @property
     def sequences_per_step(self) -> int:

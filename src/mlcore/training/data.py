@@ -12,6 +12,7 @@ of ``(seed, i)``, resuming at step ``s`` serves exactly the batches an uninterru
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 
@@ -29,7 +30,8 @@ def load_text_dataset(path: str | Path, *, text_field: str = "text", sample_by: 
 
     ``sample_by`` ("document", "paragraph" or "line") tells the text builder what one row is.
     Raises ``FileNotFoundError`` for a missing file and ``ValueError`` for an unknown suffix, a JSON file
-    without ``text_field`` or a dataset with no text in it.
+    without ``text_field``, a JSON row whose ``text_field`` is missing, null or not a string (naming its line, or
+    its record number in a JSON array), or a dataset with no text in it.
     """
     import datasets
 
@@ -48,12 +50,45 @@ def load_text_dataset(path: str | Path, *, text_field: str = "text", sample_by: 
             raise ValueError(f"data file {str(path)!r} is not valid JSON lines: {err}") from err
         if text_field not in ds.column_names:
             raise ValueError(f"data file {str(path)!r} has columns {ds.column_names}, expected a {text_field!r} column")
+        _check_json_texts(path, ds[text_field], text_field)
     else:
         raise ValueError(f"data file {str(path)!r} has suffix {suffix!r}; expected one of "
                          f"{TEXT_SUFFIXES + JSON_SUFFIXES}")
     if len(ds) == 0 or not any(isinstance(t, str) and t.strip() for t in ds[text_field]):
         raise ValueError(f"data file {str(path)!r} holds an empty dataset (no non-blank {text_field!r} rows)")
     return ds
+
+
+def _json_record(path: Path, index: int) -> tuple[str, object]:
+    """Where row ``index`` of a JSON file is ("line N" of JSON lines, "record N" of an array) and what it holds.
+
+    ``datasets`` skips blank lines, so row ``index`` is the ``index``-th non-blank line.
+    """
+    with path.open(encoding="utf-8") as f:
+        head = f.read(4096).lstrip()
+        f.seek(0)
+        if head.startswith("["):
+            return f"record {index} (0-based) of the JSON array", json.load(f)[index]
+        seen = -1
+        for line_no, line in enumerate(f, start=1):
+            if line.strip():
+                seen += 1
+                if seen == index:
+                    return f"line {line_no}", json.loads(line)
+    return f"row {index}", None  # not reached for a file datasets could read
+
+
+def _check_json_texts(path: Path, texts: Iterable[object], text_field: str) -> None:
+    """Refuse the first row whose ``text_field`` is not a string (``datasets`` fills a missing key with None)."""
+    for index, text in enumerate(texts):
+        if isinstance(text, str):
+            continue
+        where, record = _json_record(path, index)
+        if isinstance(record, dict) and text_field not in record:
+            problem = f"has no {text_field!r} key (keys: {sorted(record)})"
+        else:
+            problem = f"has {text_field!r} = {text!r} ({type(text).__name__}), expected a string"
+        raise ValueError(f"data file {str(path)!r}: {where} {problem}")
 
 
 def pack_tokens(documents: Iterable[list[int]], block_size: int, *, separator_id: int | None = None) -> torch.Tensor:

@@ -1,0 +1,152 @@
+"""Speed-up direction, goals, noise flags and the narrow REPORT.md that opens with a goal summary."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+
+import pytest
+import torch
+
+from mlcore.bench import Goal, Result, Table, describe_machine, time_fn
+from mlcore.bench.report import goal_rows, write_report
+from mlcore.bench.timing import Timing
+
+OLD_KEYS = {"benchmark", "name", "params", "device", "dtype", "median", "spread", "unit", "memory_bytes", "twin",
+            "twin_median", "ratio", "extra"}
+
+
+def _r(name="x", median=1.0, **kw) -> Result:
+    params = kw.pop("params", {"T": 1})
+    return Result("demo", name, params, "cpu", "float32", median, kw.pop("spread", 0.0), **kw)
+
+
+def test_speedup_is_above_one_when_mlcore_is_faster_in_both_directions():
+    slow_time = _r(median=3.0, twin="ref", twin_median=1.5)  # seconds: mlcore takes twice as long
+    assert slow_time.speedup == pytest.approx(0.5) and slow_time.ratio == pytest.approx(2.0)  # ratio unchanged
+    fast_rate = _r(median=3.0, unit="MB/s", twin="ref", twin_median=1.5)  # MB/s: mlcore twice as fast
+    assert fast_rate.speedup == pytest.approx(2.0) and fast_rate.better == "higher"
+    assert _r(median=3.0, unit="ms/token", twin="ref", twin_median=6.0).speedup == pytest.approx(2.0)
+    assert _r(median=1.0, unit="MiB", twin="ref", twin_median=4.0).speedup == pytest.approx(4.0)
+    assert _r(median=0.0, twin="ref", twin_median=1.0).speedup is None  # undefined, not a ZeroDivisionError
+
+
+def test_speedup_from_real_timings_of_known_sleeps():
+    """Sleeping 10 ms (mlcore) against 20 ms (twin): about 2x faster as seconds and as a rate alike."""
+    ours = time_fn(lambda: time.sleep(0.01), warmup=1, min_run_time=0.1)
+    theirs = time_fn(lambda: time.sleep(0.02), warmup=1, min_run_time=0.1)
+    as_time = Result.from_timing("demo", "x", {}, device="cpu", dtype=None, timing=ours, twin="t",
+                                 twin_timing=theirs)
+    as_rate = Result.from_timing("demo", "x", {}, device="cpu", dtype=None, timing=ours, twin="t",
+                                 twin_timing=theirs, work=128, unit="tokens/s")
+    assert 1.6 < as_time.speedup < 2.4 and as_time.speedup == pytest.approx(as_rate.speedup)
+    assert as_rate.median == pytest.approx(128 / ours.median) and as_time.runs == ours.runs >= 3
+    assert as_rate.spread == pytest.approx(128 * ours.iqr / ours.median**2)
+
+
+def test_unknown_unit_with_a_twin_needs_a_direction():
+    with pytest.raises(ValueError, match="better="):
+        _r(unit="F2", twin="ref", twin_median=0.5)
+    assert _r(unit="F2", twin="ref", twin_median=0.5, better="higher").speedup == pytest.approx(2.0)
+    with pytest.raises(ValueError, match="better"):
+        _r(better="faster")
+    with pytest.raises(ValueError, match="unit"):
+        Result.from_timing("d", "x", {}, device="cpu", dtype=None, timing=Timing(1, 0, 5), work=10)
+
+
+def test_flags_for_few_runs_and_wide_spread():
+    assert _r(runs=5, spread=0.05).flags == []
+    assert _r(runs=1).flags == ["1 run"]
+    assert _r(runs=10, spread=0.2).flags == ["IQR 20%"]
+    assert _r(runs=10, twin="t", twin_median=2.0, twin_runs=2, twin_spread=0.5).flags == ["twin 2 runs",
+                                                                                           "twin IQR 25%"]
+    assert _r(spread=0.0, unit="F2").flags == []  # not a timing: never flagged for runs
+
+
+def test_goals_evaluate_the_named_metric():
+    r = _r(median=2.0, twin="t", twin_median=3.0, extra={"recall": 0.995},
+           goal=[Goal(">=", 1.25, "speed-up"), Goal(">=", 0.99, "recall", metric="recall"),
+                 Goal("<=", 1.0, "missing", metric="nope")])
+    assert [g["met"] for g in r.to_dict()["goals"]] == [True, True, None]
+    assert Goal("<", 1.4, "x").met(1.5) is False and Goal(">", 1.4, "x").met(float("nan")) is None
+    single = _r(goal=Goal("<=", 2.0, "time", metric="median"))
+    assert single.goals == (Goal("<=", 2.0, "time", metric="median"),)
+    for bad in ({"op": "=>"}, {"target": "1.25"}, {"label": " "}):
+        with pytest.raises(ValueError, match="Goal"):
+            Goal(**{"op": ">=", "target": 1.0, "label": "x", **bad})
+    with pytest.raises(ValueError, match="Result.goal"):
+        _r(goal=">= 1.25")
+
+
+def test_table_matching():
+    r = _r(name="flash", params={"mode": "fwd", "T": 8})
+    assert Table("", {"mode": "fwd", "name": ("flash", "naive")}).matches(r)
+    assert not Table("", {"mode": "train"}).matches(r) and not Table("", {"task": "x"}).matches(r)
+
+
+@pytest.fixture()
+def report(tmp_path):
+    probe = describe_machine(torch.device("cpu"))
+    common = {"B": 1, "H": 8, "D": 64}
+    results = [
+        Result("attn", impl, {"impl": impl, "T": T, **common}, "cpu", "float32", T * k, T * k * spread,
+               twin=None if impl == "sdpa" else "sdpa", twin_median=None if impl == "sdpa" else float(T),
+               runs=runs, extra={"gflops": 1.0, "rarely_needed": 42},
+               goal=Goal(">=", 1.25, f"flash vs sdpa at T={T}") if impl == "flash" and T == 4 else None)
+        for impl, k, spread, runs in (("flash", 0.5, 0.01, 10), ("naive", 2.0, 0.3, 2), ("sdpa", 1.0, 0.0, 10))
+        for T in (2, 4)
+    ]
+    results.append(Result("attn", "extra_thing", {"task": "misc"}, "cpu", None, 5.0, 0.0, unit="GB/s"))
+    results.append(Result("qual", "f2", {"kind": "CARD"}, "cpu", None, 0.9, 0.0, unit="F2", better="higher",
+                          twin="presidio", twin_median=0.95, extra={"recall": 0.9},
+                          goal=Goal(">=", 0.99, "CARD recall", metric="recall")))
+    results.append(Result("plain", "p", {"n": 1}, "cpu", None, 1.0, 0.0))
+    tables = {"attn": [Table("times", where={"name": ("flash", "naive", "sdpa")}, columns=("gflops",))]}
+    path = write_report(tmp_path, probe=probe, results=results, failures={"broken": "Traceback: boom"}, plots={},
+                        meta={"preset": "quick", "started": "now"}, tables=tables,
+                        descriptions={"attn": "attention, one line"})
+    return path.read_text(), json.loads((tmp_path / "results.json").read_text())
+
+
+def test_report_opens_with_the_goal_summary(report):
+    text, _ = report
+    sections = re.findall(r"^## (.+)$", text, flags=re.M)
+    assert sections[0] == "Summary: headline figures against their goals"
+    summary = text.split("\n## ")[1]
+    assert "| attn | flash vs sdpa at T=4 | 2.00× | ≥ 1.25× | ✅ met |" in summary
+    assert "| qual | CARD recall | 0.9 | ≥ 0.99 | ❌ not met |" in summary
+    assert "| broken | whole topic | — | — | ❌ benchmark failed" in summary
+    assert "1 of 2 goals met." in summary and "No goals declared by: plain." in summary
+
+
+def test_tables_are_narrow_and_flag_noise(report):
+    text, _ = report
+    attn = text.split("## attn")[1].split("\n## ")[0]
+    assert "attention, one line" in attn and "### times" in attn and "### Other results" in attn
+    assert "All rows: B=1, H=8, D=64, dtype float32, twin: sdpa." in attn  # constants leave the columns
+    header = next(line for line in attn.splitlines() if line.startswith("| name"))
+    assert header == "| name | T | time | IQR | twin time | speed-up | gflops | note |"
+    assert "rarely_needed" not in text and "task=misc" not in attn  # results.json only; titles say the filter
+    assert "| naive | 4 | 8 s | 30% | 4 s | 0.50× | 1 | ⚠ 2 runs, IQR 30% |" in attn
+    assert "| flash | 4 | 2 s | 1% | 4 s | 2.00× | 1 |  |" in attn
+    qual = text.split("## qual")[1].split("\n## ")[0]
+    assert "| name | F2 | twin F2 | vs twin |" in qual  # a quality ratio is not called a speed-up
+    assert max(line.count("|") for line in text.splitlines() if line.startswith("|")) <= 12
+
+
+def test_results_json_keeps_the_old_keys_and_adds_the_new(report):
+    _, data = report
+    rows = data["results"]
+    assert all(OLD_KEYS <= set(r) for r in rows)
+    naive4 = next(r for r in rows if r["name"] == "naive" and r["params"]["T"] == 4)
+    assert naive4["ratio"] == pytest.approx(2.0) and naive4["speedup"] == pytest.approx(0.5)
+    assert naive4["flags"] == ["2 runs", "IQR 30%"] and naive4["extra"]["rarely_needed"] == 42
+    flash4 = next(r for r in rows if r["name"] == "flash" and r["params"]["T"] == 4)
+    assert flash4["goals"] == [{"op": ">=", "target": 1.25, "label": "flash vs sdpa at T=4", "metric": "speedup",
+                                "value": 2.0, "met": True}]
+
+
+def test_goal_rows_count_each_goal_once():
+    rows = goal_rows([_r(goal=[Goal(">=", 1, "a", metric="median"), Goal("<", 1, "b", metric="median")])])
+    assert [(row["label"], row["met"]) for row in rows] == [("a", True), ("b", False)]
