@@ -106,3 +106,17 @@ def test_norms_match_torch_and_transformers(dtype):
         tol = 1e-5 if dtype == torch.float32 else 0.0  # half precision: one rounding, bit for bit
         torch.testing.assert_close(ln(x), torch.nn.functional.layer_norm(x, (48,), w, b, 1e-5), atol=tol, rtol=0)
         torch.testing.assert_close(rms(x), hf_rms(x), atol=tol, rtol=0)
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    torch.manual_seed(0)
+    model = Transformer(_cfg(dropout=0.0)).train()
+    ids = torch.randint(0, VOCAB, (2, 12), generator=torch.Generator().manual_seed(1))
+    grads = []
+    for enable in (False, True):
+        model.zero_grad()
+        model.gradient_checkpointing_enable(enable)
+        model(ids).float().logsumexp(-1).mean().backward()
+        grads.append([p.grad.clone() for p in model.parameters()])
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)

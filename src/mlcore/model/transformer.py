@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.utils.checkpoint
 from torch import nn
 
 from mlcore.attention import AttentionInputs, check_cache
@@ -48,6 +49,7 @@ class Transformer(nn.Module):
         self.layers = nn.ModuleList([Block(c, i, rope=self.rope) for i in range(c.n_layers)])
         self.norm = build_norm(c.norm, c.d_model, c.norm_eps)
         self.lm_head = nn.Linear(c.d_model, c.vocab_size, bias=False)
+        self.gradient_checkpointing = False  # see gradient_checkpointing_enable
         self.reset_parameters()
         if c.tie_embeddings:
             self.lm_head.weight = self.embed.weight  # one matrix reads tokens in and writes logits out
@@ -72,6 +74,16 @@ class Transformer(nn.Module):
         for m in self.modules():
             if isinstance(m, nn.Linear) and m.bias is not None:
                 nn.init.zeros_(m.bias)
+
+    def gradient_checkpointing_enable(self, enable: bool = True) -> None:
+        """Activation checkpointing while training (Chen et al. 2016): each block keeps only its input and
+        recomputes its activations during backward, trading one extra forward for O(n_layers) less memory.
+        Same name as transformers' method, so QLoRA recipes work on both."""
+        self.gradient_checkpointing = bool(enable)
+
+    def gradient_checkpointing_disable(self) -> None:
+        """Turn activation checkpointing off."""
+        self.gradient_checkpointing = False
 
     def num_parameters(self) -> int:
         """Distinct parameters (a tied head counts once)."""
@@ -134,8 +146,12 @@ class Transformer(nn.Module):
         if self.pos_emb is not None:
             x = x + self.pos_emb(inputs.positions)  # (B, T, C) learned absolute positions
         x = self.drop(x)
+        checkpoint = self.gradient_checkpointing and self.training and torch.is_grad_enabled() and cache is None
         for block in self.layers:
-            x = block(x, inputs=inputs, cache=cache)
+            if checkpoint:  # keep only each block's input; recompute its activations in the backward pass
+                x = torch.utils.checkpoint.checkpoint(block, x, inputs=inputs, cache=None, use_reentrant=False)
+            else:
+                x = block(x, inputs=inputs, cache=cache)
         if logits_to_keep:
             x = x[:, -logits_to_keep:]
         return self.lm_head(self.norm(x))  # (B, T, V)

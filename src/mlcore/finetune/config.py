@@ -1,0 +1,150 @@
+"""The hyper-parameters of a LoRA adapter (Hu et al. 2021, "LoRA: Low-Rank Adaptation of Large Language Models").
+
+A frozen weight ``W0`` (out x in) gets a trainable low-rank update ``ΔW = B A`` with ``A`` (r x in) and ``B``
+(out x r), so a layer computes
+
+    h = W0 x + (alpha / r) · B A x            (LoRA)
+    h = W0 x + (alpha / sqrt(r)) · B A x      (rsLoRA, Kalajdzievski 2023, "A Rank Stabilization Scaling Factor")
+
+``LoraConfig`` names the same knobs as ``peft.LoraConfig`` and converts to and from the ``adapter_config.json``
+that PEFT writes, so an adapter folder means the same thing to mlcore and to PEFT.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+INITS = ("kaiming", "gaussian")
+BIASES = ("none", "all", "lora_only")
+ALL_LINEAR = "all-linear"
+
+# PEFT adapter_config.json fields that change what an adapter computes and that mlcore does not implement:
+# a folder that sets one of them is refused rather than silently loaded as something else.
+_UNSUPPORTED_WHEN_SET = (
+    "use_dora", "lora_bias", "layers_to_transform", "layers_pattern", "rank_pattern", "alpha_pattern",
+    "exclude_modules", "target_parameters", "trainable_token_indices", "layer_replication", "use_qalora",
+    "alora_invocation_tokens", "arrow_config", "use_bdlora",
+)
+
+
+@dataclass
+class LoraConfig:
+    """What to adapt and how.
+
+    r: rank of the update (> 0). lora_alpha: numerator of the scaling (``alpha / r``, or ``alpha / sqrt(r)`` with
+    ``use_rslora``). target_modules: PEFT's rule: a list of names, each matching a module whose full name equals
+    it or ends in ``"." + name``; a string is a regular expression that must match the full module name; the
+    string ``"all-linear"`` targets every linear layer except the output head. lora_dropout: dropout on the
+    input of the low-rank path only. init: ``"kaiming"`` (A Kaiming-uniform with ``a = sqrt(5)``, as
+    ``nn.Linear`` and PEFT) or ``"gaussian"`` (A ~ N(0, 1/r^2), PEFT's ``"gaussian"``); B starts at zero either
+    way, so an adapted model starts out equal to its base. bias: which biases train besides A and B
+    (``"none"``, ``"all"``, or ``"lora_only"`` = the biases of adapted layers). modules_to_save: modules
+    (by PEFT's suffix rule, e.g. a fresh classification head) trained in full and saved with the adapter.
+    """
+
+    r: int
+    lora_alpha: float
+    target_modules: list[str] | str
+    lora_dropout: float = 0.0
+    use_rslora: bool = False
+    init: str = "kaiming"
+    bias: str = "none"
+    modules_to_save: list[str] | None = field(default=None)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.r, bool) or not isinstance(self.r, int) or self.r <= 0:
+            raise ValueError(f"LoraConfig.r must be a positive int, got {self.r!r}")
+        if (isinstance(self.lora_alpha, bool) or not isinstance(self.lora_alpha, (int, float))
+                or not math.isfinite(self.lora_alpha) or self.lora_alpha <= 0):
+            raise ValueError(f"LoraConfig.lora_alpha must be a positive finite number, got {self.lora_alpha!r}")
+        if not isinstance(self.lora_dropout, (int, float)) or not 0.0 <= self.lora_dropout < 1.0:
+            raise ValueError(f"LoraConfig.lora_dropout must be in [0, 1), got {self.lora_dropout!r}")
+        if self.init not in INITS:
+            raise ValueError(f"LoraConfig.init must be one of {INITS}, got {self.init!r}")
+        if self.bias not in BIASES:
+            raise ValueError(f"LoraConfig.bias must be one of {BIASES}, got {self.bias!r}")
+        self.target_modules = _check_names("target_modules", self.target_modules, allow_regex=True)
+        if self.modules_to_save is not None:
+            self.modules_to_save = _check_names("modules_to_save", self.modules_to_save, allow_regex=False)
+
+    @property
+    def scaling(self) -> float:
+        """``alpha / r`` (LoRA) or ``alpha / sqrt(r)`` (rsLoRA)."""
+        return self.lora_alpha / (math.sqrt(self.r) if self.use_rslora else self.r)
+
+    # -- PEFT's adapter_config.json ----------------------------------------------------------------
+
+    def to_peft_dict(self, *, target_modules: list[str] | str | None = None,
+                     base_model_name_or_path: str | None = None, fan_in_fan_out: bool = False) -> dict[str, Any]:
+        """The fields of PEFT's ``adapter_config.json`` for this config (``target_modules`` may be overridden
+        by the resolved module names, as PEFT does for ``"all-linear"``)."""
+        targets = self.target_modules if target_modules is None else target_modules
+        return {
+            "peft_type": "LORA",
+            "task_type": None,
+            "base_model_name_or_path": base_model_name_or_path,
+            "revision": None,
+            "inference_mode": True,
+            "r": self.r,
+            "lora_alpha": self.lora_alpha,
+            "lora_dropout": float(self.lora_dropout),
+            "target_modules": targets if isinstance(targets, str) else sorted(targets),
+            "use_rslora": self.use_rslora,
+            "init_lora_weights": True if self.init == "kaiming" else "gaussian",
+            "bias": self.bias,
+            "fan_in_fan_out": fan_in_fan_out,
+            "modules_to_save": self.modules_to_save,
+            "use_dora": False,
+            "lora_bias": False,
+            "rank_pattern": {},
+            "alpha_pattern": {},
+            "layers_to_transform": None,
+            "layers_pattern": None,
+            "exclude_modules": None,
+            "target_parameters": None,
+        }
+
+    @classmethod
+    def from_peft_dict(cls, d: dict[str, Any]) -> LoraConfig:
+        """Read a PEFT ``adapter_config.json`` (as a dict). Features mlcore does not implement raise ValueError."""
+        if not isinstance(d, dict):
+            raise ValueError(f"adapter config must be a JSON object, got {type(d).__name__}")
+        if d.get("peft_type") != "LORA":
+            raise ValueError(f"adapter config peft_type must be 'LORA', got {d.get('peft_type')!r}")
+        for key in ("r", "lora_alpha", "target_modules"):
+            if key not in d:
+                raise ValueError(f"adapter config is missing the field {key!r}")
+        for key in _UNSUPPORTED_WHEN_SET:
+            if d.get(key) not in (None, False, {}, [], ""):
+                raise ValueError(f"adapter config sets {key}={d[key]!r}, which mlcore's LoRA does not support")
+        init = d.get("init_lora_weights", True)
+        return cls(
+            r=d["r"], lora_alpha=d["lora_alpha"], target_modules=d["target_modules"],
+            lora_dropout=d.get("lora_dropout", 0.0) or 0.0, use_rslora=bool(d.get("use_rslora", False)),
+            init="gaussian" if init == "gaussian" else "kaiming",  # any other init only matters before loading
+            bias=d.get("bias", "none") or "none", modules_to_save=d.get("modules_to_save") or None,
+        )
+
+
+def _check_names(arg: str, value: Any, *, allow_regex: bool) -> list[str] | str:
+    if isinstance(value, str):
+        if not allow_regex:
+            raise ValueError(f"LoraConfig.{arg} must be a list of module names, got the string {value!r}")
+        if not value:
+            raise ValueError(f"LoraConfig.{arg} must not be empty")
+        if value.lower() == ALL_LINEAR:
+            return ALL_LINEAR
+        try:
+            re.compile(value)
+        except re.error as e:
+            raise ValueError(f"LoraConfig.{arg} is not a valid regular expression: {value!r} ({e})") from None
+        return value
+    if isinstance(value, (list, tuple, set, frozenset)):
+        names = sorted(value) if isinstance(value, (set, frozenset)) else list(value)
+        if not names or not all(isinstance(n, str) and n for n in names):
+            raise ValueError(f"LoraConfig.{arg} must be a non-empty list of non-empty strings, got {value!r}")
+        return names
+    raise ValueError(f"LoraConfig.{arg} must be a list of module names or a regex string, got {value!r}")

@@ -1,0 +1,223 @@
+"""Putting LoRA into a model: find target modules by name, wrap them, freeze the rest, merge and unmerge.
+
+Target matching follows PEFT's rule (``peft.tuners.tuners_utils.check_target_module_exists``), so one
+``target_modules`` means the same modules to both libraries:
+
+- a list of names: a module is targeted when its full name equals a name, or ends in ``"." + name``;
+- a string: a regular expression that must match the full module name (``re.fullmatch``);
+- ``"all-linear"``: every linear-like module except the output head (``get_output_embeddings()`` of a
+  transformers model, or a top-level ``lm_head``) and the ``modules_to_save``.
+
+Works on any ``nn.Module``: mlcore's ``Transformer`` (``layers.{i}.attn.q_proj``, ``layers.{i}.mlp.up_proj``, ...)
+and transformers models (``model.layers.{i}.self_attn.q_proj``, ...) alike.
+"""
+
+from __future__ import annotations
+
+import re
+
+import torch
+from torch import nn
+
+from mlcore.finetune.config import ALL_LINEAR, LoraConfig
+from mlcore.finetune.lora import LoraLinear, linear_dims
+
+_FUSED_HINT = ("q_proj", "k_proj", "v_proj")
+
+
+def lora_layers(model: nn.Module) -> dict[str, LoraLinear]:
+    """Every :class:`LoraLinear` in ``model``, by module name."""
+    return {name: m for name, m in model.named_modules() if isinstance(m, LoraLinear)}
+
+
+def has_adapters(model: nn.Module) -> bool:
+    """True when ``model`` already holds LoRA layers (mlcore's, or PEFT's ``lora_A`` modules)."""
+    return any(isinstance(m, LoraLinear) or hasattr(m, "lora_A") for m in model.modules())
+
+
+def output_head_name(model: nn.Module) -> str | None:
+    """Name of the output head (``get_output_embeddings()`` where a model offers it, else a top-level ``lm_head``)."""
+    head = None
+    get_head = getattr(model, "get_output_embeddings", None)
+    if callable(get_head):
+        try:
+            head = get_head()
+        except (AttributeError, NotImplementedError):
+            head = None
+    if head is None:
+        head = getattr(model, "lm_head", None)
+    if not isinstance(head, nn.Module):
+        return None
+    return next((name for name, m in model.named_modules() if m is head), None)
+
+
+def name_matches(names: list[str] | str, key: str) -> bool:
+    """PEFT's rule: regex string -> full match; list -> equal to a name or ending in ``"." + name``."""
+    if isinstance(names, str):
+        return re.fullmatch(names, key) is not None
+    return key in names or any(key.endswith("." + n) for n in names)
+
+
+def linear_module_names(model: nn.Module) -> list[str]:
+    """Names of all modules LoRA can wrap (linear-like, not inside an existing LoRA layer)."""
+    return [name for name, m in model.named_modules() if name and linear_dims(m) is not None
+            and ".lora_" not in name and not name.endswith(".base_layer")]
+
+
+def _candidates_message(model: nn.Module) -> str:
+    names = linear_module_names(model)
+    suffixes = sorted({n.rsplit(".", 1)[-1] for n in names})
+    shown = names if len(names) <= 12 else names[:12] + [f"... ({len(names) - 12} more)"]
+    msg = f"linear modules that can be targeted: {shown}; their name suffixes: {suffixes}"
+    if any(n.endswith("qkv_proj") for n in names):
+        msg += ("; this model fuses q, k and v into one qkv_proj: target 'qkv_proj' (one A shared by q, k, v, "
+                "B covering all three outputs)")
+    return msg
+
+
+def resolve_modules_to_save(model: nn.Module, config: LoraConfig) -> list[str]:
+    """Full names of the modules trained in full (``config.modules_to_save``, PEFT's suffix rule)."""
+    if not config.modules_to_save:
+        return []
+    found = [n for n, _ in model.named_modules() if n and name_matches(config.modules_to_save, n)]
+    if not found:
+        raise ValueError(f"modules_to_save={config.modules_to_save} matches no module of "
+                         f"{type(model).__name__}; top-level modules: {[n for n, _ in model.named_children()]}")
+    return found
+
+
+def find_targets(model: nn.Module, config: LoraConfig) -> list[str]:
+    """Full names of the modules ``config.target_modules`` selects, in ``named_modules`` order.
+
+    Raises ValueError when nothing matches (listing the targetable modules) or when a match is not linear-like.
+    """
+    save = set(resolve_modules_to_save(model, config))
+    in_saved = lambda n: any(n == s or n.startswith(s + ".") for s in save)  # noqa: E731
+    if config.target_modules == ALL_LINEAR:
+        head = output_head_name(model)
+        targets = [n for n in linear_module_names(model) if n != head and not in_saved(n)]
+        if not targets:
+            raise ValueError(f"target_modules='all-linear' found no linear layer besides the output head in "
+                             f"{type(model).__name__}")
+        return targets
+    targets = []
+    for name, module in model.named_modules():
+        if not name or in_saved(name) or not name_matches(config.target_modules, name):
+            continue
+        if linear_dims(module) is None:
+            raise ValueError(f"target_modules={config.target_modules!r} matches {name!r}, a "
+                             f"{type(module).__name__}, but LoRA wraps only linear layers; "
+                             + _candidates_message(model))
+        targets.append(name)
+    if not targets:
+        hint = ""
+        if not isinstance(config.target_modules, str) and set(config.target_modules) & set(_FUSED_HINT):
+            hint = " (a fused qkv_proj has no separate q_proj / k_proj / v_proj)"
+        raise ValueError(f"target_modules={config.target_modules!r} matches no module of "
+                         f"{type(model).__name__}{hint}; " + _candidates_message(model))
+    return targets
+
+
+def _set_module(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, new)
+
+
+def trainable_parameters(model: nn.Module) -> tuple[int, int]:
+    """``(trainable, total)`` parameter counts as PEFT's ``get_nb_trainable_parameters`` counts them: each shared
+    (tied) tensor once, and a quantized linear layer's weight (stored in buffers) as its ``in * out`` values."""
+    trainable = total = 0
+    for p in model.parameters():
+        total += p.numel()
+        trainable += p.numel() if p.requires_grad else 0
+    for m in model.modules():
+        if hasattr(type(m), "quantized_weight") and linear_dims(m) is not None:
+            total += m.in_features * m.out_features  # frozen 4- or 8-bit codes
+    return trainable, total
+
+
+def apply_lora(model: nn.Module, config: LoraConfig, *, generator: torch.Generator | None = None,
+               verbose: bool = True) -> nn.Module:
+    """Wrap every module ``config.target_modules`` selects in a :class:`LoraLinear` and freeze all else.
+
+    Trainable afterwards: every ``lora_A`` / ``lora_B``, the biases ``config.bias`` names, and the parameters of
+    ``config.modules_to_save``. ``generator`` seeds A's initialization (the global RNG when None). With
+    ``verbose`` it prints PEFT's line ``trainable params: ... || all params: ... || trainable%: ...``.
+    Returns ``model`` (modified in place); :func:`trainable_parameters` gives the counts.
+    """
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"apply_lora model must be an nn.Module, got {type(model).__name__}")
+    if not isinstance(config, LoraConfig):
+        raise ValueError(f"apply_lora config must be an mlcore LoraConfig, got {type(config).__name__}")
+    if has_adapters(model):
+        raise ValueError("apply_lora: the model already has LoRA adapters; merge_lora(model, unload=True) "
+                         "first, or start from a fresh model")
+    targets = find_targets(model, config)
+    saved = resolve_modules_to_save(model, config)
+    for name in targets:
+        base = model.get_submodule(name)
+        _set_module(model, name, LoraLinear(base, config.r, config.lora_alpha, lora_dropout=config.lora_dropout,
+                                            use_rslora=config.use_rslora, init=config.init, generator=generator))
+    for name, p in model.named_parameters():
+        p.requires_grad_(".lora_A." in f".{name}" or ".lora_B." in f".{name}")
+    if config.bias == "all":
+        for name, p in model.named_parameters():
+            if name == "bias" or name.endswith(".bias"):
+                p.requires_grad_(True)
+    elif config.bias == "lora_only":
+        for layer in lora_layers(model).values():
+            if isinstance(layer.bias, torch.Tensor):
+                layer.bias.requires_grad_(True)
+    for name in saved:
+        for p in model.get_submodule(name).parameters():
+            p.requires_grad_(True)
+    model._mlcore_lora = {"config": config, "targets": targets, "modules_to_save": saved}
+    if verbose:
+        trainable, total = trainable_parameters(model)
+        print(f"trainable params: {trainable:,d} || all params: {total:,d} || "
+              f"trainable%: {100 * trainable / max(total, 1):.4f}")
+    return model
+
+
+def _shared_weight_names(model: nn.Module) -> dict[int, list[str]]:
+    names: dict[int, list[str]] = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        names.setdefault(id(p), []).append(name)
+    return names
+
+
+def merge_lora(model: nn.Module, *, unload: bool = False) -> nn.Module:
+    """Fold every adapter into its base weight, ``W <- W + scaling · B A``; the forward then skips the LoRA path.
+
+    With ``unload`` the wrappers are replaced by their (merged) base layers: a plain model again, ready for
+    ``Transformer.to_hf`` / ``save_pretrained``. A base weight shared with another module (tied embeddings)
+    is refused, since merging would change the other module too.
+    """
+    layers = lora_layers(model)
+    if not layers:
+        raise ValueError(f"merge_lora: {type(model).__name__} has no LoRA layers (apply_lora or load_adapter first)")
+    shared = _shared_weight_names(model)
+    for name, layer in layers.items():
+        w = getattr(layer.base_layer, "weight", None)
+        if isinstance(w, torch.Tensor) and len(shared.get(id(w), [])) > 1:
+            raise ValueError(f"merge_lora: the weight of {name!r} is shared with {shared[id(w)]}; merging would "
+                             "change those too (untie the weights or do not target this module)")
+    for layer in layers.values():
+        layer.merge()
+    if unload:
+        for name, layer in layers.items():
+            _set_module(model, name, layer.base_layer)
+        if hasattr(model, "_mlcore_lora"):
+            del model._mlcore_lora
+    return model
+
+
+def unmerge_lora(model: nn.Module) -> nn.Module:
+    """Undo :func:`merge_lora` (without ``unload``): ``W <- W - scaling · B A``, the LoRA path runs again."""
+    layers = lora_layers(model)
+    if not layers:
+        raise ValueError(f"unmerge_lora: {type(model).__name__} has no LoRA layers")
+    for layer in layers.values():
+        layer.unmerge()
+    return model

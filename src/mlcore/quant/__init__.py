@@ -1,0 +1,39 @@
+"""Quantization from scratch: number formats, a quantized Linear, whole-model quantization, save / load.
+
+- ``int8`` (symmetric absmax or zero point; per tensor, output channel or group) and ``int4`` (zero point per
+  group of inputs, GPTQ / AWQ convention ``w = (q - z) * s``): ``int8.py``, ``int4.py``;
+- ``nf4`` / ``fp4`` with double quantization in bitsandbytes' exact format (Dettmers et al. 2023, QLoRA):
+  ``nf4.py``, code books in ``codebooks.py``;
+- ``QuantizedTensor`` (``tensor.py``), ``quantize`` / ``dequantize`` (``api.py``);
+- ``QuantizedLinear`` with PyTorch's CPU int8 / int4 weight-only kernels and a dequantize fallback
+  (``linear.py``, ``kernels.py``), ``quantize_model`` (``model.py``), ``save_quantized`` / ``load_quantized``
+  (``io.py``).
+
+A leaf package: it imports nothing else of mlcore.
+"""
+
+from .api import dequantize, quantize
+from .codebooks import FP4_CODE, NF4_CODE, signed_dynamic_map
+from .int4 import int4_from_codes, int4_rtn_codes
+from .io import load_quantized, save_quantized
+from .linear import QuantizedLinear
+from .model import quantize_model
+from .nf4 import from_bitsandbytes
+from .tensor import NestedScales, QuantizedTensor
+
+__all__ = [
+    "quantize",
+    "dequantize",
+    "QuantizedTensor",
+    "NestedScales",
+    "QuantizedLinear",
+    "quantize_model",
+    "save_quantized",
+    "load_quantized",
+    "int4_from_codes",
+    "int4_rtn_codes",
+    "from_bitsandbytes",
+    "NF4_CODE",
+    "FP4_CODE",
+    "signed_dynamic_map",
+]

@@ -1,0 +1,83 @@
+"""PyTorch's weight-only low-bit matmul kernels on CPU, and when each one may run.
+
+Both read the low-bit weight directly (no dequantized copy), which is what makes batch-1 decoding faster:
+it is bound by the bytes of weight read per token.
+
+- ``aten._weight_int8pack_mm(x (M, K), w (N, K) int8, scales (N,)) -> (M, N)`` computes ``x @ (w * s).T``
+  with one scale per output row (symmetric). ``scales`` must have ``x``'s dtype. In torch 2.13 on an AVX-512
+  CPU, K that is not a multiple of 16 gives wrong results or a crash, so the path asks for K % 16 == 0.
+- ``aten._convert_weight_to_int4pack_for_cpu(q (N, K) int32 in [0, 15], innerKTiles)`` repacks codes and
+  ``aten._weight_int4pack_mm_for_cpu(x (M, K), packed, g, sz (K / g, N, 2)) -> (M, N)`` computes with
+  ``w = (q - 8) * sz[..., 0] + sz[..., 1]``: the zero is a float added after the scale ("min" convention),
+  not an integer subtracted before it. Our ``(q - z) * s`` is the same line with ``sz = (s, (8 - z) * s)``.
+  Needs N % 16 == 0 and g in {32, 64, 128, 256}; ``sz`` has ``x``'s dtype (bf16 activations are the fast case;
+  rounding ``s`` and ``(8 - z) * s`` to bf16 is the only difference from dequantize-then-matmul).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .int4 import int4_codes
+from .tensor import QuantizedTensor
+
+KERNELS: tuple[str, ...] = ("int8pack", "int4pack", "dequant")
+INT4_GROUP_SIZES: tuple[int, ...] = (32, 64, 128, 256)
+
+
+def _has_op(name: str) -> bool:
+    return hasattr(torch.ops.aten, name)
+
+
+def unavailable_reason(kernel: str, qt: QuantizedTensor) -> str | None:
+    """Why ``kernel`` cannot multiply by ``qt`` (None when it can)."""
+    if kernel == "dequant":
+        return None
+    if qt.device.type != "cpu":
+        return f"{kernel} is a CPU kernel, the weight is on {qt.device}"
+    if len(qt.shape) != 2:
+        return f"{kernel} needs a 2-D weight, got shape {qt.shape}"
+    n, k = qt.shape
+    if kernel == "int8pack":
+        if not _has_op("_weight_int8pack_mm"):
+            return "torch has no aten._weight_int8pack_mm"
+        if qt.scheme != "int8" or not qt.symmetric or qt.granularity not in ("tensor", "channel"):
+            return (f"int8pack needs symmetric int8 per tensor or channel, got {qt.scheme} "
+                    f"(symmetric={qt.symmetric}, granularity={qt.granularity})")
+        if k % 16:
+            return f"int8pack needs in_features % 16 == 0, got {k}"
+        return None
+    if kernel == "int4pack":
+        if not (_has_op("_weight_int4pack_mm_for_cpu") and _has_op("_convert_weight_to_int4pack_for_cpu")):
+            return "torch has no aten._weight_int4pack_mm_for_cpu"
+        if qt.scheme != "int4":
+            return f"int4pack needs an int4 weight, got {qt.scheme}"
+        if n % 16:
+            return f"int4pack needs out_features % 16 == 0, got {n}"
+        if qt.group_size not in INT4_GROUP_SIZES:
+            return f"int4pack needs group_size in {INT4_GROUP_SIZES}, got {qt.group_size}"
+        return None
+    raise ValueError(f"kernel: expected one of {KERNELS}, got {kernel!r}")
+
+
+def int8_channel_scales(qt: QuantizedTensor) -> torch.Tensor:
+    """One float32 scale per output row (N,) of a symmetric int8 weight (a per-tensor scale is repeated)."""
+    return qt.scales.reshape(-1).expand(qt.shape[0]).contiguous()
+
+
+def int8pack_mm(x2: torch.Tensor, qt: QuantizedTensor, scales: torch.Tensor) -> torch.Tensor:
+    """(M, K) @ int8 (N, K).T -> (M, N) with ``scales`` (N,) float32."""
+    return torch.ops.aten._weight_int8pack_mm(x2.contiguous(), qt.data, scales.to(x2.dtype))
+
+
+def int4pack_weight(qt: QuantizedTensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(repacked codes for the CPU kernel, scales-and-zeros (K / g, N, 2) float32 in torch's convention)."""
+    packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(int4_codes(qt).to(torch.int32).contiguous(), 1)
+    zero_point = (8.0 - qt.zeros.float()) * qt.scales  # (q - z) s = (q - 8) s + (8 - z) s
+    sz = torch.stack([qt.scales, zero_point], dim=-1).transpose(0, 1).contiguous()
+    return packed, sz
+
+
+def int4pack_mm(x2: torch.Tensor, packed: torch.Tensor, group_size: int, sz: torch.Tensor) -> torch.Tensor:
+    """(M, K) @ int4 (N, K).T -> (M, N)."""
+    return torch.ops.aten._weight_int4pack_mm_for_cpu(x2.contiguous(), packed, group_size, sz.to(x2.dtype))

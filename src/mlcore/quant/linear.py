@@ -1,0 +1,160 @@
+"""``QuantizedLinear``: ``y = x W^T + b`` with ``W`` kept as a ``QuantizedTensor``.
+
+The codes and scales are buffers (``weight_data``, ``weight_scales``, ``weight_zeros``, ``weight_nested_*``),
+not parameters: they move with ``.to(device)``, appear in ``state_dict()``, and receive no gradient. A
+``model.to(dtype)`` leaves them as stored (their dtypes are part of the format); the bias follows the model.
+
+Which matmul runs (``kernel``):
+
+- ``"int8pack"``: symmetric per-channel (or per-tensor) int8 on CPU, ``aten._weight_int8pack_mm``;
+- ``"int4pack"``: int4 on CPU with out_features % 16 == 0 and group size 32..256,
+  ``aten._weight_int4pack_mm_for_cpu`` (fast with bfloat16 activations);
+- ``"dequant"``: everywhere else: dequantize the weight to the activation dtype and call ``F.linear``.
+
+``prefer="auto"`` takes the first fast path that can run; ``prefer="dequant"`` forces the fallback. A fast path
+named in ``prefer`` that cannot run for this weight raises ``ValueError`` at construction; if it stops being
+possible later (the module moved to a GPU), ``forward`` warns once and falls back to ``"dequant"``. Inputs that
+need a gradient (``x.requires_grad``, as in QLoRA) and activations other than float32 / float16 / bfloat16
+always take the fallback, which autograd understands.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .api import dequantize, quantize
+from .kernels import (
+    KERNELS,
+    int4pack_mm,
+    int4pack_weight,
+    int8_channel_scales,
+    int8pack_mm,
+    unavailable_reason,
+)
+from .tensor import FLOAT_DTYPES, QuantizedTensor, check_layout
+
+_FAST = ("int8pack", "int4pack")
+
+
+class QuantizedLinear(nn.Module):
+    """A linear layer (in_features -> out_features) whose weight (out, in) is stored quantized."""
+
+    def __init__(self, weight: QuantizedTensor, bias: torch.Tensor | None = None, *, prefer: str = "auto") -> None:
+        super().__init__()
+        if not isinstance(weight, QuantizedTensor):
+            raise ValueError(f"weight: expected a QuantizedTensor, got {type(weight).__name__}")
+        check_layout(weight)
+        if len(weight.shape) != 2:
+            raise ValueError(f"weight.shape: expected (out_features, in_features), got {weight.shape}")
+        self.out_features, self.in_features = weight.shape
+        if bias is not None and tuple(bias.shape) != (self.out_features,):
+            raise ValueError(f"bias.shape: expected ({self.out_features},), got {tuple(bias.shape)}")
+        if prefer not in ("auto",) + KERNELS:
+            raise ValueError(f"prefer: expected 'auto' or one of {KERNELS}, got {prefer!r}")
+        if prefer in _FAST:
+            reason = unavailable_reason(prefer, weight)
+            if reason is not None:
+                raise ValueError(f"prefer: {prefer!r} cannot run for this weight: {reason}")
+        self.prefer = prefer
+        self._meta = weight.metadata()
+        self._keys = tuple(weight.tensors())
+        for key, t in weight.tensors().items():
+            self.register_buffer("weight_" + key, t)
+        self.bias = None if bias is None else nn.Parameter(bias.detach().clone(), requires_grad=False)
+        self.register_buffer("_int4_packed", None, persistent=False)
+        self.register_buffer("_int4_sz", None, persistent=False)
+        self._int4_key: tuple[Any, ...] | None = None
+        self._warned = False
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, scheme: str, *, prefer: str = "auto", **options: Any) -> QuantizedLinear:
+        """Quantize ``linear.weight`` with ``quantize(w, scheme, **options)``; the bias is kept as it is."""
+        if not isinstance(linear, nn.Linear):
+            raise ValueError(f"linear: expected an nn.Linear, got {type(linear).__name__}")
+        qt = quantize(linear.weight.detach(), scheme, **options)
+        return cls(qt, linear.bias, prefer=prefer)
+
+    @property
+    def quantized_weight(self) -> QuantizedTensor:
+        """The stored weight as a QuantizedTensor (sharing the buffers)."""
+        return QuantizedTensor.from_state_dict({k: getattr(self, "weight_" + k) for k in self._keys}, self._meta)
+
+    @property
+    def quant_metadata(self) -> dict[str, Any]:
+        """JSON-able description of the layer (what ``save_quantized`` writes)."""
+        return {**self._meta, "in_features": self.in_features, "out_features": self.out_features,
+                "bias": self.bias is not None}
+
+    def dequantized_weight(self) -> torch.Tensor:
+        """The weight (out, in) in its original dtype."""
+        return dequantize(self.quantized_weight)
+
+    @property
+    def kernel(self) -> str:
+        """The matmul path ``forward`` takes for float activations: "int8pack", "int4pack" or "dequant"."""
+        if self.prefer == "dequant":
+            return "dequant"
+        qt = self.quantized_weight
+        candidates = (self.prefer,) if self.prefer in _FAST else _FAST
+        for kernel in candidates:
+            if unavailable_reason(kernel, qt) is None:
+                return kernel
+        return "dequant"
+
+    def _int4_cache(self, qt: QuantizedTensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Repacked codes and scales-and-zeros for the int4 kernel, rebuilt when a buffer changed in place."""
+        key = tuple((t.data_ptr(), t._version) for t in qt.tensors().values())
+        if self._int4_key != key or self._int4_packed is None:
+            self._int4_packed, self._int4_sz = int4pack_weight(qt)
+            self._int4_key = key
+        return self._int4_packed, self._int4_sz
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x (..., in_features) -> (..., out_features)."""
+        if x.dim() < 1 or x.shape[-1] != self.in_features:
+            raise ValueError(f"x.shape: expected (..., {self.in_features}), got {tuple(x.shape)}")
+        kernel = self.kernel
+        if self.prefer in _FAST and kernel == "dequant" and not self._warned:
+            reason = unavailable_reason(self.prefer, self.quantized_weight)
+            warnings.warn(f"QuantizedLinear: prefer={self.prefer!r} cannot run ({reason}); "
+                          "using dequantize-then-matmul", stacklevel=2)
+            self._warned = True
+        needs_grad = x.requires_grad and torch.is_grad_enabled()
+        if kernel != "dequant" and (x.dtype not in FLOAT_DTYPES or needs_grad or x.device.type != "cpu"):
+            kernel = "dequant"
+        bias = None if self.bias is None else self.bias.to(x.dtype)
+        if kernel == "dequant":
+            return F.linear(x, self.dequantized_weight().to(x.dtype), bias)
+        qt = self.quantized_weight
+        x2 = x.reshape(-1, self.in_features)
+        if kernel == "int8pack":
+            y = int8pack_mm(x2, qt, int8_channel_scales(qt))
+        else:
+            packed, sz = self._int4_cache(qt)
+            y = int4pack_mm(x2, packed, qt.group_size, sz)
+        y = y.reshape(*x.shape[:-1], self.out_features)
+        return y if bias is None else y + bias
+
+    def _apply(self, fn: Any, recurse: bool = True) -> QuantizedLinear:
+        """Let ``.to(device)`` move the quantized buffers but keep their dtypes (``.to(dtype)`` must not
+        round float32 scales to bf16 or turn codes into floats)."""
+        stored = {k: v for k, v in self._buffers.items() if v is not None}
+        super()._apply(fn, recurse)
+        for name, old in stored.items():
+            new = self._buffers[name]
+            if new is not None and new.dtype != old.dtype:
+                self._buffers[name] = old.to(new.device)
+        return self
+
+    def extra_repr(self) -> str:
+        m = self._meta
+        detail = {"int8": f"granularity={m['granularity']}, symmetric={m['symmetric']}",
+                  "int4": f"group_size={m['group_size']}"}.get(
+            m["scheme"], f"blocksize={m['group_size']}, double_quant={m['nested_blocksize'] is not None}")
+        return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
+                f"scheme={m['scheme']}, {detail}, kernel={self.kernel}")

@@ -1,0 +1,126 @@
+"""NF4 and FP4 block-wise quantization with double quantization, in bitsandbytes' exact format.
+
+QLoRA (Dettmers et al. 2023, sec. 3). The tensor is flattened and cut into blocks of ``blocksize``
+consecutive elements (64 by default; the last block may be shorter). For block ``b``:
+
+    absmax_b = max_i |w_i|,   code_i = argmin_c |w_i / absmax_b - C[c]|,   w_i ~ C[code_i] * absmax_b
+
+with ``C`` the 16-value NF4 or FP4 code book (``codebooks.py``), computed in float32 (the scaled value is
+``w * (1 / absmax)``). Two codes share a byte, the first element in the high nibble.
+
+**Double quantization** (sec. 3, "Double Quantization"): the float32 absmax values cost 32 / blocksize bits
+per parameter (0.5 at 64). Subtract their mean ``c``, quantize ``absmax - c`` in blocks of 256 with the
+signed 8-bit dynamic map, keep one float32 absmax per 256 blocks:
+
+    bits/param = 4 + 8 / 64 + 32 / (64 * 256) = 4.127  (blocksize 64)
+
+The 4-bit codes are always chosen with the exact absmax; only the stored scales are double-quantized.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from .codebooks import code_tensor, nearest_code, signed_dynamic_map
+from .tensor import NestedScales, QuantizedTensor, check_layout, check_weight, pack_nibbles, unpack_nibbles
+
+BLOCKSIZES: tuple[int, ...] = (32, 64, 128, 256, 512, 1024, 2048, 4096)
+NESTED_BLOCKSIZE = 256
+
+
+def _blocks(flat: torch.Tensor, blocksize: int) -> torch.Tensor:
+    """(n,) -> (ceil(n / blocksize), blocksize), the last block padded with zeros (they change no absmax)."""
+    pad = (-flat.numel()) % blocksize
+    return torch.nn.functional.pad(flat, (0, pad)).reshape(-1, blocksize)
+
+
+def blockwise_absmax_codes(x: torch.Tensor, code: torch.Tensor, blocksize: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Block-wise absmax quantization of ``x`` (n,) float32 with code book ``code`` (K,).
+
+    Returns (codes (n,) int64, absmax (ceil(n / blocksize),) float32).
+    """
+    n = x.numel()
+    blocks = _blocks(x, blocksize)
+    absmax = blocks.abs().amax(dim=-1)
+    scaled = torch.clamp(blocks * (1.0 / absmax.clamp(min=1e-38)).unsqueeze(-1), -1.0, 1.0)
+    return nearest_code(scaled.reshape(-1)[:n], code), absmax
+
+
+def double_quantize(absmax: torch.Tensor, blocksize: int = NESTED_BLOCKSIZE) -> tuple[torch.Tensor, NestedScales]:
+    """Second level: ``absmax`` (n,) -> (uint8 codes (n,), NestedScales) with the signed dynamic map."""
+    offset = absmax.mean()
+    codes, absmax2 = blockwise_absmax_codes(absmax - offset, signed_dynamic_map(absmax.device), blocksize)
+    return codes.to(torch.uint8), NestedScales(absmax=absmax2, offset=offset, blocksize=blocksize)
+
+
+def dequantize_absmax(codes: torch.Tensor, nested: NestedScales) -> torch.Tensor:
+    """First-level absmax (n,) float32 = ``D[codes] * nested.absmax[i // blocksize] + offset``."""
+    n = codes.numel()
+    values = _blocks(signed_dynamic_map(codes.device)[codes.long()], nested.blocksize)
+    return (values * nested.absmax.unsqueeze(-1)).reshape(-1)[:n] + nested.offset
+
+
+def quantize_4bit(w: torch.Tensor, quant_type: str = "nf4", *, blocksize: int = 64,
+                  double_quant: bool = True) -> QuantizedTensor:
+    """NF4 / FP4 of ``w`` (any shape, float32 / float16 / bfloat16) in blocks of ``blocksize`` elements."""
+    check_weight(w)
+    if quant_type not in ("nf4", "fp4"):
+        raise ValueError(f"quant_type: expected 'nf4' or 'fp4', got {quant_type!r}")
+    if blocksize not in BLOCKSIZES:
+        raise ValueError(f"blocksize: expected one of {BLOCKSIZES}, got {blocksize!r}")
+    flat = w.detach().reshape(-1).float()
+    codes, absmax = blockwise_absmax_codes(flat, code_tensor(quant_type, flat.device), blocksize)
+    if codes.numel() % 2:
+        codes = torch.nn.functional.pad(codes, (0, 1), value=int(nearest_code(
+            torch.zeros(1, device=codes.device), code_tensor(quant_type, codes.device))))
+    nested = None
+    scales = absmax
+    if double_quant:
+        scales, nested = double_quantize(absmax)
+    qt = QuantizedTensor(data=pack_nibbles(codes), scales=scales, zeros=None, scheme=quant_type,
+                         shape=tuple(w.shape), dtype=w.dtype, group_size=blocksize, granularity="block",
+                         symmetric=True, nested=nested)
+    check_layout(qt)
+    return qt
+
+
+def block_absmax(qt: QuantizedTensor) -> torch.Tensor:
+    """The first-level absmax (n_blocks,) float32 of an NF4 / FP4 tensor (undoing double quantization)."""
+    return qt.scales if qt.nested is None else dequantize_absmax(qt.scales, qt.nested)
+
+
+def dequantize_4bit(qt: QuantizedTensor) -> torch.Tensor:
+    """``C[code] * absmax`` in float32 per block, cast to ``qt.dtype`` and reshaped to ``qt.shape``."""
+    n = qt.numel
+    values = code_tensor(qt.scheme, qt.data.device)[unpack_nibbles(qt.data).long()][:n]
+    out = (_blocks(values, qt.group_size) * block_absmax(qt).unsqueeze(-1)).reshape(-1)[:n]
+    return out.reshape(qt.shape).to(qt.dtype)
+
+
+def from_bitsandbytes(packed: torch.Tensor, quant_state: Any) -> QuantizedTensor:
+    """Wrap bitsandbytes' ``quantize_4bit`` output (packed bytes and its ``QuantState``) as a QuantizedTensor.
+
+    Reads only plain attributes (``quant_type, blocksize, shape, dtype, absmax, code, offset, state2``), so
+    bitsandbytes need not be importable here; a code book other than NF4 / FP4 / the dynamic map is refused.
+    """
+    quant_type = getattr(quant_state, "quant_type", None)
+    if quant_type not in ("nf4", "fp4"):
+        raise ValueError(f"quant_state.quant_type: expected 'nf4' or 'fp4', got {quant_type!r}")
+    code = getattr(quant_state, "code", None)
+    if code is not None and not torch.equal(code.float().cpu(), code_tensor(quant_type)):
+        raise ValueError(f"quant_state.code: expected the {quant_type} code book, got {code.tolist()}")
+    nested = None
+    state2 = getattr(quant_state, "state2", None)
+    if state2 is not None:
+        if not torch.equal(state2.code.float().cpu(), signed_dynamic_map()):
+            raise ValueError("quant_state.state2.code: expected the signed 8-bit dynamic map")
+        offset = torch.as_tensor(quant_state.offset, dtype=torch.float32, device=packed.device).reshape(())
+        nested = NestedScales(absmax=state2.absmax.float(), offset=offset, blocksize=int(state2.blocksize))
+    data = packed.contiguous().view(torch.uint8).reshape(-1)
+    qt = QuantizedTensor(data=data, scales=quant_state.absmax, zeros=None, scheme=quant_type,
+                         shape=tuple(quant_state.shape), dtype=quant_state.dtype,
+                         group_size=int(quant_state.blocksize), granularity="block", symmetric=True, nested=nested)
+    check_layout(qt)
+    return qt
