@@ -7,6 +7,12 @@
 from mlcore.inference.cache_factory import make_cache
 from mlcore.inference.dynamic_cache import DynamicCache
 from mlcore.inference.generate import generate, generate_no_cache
+from mlcore.inference.paged_cache import PagedCache, PagedSequence
+from mlcore.inference.quantized_cache import QuantizedCache
+from mlcore.inference.sliding_cache import SlidingWindowCache
 from mlcore.inference.static_cache import StaticCache
 
-__all__ = ["generate", "generate_no_cache", "DynamicCache", "StaticCache", "make_cache"]
+__all__ = [
+    "generate", "generate_no_cache", "make_cache",
+    "DynamicCache", "StaticCache", "PagedCache", "PagedSequence", "SlidingWindowCache", "QuantizedCache",
+]

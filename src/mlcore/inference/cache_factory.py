@@ -50,7 +50,12 @@ def make_cache(cache: str | Any, model: nn.Module, *, batch: int, max_len: int,
     if cache == "sliding":
         from mlcore.inference.sliding_cache import SlidingWindowCache
 
-        return SlidingWindowCache.for_model(model, batch, max_len, device=device, **options)
+        sliding = SlidingWindowCache.for_model(model, batch, max_len, device=device, **options)
+        if max_len > c.max_seq_len and not sliding.streaming:
+            raise ValueError(f"prompt + max_new_tokens = {max_len} exceeds the model's max_seq_len={c.max_seq_len}, "
+                             "and this model's positions cannot stream past it (learned positions, or a window "
+                             "longer than the training length)")
+        return sliding
     from mlcore.inference.quantized_cache import QuantizedCache
 
     return QuantizedCache.for_model(model, batch, max_len, device=device, **options)
