@@ -59,6 +59,11 @@ def dequantize(qt: QuantizedTensor) -> torch.Tensor:
     if not isinstance(qt, QuantizedTensor):
         raise ValueError(f"qt: expected a QuantizedTensor, got {type(qt).__name__}")
     check_layout(qt)
+    return dequantize_unchecked(qt)
+
+
+def dequantize_unchecked(qt: QuantizedTensor) -> torch.Tensor:
+    """``dequantize`` without re-checking the layout (for callers that checked it once, as QuantizedLinear)."""
     if qt.scheme == "int8":
         return dequantize_int8(qt)
     if qt.scheme == "int4":

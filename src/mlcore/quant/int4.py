@@ -98,6 +98,6 @@ def dequantize_int4(qt: QuantizedTensor) -> torch.Tensor:
     """``(q - z) * s`` in float32, cast to ``qt.dtype`` and reshaped to ``qt.shape``."""
     r, k = rows_cols(qt.shape)
     g = qt.group_size
-    q = int4_codes(qt).float().reshape(r, k // g, g)
-    w = (q - qt.zeros.float().unsqueeze(-1)) * qt.scales.unsqueeze(-1)
+    w = int4_codes(qt).float().reshape(r, k // g, g)  # one float32 buffer, updated in place
+    w.sub_(qt.zeros.unsqueeze(-1)).mul_(qt.scales.unsqueeze(-1))
     return w.reshape(qt.shape).to(qt.dtype)

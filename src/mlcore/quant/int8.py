@@ -66,8 +66,8 @@ def quantize_int8(w: torch.Tensor, *, symmetric: bool = True, granularity: str =
 
 def dequantize_int8(qt: QuantizedTensor) -> torch.Tensor:
     """``q * s`` (symmetric) or ``(q - z) * s`` (zero point), computed in float32, cast to ``qt.dtype``."""
-    r, k = rows_cols(qt.shape)
-    g = _grouped(qt.data.float(), qt.granularity, qt.group_size)
+    w = _grouped(qt.data.float(), qt.granularity, qt.group_size)  # one float32 buffer, updated in place
     if qt.zeros is not None:
-        g = g - qt.zeros.float().unsqueeze(-1)
-    return (g * qt.scales.unsqueeze(-1)).reshape(qt.shape).to(qt.dtype)
+        w.sub_(qt.zeros.unsqueeze(-1))
+    w.mul_(qt.scales.unsqueeze(-1))
+    return w.reshape(qt.shape).to(qt.dtype)

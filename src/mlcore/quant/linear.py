@@ -8,14 +8,19 @@ Which matmul runs (``kernel``):
 
 - ``"int8pack"``: symmetric per-channel (or per-tensor) int8 on CPU, ``aten._weight_int8pack_mm``;
 - ``"int4pack"``: int4 on CPU with out_features % 16 == 0 and group size 32..256,
-  ``aten._weight_int4pack_mm_for_cpu`` (fast with bfloat16 activations);
+  ``aten._weight_int4pack_mm_for_cpu``;
 - ``"dequant"``: everywhere else: dequantize the weight to the activation dtype and call ``F.linear``.
 
-``prefer="auto"`` takes the first fast path that can run; ``prefer="dequant"`` forces the fallback. A fast path
-named in ``prefer`` that cannot run for this weight raises ``ValueError`` at construction; if it stops being
-possible later (the module moved to a GPU), ``forward`` warns once and falls back to ``"dequant"``. Inputs that
-need a gradient (``x.requires_grad``, as in QLoRA) and activations other than float32 / float16 / bfloat16
-always take the fallback, which autograd understands.
+``prefer="auto"`` takes the first fast path that can run, for bfloat16 activations only: with float32 or
+float16 activations torch 2.13's CPU kernels are 10-100x slower than with bfloat16 (see ``kernels.py``), so
+the fallback runs. ``prefer="int8pack"`` / ``"int4pack"`` forces a fast path for any float activations;
+``prefer="dequant"`` forces the fallback. A fast path named in ``prefer`` that cannot run for this weight raises
+``ValueError`` at construction; if it stops being possible later (the module moved to a GPU, float64
+activations), ``forward`` warns once and falls back to ``"dequant"``. Inputs that need a gradient
+(``x.requires_grad``, as in QLoRA) always take the fallback, which autograd understands.
+
+``kernel`` names the path for activations of ``compute_dtype`` (the original weight's dtype, following
+``model.to(dtype)``), ``kernel_for(dtype)`` for any dtype, and ``last_kernel`` the path the latest forward took.
 """
 
 from __future__ import annotations
@@ -27,8 +32,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .api import dequantize, quantize
+from .api import dequantize, dequantize_unchecked, quantize
 from .kernels import (
+    AUTO_FAST_DTYPES,
     KERNELS,
     int4pack_mm,
     int4pack_weight,
@@ -36,7 +42,7 @@ from .kernels import (
     int8pack_mm,
     unavailable_reason,
 )
-from .tensor import FLOAT_DTYPES, QuantizedTensor, check_layout
+from .tensor import FLOAT_DTYPES, NestedScales, QuantizedTensor, check_layout
 
 _FAST = ("int8pack", "int4pack")
 
@@ -62,6 +68,9 @@ class QuantizedLinear(nn.Module):
                 raise ValueError(f"prefer: {prefer!r} cannot run for this weight: {reason}")
         self.prefer = prefer
         self._meta = weight.metadata()
+        self._shape, self._dtype = tuple(weight.shape), weight.dtype
+        self._kernels: dict[tuple[str, torch.dtype], str] = {}  # (device type, activation dtype) -> kernel
+        self.last_kernel: str | None = None  # the path the latest forward took
         self._keys = tuple(weight.tensors())
         for key, t in weight.tensors().items():
             self.register_buffer("weight_" + key, t)
@@ -69,6 +78,9 @@ class QuantizedLinear(nn.Module):
         self.register_buffer("_int4_packed", None, persistent=False)
         self.register_buffer("_int4_sz", None, persistent=False)
         self._int4_key: tuple[Any, ...] | None = None
+        # an empty float tensor whose dtype follows model.to(dtype): the activation dtype the layer expects
+        self.register_buffer("_compute_probe", torch.empty(0, dtype=weight.dtype, device=weight.device),
+                             persistent=False)
         self._warned = False
 
     @classmethod
@@ -84,6 +96,16 @@ class QuantizedLinear(nn.Module):
         """The stored weight as a QuantizedTensor (sharing the buffers)."""
         return QuantizedTensor.from_state_dict({k: getattr(self, "weight_" + k) for k in self._keys}, self._meta)
 
+    def _view(self) -> QuantizedTensor:
+        """The buffers as a QuantizedTensor without re-checking them (they were checked at construction)."""
+        t, m = self._buffers, self._meta
+        nested = None
+        if m["nested_blocksize"] is not None:
+            nested = NestedScales(t["weight_nested_absmax"], t["weight_nested_offset"], m["nested_blocksize"])
+        return QuantizedTensor(data=t["weight_data"], scales=t["weight_scales"], zeros=t.get("weight_zeros"),
+                               scheme=m["scheme"], shape=self._shape, dtype=self._dtype, group_size=m["group_size"],
+                               granularity=m["granularity"], symmetric=m["symmetric"], nested=nested)
+
     @property
     def quant_metadata(self) -> dict[str, Any]:
         """JSON-able description of the layer (what ``save_quantized`` writes)."""
@@ -95,16 +117,29 @@ class QuantizedLinear(nn.Module):
         return dequantize(self.quantized_weight)
 
     @property
+    def compute_dtype(self) -> torch.dtype:
+        """The activation dtype the layer expects: the original weight's, then whatever ``.to(dtype)`` set."""
+        return self._compute_probe.dtype
+
+    @property
     def kernel(self) -> str:
-        """The matmul path ``forward`` takes for float activations: "int8pack", "int4pack" or "dequant"."""
-        if self.prefer == "dequant":
-            return "dequant"
-        qt = self.quantized_weight
-        candidates = (self.prefer,) if self.prefer in _FAST else _FAST
-        for kernel in candidates:
-            if unavailable_reason(kernel, qt) is None:
-                return kernel
-        return "dequant"
+        """The path ``forward`` takes for activations of ``compute_dtype``: "int8pack", "int4pack" or "dequant"."""
+        return self.kernel_for(self.compute_dtype)
+
+    def kernel_for(self, dtype: torch.dtype) -> str:
+        """The path ``forward`` takes for activations of ``dtype`` (on the weight's device, no gradient)."""
+        key = (self._buffers["weight_data"].device.type, dtype)
+        if key not in self._kernels:
+            qt = self._view()
+            if self.prefer == "dequant" or dtype not in FLOAT_DTYPES:
+                candidates: tuple[str, ...] = ()
+            elif self.prefer in _FAST:
+                candidates = (self.prefer,)
+            else:
+                candidates = _FAST if dtype in AUTO_FAST_DTYPES else ()
+            usable = [k for k in candidates if unavailable_reason(k, qt) is None]
+            self._kernels[key] = usable[0] if usable else "dequant"
+        return self._kernels[key]
 
     def _int4_cache(self, qt: QuantizedTensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Repacked codes and scales-and-zeros for the int4 kernel, rebuilt when a buffer changed in place."""
@@ -118,19 +153,19 @@ class QuantizedLinear(nn.Module):
         """x (..., in_features) -> (..., out_features)."""
         if x.dim() < 1 or x.shape[-1] != self.in_features:
             raise ValueError(f"x.shape: expected (..., {self.in_features}), got {tuple(x.shape)}")
-        kernel = self.kernel
+        kernel = self.kernel_for(x.dtype) if x.device.type == "cpu" else "dequant"
         if self.prefer in _FAST and kernel == "dequant" and not self._warned:
-            reason = unavailable_reason(self.prefer, self.quantized_weight)
+            reason = unavailable_reason(self.prefer, self._view()) or f"activations {x.dtype} on {x.device}"
             warnings.warn(f"QuantizedLinear: prefer={self.prefer!r} cannot run ({reason}); "
                           "using dequantize-then-matmul", stacklevel=2)
             self._warned = True
-        needs_grad = x.requires_grad and torch.is_grad_enabled()
-        if kernel != "dequant" and (x.dtype not in FLOAT_DTYPES or needs_grad or x.device.type != "cpu"):
-            kernel = "dequant"
+        if x.requires_grad and torch.is_grad_enabled():
+            kernel = "dequant"  # autograd knows F.linear, not the packed kernels
+        self.last_kernel = kernel
         bias = None if self.bias is None else self.bias.to(x.dtype)
+        qt = self._view()
         if kernel == "dequant":
-            return F.linear(x, self.dequantized_weight().to(x.dtype), bias)
-        qt = self.quantized_weight
+            return F.linear(x, dequantize_unchecked(qt).to(x.dtype), bias)
         x2 = x.reshape(-1, self.in_features)
         if kernel == "int8pack":
             y = int8pack_mm(x2, qt, int8_channel_scales(qt))
@@ -143,7 +178,7 @@ class QuantizedLinear(nn.Module):
     def _apply(self, fn: Any, recurse: bool = True) -> QuantizedLinear:
         """Let ``.to(device)`` move the quantized buffers but keep their dtypes (``.to(dtype)`` must not
         round float32 scales to bf16 or turn codes into floats)."""
-        stored = {k: v for k, v in self._buffers.items() if v is not None}
+        stored = {k: v for k, v in self._buffers.items() if v is not None and k != "_compute_probe"}
         super()._apply(fn, recurse)
         for name, old in stored.items():
             new = self._buffers[name]

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from .codebooks import code_tensor, nearest_code, signed_dynamic_map
-from .tensor import NestedScales, QuantizedTensor, check_layout, check_weight, pack_nibbles, unpack_nibbles
+from .tensor import NestedScales, QuantizedTensor, check_layout, check_weight, pack_nibbles
 
 BLOCKSIZES: tuple[int, ...] = (32, 64, 128, 256, 512, 1024, 2048, 4096)
 NESTED_BLOCKSIZE = 256
@@ -91,12 +91,23 @@ def block_absmax(qt: QuantizedTensor) -> torch.Tensor:
     return qt.scales if qt.nested is None else dequantize_absmax(qt.scales, qt.nested)
 
 
+def byte_table(quant_type: str, device: torch.device | str | None = None) -> torch.Tensor:
+    """(256, 2) float32: the two code-book values a packed byte stands for (high nibble first)."""
+    code = code_tensor(quant_type, device)
+    b = torch.arange(256, device=device)
+    return torch.stack([code[b >> 4], code[b & 0xF]], dim=-1)
+
+
 def dequantize_4bit(qt: QuantizedTensor) -> torch.Tensor:
     """``C[code] * absmax`` in float32 per block, cast to ``qt.dtype`` and reshaped to ``qt.shape``."""
-    n = qt.numel
-    values = code_tensor(qt.scheme, qt.data.device)[unpack_nibbles(qt.data).long()][:n]
-    out = (_blocks(values, qt.group_size) * block_absmax(qt).unsqueeze(-1)).reshape(-1)[:n]
-    return out.reshape(qt.shape).to(qt.dtype)
+    n, bs = qt.numel, qt.group_size
+    # one gather per byte from a (256, 2) table: index_select is several times faster than advanced indexing
+    values = byte_table(qt.scheme, qt.data.device).index_select(0, qt.data.long()).reshape(-1)  # (2 ceil(n/2),)
+    absmax = block_absmax(qt)
+    if values.numel() % bs:
+        values = torch.nn.functional.pad(values, (0, bs - values.numel() % bs))
+    values.view(-1, bs).mul_(absmax.unsqueeze(-1))
+    return values[:n].reshape(qt.shape).to(qt.dtype)
 
 
 def from_bitsandbytes(packed: torch.Tensor, quant_state: Any) -> QuantizedTensor:

@@ -227,5 +227,7 @@ def pack_nibbles(codes: torch.Tensor) -> torch.Tensor:
 
 def unpack_nibbles(packed: torch.Tensor) -> torch.Tensor:
     """Inverse of ``pack_nibbles``: bytes (..., m) -> codes (..., 2m) uint8."""
-    high, low = packed >> 4, packed & 0xF
-    return torch.stack([high, low], dim=-1).flatten(-2)
+    out = torch.empty(*packed.shape[:-1], packed.shape[-1] * 2, dtype=torch.uint8, device=packed.device)
+    torch.bitwise_right_shift(packed, 4, out=out[..., 0::2])
+    torch.bitwise_and(packed, 0xF, out=out[..., 1::2])
+    return out

@@ -1,0 +1,163 @@
+"""save_quantized / load_quantized: round trip through safetensors (metadata in the header), tied weights,
+and clear errors for corrupt or mismatched files."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from mlcore.quant import QuantizedLinear, load_quantized, quantize_model, save_quantized
+
+from .test_model import llama_model, logits, mlcore_model
+
+IDS = torch.randint(0, 128, (2, 10), generator=torch.Generator().manual_seed(3))
+
+
+def _fresh_mlcore(seed: int = 7, **overrides):
+    from mlcore.model import Transformer, TransformerConfig
+
+    torch.manual_seed(seed)
+    cfg = dict(vocab_size=128, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, max_seq_len=32)
+    cfg.update(overrides)
+    return Transformer(TransformerConfig(**cfg)).eval()
+
+
+@pytest.mark.parametrize("scheme,opts", [("nf4", {}), ("int8", {}), ("int4", {"group_size": 32}),
+                                         ("int8", {"symmetric": False, "granularity": "tensor"})])
+def test_round_trip_mlcore(tmp_path, scheme, opts):
+    model = quantize_model(mlcore_model(), scheme, **opts)
+    path = tmp_path / "q.safetensors"
+    save_quantized(model, path)
+    loaded = load_quantized(_fresh_mlcore(), path)  # a differently initialised skeleton
+    with torch.no_grad():
+        assert torch.equal(logits(loaded, IDS), logits(model, IDS))
+    assert loaded.lm_head.weight is loaded.embed.weight  # the tie survives (stored once)
+    q = {n: m for n, m in loaded.named_modules() if isinstance(m, QuantizedLinear)}
+    assert len(q) == 14 and all(m.quant_metadata["scheme"] == scheme for m in q.values())
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata()
+        assert "lm_head.weight" not in f.keys()
+    assert meta["format"] == "mlcore.quant"
+    assert json.loads(meta["aliases"]) == {"lm_head.weight": "embed.weight"}
+    assert set(json.loads(meta["quantized_layers"])) == set(q)
+
+
+def test_round_trip_llama(tmp_path):
+    model = quantize_model(llama_model(), "int4", group_size=32)
+    save_quantized(model, tmp_path / "q.safetensors")
+    loaded = load_quantized(llama_model(), tmp_path / "q.safetensors")
+    with torch.no_grad():
+        assert torch.equal(logits(loaded, IDS), logits(model, IDS))
+    assert {m.kernel_for(torch.bfloat16) for m in loaded.modules() if isinstance(m, QuantizedLinear)} == {"int4pack"}
+
+
+def test_nothing_quantized_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="expected at least one QuantizedLinear"):
+        save_quantized(mlcore_model(), tmp_path / "x.safetensors")
+
+
+@pytest.fixture
+def saved(tmp_path):
+    path = tmp_path / "q.safetensors"
+    save_quantized(quantize_model(mlcore_model(), "nf4"), path)
+    return path
+
+
+def test_random_bytes(tmp_path):
+    path = tmp_path / "junk.safetensors"
+    path.write_bytes(torch.randint(0, 256, (4096,), generator=torch.Generator().manual_seed(0),
+                                   dtype=torch.uint8).numpy().tobytes())
+    with pytest.raises(ValueError, match="is not a readable safetensors file"):
+        load_quantized(_fresh_mlcore(), path)
+
+
+def test_truncated_file(saved):
+    data = saved.read_bytes()
+    saved.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match="is not a readable safetensors file"):
+        load_quantized(_fresh_mlcore(), saved)
+
+
+def test_flipped_header_byte(saved):
+    data = bytearray(saved.read_bytes())
+    data[12] ^= 0xFF  # inside the JSON header
+    saved.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="not a readable safetensors file|mlcore quantized checkpoint"):
+        load_quantized(_fresh_mlcore(), saved)
+
+
+def test_plain_safetensors_without_metadata(tmp_path):
+    path = tmp_path / "plain.safetensors"
+    save_file({k: v.contiguous() for k, v in _fresh_mlcore(tie_embeddings=False).state_dict().items()}, str(path))
+    with pytest.raises(ValueError, match="is not an mlcore quantized checkpoint"):
+        load_quantized(_fresh_mlcore(), path)
+
+
+def test_mismatched_architecture(saved):
+    with pytest.raises(ValueError, match=r"layer 'layers.0.attn.q_proj' is \(out, in\) = \(96, 96\)"):
+        load_quantized(_fresh_mlcore(d_model=96, n_heads=4), saved)
+    with pytest.raises(ValueError, match="quantized layer 'layers.1.attn.q_proj' is not in the model"):
+        load_quantized(_fresh_mlcore(n_layers=1), saved)
+    skeleton = _fresh_mlcore()
+    before = {k: v.clone() for k, v in skeleton.state_dict().items()}
+    with pytest.raises(ValueError, match="is not in the model"):
+        load_quantized(_fresh_mlcore(n_layers=1), saved)
+    assert all(torch.equal(before[k], v) for k, v in skeleton.state_dict().items())
+
+
+def test_extra_layer_in_model(saved):
+    with pytest.raises(ValueError, match=r"does not fit the model: missing \['layers.2"):
+        load_quantized(_fresh_mlcore(n_layers=3), saved)
+
+
+def _rewrite(path, tensors_fn=None, meta_fn=None):
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata()
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    if tensors_fn:
+        tensors_fn(tensors)
+    if meta_fn:
+        meta_fn(meta)
+    save_file(tensors, str(path), metadata=meta)
+
+
+def test_tampered_tensor_and_metadata(saved):
+    _rewrite(saved, tensors_fn=lambda t: t.__setitem__("layers.0.attn.q_proj.weight_data",
+                                                        t["layers.0.attn.q_proj.weight_data"][:-2]))
+    with pytest.raises(ValueError, match=r"layer 'layers.0.attn.q_proj': data.shape: expected \(2048,\)"):
+        load_quantized(_fresh_mlcore(), saved)
+
+
+def test_missing_tensor(saved):
+    _rewrite(saved, tensors_fn=lambda t: t.pop("layers.1.mlp.up_proj.weight_nested_absmax"))
+    with pytest.raises(ValueError, match="double quantization needs 'nested_absmax'"):
+        load_quantized(_fresh_mlcore(), saved)
+
+
+def test_bad_metadata(saved):
+    def bump(meta):
+        meta["format_version"] = "99"
+    _rewrite(saved, meta_fn=bump)
+    with pytest.raises(ValueError, match="format_version '99', expected '1'"):
+        load_quantized(_fresh_mlcore(), saved)
+
+    def garble(meta):
+        meta["format_version"] = "1"
+        meta["quantized_layers"] = "{not json"
+    _rewrite(saved, meta_fn=garble)
+    with pytest.raises(ValueError, match="unreadable quantization metadata"):
+        load_quantized(_fresh_mlcore(), saved)
+
+
+def test_unknown_scheme_in_metadata(saved):
+    def change(meta):
+        layers = json.loads(meta["quantized_layers"])
+        layers["layers.0.attn.q_proj"]["scheme"] = "int3"
+        meta["quantized_layers"] = json.dumps(layers)
+    _rewrite(saved, meta_fn=change)
+    with pytest.raises(ValueError, match="layers.0.attn.q_proj.*scheme"):
+        load_quantized(_fresh_mlcore(), saved)
