@@ -10,6 +10,10 @@ os.environ["HF_DATASETS_OFFLINE"] = "1"
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+# The tests' models are tiny: one thread avoids OpenMP's spin-waiting between two (10x slower on a busy machine).
+# Set here, in the test process; library code never changes thread counts.
+torch.set_num_threads(1)
+
 
 @pytest.fixture(autouse=True)
 def _seed() -> None:

@@ -10,9 +10,10 @@ from mlcore.inference.generate import generate, generate_no_cache
 from mlcore.inference.paged_cache import PagedCache, PagedSequence
 from mlcore.inference.quantized_cache import QuantizedCache
 from mlcore.inference.sliding_cache import SlidingWindowCache
+from mlcore.inference.speculative import SpeculativeStats, speculative_generate
 from mlcore.inference.static_cache import StaticCache
 
 __all__ = [
-    "generate", "generate_no_cache", "make_cache",
+    "generate", "generate_no_cache", "make_cache", "speculative_generate", "SpeculativeStats",
     "DynamicCache", "StaticCache", "PagedCache", "PagedSequence", "SlidingWindowCache", "QuantizedCache",
 ]

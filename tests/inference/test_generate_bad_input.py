@@ -1,0 +1,174 @@
+"""Bad requests to ``generate`` / ``speculative_generate``: a clear ValueError naming the argument, and a cache
+object handed in is left as it was (a refused request writes nothing; an exhausted paged pool leaves the other
+sequences' blocks and values alone).
+
+References: the message names the argument (matched by regex); the untouched state is compared with a copy
+taken before the call, and the reused cache with a fresh one on the next good request.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+
+import pytest
+import torch
+import transformers
+
+from mlcore.inference import DynamicCache, StaticCache, generate
+from mlcore.inference.speculative import speculative_generate
+from mlcore.model import Transformer
+
+from ..model._model_testutils import left_padded_batch, llama_family
+from ._gen_testutils import pair
+
+IDS, MASK = left_padded_batch([4, 9], 9)
+ONE, _ = left_padded_batch([9], 9)
+
+
+def _model() -> Transformer:
+    return pair("llama")[1]  # max_seq_len 64, vocab 128
+
+
+def _draft() -> Transformer:
+    return Transformer.from_hf(llama_family("llama", seed=3, num_hidden_layers=1)).eval()
+
+
+SAMPLING = [
+    (dict(temperature=-0.5), "temperature"),
+    (dict(temperature=float("nan")), "temperature"),
+    (dict(top_p=0.0), "top_p"),
+    (dict(top_p=1.5), "top_p"),
+    (dict(top_p=-0.1), "top_p"),
+    (dict(top_k=0), "top_k"),
+    (dict(top_k=-2), "top_k"),
+    (dict(top_k=2.5), "top_k"),
+    (dict(max_new_tokens=-1), "max_new_tokens"),
+    (dict(max_new_tokens=2.0), "max_new_tokens"),
+    (dict(max_new_tokens=60), "max_new_tokens.*max_seq_len=64"),  # 9 + 60 columns > 64 positions
+    (dict(input_ids=torch.zeros(1, 0, dtype=torch.long), attention_mask=None), "input_ids"),
+    (dict(input_ids=torch.zeros(0, 4, dtype=torch.long), attention_mask=None), "input_ids"),
+    (dict(input_ids=IDS.float()), "input_ids"),
+    (dict(input_ids=IDS + 128), "input_ids.*vocab_size=128"),
+    (dict(attention_mask=MASK[:, 1:]), "attention_mask"),
+    (dict(attention_mask=MASK[:1]), "attention_mask"),
+    (dict(attention_mask=MASK * 2), "attention_mask"),
+    (dict(attention_mask=torch.cat([torch.zeros(2, 9, dtype=torch.long)])), "attention_mask"),
+    (dict(eos_token_id=-1), "eos_token_id"),
+    (dict(seed="7"), "seed"),
+]
+
+
+def _call(fn, **kw):
+    args = dict(input_ids=IDS, attention_mask=MASK, max_new_tokens=4)
+    args.update(kw)
+    ids = args.pop("input_ids")
+    if fn is generate:
+        return generate(_model(), ids, **args)
+    return speculative_generate(_model(), _draft(), ids, **args)
+
+
+@pytest.mark.parametrize("fn", [generate, speculative_generate], ids=["generate", "speculative"])
+@pytest.mark.parametrize(("kw", "named"), SAMPLING, ids=[f"{n.split('.')[0]}-{i}" for i, (_, n) in enumerate(SAMPLING)])
+def test_bad_argument_is_named(fn, kw: dict, named: str) -> None:
+    if kw.get("seed") is not None:
+        kw = {**kw, "temperature": 1.0}  # the seed is read only when sampling
+    with pytest.raises(ValueError, match=named):
+        _call(fn, **kw)
+
+
+@pytest.mark.parametrize(("kw", "named"), [
+    (dict(repetition_penalty=0.0), "repetition_penalty"),
+    (dict(stop=[[]]), "stop"),
+    (dict(cache="bogus"), "cache"),
+    (dict(cache=transformers.DynamicCache()), "transformers"),
+])
+def test_generate_only_arguments(kw: dict, named: str) -> None:
+    with pytest.raises(ValueError, match=named):
+        _call(generate, **kw)
+
+
+@pytest.mark.parametrize(("kw", "named"), [
+    (dict(num_draft_tokens=0), "num_draft_tokens"),
+    (dict(num_draft_tokens=True), "num_draft_tokens"),
+    (dict(attention_mask=MASK.flip(1), input_ids=IDS.flip(1)), "left-padded"),
+    (dict(cache=("dynamic",)), "cache"),
+    (dict(pad_token_id=128), "pad_token_id"),
+])
+def test_speculative_only_arguments(kw: dict, named: str) -> None:
+    with pytest.raises(ValueError, match=named):
+        _call(speculative_generate, **kw)
+
+
+def test_draft_with_another_vocabulary_or_fewer_positions() -> None:
+    model = _model()
+    small_vocab = Transformer.from_hf(llama_family("llama", seed=1, vocab_size=100)).eval()
+    with pytest.raises(ValueError, match=r"draft has vocab_size=100"):
+        speculative_generate(model, small_vocab, IDS, attention_mask=MASK, max_new_tokens=4)
+    short = Transformer.from_hf(llama_family("llama", seed=1, max_position_embeddings=16)).eval()
+    with pytest.raises(ValueError, match=r"draft's max_seq_len=16"):
+        speculative_generate(model, short, IDS, attention_mask=MASK, max_new_tokens=10)
+
+
+def _snapshot(cache: StaticCache) -> list[torch.Tensor]:
+    return [t.clone() for t in (*cache.keys.values(), *cache.values.values(), cache.index)]
+
+
+@pytest.mark.parametrize(("kw", "named"), [
+    (dict(max_new_tokens=8), "max_new_tokens"),  # 9 + 8 > the cache's 13 columns
+    (dict(input_ids=IDS + 128), "vocab_size"),  # refused by the prefill's check, before any layer writes
+    (dict(top_p=2.0), "top_p"),
+    (dict(attention_mask=MASK[:, 2:]), "attention_mask"),
+])
+def test_refused_request_leaves_a_static_cache_untouched(kw: dict, named: str) -> None:
+    model = _model()
+    cache = StaticCache.for_model(model, 2, 13)
+    before = _snapshot(cache)
+    with pytest.raises(ValueError, match=named):
+        _call(generate, cache=cache, **kw)
+    assert cache.get_seq_length() == 0
+    assert all(torch.equal(a, b) for a, b in zip(before, _snapshot(cache)))
+    reused = generate(model, IDS, attention_mask=MASK, max_new_tokens=3, cache=cache)
+    torch.testing.assert_close(reused, generate(model, IDS, attention_mask=MASK, max_new_tokens=3), rtol=0, atol=0)
+
+
+def test_a_cache_in_use_is_refused_and_left_alone() -> None:
+    model = _model()
+    cache = DynamicCache()
+    generate(model, IDS, attention_mask=MASK, max_new_tokens=2, cache=cache)
+    held = cache.get_seq_length()
+    keys = cache.keys[0].clone()
+    with pytest.raises(ValueError, match="cache must be empty"):
+        generate(model, IDS, attention_mask=MASK, max_new_tokens=2, cache=cache)
+    assert cache.get_seq_length() == held and torch.equal(cache.keys[0], keys)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("mlcore.inference.paged_cache") is None, reason="no PagedCache yet")
+def test_exhausted_paged_pool_spares_the_other_sequences() -> None:
+    from mlcore.inference.paged_cache import PagedCache
+
+    model = _model()
+    pool = PagedCache(num_blocks=6, block_size=4)
+    other = pool.add_sequence()
+    other_ids, _ = left_padded_batch([7], 7, seed=9)
+    with torch.no_grad():
+        model(other_ids, cache=pool.sequence(other))  # 7 columns: 2 blocks
+    layers = range(model.config.n_layers)
+    before = [[t.clone() for t in pool.gather([other], layer)] for layer in layers]
+    table = pool.block_table[other]
+
+    # 9 prompt + 9 new tokens put 17 columns in the cache (the last token is never fed back): 5 blocks, and
+    # 4 are free, so the pool runs dry while decoding
+    assert pool.free_blocks == 4 < math.ceil((9 + 9 - 1) / 4)
+    with pytest.raises(ValueError, match=r"PagedCache pool exhausted.*num_blocks"):
+        generate(model, ONE, max_new_tokens=9, cache=pool)
+    assert pool.block_table[other] == table
+    for layer, saved in zip(layers, before):
+        for a, b in zip(saved, pool.gather([other], layer)):
+            assert torch.equal(a, b)
+
+    pool.free_rows()  # the failed request's blocks come back; the pool serves a request that fits
+    assert pool.free_blocks == 4
+    out = generate(model, ONE, max_new_tokens=8, cache=pool)  # 16 columns: 4 blocks
+    torch.testing.assert_close(out, generate(model, ONE, max_new_tokens=8), rtol=0, atol=0)
+    assert pool.block_table[other] == table

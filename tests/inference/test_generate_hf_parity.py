@@ -1,0 +1,152 @@
+"""Greedy ``generate`` against transformers' ``generate(do_sample=False)`` on the same weights, token for token.
+
+Reference: transformers' own generation (through :func:`mlcore.inference.hf.hf_generate`, which
+``test_hf_path.py`` holds to a direct ``model.generate`` call) with its DynamicCache and its StaticCache, for
+tiny Llama, Mistral (sliding window 5, shorter than prompt 9 + output 12) and GPT-2 (learned positions), one
+prompt and a left-padded batch of three, for every mlcore cache kind present. Plus EOS (rows finishing at
+different steps, padded after), the repetition penalty (with pads that would be penalised if they counted)
+and, per decode step, the cached logits against one full forward without a cache (1e-4, fp32).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import pytest
+import torch
+
+from mlcore.inference import generate, make_cache
+from mlcore.inference.hf import hf_generate
+from mlcore.model import Transformer
+
+from ._gen_testutils import (
+    ARCHS,
+    CACHE_KINDS,
+    EXACT_KINDS,
+    NEW,
+    PROMPT_LEN,
+    batch,
+    full_logits,
+    pair,
+    stepwise_logits,
+)
+
+ATOL = 1e-4
+# int8 keys / values round per (token, head): measured max error 2-5 % of the logits' standard deviation
+INT8_REL = 0.1
+PAD = 127
+
+
+@functools.cache
+def hf_reference(arch: str, kind: str, hf_cache: str) -> torch.Tensor:
+    hf, _ = pair(arch)
+    ids, mask = batch(kind)
+    return hf_generate(hf, ids, attention_mask=mask, max_new_tokens=NEW, cache_implementation=hf_cache)
+
+
+@pytest.mark.parametrize("cache", CACHE_KINDS)
+@pytest.mark.parametrize("kind", ["single", "padded"])
+@pytest.mark.parametrize("arch", list(ARCHS))
+def test_greedy_tokens_equal_transformers(arch: str, kind: str, cache: str) -> None:
+    _, model = pair(arch)
+    ids, mask = batch(kind)
+    out = generate(model, ids, attention_mask=mask, max_new_tokens=NEW, cache=cache)
+    assert out.shape == (ids.shape[0], PROMPT_LEN + NEW)
+    # int8 rounds the cache; on these models it never flips an argmax (checked here, exact like the others)
+    torch.testing.assert_close(out, hf_reference(arch, kind, "dynamic"), rtol=0, atol=0)
+    torch.testing.assert_close(out, hf_reference(arch, kind, "static"), rtol=0, atol=0)
+
+
+def test_mistral_window_changes_the_output() -> None:
+    """The sliding window is active in the Mistral case: without it the same weights continue differently."""
+    _, model = pair("mistral")
+    assert model.config.sliding_window == 5 < PROMPT_LEN + NEW
+    ids, mask = batch("padded")
+    full = Transformer(dataclasses.replace(model.config, sliding_window=None)).eval()
+    full.load_state_dict(model.state_dict())
+    out = generate(full, ids, attention_mask=mask, max_new_tokens=NEW)
+    assert not torch.equal(out, hf_reference("mistral", "padded", "dynamic"))
+
+
+def _eos_finishing_at_different_steps(new_tokens: torch.Tensor) -> int:
+    """A token that ends some rows, at different steps or not at all, before the last step (from HF's output)."""
+    for token in new_tokens.flatten().tolist():
+        firsts = []
+        for row in new_tokens.tolist():
+            firsts.append(row.index(token) if token in row else None)
+        finishing = [f for f in firsts if f is not None]
+        if len(set(firsts)) >= 2 and finishing and min(finishing) < new_tokens.shape[1] - 2:
+            return token
+    raise AssertionError("no token finishes the rows at different steps")
+
+
+@pytest.mark.parametrize("arch", list(ARCHS))
+@pytest.mark.parametrize("cache", ["dynamic", "static"])
+def test_eos_rows_finish_at_different_steps(arch: str, cache: str) -> None:
+    hf, model = pair(arch)
+    ids, mask = batch("padded")
+    eos = _eos_finishing_at_different_steps(hf_reference(arch, "padded", "dynamic")[:, PROMPT_LEN:])
+    ref = hf_generate(hf, ids, attention_mask=mask, max_new_tokens=NEW, eos_token_id=eos, pad_token_id=PAD)
+    out = generate(model, ids, attention_mask=mask, max_new_tokens=NEW, eos_token_id=eos, pad_token_id=PAD,
+                   cache=cache)
+    torch.testing.assert_close(out, ref, rtol=0, atol=0)
+    ends = []
+    for row in out[:, PROMPT_LEN:].tolist():
+        end = row.index(eos) if eos in row else None
+        ends.append(end)
+        if end is not None:
+            assert all(t == PAD for t in row[end + 1:]), row  # padded after it stopped
+    assert len(set(ends)) >= 2, ends  # rows stopped at different steps (or one ran on)
+
+
+def test_eos_list_and_default_pad_match_transformers() -> None:
+    hf, model = pair("llama")
+    ids, mask = batch("padded")
+    ref_tokens = hf_reference("llama", "padded", "dynamic")[:, PROMPT_LEN:]
+    eos = [ref_tokens[0, 3].item(), ref_tokens[2, 5].item()]
+    ref = hf_generate(hf, ids, attention_mask=mask, max_new_tokens=NEW, eos_token_id=eos)  # pads with eos[0]
+    out = generate(model, ids, attention_mask=mask, max_new_tokens=NEW, eos_token_id=eos)
+    torch.testing.assert_close(out, ref, rtol=0, atol=0)
+
+
+def test_generation_stops_when_every_row_finished() -> None:
+    hf, model = pair("gpt2")
+    ids, mask = batch("single")
+    eos = hf_reference("gpt2", "single", "dynamic")[0, PROMPT_LEN + 2].item()
+    out = generate(model, ids, attention_mask=mask, max_new_tokens=NEW, eos_token_id=eos)
+    ref = hf_generate(hf, ids, attention_mask=mask, max_new_tokens=NEW, eos_token_id=eos)
+    assert out.shape[1] < PROMPT_LEN + NEW and out[0, -1].item() == eos
+    torch.testing.assert_close(out, ref, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("penalty", [1.3, 0.7])
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_repetition_penalty_matches_transformers(arch: str, penalty: float) -> None:
+    """Greedy + penalty against transformers' RepetitionPenaltyLogitsProcessor. The pads carry a token the
+    unpenalised run emits, so penalising the padding (which transformers 5.x leaves out) would show."""
+    hf, model = pair(arch)
+    ids, mask = batch("padded")
+    plain = hf_reference(arch, "padded", "dynamic")
+    ids = ids.masked_fill(mask == 0, int(plain[0, PROMPT_LEN]))
+    ref = hf_generate(hf, ids, attention_mask=mask, max_new_tokens=NEW, repetition_penalty=penalty)
+    out = generate(model, ids, attention_mask=mask, max_new_tokens=NEW, repetition_penalty=penalty)
+    torch.testing.assert_close(out, ref, rtol=0, atol=0)
+    unpenalised = generate(model, ids, attention_mask=mask, max_new_tokens=NEW)
+    assert not torch.equal(out, unpenalised)  # the penalty did change the continuation
+
+
+@pytest.mark.parametrize("cache", CACHE_KINDS)
+@pytest.mark.parametrize("arch", list(ARCHS))
+def test_each_decode_step_equals_a_full_forward(arch: str, cache: str) -> None:
+    _, model = pair(arch)
+    _, mask = batch("padded")
+    seq = hf_reference(arch, "padded", "dynamic")  # prompt + 12 greedy tokens
+    kv = make_cache(cache, model, batch=seq.shape[0], max_len=seq.shape[1])
+    stepped = stepwise_logits(model, seq, mask, kv)
+    reference = full_logits(model, seq, mask)
+    assert stepped.shape == reference.shape == (3, NEW + 1, model.config.vocab_size)
+    # the padded positions of a row are not compared: every row's last PROMPT_LEN + t columns are real
+    err = (stepped - reference).abs().max().item()
+    tol = ATOL if cache in EXACT_KINDS else INT8_REL * reference.std().item()
+    assert err <= tol, f"{cache}: max |logit error| {err:.2e} > {tol:.2e}"
