@@ -39,6 +39,8 @@ class AttentionInputs:
         query_index: (B, T) long, the column index ``past + t`` of each query (padding or not).
         cos, sin: (B, T, rotary_dim) RoPE tables at ``positions`` (None without RoPE).
         plain_causal: no padding and no cache: a plain causal mask, left to the kernels' ``is_causal`` fast path.
+        queries_are_tokens: no padding mask was given, so every new token (query) is a real token whose own key
+            is visible to it: no query row is fully masked.
         extra_mask: an extra 4-D bool / additive mask broadcastable to (B, H, T, Tk) (standalone attention only).
     """
 
@@ -48,6 +50,7 @@ class AttentionInputs:
     cos: Tensor | None = None
     sin: Tensor | None = None
     plain_causal: bool = False
+    queries_are_tokens: bool = False
     extra_mask: Tensor | None = None
     _memo: dict = field(default_factory=dict, repr=False)
 
@@ -74,7 +77,22 @@ class AttentionInputs:
         if rope is not None:
             cos, sin = rope(position_ids)  # (B, T, rotary_dim), float32
         plain = attention_mask is None and not has_cache and past == 0
-        return cls(positions=position_ids, index=index, query_index=query_index, cos=cos, sin=sin, plain_causal=plain)
+        return cls(positions=position_ids, index=index, query_index=query_index, cos=cos, sin=sin, plain_causal=plain,
+                   queries_are_tokens=attention_mask is None)
+
+    def rotary(self, x_dtype: torch.dtype, interleaved: bool) -> tuple[Tensor, Tensor]:
+        """RoPE tables (cos, signed sin), each (B, 1, T, rotary_dim) in ``promote(x_dtype, float32)``, made once
+        per forward for every layer (see :func:`mlcore.positional.rope.rotary_tables`)."""
+        from mlcore.positional.rope import rotary_tables
+
+        dtype = torch.promote_types(x_dtype, torch.float32)
+        key = ("rotary", dtype, interleaved)
+        hit = self._memo.get(key)
+        if hit is None:
+            if self.cos is None or self.sin is None:
+                raise ValueError("these AttentionInputs carry no RoPE tables (built without a rope module)")
+            hit = self._memo[key] = rotary_tables(self.cos, self.sin, interleaved=interleaved, dtype=dtype)
+        return hit
 
     def mask(self, key_index: Tensor, *, causal: bool = True, window: int | None = None,
              alibi_heads: int | None = None, dtype: torch.dtype = torch.float32,

@@ -202,21 +202,36 @@ class MultiHeadAttention(nn.Module):
             inputs = self.build_inputs(x, attention_mask, position_ids, cache, layer_idx)
         B, T, _ = x.shape
         q, k, v = self.project(x)
-        if self.rope is not None:
-            q, k = self.rotate(q, k, inputs.cos, inputs.sin)
+        if self.rope is not None:  # the same rotation as self.rotate, from tables made once per forward
+            from mlcore.positional.rope import apply_rotary_tables
+
+            interleaved = bool(getattr(self.rope, "interleaved", False))
+            cos, signed_sin = inputs.rotary(q.dtype, interleaved)
+            q = apply_rotary_tables(q, cos, signed_sin, interleaved=interleaved)
+            k = apply_rotary_tables(k, cos, signed_sin, interleaved=interleaved)
 
         if cache is not None:
             k, v, key_index = cache.update(layer_idx, k, v, inputs.index)  # (B, Hkv, Tk, D), (B, Tk)
         else:
             key_index = inputs.index
         is_causal = inputs.use_is_causal(causal=self.causal, window=self.sliding_window, alibi=self.alibi)
+        p = self.dropout if self.training else 0.0
         # the written-out kernel adds the mask to fp32 scores: hand it the additive form, made once per forward
         additive = self.backend == "naive" and q.dtype in (torch.float32, torch.bfloat16, torch.float16)
+        # A decode step: one query per row, a real token (no padding mask given), the model's own masks only.
+        # That query sees at least its own key, so no row is all -inf, and torch's fused kernel computes the same
+        # softmax(q k^T / sqrt(D) + mask) v as the written-out one: one call instead of a dozen small ops.
+        fused_step = (additive and T == 1 and not return_weights and p == 0.0 and inputs.queries_are_tokens
+                      and inputs.extra_mask is None)
         mask = inputs.mask(key_index, causal=self.causal, window=self.sliding_window,
                            alibi_heads=self.n_heads if self.alibi else None, additive=additive)
-        p = self.dropout if self.training else 0.0
 
-        if self.backend == "naive":
+        if fused_step:  # in float32 like the written-out kernel (half inputs are upcast, the output rounded once)
+            f32 = [t if t.dtype == torch.float32 else t.float() for t in (q, k, v)]
+            out = F.scaled_dot_product_attention(*f32, attn_mask=mask, is_causal=is_causal,
+                                                 enable_gqa=self.n_kv_heads != self.n_heads)
+            out = out if out.dtype == q.dtype else out.to(q.dtype)
+        elif self.backend == "naive":
             res = scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal, dropout_p=p,
                                                return_weights=return_weights)
             out, weights = res if return_weights else (res, None)

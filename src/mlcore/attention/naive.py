@@ -38,10 +38,17 @@ def safe_softmax(scores: Tensor, dim: int = -1) -> Tensor:
     if scores.shape[dim] == 0:  # no keys at all: nothing to weigh (the output of attention is then zeros)
         return scores
     m = scores.amax(dim=dim, keepdim=True).detach()  # the shift does not change the value, so no gradient
-    m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))  # an all -inf row: shift by 0, exp gives 0
+    # An all -inf row has m = -inf: clamp it to the lowest finite number, so that exp(-inf - m) gives 0, not NaN.
+    # (A row with any finite score has m above that floor: the clamp leaves it alone.)
+    m = m.clamp(min=torch.finfo(scores.dtype).min)
     p = torch.exp(scores - m)
-    total = p.sum(dim=dim, keepdim=True)
-    return p / torch.where(total > 0, total, torch.ones_like(total))
+    total = p.sum(dim=dim, keepdim=True)  # >= 1 (the max term is exp(0) = 1), or 0 for an all -inf row
+    return p / total.clamp(min=1.0)  # a no-op for every row but an all -inf one, which becomes 0 / 1 = 0
+
+
+def _as(x: Tensor, dtype: torch.dtype) -> Tensor:
+    """``x.to(dtype)`` that skips the call when x already has it (a decode step runs this per layer)."""
+    return x if x.dtype == dtype else x.to(dtype)
 
 
 def _causal_bias(Tq: int, Tk: int, dtype: torch.dtype, device: torch.device) -> Tensor:
@@ -104,8 +111,8 @@ def scaled_dot_product_attention(
 
     # Query heads that share one key/value head are stacked along the query axis, (B, Hkv, G*Tq, D), so one
     # batched matmul per K/V head serves the whole group: K and V are never expanded or copied.
-    qg = q.reshape(B, Hkv, G * Tq, D).to(acc)
-    scores = torch.matmul(qg, k.to(acc).transpose(-1, -2)).view(B, Hkv, G, Tq, Tk) * scale  # (B, Hkv, G, Tq, Tk)
+    qg = _as(q.reshape(B, Hkv, G * Tq, D), acc)
+    scores = torch.matmul(qg, _as(k, acc).transpose(-1, -2)).view(B, Hkv, G, Tq, Tk) * scale  # (B, Hkv, G, Tq, Tk)
     mask = prepare_mask(attn_mask, B=B, H=H, Tq=Tq, Tk=Tk, dtype=acc, device=q.device)
     if mask is not None:
         scores = scores + _split_heads_of_mask(mask, Hkv, G)
@@ -117,8 +124,8 @@ def scaled_dot_product_attention(
         keep = torch.rand(weights.shape, generator=generator, device=weights.device) >= dropout_p
         weights = weights * keep / (1.0 - dropout_p)
 
-    out = torch.matmul(weights.view(B, Hkv, G * Tq, Tk), v.to(acc))  # (B, Hkv, G*Tq, Dv)
-    out = out.view(B, H, Tq, Dv).to(q.dtype)
+    out = torch.matmul(weights.view(B, Hkv, G * Tq, Tk), _as(v, acc))  # (B, Hkv, G*Tq, Dv)
+    out = _as(out.view(B, H, Tq, Dv), q.dtype)
     if return_weights:
         return out, weights.reshape(B, H, Tq, Tk).to(q.dtype)
     return out

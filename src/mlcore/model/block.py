@@ -41,6 +41,8 @@ class Block(nn.Module):
     def forward(self, x: torch.Tensor, *, inputs: AttentionInputs, cache: Any = None) -> torch.Tensor:
         """x: (B, T, C) -> (B, T, C). ``inputs``: the forward's shared positions, RoPE tables and key indices."""
         h = self.attn(self.attn_norm(x), inputs=inputs, cache=cache, layer_idx=self.layer_idx)
-        x = x + self.resid_drop(h)
+        if self.training and self.resid_drop.p > 0:  # (eval, or p = 0: dropout is the identity, skip the call)
+            h = self.resid_drop(h)
+        x = x + h
         x = x + self.mlp(self.mlp_norm(x))
         return x

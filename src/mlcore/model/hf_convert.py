@@ -15,17 +15,19 @@ Architectures (transformers class -> what it needs from mlcore):
 Config fields are checked against a list of what is understood: a field mlcore does not implement, or does not
 know, is refused with a ``ValueError`` rather than silently producing different logits. Dropout settings only
 matter in training and are not copied (the converted model has ``dropout=0``).
+
+Tensor names and layouts (and the tied-embedding rule) live in ``hf_weights.py``; the meta-device build and
+tensor-by-tensor fill that ``from_hf`` and ``from_pretrained`` share live in ``streaming.py``.
 """
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
-import torch
 from torch import nn
 
 from mlcore.model.config import TransformerConfig
+from mlcore.model.hf_weights import import_plan
 
 SUPPORTED_ARCHITECTURES = {
     "LlamaForCausalLM": "llama",
@@ -186,67 +188,7 @@ def _gpt2_config(d: dict[str, Any]) -> TransformerConfig:
     )
 
 
-# --- weights -------------------------------------------------------------------------------------------------
-
-_LLAMA_RENAMES = [  # HF name pattern -> mlcore name (applied after stripping "model.")
-    (r"^embed_tokens\.", "embed."),
-    (r"^layers\.(\d+)\.input_layernorm\.", r"layers.\1.attn_norm."),
-    (r"^layers\.(\d+)\.post_attention_layernorm\.", r"layers.\1.mlp_norm."),
-    (r"^layers\.(\d+)\.self_attn\.", r"layers.\1.attn."),
-]
-
-
-_BUFFERS = re.compile(r"(rotary_emb\.inv_freq|\.attn\.bias|\.attn\.masked_bias)$")
-
-
-def state_dict_from_hf(sd: dict[str, torch.Tensor], arch: str) -> dict[str, torch.Tensor]:
-    """HF parameter names and layouts -> mlcore's. Buffers (rotary tables, GPT-2 masks) are dropped."""
-    out: dict[str, torch.Tensor] = {}
-    for name, t in sd.items():
-        if _BUFFERS.search(name):
-            continue
-        if arch == "gpt2":
-            out.update(_gpt2_tensor(name, t))
-            continue
-        new = name[len("model."):] if name.startswith("model.") else name
-        for pattern, repl in _LLAMA_RENAMES:
-            new = re.sub(pattern, repl, new)
-        out[new] = t
-    return out
-
-
-def _gpt2_tensor(name: str, t: torch.Tensor) -> dict[str, torch.Tensor]:
-    name = name[len("transformer."):] if name.startswith("transformer.") else name
-    if name == "wte.weight":
-        return {"embed.weight": t}
-    if name == "wpe.weight":
-        return {"pos_emb.weight": t}
-    if name.startswith("ln_f."):
-        return {"norm." + name[5:]: t}
-    if name == "lm_head.weight":
-        return {"lm_head.weight": t}
-    m = re.match(r"^h\.(\d+)\.(.+)$", name)
-    if not m:
-        return {name: t}  # unknown: reported as unexpected by the loader
-    i, rest = m.group(1), m.group(2)
-    p = f"layers.{i}."
-    kind = rest.rsplit(".", 1)[-1]  # weight | bias
-    conv = t.t() if kind == "weight" else t  # Conv1D (in, out) -> Linear (out, in)
-    if rest.startswith("ln_1."):
-        return {p + "attn_norm." + kind: t}
-    if rest.startswith("ln_2."):
-        return {p + "mlp_norm." + kind: t}
-    if rest.startswith("attn.c_attn."):
-        q, k, v = conv.chunk(3, dim=0)  # output rows are [q | k | v]
-        return {p + f"attn.{n}_proj.{kind}": x.contiguous() for n, x in zip("qkv", (q, k, v))}
-    if rest.startswith("attn.c_proj."):
-        return {p + "attn.o_proj." + kind: conv.contiguous()}
-    if rest.startswith("mlp.c_fc."):
-        return {p + "mlp.up_proj." + kind: conv.contiguous()}
-    if rest.startswith("mlp.c_proj."):
-        return {p + "mlp.down_proj." + kind: conv.contiguous()}
-    return {p + rest: t}
-
+# --- weights (names and layouts: hf_weights.py; streaming: streaming.py) ----------------------------------
 
 def gpt2_query_scales(d: dict[str, Any]) -> list[float] | None:
     """Per-layer factors that turn GPT-2's score scale into mlcore's ``1/sqrt(D)``, or None when all are 1.
@@ -265,41 +207,10 @@ def gpt2_query_scales(d: dict[str, Any]) -> list[float] | None:
     return None if all(x == 1.0 for x in scales) else scales
 
 
-def fold_query_scales(sd: dict[str, torch.Tensor], scales: list[float] | None) -> dict[str, torch.Tensor]:
-    """Multiply each layer's ``q_proj`` weight and bias (mlcore names) by ``scales[layer]`` (out of place)."""
-    if scales is None:
-        return sd
-    out = dict(sd)
-    for i, scale in enumerate(scales):
-        for kind in ("weight", "bias"):
-            name = f"layers.{i}.attn.q_proj.{kind}"
-            if name in out:
-                out[name] = out[name] * scale
-    return out
-
-
-def load_converted(model: nn.Module, sd: dict[str, torch.Tensor], *, source: str) -> None:
-    """Copy ``sd`` into ``model``'s parameters, with errors that name each missing, extra or misshapen tensor."""
-    params = dict(model.named_parameters())  # a tied head appears once, as embed.weight
-    if model.config.tie_embeddings:
-        sd = {k: v for k, v in sd.items() if k != "lm_head.weight"}
-    missing = sorted(set(params) - set(sd))
-    unexpected = sorted(set(sd) - set(params))
-    if missing or unexpected:
-        raise ValueError(f"{source}: weights do not match the model: missing {missing[:8]}"
-                         f"{'...' if len(missing) > 8 else ''}, unexpected {unexpected[:8]}"
-                         f"{'...' if len(unexpected) > 8 else ''}")
-    for name, p in params.items():
-        if tuple(sd[name].shape) != tuple(p.shape):
-            raise ValueError(f"{source}: tensor {name!r} has shape {tuple(sd[name].shape)}, the config expects "
-                             f"{tuple(p.shape)} (vocab_size / hidden size mismatch?)")
-    with torch.no_grad():
-        for name, p in params.items():
-            p.copy_(sd[name].to(p.dtype))
-
-
 def from_hf(hf_model: nn.Module) -> nn.Module:
-    """A transformers causal LM (Llama, Mistral, Qwen2, GPT-2) -> mlcore ``Transformer`` with the same weights."""
+    """A transformers causal LM (Llama, Mistral, Qwen2, GPT-2) -> mlcore ``Transformer`` with the same weights
+    (copied, in the HF model's dtype), built on the meta device and filled tensor by tensor."""
+    from mlcore.model.streaming import DictSource, build_on_meta, stream_into
     from mlcore.model.transformer import Transformer
 
     cls_name = type(hf_model).__name__
@@ -308,11 +219,13 @@ def from_hf(hf_model: nn.Module) -> nn.Module:
     d = hf_model.config.to_dict()
     d["architectures"] = [cls_name]
     config = config_from_hf(d)
-    model = Transformer(config)
-    sd = state_dict_from_hf(dict(hf_model.state_dict()), SUPPORTED_ARCHITECTURES[cls_name])
-    sd = fold_query_scales(sd, gpt2_query_scales(d))
-    load_converted(model, sd, source=cls_name)
-    return model.to(next(hf_model.parameters()).dtype).eval()
+    sd = hf_model.state_dict()
+    plan = import_plan(sd.keys(), SUPPORTED_ARCHITECTURES[cls_name], tie_embeddings=config.tie_embeddings,
+                       query_scales=gpt2_query_scales(d))
+    model = build_on_meta(Transformer, config)
+    first = next(hf_model.parameters())
+    stream_into(model, plan, DictSource(sd, cls_name), dtype=first.dtype, device=first.device)
+    return model.eval()
 
 
 # --- export (Llama family) -----------------------------------------------------------------------------------
@@ -358,38 +271,28 @@ def config_to_hf(config: TransformerConfig) -> dict[str, Any]:
     return d
 
 
-def state_dict_to_hf(model: nn.Module) -> dict[str, torch.Tensor]:
-    """mlcore parameter names -> HF Llama-family names (``model.`` prefix, ``lm_head`` only when untied)."""
-    out: dict[str, torch.Tensor] = {}
-    for name, p in model.named_parameters():
-        t = p.detach()
-        if name == "lm_head.weight":
-            out[name] = t
-            continue
-        new = re.sub(r"^embed\.", "embed_tokens.", name)
-        new = re.sub(r"\.attn_norm\.", ".input_layernorm.", new)
-        new = re.sub(r"\.mlp_norm\.", ".post_attention_layernorm.", new)
-        new = re.sub(r"\.attn\.", ".self_attn.", new)
-        out["model." + new] = t
-    return out
+def to_hf(model: nn.Module, *, dequantize: bool = False) -> nn.Module:
+    """mlcore ``Transformer`` (Llama family) -> transformers ``*ForCausalLM`` with the same weights, in eval mode.
 
-
-def to_hf(model: nn.Module) -> nn.Module:
-    """mlcore ``Transformer`` (Llama family) -> transformers ``*ForCausalLM`` with the same weights, in eval mode."""
+    Quantized layers are refused unless ``dequantize`` (then their dequantized weights are copied)."""
     import transformers
 
+    from mlcore.model.hf_weights import hf_state_dict
+    from mlcore.model.pretrained import exportable_state_dict
+
     d = config_to_hf(model.config)
+    plain, _ = exportable_state_dict(model, dequantize=dequantize, caller="to_hf")
     cfg_cls = {"llama": transformers.LlamaConfig, "mistral": transformers.MistralConfig,
                "qwen2": transformers.Qwen2Config}[d["model_type"]]
     arch = d.pop("architectures")
     d.pop("model_type")
     hf_config = cfg_cls(**d, architectures=arch)
     hf_model = getattr(transformers, arch[0])(hf_config)
-    sd = state_dict_to_hf(model)
+    sd = hf_state_dict(plain, tie_embeddings=model.config.tie_embeddings)
     missing, unexpected = hf_model.load_state_dict(sd, strict=False)
     missing = [k for k in missing if not (k == "lm_head.weight" and model.config.tie_embeddings)]
     if missing or unexpected:
         raise RuntimeError(f"to_hf: state dict mismatch, missing {missing}, unexpected {unexpected}")
     if model.config.tie_embeddings:
         hf_model.tie_weights()
-    return hf_model.to(next(model.parameters()).dtype).eval()
+    return hf_model.to(model.embed.weight.dtype).eval()

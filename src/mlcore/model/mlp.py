@@ -67,7 +67,8 @@ class GeluMLP(nn.Module):
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.dropout(self.down_proj(self.act(self.up_proj(x))))  # (B, T, d_ff) in the middle
+        out = self.down_proj(self.act(self.up_proj(x)))  # (B, T, d_ff) in the middle
+        return self.dropout(out) if self.training and self.dropout.p > 0 else out
 
 
 class SwiGLU(nn.Module):
@@ -83,7 +84,8 @@ class SwiGLU(nn.Module):
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.dropout(self.down_proj(self.act(self.gate_proj(x)) * self.up_proj(x)))
+        out = self.down_proj(self.act(self.gate_proj(x)) * self.up_proj(x))
+        return self.dropout(out) if self.training and self.dropout.p > 0 else out
 
 
 def build_mlp(kind: str, d_model: int, d_ff: int, *, activation: str, bias: bool, dropout: float) -> nn.Module:

@@ -145,7 +145,8 @@ class Transformer(nn.Module):
         x = self.embed(input_ids)  # (B, T, C)
         if self.pos_emb is not None:
             x = x + self.pos_emb(inputs.positions)  # (B, T, C) learned absolute positions
-        x = self.drop(x)
+        if self.training and self.drop.p > 0:  # dropout is the identity in eval: skip the call
+            x = self.drop(x)
         checkpoint = self.gradient_checkpointing and self.training and torch.is_grad_enabled() and cache is None
         for block in self.layers:
             if checkpoint:  # keep only each block's input; recompute its activations in the backward pass
@@ -166,20 +167,30 @@ class Transformer(nn.Module):
         return from_hf(hf_model)
 
     @classmethod
-    def from_pretrained(cls, folder: str | Path, *, dtype: torch.dtype = torch.float32) -> Transformer:
-        """Read an HF model folder (``config.json`` + safetensors) offline; parameters in ``dtype``."""
+    def from_pretrained(cls, folder: str | Path, *, dtype: torch.dtype = torch.float32, quantize: str | None = None,
+                        quant_options: dict[str, Any] | None = None,
+                        device: torch.device | str = "cpu") -> Transformer:
+        """Read an HF model folder (``config.json`` + safetensors) offline; parameters in ``dtype`` on ``device``.
+
+        Built on the meta device and filled tensor by tensor; ``quantize`` ("int8" | "int4" | "nf4" | "fp4")
+        quantizes each linear weight as it is read, with ``quant_options`` as in ``mlcore.quant.quantize_model``.
+        """
         from mlcore.model.pretrained import from_pretrained
 
-        return from_pretrained(folder, dtype=dtype)
+        return from_pretrained(folder, dtype=dtype, quantize=quantize, quant_options=quant_options, device=device)
 
-    def to_hf(self) -> nn.Module:
-        """The same model as a transformers ``LlamaForCausalLM`` / ``MistralForCausalLM`` / ``Qwen2ForCausalLM``."""
+    def to_hf(self, *, dequantize: bool = False) -> nn.Module:
+        """The same model as a transformers ``LlamaForCausalLM`` / ``MistralForCausalLM`` / ``Qwen2ForCausalLM``
+        (a quantized model only with ``dequantize=True``)."""
         from mlcore.model.hf_convert import to_hf
 
-        return to_hf(self)
+        return to_hf(self, dequantize=dequantize)
 
-    def save_pretrained(self, folder: str | Path) -> None:
-        """Write ``config.json`` + ``model.safetensors`` that ``AutoModelForCausalLM.from_pretrained`` loads."""
+    def save_pretrained(self, folder: str | Path, *, dequantize: bool = False) -> None:
+        """Write ``config.json`` + ``model.safetensors`` that ``AutoModelForCausalLM.from_pretrained`` loads.
+
+        A model with quantized layers is refused unless ``dequantize=True``, which writes their dequantized
+        weights (full size); ``mlcore.quant.save_quantized`` keeps the codes."""
         from mlcore.model.pretrained import save_pretrained
 
-        save_pretrained(self, folder)
+        save_pretrained(self, folder, dequantize=dequantize)

@@ -176,7 +176,9 @@ class RotaryEmbedding(nn.Module):
             angles = angles.repeat_interleave(2, dim=-1)  # [a0, a0, a1, a1, ...]
         else:
             angles = torch.cat((angles, angles), dim=-1)  # [a0, a1, ..., a0, a1, ...]
-        cos, sin = angles.cos() * self.attention_factor, angles.sin() * self.attention_factor
+        cos, sin = angles.cos(), angles.sin()
+        if self.attention_factor != 1.0:  # YaRN's temperature (a multiplication by 1 would be a wasted op)
+            cos, sin = cos * self.attention_factor, sin * self.attention_factor
         return (cos, sin) if dtype is None else (cos.to(dtype), sin.to(dtype))
 
     def extra_repr(self) -> str:
@@ -227,6 +229,45 @@ def apply_rotary(
     xf = x_rot.to(compute)
     out = (xf * cos + turn(xf) * sin).to(x.dtype)
     return torch.cat((out, x_pass), dim=-1) if x_pass.shape[-1] else out
+
+
+def rotary_tables(cos: torch.Tensor, sin: torch.Tensor, *, interleaved: bool = False,
+                  dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+    """Tables for :func:`apply_rotary_tables`: ``cos`` (B, 1, T, rd) and the *signed* ``sin`` (B, 1, T, rd).
+
+    ``turn(x) * sin`` equals ``swap(x) * signed_sin``, where ``swap`` moves each pair's partner into place
+    without negating it (rotate-half: ``x[i] <-> x[i + rd/2]``, a roll by rd/2; interleaved: ``x[2i] <-> x[2i+1]``)
+    and ``signed_sin`` carries the minus sign (``-sin`` on the first member of each pair). Negation is exact, so
+    the result is bit for bit :func:`apply_rotary`'s; a decoder builds these once per forward, for all layers.
+    """
+    cos, sin = (cos[None], sin[None]) if cos.dim() == 2 else (cos, sin)
+    rd = cos.shape[-1]
+    if interleaved:
+        pairs = sin.unflatten(-1, (-1, 2))
+        signed = torch.stack((-pairs[..., 0], pairs[..., 1]), dim=-1).flatten(-2)
+    else:
+        signed = torch.cat((-sin[..., : rd // 2], sin[..., rd // 2:]), dim=-1)
+    cos, signed = cos[:, None], signed[:, None]
+    return (cos if cos.dtype == dtype else cos.to(dtype)), (signed if signed.dtype == dtype else signed.to(dtype))
+
+
+def apply_rotary_tables(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor, *,
+                        interleaved: bool = False) -> torch.Tensor:
+    """``x * cos + swap(x) * signed_sin`` on the first ``rd`` dims of x (B, H, T, D): :func:`apply_rotary` with
+    tables from :func:`rotary_tables` (no shape checks: the caller built both from the same positions).
+
+    Four element-wise ops instead of about a dozen; computed in the tables' dtype (float32 for half inputs).
+    """
+    rd = cos.shape[-1]
+    x_rot = x if rd == x.shape[-1] else x[..., :rd]
+    xf = x_rot if x_rot.dtype == cos.dtype else x_rot.to(cos.dtype)
+    if interleaved:
+        swapped = xf.unflatten(-1, (-1, 2)).flip(-1).flatten(-2)
+    else:
+        swapped = xf.roll(rd // 2, dims=-1)  # [x2, x1]: each member of a pair meets its partner
+    out = xf * cos + swapped * signed_sin  # not addcmul: its fused multiply-add would round differently
+    out = out if out.dtype == x.dtype else out.to(x.dtype)
+    return out if rd == x.shape[-1] else torch.cat((out, x[..., rd:]), dim=-1)
 
 
 def _permute_rows(w: torch.Tensor, head_dim: int | None, rotary_dim: int | None, to_half: bool) -> torch.Tensor:
