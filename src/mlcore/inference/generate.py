@@ -117,8 +117,9 @@ def generate(
         early when every row has finished, as transformers' does.
     cache: "dynamic" | "static" | "paged" | "sliding" | "int8", or a cache object (mlcore's KVCache protocol)
         that is empty (it is filled from the prompt on).
-    streamer: called with each step's new tokens (B,) (or ``.put(tokens)`` for a transformers streamer,
-        whose ``.end()`` is called at the end).
+    streamer: called with each step's new tokens (B,); a transformers streamer (``put`` / ``end``) gets what
+        transformers' ``generate`` gives it: ``put(prompt)`` first (TextStreamer's ``skip_prompt`` drops it),
+        then ``put(tokens)`` per step and ``end()``.
     """
     mask = check_prompt(model, input_ids, attention_mask, max_new_tokens)
     validate_sampling_args(temperature, top_k, top_p, repetition_penalty)
@@ -134,19 +135,25 @@ def generate(
     generator = None if greedy else make_generator(seed, input_ids.device)
     vocab = model.config.vocab_size
     penalise = repetition_penalty is not None and repetition_penalty != 1.0
-    # transformers (5.x) skips each row's left padding when it penalises the prompt (prompt_ignore_length); so do we
+    # transformers 5.x leaves each row's left padding out of the penalty (prompt_ignore_length); so do we
     present = presence_mask(input_ids, vocab, mask) if penalise else None
 
+    if hasattr(streamer, "put"):
+        streamer.put(input_ids.cpu())  # as transformers does: the prompt first
     logits = model(input_ids, attention_mask=mask, cache=kv, logits_to_keep=1)[:, -1]  # (B, V), validated once
     positions = mask.sum(dim=1, keepdim=True) - 1  # (B, 1) position of each row's last prompt token
     unfinished = torch.ones(B, dtype=torch.bool, device=input_ids.device)
     out = [input_ids]
     history: list[list[int]] = [[] for _ in range(B)] if stops else []
     for step in range(max_new_tokens):
-        scores = process_logits(logits, temperature=temperature, top_k=top_k, top_p=top_p,
-                                repetition_penalty=repetition_penalty, present=present)
-        token = sample_next(scores, generator=generator, greedy=greedy)  # (B,)
-        token = torch.where(unfinished, token, torch.full_like(token, pad_token_id))
+        if greedy and present is None:  # plain greedy: what process_logits + sample_next would do, minus checks
+            token = logits.argmax(dim=-1)  # (B,)
+        else:
+            scores = process_logits(logits, temperature=temperature, top_k=top_k, top_p=top_p,
+                                    repetition_penalty=repetition_penalty, present=present)
+            token = sample_next(scores, generator=generator, greedy=greedy)  # (B,)
+        if eos is not None or stops:  # without them no row ever finishes early: nothing to pad
+            token = torch.where(unfinished, token, torch.full_like(token, pad_token_id))
         out.append(token[:, None])
         _emit(streamer, token)
         if present is not None:
