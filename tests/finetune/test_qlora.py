@@ -169,7 +169,9 @@ def test_prepare_qlora_bad_input() -> None:
     with pytest.raises(ValueError, match="compute_dtype must be"):
         prepare_qlora(tiny_llama(), LoraConfig(4, 8, TARGETS), compute_dtype=torch.int8)
     with pytest.raises(ValueError, match="has no gradient_checkpointing_enable"):
-        prepare_qlora(make("mlcore"), LoraConfig(4, 8, TARGETS), gradient_checkpointing=True)
+        prepare_qlora(torch.nn.Sequential(torch.nn.Linear(8, 8)), LoraConfig(4, 8, ["0"]), gradient_checkpointing=True)
+    assert prepare_qlora(make("mlcore"), LoraConfig(4, 8, TARGETS), gradient_checkpointing=True,
+                         verbose=False).gradient_checkpointing
     model = prepare_qlora(tiny_llama(), LoraConfig(4, 8, TARGETS), verbose=False)
     with pytest.raises(ValueError, match="cannot merge LoRA into a QuantizedLinear"):
         merge_lora(model)

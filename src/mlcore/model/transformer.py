@@ -75,10 +75,15 @@ class Transformer(nn.Module):
             if isinstance(m, nn.Linear) and m.bias is not None:
                 nn.init.zeros_(m.bias)
 
-    def gradient_checkpointing_enable(self, enable: bool = True) -> None:
+    def gradient_checkpointing_enable(self, enable: bool = True, *,
+                                      gradient_checkpointing_kwargs: dict[str, Any] | None = None) -> None:
         """Activation checkpointing while training (Chen et al. 2016): each block keeps only its input and
         recomputes its activations during backward, trading one extra forward for O(n_layers) less memory.
-        Same name as transformers' method, so QLoRA recipes work on both."""
+        Same name as transformers' method, so QLoRA recipes work on both; mlcore always uses the non-reentrant
+        variant, so ``gradient_checkpointing_kwargs`` may only say ``use_reentrant=False``."""
+        if gradient_checkpointing_kwargs and gradient_checkpointing_kwargs != {"use_reentrant": False}:
+            raise ValueError("gradient_checkpointing_kwargs: mlcore supports only {'use_reentrant': False}, got "
+                             f"{gradient_checkpointing_kwargs!r}")
         self.gradient_checkpointing = bool(enable)
 
     def gradient_checkpointing_disable(self) -> None:
