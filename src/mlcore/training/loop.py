@@ -10,6 +10,11 @@ mixed precision and the bookkeeping of gradient accumulation):
 4. clip the global gradient norm, take an AdamW step (Loshchilov & Hutter, 2019; weight decay on the
    weight matrices and embeddings only, never on norm gains or biases), zero the gradients.
 
+Data parallel (``accelerate launch`` with several processes, DDP; gloo on CPU): ``batch_size`` stays the
+*global* micro-batch. Every process draws the same indices, takes its contiguous share of ``batch_size / N``
+rows and scales its summed loss by ``N / n_targets`` of the whole micro-batch; DDP averages the gradients over
+the ``N`` processes, so a step equals the same step in one process on the whole batch.
+
 Every ``eval_every`` steps it measures the loss on held-out data and its perplexity ``exp(loss)``; every
 ``checkpoint_every`` steps it writes a safetensors checkpoint (``checkpoint.py``) from which
 ``resume_from=`` continues with exactly the losses an uninterrupted run would have had.
@@ -157,6 +162,11 @@ def train(
     if eval_data is not None:
         check_data(eval_data, "eval_data")
     accelerator = _make_accelerator(config)
+    world, rank = accelerator.num_processes, accelerator.process_index
+    if config.batch_size % world:
+        raise ValueError(f"TrainConfig.batch_size={config.batch_size} (the global micro-batch) must be divisible "
+                         f"by the number of processes {world}")
+    share = slice(rank * config.batch_size // world, (rank + 1) * config.batch_size // world)
     torch.manual_seed(config.seed)  # dropout; a resume restores the saved RNG state instead
     optimizer = build_optimizer(model, config)
     model, optimizer = accelerator.prepare(model, optimizer)
@@ -178,10 +188,14 @@ def train(
         metrics = evaluate(model, eval_data, batch_size=config.eval_batch_size or config.batch_size,
                            max_batches=config.eval_batches, device=accelerator.device, forward=forward)
         result.evals.append({"step": step, **metrics})
-        progress.log(f"{description} step {step}: eval loss {metrics['loss']:.4f}, "
-                     f"perplexity {metrics['perplexity']:.2f}")
+        if accelerator.is_main_process:
+            progress.log(f"{description} step {step}: eval loss {metrics['loss']:.4f}, "
+                         f"perplexity {metrics['perplexity']:.2f}")
 
     def checkpoint(step: int) -> None:
+        accelerator.wait_for_everyone()
+        if not accelerator.is_main_process:
+            return
         save_checkpoint(Path(config.out_dir) / "checkpoints" / f"step_{step:06d}", model=raw_model,
                         optimizer=optimizer.optimizer, step=step,
                         extra={"history": result.history, "evals": result.evals, "config": config.to_dict()})
@@ -190,7 +204,8 @@ def train(
     k = config.grad_accum_steps
     t0 = time.perf_counter()
     tokens_since, t_since = 0, t0
-    progress = _Progress(config.progress, description, total=config.max_steps, completed=start)
+    progress = _Progress(config.progress and accelerator.is_main_process, description, total=config.max_steps,
+                         completed=start)
     with progress:
         for step in range(start, config.max_steps):
             lr = config.lr * cosine_with_warmup(step, warmup_steps=config.warmup_steps,
@@ -205,19 +220,24 @@ def train(
                 raise ValueError(f"step {step}: every target of the batch is padding or masked out")
             step_nll, grad_norm = 0.0, float("nan")
             for batch, lab in zip(micro, labels):
+                if world > 1:  # this process's rows of the global micro-batch
+                    batch, lab = {key: v[share] for key, v in batch.items()}, lab[share]
                 batch = {key: v.to(accelerator.device) for key, v in batch.items()}
                 with accelerator.accumulate(model):
                     nll, _ = causal_lm_loss_sum(forward(model, batch), lab.to(accelerator.device))
-                    # accelerate divides by k for accumulation; we normalize by the step's target count
-                    accelerator.backward(nll / n_targets * k)
+                    # accelerate divides by k for accumulation and DDP averages over the world processes; we
+                    # normalize by the target count of the whole (global) step
+                    accelerator.backward(nll / n_targets * k * world)
                     if accelerator.sync_gradients:
                         norm = accelerator.clip_grad_norm_(params, config.grad_clip or float("inf"))
                         grad_norm = float(norm)
                     optimizer.step()
                     optimizer.zero_grad(set_to_none=True)
                 step_nll += float(nll.detach())
-                result.tokens += int(batch["input_ids"].numel())
-                tokens_since += int(batch["input_ids"].numel())
+                result.tokens += int(batch["input_ids"].numel()) * world
+                tokens_since += int(batch["input_ids"].numel()) * world
+            if world > 1:
+                step_nll = float(accelerator.reduce(torch.tensor(step_nll, device=accelerator.device), "sum"))
             loss = step_nll / n_targets
             if not math.isfinite(loss):
                 raise FloatingPointError(f"loss became {loss} at step {step}; lower config.lr or check the data")
@@ -237,7 +257,7 @@ def train(
             result.steps += 1
     result.seconds = time.perf_counter() - t0
     accelerator.unwrap_model(model, keep_fp32_wrapper=False)  # undo accelerate's autocast wrapper on forward
-    if config.out_dir is not None:
+    if config.out_dir is not None and accelerator.is_main_process:
         Path(config.out_dir).mkdir(parents=True, exist_ok=True)
         (Path(config.out_dir) / "train_result.json").write_text(json.dumps(result.to_dict(), indent=1))
     return result
