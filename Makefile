@@ -15,7 +15,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 
-.PHONY: test bench lint install clean tiny
+.PHONY: test bench lint install clean tiny anchors
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -40,6 +40,16 @@ bench: $(STAMP)
 # src/mlcore/assets/tiny/; the committed ones were made by exactly this command.
 tiny: $(STAMP)
 	$(BIN)/python -m mlcore.training.pretrain --preset tiny --threads 1 --no-progress
+
+# llama.cpp beside transformers and mlcore in `make bench` (benchmarks/anchors.py): installs the [anchors] extra,
+# building llama-cpp-python from source for this CPU (CMAKE_ARGS=-DGGML_NATIVE=ON; 5-40 minutes on 2 cores).
+# A wheel built earlier can be given instead: `make anchors LLAMA_CPP_WHEEL=/path/llama_cpp_python-*.whl`.
+# Optional: `make test` and CI never need it (its tests skip cleanly without it).
+LLAMA_CPP_WHEEL ?=
+anchors: $(STAMP)
+	if [ -n "$(LLAMA_CPP_WHEEL)" ]; then $(BIN)/pip install "$(LLAMA_CPP_WHEEL)"; fi
+	CMAKE_ARGS="-DGGML_NATIVE=ON" $(BIN)/pip install --no-binary llama-cpp-python -e '.[anchors]'
+	$(BIN)/python -c "import llama_cpp, gguf; print('llama.cpp', llama_cpp.__version__, '- enabled in make bench')"
 
 clean:
 	rm -rf $(VENV) reports .pytest_cache .ruff_cache
