@@ -24,6 +24,13 @@ def check_update(layer_idx: int, k: Tensor, v: Tensor, index: Tensor, *, n_layer
                          f"{tuple(index.shape)} {index.dtype}")
 
 
+def check_buffer(buffer: Tensor, layer_idx: int, B: int, Hkv: int, D: int, owner: str) -> None:
+    """A preallocated (B, Hkv, L, D) buffer must match the new keys' batch, heads and head size."""
+    held = (buffer.shape[0], buffer.shape[1], buffer.shape[3])
+    if held != (B, Hkv, D):
+        raise ValueError(f"layer {layer_idx}: this {owner} holds (B, Hkv, D) = {held}, got {(B, Hkv, D)}")
+
+
 def crop_length(n: int, length: int) -> int:
     """The new length after ``crop(n)``: n >= 0 keeps the first n columns, n < 0 drops the last -n."""
     if not isinstance(n, int) or isinstance(n, bool):

@@ -43,7 +43,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from mlcore.inference.cache_utils import check_update, crop_length
+from mlcore.inference.cache_utils import check_buffer, check_update, crop_length
 from mlcore.positional import apply_rotary
 
 
@@ -186,9 +186,7 @@ class SlidingWindowCache:
         if layer_idx not in self.keys:
             self._allocate(layer_idx, B, Hkv, D, k.dtype, k.device)
         buf_k, buf_v = self.keys[layer_idx], self.values[layer_idx]
-        if (buf_k.shape[0], buf_k.shape[1], buf_k.shape[3]) != (B, Hkv, D):
-            raise ValueError(f"layer {layer_idx}: this SlidingWindowCache holds (B, Hkv, D) = "
-                             f"{(buf_k.shape[0], buf_k.shape[1], buf_k.shape[3])}, got {(B, Hkv, D)}")
+        check_buffer(buf_k, layer_idx, B, Hkv, D, "SlidingWindowCache")
         start = self._length[layer_idx]
         step = self._step
         if step is None or (step.start, step.end) != (start, start + T):

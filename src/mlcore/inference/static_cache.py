@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from mlcore.inference.cache_utils import check_update, crop_length
+from mlcore.inference.cache_utils import check_buffer, check_update, crop_length
 
 
 class StaticCache:
@@ -67,9 +67,7 @@ class StaticCache:
         if layer_idx not in self.keys:
             self._allocate(layer_idx, B, Hkv, D, k.dtype, k.device)
         buf_k, buf_v = self.keys[layer_idx], self.values[layer_idx]
-        if (buf_k.shape[0], buf_k.shape[1], buf_k.shape[3]) != (B, Hkv, D):
-            raise ValueError(f"layer {layer_idx}: this StaticCache holds (B, Hkv, D) = "
-                             f"{(buf_k.shape[0], buf_k.shape[1], buf_k.shape[3])}, got {(B, Hkv, D)}")
+        check_buffer(buf_k, layer_idx, B, Hkv, D, "StaticCache")
         start = self._length[layer_idx]
         end = start + T
         if end > self.max_len:

@@ -13,15 +13,13 @@ def plot_loss_curves(runs: Mapping[str, Mapping[str, Sequence[Mapping[str, float
     ``runs`` maps a label to a dict with ``history`` and optionally ``evals`` (as in ``TrainResult.to_dict()``).
     The y axis is the next-token cross-entropy in nats; the right axis reads it as perplexity.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import numpy as np
+    from matplotlib.figure import Figure  # no pyplot: the caller's matplotlib backend is left alone
 
     if not runs:
         raise ValueError("runs is empty: nothing to plot")
-    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
+    fig = Figure(figsize=(7, 4.2), dpi=110)
+    ax = fig.subplots()
     for i, (label, run) in enumerate(runs.items()):
         color = f"C{i}"
         history = run.get("history", [])
@@ -43,5 +41,4 @@ def plot_loss_curves(runs: Mapping[str, Mapping[str, Sequence[Mapping[str, float
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
-    plt.close(fig)
     return path
