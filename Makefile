@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	if [ -n "$(TORCH_WHEEL)" ] && ! $(BIN)/python -c "import torch" 2>/dev/null; then \
 		$(BIN)/pip install -q "$(TORCH_WHEEL)"; fi
-	$(BIN)/pip install -q -e '.[hf,dev,notebooks]'
+	$(BIN)/pip install -q -e '.[hf,dev,notebooks,rag,serve,dp]'
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -22,6 +22,7 @@ row is zeros, mlcore's convention for a row with no key.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -42,6 +43,9 @@ class AttentionInputs:
         queries_are_tokens: no padding mask was given, so every new token (query) is a real token whose own key
             is visible to it: no query row is fully masked.
         extra_mask: an extra 4-D bool / additive mask broadcastable to (B, H, T, Tk) (standalone attention only).
+        rope_rows: (table cache, rope, start, stop) when the positions are the range [start, stop) and the RoPE
+            tables are rows of a model's :class:`~mlcore.attention.rope_tables.RotaryTableCache` (cos, sin are
+            then None).
     """
 
     positions: Tensor
@@ -52,43 +56,54 @@ class AttentionInputs:
     plain_causal: bool = False
     queries_are_tokens: bool = False
     extra_mask: Tensor | None = None
+    rope_rows: tuple[Any, Any, int, int] | None = None
     _memo: dict = field(default_factory=dict, repr=False)
 
     @classmethod
     def build(cls, batch: int, seq_len: int, past: int, device: torch.device, *,
               attention_mask: Tensor | None = None, position_ids: Tensor | None = None,
-              rope: torch.nn.Module | None = None, has_cache: bool = False) -> AttentionInputs:
+              rope: torch.nn.Module | None = None, has_cache: bool = False,
+              rope_tables: Any = None) -> AttentionInputs:
         """Positions, indices and RoPE tables for ``seq_len`` new tokens after ``past`` cached ones.
 
         ``attention_mask`` (B, past + T) 1 = token, 0 = pad, or None (no padding). ``position_ids`` (B, T)
         overrides the positions derived from the mask (not the indices: they always follow the columns).
+        ``rope_tables``: a :class:`~mlcore.attention.rope_tables.RotaryTableCache`; with no mask and no
+        ``position_ids`` the positions are ``[past, past + T)`` and the RoPE tables are rows sliced from it.
         """
         B, T = batch, seq_len
         index = query_index = torch.arange(past, past + T, device=device).expand(B, T)
         if attention_mask is not None:
             new_is_token = attention_mask[:, -T:] != 0
             index = torch.where(new_is_token, index, torch.full_like(index, -1))
+        rows = None
         if position_ids is None:
             if attention_mask is not None:
                 position_ids = (attention_mask.long().cumsum(dim=-1) - 1).clamp(min=0)[:, -T:]
             else:
-                position_ids = torch.arange(past, past + T, device=device).expand(B, T)
+                position_ids = query_index  # the columns themselves: arange(past, past + T)
+                if rope_tables is not None and rope_tables.usable(rope, past + T):
+                    rows = (rope_tables, rope, past, past + T)
         cos = sin = None
-        if rope is not None:
+        if rope is not None and rows is None:
             cos, sin = rope(position_ids)  # (B, T, rotary_dim), float32
         plain = attention_mask is None and not has_cache and past == 0
         return cls(positions=position_ids, index=index, query_index=query_index, cos=cos, sin=sin, plain_causal=plain,
-                   queries_are_tokens=attention_mask is None)
+                   queries_are_tokens=attention_mask is None, rope_rows=rows)
 
     def rotary(self, x_dtype: torch.dtype, interleaved: bool) -> tuple[Tensor, Tensor]:
         """RoPE tables (cos, signed sin), each (B, 1, T, rotary_dim) in ``promote(x_dtype, float32)``, made once
         per forward for every layer (see :func:`mlcore.positional.rope.rotary_tables`)."""
         from mlcore.positional.rope import rotary_tables
 
-        dtype = torch.promote_types(x_dtype, torch.float32)
-        key = ("rotary", dtype, interleaved)
+        key = ("rotary", x_dtype, interleaved)
         hit = self._memo.get(key)
         if hit is None:
+            dtype = torch.promote_types(x_dtype, torch.float32)
+            if self.rope_rows is not None:
+                tables, rope, start, stop = self.rope_rows
+                hit = self._memo[key] = tables.rows(rope, dtype, interleaved, start, stop)
+                return hit
             if self.cos is None or self.sin is None:
                 raise ValueError("these AttentionInputs carry no RoPE tables (built without a rope module)")
             hit = self._memo[key] = rotary_tables(self.cos, self.sin, interleaved=interleaved, dtype=dtype)
@@ -130,8 +145,9 @@ class AttentionInputs:
             from .masks import combine_masks
 
             mask = combine_masks(mask, self.extra_mask)
-        if additive and mask.dtype == torch.bool:
-            mask = torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, float("-inf"))
+        if additive and mask.dtype == torch.bool:  # 0 where attended, -inf elsewhere
+            mask = torch.where(mask, 0.0, float("-inf"))
+            mask = mask if mask.dtype == dtype else mask.to(dtype)
         self._memo[key] = (key_index, mask)
         return mask
 

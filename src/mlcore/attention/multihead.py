@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .fused_linear import LinearFusion
 from .inputs import AttentionInputs
 from .kv_cache import check_cache
 from .naive import scaled_dot_product_attention
@@ -101,6 +102,7 @@ class MultiHeadAttention(nn.Module):
         self.o_proj = nn.Linear(q_dim, d_model, bias=out_bias)
         self.rope = rope
         self.alibi = alibi
+        self.qkv_fusion = LinearFusion()  # q, k, v as one stacked matmul in eval / no-grad (fused_linear.py)
 
     def extra_repr(self) -> str:
         return (f"n_heads={self.n_heads}, n_kv_heads={self.n_kv_heads}, head_dim={self.head_dim}, "
@@ -112,14 +114,26 @@ class MultiHeadAttention(nn.Module):
         """x (B, T, C) -> q (B, H, T, D), k (B, Hkv, T, D), v (B, Hkv, T, D)."""
         B, T, _ = x.shape
         H, Hkv, D = self.n_heads, self.n_kv_heads, self.head_dim
+        stacked = self._stacked_qkv()
+        if stacked is not None:
+            return self._heads(stacked(x), B, T).split([H, Hkv, Hkv], dim=1)
+        q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        return (q.view(B, T, H, D).transpose(1, 2), k.view(B, T, Hkv, D).transpose(1, 2),
+                v.view(B, T, Hkv, D).transpose(1, 2))
+
+    def _stacked_qkv(self) -> Any:
+        """The one matmul computing [q | k | v], or None when q, k and v must run as separate layers: a
+        ``qkv_proj`` layer, or q_proj, k_proj, v_proj stacked at inference (:mod:`.fused_linear`)."""
         if self.fused_qkv:
-            q, k, v = self.qkv_proj(x).split([H * D, Hkv * D, Hkv * D], dim=-1)
-        else:
-            q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
-        q = q.view(B, T, H, D).transpose(1, 2)
-        k = k.view(B, T, Hkv, D).transpose(1, 2)
-        v = v.view(B, T, Hkv, D).transpose(1, 2)
-        return q, k, v
+            return self.qkv_proj
+        return self.qkv_fusion((self.q_proj, self.k_proj, self.v_proj), self.training)
+
+    def _heads(self, qkv: Tensor, B: int, T: int) -> Tensor:
+        """(B, T, (H + 2 Hkv) D) -> (B, H + 2 Hkv, T, D): query, key and value heads in one (view) tensor."""
+        N = self.n_heads + 2 * self.n_kv_heads
+        if T == 1:  # (B, 1, N, D) and (B, N, 1, D) are the same memory: one view, no transpose
+            return qkv.view(B, N, 1, self.head_dim)
+        return qkv.view(B, T, N, self.head_dim).transpose(1, 2)
 
     def rotate(self, q: Tensor, k: Tensor, cos: Tensor, sin: Tensor) -> tuple[Tensor, Tensor]:
         """Apply RoPE tables cos/sin (B, T, rotary_dim) to q (B, H, T, D) and k (B, Hkv, T, D)."""
@@ -201,14 +215,17 @@ class MultiHeadAttention(nn.Module):
         if inputs is None:
             inputs = self.build_inputs(x, attention_mask, position_ids, cache, layer_idx)
         B, T, _ = x.shape
-        q, k, v = self.project(x)
-        if self.rope is not None:  # the same rotation as self.rotate, from tables made once per forward
-            from mlcore.positional.rope import apply_rotary_tables
-
-            interleaved = bool(getattr(self.rope, "interleaved", False))
-            cos, signed_sin = inputs.rotary(q.dtype, interleaved)
-            q = apply_rotary_tables(q, cos, signed_sin, interleaved=interleaved)
-            k = apply_rotary_tables(k, cos, signed_sin, interleaved=interleaved)
+        H, Hkv = self.n_heads, self.n_kv_heads
+        stacked = self._stacked_qkv()
+        if stacked is not None:  # one (B, H + 2 Hkv, T, D) tensor; RoPE rotates queries and keys in one pass
+            qk, v = self._heads(stacked(x), B, T).split([H + Hkv, Hkv], dim=1)
+            if self.rope is not None:
+                qk = self._rope(qk, inputs)
+            q, k = qk.split([H, Hkv], dim=1)
+        else:
+            q, k, v = self.project(x)
+            if self.rope is not None:  # the same rotation as self.rotate, from tables made once per forward
+                q, k = self._rope(q, inputs), self._rope(k, inputs)
 
         if cache is not None:
             k, v, key_index = cache.update(layer_idx, k, v, inputs.index)  # (B, Hkv, Tk, D), (B, Tk)
@@ -248,5 +265,14 @@ class MultiHeadAttention(nn.Module):
                 sees = (mask if mask.dtype == torch.bool else mask > float("-inf")).any(dim=-1, keepdim=True)
                 out = torch.where(sees, out, torch.zeros((), dtype=out.dtype, device=out.device))
 
-        out = self.o_proj(out.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim))
+        out = out.reshape(B, 1, -1) if T == 1 else out.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim)
+        out = self.o_proj(out)  # (B, T, C)
         return (out, weights) if return_weights else out
+
+    def _rope(self, x: Tensor, inputs: AttentionInputs) -> Tensor:
+        """RoPE on x (B, heads, T, D) from the forward's shared tables (the same rotation as :meth:`rotate`)."""
+        from mlcore.positional.rope import apply_rotary_tables
+
+        interleaved = bool(getattr(self.rope, "interleaved", False))
+        cos, signed_sin = inputs.rotary(x.dtype, interleaved)
+        return apply_rotary_tables(x, cos, signed_sin, interleaved=interleaved)

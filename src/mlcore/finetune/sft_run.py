@@ -47,7 +47,7 @@ def pii_sft_records(n: int, *, seed: int = 0, heldout: bool = False) -> list[dic
     from faker import Faker
 
     from mlcore.privacy import mask_pii
-    from mlcore.privacy.synthetic import SyntheticPii
+    from mlcore.privacy.evaluation.synthetic import SyntheticPii
 
     if isinstance(n, bool) or not isinstance(n, int) or n <= 0:
         raise ValueError(f"n must be a positive int, got {n!r}")

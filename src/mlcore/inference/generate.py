@@ -140,8 +140,14 @@ def generate(
 
     if hasattr(streamer, "put"):
         streamer.put(input_ids.cpu())  # as transformers does: the prompt first
-    logits = model(input_ids, attention_mask=mask, cache=kv, logits_to_keep=1)[:, -1]  # (B, V), validated once
-    positions = mask.sum(dim=1, keepdim=True) - 1  # (B, 1) position of each row's last prompt token
+    # Without padding the positions are the columns, which the model derives from the cache length alone: no
+    # mask and no position_ids per step (and its RoPE rows come from a table made once, not per step).
+    padded = attention_mask is not None and not bool(mask.all())
+    logits = model(input_ids, attention_mask=mask if padded else None, cache=kv, logits_to_keep=1)  # (B, 1, V)
+    positions = mask.sum(dim=1, keepdim=True) - 1 if padded else None  # (B, 1) each row's last prompt position
+    if greedy and present is None and eos is None and not stops and streamer is None:
+        return _greedy_loop(model, input_ids, logits, kv, positions, max_new_tokens)
+    logits = logits[:, -1]  # (B, V)
     unfinished = torch.ones(B, dtype=torch.bool, device=input_ids.device)
     out = [input_ids]
     history: list[list[int]] = [[] for _ in range(B)] if stops else []
@@ -168,10 +174,28 @@ def generate(
             break
         if step == max_new_tokens - 1:
             break
-        positions = positions + 1
+        if positions is not None:
+            positions = positions + 1
         logits = model(token[:, None], cache=kv, position_ids=positions, logits_to_keep=1, validate=False)[:, -1]
     if hasattr(streamer, "end"):
         streamer.end()
+    return torch.cat(out, dim=1)
+
+
+def _greedy_loop(model: nn.Module, input_ids: Tensor, logits: Tensor, kv: Any, positions: Tensor | None,
+                 max_new_tokens: int) -> Tensor:
+    """Plain greedy decoding (no penalty, EOS, stop or streamer): per token an argmax and one model step.
+
+    ``logits`` (B, 1, V) from the prefill; the argmax over V keeps the (B, 1) shape the next step takes."""
+    out = [input_ids]
+    for step in range(max_new_tokens):
+        token = logits.argmax(dim=-1)  # (B, 1)
+        out.append(token)
+        if step == max_new_tokens - 1:
+            break
+        if positions is not None:
+            positions = positions + 1
+        logits = model(token, cache=kv, position_ids=positions, logits_to_keep=1, validate=False)
     return torch.cat(out, dim=1)
 
 

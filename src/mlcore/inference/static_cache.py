@@ -2,7 +2,8 @@
 
 Memory layout, per layer (allocated once, on the layer's first update, or up front by :meth:`for_model`):
 
-    keys[l], values[l]   (B, Hkv, max_len, D)   -- slot t holds column t; written with an in-place copy
+    keys[l], values[l]   (B, Hkv, max_len, D)   -- slot t holds column t; written in place by ``index_copy_``
+                                                    at slots [length, length + T) (one op per tensor)
     index                (B, max_len)            -- column of each slot, -1 where nothing is written yet
                                                     (or the token is padding); shared by every layer
 
@@ -39,6 +40,7 @@ class StaticCache:
         self.index: Tensor | None = None  # (B, max_len), shared by all layers
         self._length: dict[int, int] = {}
         self._index_view: tuple[int, Tensor] | None = None
+        self._slot: tuple[int, int, Tensor] | None = None
 
     @classmethod
     def for_model(cls, model: nn.Module, batch: int, max_len: int, *, dtype: torch.dtype | None = None,
@@ -73,8 +75,9 @@ class StaticCache:
         if end > self.max_len:
             raise ValueError(f"StaticCache is full: {start} columns cached + {T} new > max_len={self.max_len}; "
                              "allocate a longer cache (max_len = prompt length + max_new_tokens)")
-        buf_k[:, :, start:end] = k.to(buf_k.dtype)
-        buf_v[:, :, start:end] = v.to(buf_v.dtype)
+        slot = self._slots(start, T, k.device)
+        buf_k.index_copy_(2, slot, k if k.dtype == buf_k.dtype else k.to(buf_k.dtype))  # one op writes T slots
+        buf_v.index_copy_(2, slot, v if v.dtype == buf_v.dtype else v.to(buf_v.dtype))
         self._length[layer_idx] = end
         assert self.index is not None
         if self._index_view is None or self._index_view[0] != end:  # the first layer of this step writes it
@@ -82,7 +85,13 @@ class StaticCache:
             self._index_view = (end, self.index if self.full_view else self.index[:, :end])
         if self.full_view:
             return buf_k, buf_v, self._index_view[1]
-        return buf_k[:, :, :end], buf_v[:, :, :end], self._index_view[1]
+        return buf_k.narrow(2, 0, end), buf_v.narrow(2, 0, end), self._index_view[1]
+
+    def _slots(self, start: int, T: int, device: torch.device) -> Tensor:
+        """Slot numbers [start, start + T) as a tensor, made once per step and shared by every layer."""
+        if self._slot is None or self._slot[0] != start or self._slot[1] != T:
+            self._slot = (start, T, torch.arange(start, start + T, device=device))
+        return self._slot[2]
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
         """Columns written for ``layer_idx`` (0 before its first update)."""

@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mlcore.attention.fused_linear import LinearFusion
+
 
 def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
     """GELU, tanh approximation (GPT-2's ``gelu_new``): ``0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))``."""
@@ -82,9 +84,15 @@ class SwiGLU(nn.Module):
         self.down_proj = nn.Linear(d_ff, d_model, bias=bias)
         self.act = get_activation(activation)
         self.dropout = nn.Dropout(dropout)
+        self.gate_up_fusion = LinearFusion()  # gate and up as one stacked matmul in eval / no-grad
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.down_proj(self.act(self.gate_proj(x)) * self.up_proj(x))
+        stacked = self.gate_up_fusion((self.gate_proj, self.up_proj), self.training)
+        if stacked is not None:  # inference: [gate | up] = x [W_gate; W_up]^T in one matmul, same values
+            gate, up = stacked(x).chunk(2, dim=-1)
+        else:
+            gate, up = self.gate_proj(x), self.up_proj(x)
+        out = self.down_proj(self.act(gate) * up)
         return self.dropout(out) if self.training and self.dropout.p > 0 else out
 
 

@@ -30,6 +30,7 @@ import torch.utils.checkpoint
 from torch import nn
 
 from mlcore.attention import AttentionInputs, check_cache
+from mlcore.attention.rope_tables import RotaryTableCache
 from mlcore.model.block import Block
 from mlcore.model.config import TransformerConfig
 from mlcore.model.norm import build_norm
@@ -45,6 +46,7 @@ class Transformer(nn.Module):
         self.embed = nn.Embedding(c.vocab_size, c.d_model)
         self.pos_emb = LearnedEncoding(c.max_seq_len, c.d_model) if c.position == "learned" else None
         self.rope = self._build_rope(c) if c.position == "rope" else None
+        self.rope_tables = RotaryTableCache()  # RoPE rows for positions [0, L), made once (attention/rope_tables.py)
         self.drop = nn.Dropout(c.dropout)
         self.layers = nn.ModuleList([Block(c, i, rope=self.rope) for i in range(c.n_layers)])
         self.norm = build_norm(c.norm, c.d_model, c.norm_eps)
@@ -146,7 +148,8 @@ class Transformer(nn.Module):
 
         # Built once, shared by every layer: positions, RoPE cos/sin, column indices for the masks.
         inputs = AttentionInputs.build(B, T, past, input_ids.device, attention_mask=attention_mask,
-                                       position_ids=position_ids, rope=self.rope, has_cache=cache is not None)
+                                       position_ids=position_ids, rope=self.rope, has_cache=cache is not None,
+                                       rope_tables=self.rope_tables)
         x = self.embed(input_ids)  # (B, T, C)
         if self.pos_emb is not None:
             x = x + self.pos_emb(inputs.positions)  # (B, T, C) learned absolute positions

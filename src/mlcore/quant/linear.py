@@ -21,6 +21,12 @@ activations), ``forward`` warns once and falls back to ``"dequant"``. Inputs tha
 
 ``kernel`` names the path for activations of ``compute_dtype`` (the original weight's dtype, following
 ``model.to(dtype)``), ``kernel_for(dtype)`` for any dtype, and ``last_kernel`` the path the latest forward took.
+
+Per-call overhead: a fast kernel's arguments (scales in the activation dtype, the repacked int4 codes, the bias)
+are prepared once per activation dtype and reused while the buffers are the same tensors with the same version
+counters, so a decode step pays one kernel call and two reshapes. ``concat_out_features(layers)`` stacks
+int8 / int4 layers that share an input (q, k, v; gate, up) into one layer whose rows are theirs, for
+:class:`mlcore.attention.fused_linear.LinearFusion`.
 """
 
 from __future__ import annotations
@@ -45,6 +51,17 @@ from .kernels import (
 from .tensor import FLOAT_DTYPES, NestedScales, QuantizedTensor, check_layout
 
 _FAST = ("int8pack", "int4pack")
+
+
+def _key(srcs: list[torch.Tensor | None]) -> tuple[int, ...]:
+    """Identity, address and version counter of each tensor (-1 for none): equal keys, unchanged tensors."""
+    key: list[int] = []
+    for t in srcs:
+        if t is None:
+            key.append(-1)
+        else:
+            key += (id(t), t.data_ptr(), t._version)
+    return tuple(key)
 
 
 class QuantizedLinear(nn.Module):
@@ -82,6 +99,44 @@ class QuantizedLinear(nn.Module):
         self.register_buffer("_compute_probe", torch.empty(0, dtype=weight.dtype, device=weight.device),
                              persistent=False)
         self._warned = False
+        self._prepared: dict[torch.dtype, tuple[tuple[int, ...], list[Any], Any]] = {}
+        self._stacked_from: list[QuantizedLinear] = []  # the layers this one stacks (concat_out_features)
+
+    @classmethod
+    def concat_out_features(cls, layers: list[QuantizedLinear]) -> QuantizedLinear | None:
+        """One layer computing ``[y_1 | y_2 | ...]`` for layers that read the same input, or None where stacking
+        their rows is not valid. int8 (per channel or group) and int4 (per group) keep one scale (and zero) per
+        row and group, so their codes, scales and zeros stack along out_features and each output is exactly
+        that layer's; NF4 / FP4 blocks run across rows and their double quantization is per tensor: refused."""
+        first = layers[0]
+        meta = first._meta
+        if (meta["scheme"] not in ("int8", "int4") or meta["granularity"] not in ("channel", "group")
+                or meta["nested_blocksize"] is not None):
+            return None
+        same = {(lay.prefer, lay.in_features, lay._dtype, lay.compute_dtype, lay.bias is None,
+                 repr(sorted((k, v) for k, v in lay._meta.items() if k != "shape"))) for lay in layers}
+        if len(same) != 1:
+            return None
+        views = [lay._view() for lay in layers]
+        qt = QuantizedTensor(
+            data=torch.cat([v.data for v in views]), scales=torch.cat([v.scales for v in views]),
+            zeros=None if views[0].zeros is None else torch.cat([v.zeros for v in views if v.zeros is not None]),
+            scheme=meta["scheme"], shape=(sum(lay.out_features for lay in layers), first.in_features),
+            dtype=first._dtype, group_size=meta["group_size"], granularity=meta["granularity"],
+            symmetric=meta["symmetric"])
+        bias = None if first.bias is None else torch.cat([lay.bias.detach() for lay in layers if lay.bias is not None])
+        try:
+            fused = cls(qt, bias, prefer=first.prefer)
+        except ValueError:  # e.g. a stacked shape a forced kernel cannot take: keep the layers separate
+            return None
+        fused._compute_probe = first._compute_probe
+        fused._stacked_from = list(layers)  # their last_kernel reports the path the stacked layer took
+        return fused
+
+    def fusion_source_tensors(self) -> list[torch.Tensor | None]:
+        """The tensors a stacked copy is built from (see ``concat_out_features``); a change to any (a new
+        tensor, or an in-place write) makes the copy stale."""
+        return [self._buffers["weight_" + k] for k in self._keys] + [self.bias, self._compute_probe]
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, scheme: str, *, prefer: str = "auto", **options: Any) -> QuantizedLinear:
@@ -149,19 +204,61 @@ class QuantizedLinear(nn.Module):
             self._int4_key = key
         return self._int4_packed, self._int4_sz
 
+    def _fast_args(self, dtype: torch.dtype) -> tuple[str, torch.Tensor, Any, torch.Tensor | None] | None:
+        """(kernel, weight, scales or (group, sz), bias) for a CPU fast kernel with ``dtype`` activations, made
+        once and reused while the buffers are unchanged; None when the fallback runs."""
+        srcs = [self._buffers["weight_" + k] for k in self._keys] + [self.bias]
+        key = _key(srcs)
+        hit = self._prepared.get(dtype)
+        if hit is not None and hit[0] == key:
+            return hit[2]
+        kernel = self.kernel_for(dtype)
+        args: Any = None
+        if kernel != "dequant":
+            qt = self._view()
+            bias = None if self.bias is None else self.bias.detach().to(dtype)
+            if kernel == "int8pack":
+                args = (kernel, qt.data.contiguous(), int8_channel_scales(qt).to(dtype), bias)
+            else:
+                packed, sz = self._int4_cache(qt)
+                args = (kernel, packed, (qt.group_size, sz.to(dtype)), bias)
+        self._prepared[dtype] = (key, srcs, args)  # srcs: keeps the ids in the key from being reused
+        return args
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x (..., in_features) -> (..., out_features)."""
         if x.dim() < 1 or x.shape[-1] != self.in_features:
             raise ValueError(f"x.shape: expected (..., {self.in_features}), got {tuple(x.shape)}")
+        if x.device.type == "cpu" and not (x.requires_grad and torch.is_grad_enabled()):
+            fast = self._fast_args(x.dtype)
+            if fast is not None:  # the prepared fast kernel: one call between two reshapes
+                kernel, w, aux, bias = fast
+                if self.last_kernel != kernel:
+                    self.last_kernel = kernel
+                for src in self._stacked_from:  # a plain attribute: write it without Module.__setattr__
+                    src.__dict__["last_kernel"] = kernel
+                x2 = x.view(-1, self.in_features) if x.is_contiguous() else x.reshape(-1, self.in_features).contiguous()
+                if kernel == "int8pack":
+                    y = torch.ops.aten._weight_int8pack_mm(x2, w, aux)
+                else:
+                    y = torch.ops.aten._weight_int4pack_mm_for_cpu(x2, w, aux[0], aux[1])
+                y = y.view(*x.shape[:-1], self.out_features)
+                return y if bias is None else y + bias
+        return self._forward_general(x)
+
+    def _forward_general(self, x: torch.Tensor) -> torch.Tensor:
+        """Any device, dtype and grad mode: picks the kernel per call (the dequantize fallback included)."""
         kernel = self.kernel_for(x.dtype) if x.device.type == "cpu" else "dequant"
         if self.prefer in _FAST and kernel == "dequant" and not self._warned:
             reason = unavailable_reason(self.prefer, self._view()) or f"activations {x.dtype} on {x.device}"
             warnings.warn(f"QuantizedLinear: prefer={self.prefer!r} cannot run ({reason}); "
-                          "using dequantize-then-matmul", stacklevel=2)
+                          "using dequantize-then-matmul", stacklevel=3)
             self._warned = True
         if x.requires_grad and torch.is_grad_enabled():
             kernel = "dequant"  # autograd knows F.linear, not the packed kernels
         self.last_kernel = kernel
+        for src in self._stacked_from:
+            src.__dict__["last_kernel"] = kernel
         bias = None if self.bias is None else self.bias.to(x.dtype)
         qt = self._view()
         if kernel == "dequant":

@@ -3,6 +3,8 @@
 ``train(model, data, TrainConfig(...))`` runs AdamW with warm-up + cosine, gradient accumulation and clipping,
 periodic held-out loss / perplexity and resumable safetensors checkpoints. ``mlcore.training.pretrain`` trains
 the project's small target and draft models; ``mlcore.training.assets.load_tiny`` loads them.
+``TrainConfig(dp=True, ...)`` turns the loop into DP-SGD; ``mlcore.training.dp`` holds it and the privacy
+accountant (``from mlcore.training.dp import epsilon, noise_multiplier_for``).
 """
 
 from .assets import load_tiny, tiny_dir

@@ -42,6 +42,12 @@ class TrainConfig:
     ``warmup_steps`` defaults to ``min(10, max_steps)``; an explicit value must not exceed ``max_steps`` (the
     learning rate would never reach its peak). Numbers are checked for type as well as range, so a string such
     as ``lr="3e-4"`` (read from a YAML or command line without conversion) is refused with a ``ValueError``.
+
+    ``dp=True`` turns on DP-SGD (:mod:`mlcore.training.dp`): per-example clipping to ``dp_max_grad_norm`` (C),
+    Gaussian noise of std ``dp_noise_multiplier * C`` (or the multiplier that reaches ``dp_target_epsilon`` at
+    ``dp_delta`` after ``max_steps`` steps; give exactly one of the two), Poisson sampling at rate
+    ``batch_size * grad_accum_steps / N`` (``dp_poisson=False``: fixed-size batches, epsilon then approximate).
+    ``batch_size`` is then the physical chunk size; ``grad_clip`` is unused (the per-example clip replaces it).
     """
 
     max_steps: int = 100
@@ -64,6 +70,13 @@ class TrainConfig:
     mixed_precision: str = "auto"
     cpu: bool = False
     progress: bool = True
+    # differential privacy (DP-SGD, mlcore.training.dp): off unless dp=True
+    dp: bool = False
+    dp_max_grad_norm: float = 1.0
+    dp_noise_multiplier: float | None = None
+    dp_target_epsilon: float | None = None
+    dp_delta: float = 1e-5
+    dp_poisson: bool = True
 
     def __post_init__(self) -> None:
         for name in ("max_steps", "batch_size", "grad_accum_steps"):
@@ -104,6 +117,29 @@ class TrainConfig:
         if self.checkpoint_every and self.out_dir is None:
             raise ValueError("TrainConfig.checkpoint_every needs out_dir to write checkpoints into, got out_dir=None")
         self.betas = (betas[0], betas[1])
+        if self.dp:
+            self._check_dp()
+
+    def _check_dp(self) -> None:
+        if not _check_real("dp_max_grad_norm", self.dp_max_grad_norm, "a number > 0 (the clipping bound C)") > 0:
+            raise ValueError(f"TrainConfig.dp_max_grad_norm (the clipping bound C) must be > 0, "
+                             f"got {self.dp_max_grad_norm}")
+        if not 0 < _check_real("dp_delta", self.dp_delta, "a number in (0, 1)") < 1:
+            raise ValueError(f"TrainConfig.dp_delta must lie in (0, 1), got {self.dp_delta}")
+        if (self.dp_noise_multiplier is None) == (self.dp_target_epsilon is None):
+            raise ValueError("TrainConfig with dp=True needs exactly one of dp_noise_multiplier and "
+                             f"dp_target_epsilon, got dp_noise_multiplier={self.dp_noise_multiplier!r}, "
+                             f"dp_target_epsilon={self.dp_target_epsilon!r}")
+        if self.dp_noise_multiplier is not None and _check_real(
+                "dp_noise_multiplier", self.dp_noise_multiplier, "a number >= 0") < 0:
+            raise ValueError(f"TrainConfig.dp_noise_multiplier must be >= 0, got {self.dp_noise_multiplier}")
+        if self.dp_target_epsilon is not None and not _check_real(
+                "dp_target_epsilon", self.dp_target_epsilon, "a number > 0") > 0:
+            raise ValueError(f"TrainConfig.dp_target_epsilon must be > 0 (inf = no noise), "
+                             f"got {self.dp_target_epsilon}")
+        if self.mixed_precision == "fp16":
+            raise ValueError("TrainConfig.mixed_precision='fp16' is not supported with dp=True (the loss scaler "
+                             "would rescale the clipped sum); use 'bf16' or 'no'")
 
     @property
     def sequences_per_step(self) -> int:

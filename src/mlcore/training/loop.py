@@ -15,6 +15,13 @@ Data parallel (``accelerate launch`` with several processes, DDP; gloo on CPU): 
 rows and scales its summed loss by ``N / n_targets`` of the whole micro-batch; DDP averages the gradients over
 the ``N`` processes, so a step equals the same step in one process on the whole batch.
 
+With ``TrainConfig(dp=True)`` steps 2-4 become DP-SGD (``dp.py``): a Poisson-sampled logical batch, per-example
+gradients clipped to C and summed chunk by chunk, Gaussian noise once, then the AdamW step; epsilon is logged.
+
+Randomness: dropout draws from torch's global generator, so the run seeds it with ``config.seed`` inside
+``torch.random.fork_rng`` (the caller's RNG state is restored on return); batches and DP noise come from
+``torch.Generator`` objects that are pure functions of ``(seed, step)``.
+
 Every ``eval_every`` steps it measures the loss on held-out data and its perplexity ``exp(loss)``; every
 ``checkpoint_every`` steps it writes a safetensors checkpoint (``checkpoint.py``) from which
 ``resume_from=`` continues with exactly the losses an uninterrupted run would have had.
@@ -158,6 +165,16 @@ def train(
         forward: how to get logits from ``model`` and a batch (default ``model(ids, attention_mask=...)``).
         description: label of the progress bar.
     """
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() and not config.cpu else []
+    with torch.random.fork_rng(devices=devices):  # seed dropout here without touching the caller's RNG state
+        torch.manual_seed(config.seed)  # a resume restores the saved RNG state instead
+        return _train(model, train_data, config, eval_data=eval_data, resume_from=resume_from, forward=forward,
+                      description=description)
+
+
+def _train(model: torch.nn.Module, train_data: Mapping[str, torch.Tensor], config: TrainConfig, *,
+           eval_data: Mapping[str, torch.Tensor] | None, resume_from: str | Path | None, forward: ForwardFn,
+           description: str) -> TrainResult:
     n_examples = check_data(train_data, "train_data")
     if eval_data is not None:
         check_data(eval_data, "eval_data")
@@ -167,7 +184,16 @@ def train(
         raise ValueError(f"TrainConfig.batch_size={config.batch_size} (the global micro-batch) must be divisible "
                          f"by the number of processes {world}")
     share = slice(rank * config.batch_size // world, (rank + 1) * config.batch_size // world)
-    torch.manual_seed(config.seed)  # dropout; a resume restores the saved RNG state instead
+    dp = None
+    if config.dp:
+        from .dp import DPTraining
+
+        if world > 1:
+            raise ValueError(f"TrainConfig.dp=True runs in one process, got {world} processes")
+        if forward is not default_forward:
+            raise ValueError("TrainConfig.dp=True computes per-example gradients with the default forward; "
+                             "a custom forward= is not supported")
+        dp = DPTraining(model, config, n_examples)
     optimizer = build_optimizer(model, config)
     model, optimizer = accelerator.prepare(model, optimizer)
     raw_model = accelerator.unwrap_model(model)
@@ -183,6 +209,8 @@ def train(
         start = meta["step"]
         result.history = list(meta["extra"].get("history", []))
         result.evals = list(meta["extra"].get("evals", []))
+        if dp is not None:
+            dp.resume(start)
 
     def run_eval(step: int) -> None:
         metrics = evaluate(model, eval_data, batch_size=config.eval_batch_size or config.batch_size,
@@ -212,13 +240,22 @@ def train(
                                                 total_steps=config.max_steps, min_lr_ratio=config.min_lr_ratio)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            micro = [get_batch(train_data, batch_indices(n_examples, config.batch_size, step * k + i,
-                                                         seed=config.seed)) for i in range(k)]
-            labels = [_batch_labels(b) for b in micro]
-            n_targets = sum(int((lab[:, 1:] != -100).sum()) for lab in labels)
-            if n_targets == 0:
-                raise ValueError(f"step {step}: every target of the batch is padding or masked out")
-            step_nll, grad_norm = 0.0, float("nan")
+            if dp is not None:
+                stats = dp.step(train_data, step, _batch_labels, accelerator.device)
+                optimizer.optimizer.step()  # the raw optimizer: accelerate's accumulation bookkeeping is not used
+                optimizer.zero_grad(set_to_none=True)
+                step_nll, n_targets, grad_norm = stats["nll"], stats["targets"] or float("nan"), stats["grad_norm"]
+                result.tokens += int(stats["tokens"])
+                tokens_since += int(stats["tokens"])
+                micro, labels = [], []  # the DP step is done
+            else:
+                micro = [get_batch(train_data, batch_indices(n_examples, config.batch_size, step * k + i,
+                                                             seed=config.seed)) for i in range(k)]
+                labels = [_batch_labels(b) for b in micro]
+                n_targets = sum(int((lab[:, 1:] != -100).sum()) for lab in labels)
+                if n_targets == 0:
+                    raise ValueError(f"step {step}: every target of the batch is padding or masked out")
+                step_nll, grad_norm = 0.0, float("nan")
             for batch, lab in zip(micro, labels):
                 if world > 1:  # this process's rows of the global micro-batch
                     batch, lab = {key: v[share] for key, v in batch.items()}, lab[share]
@@ -239,7 +276,7 @@ def train(
             if world > 1:
                 step_nll = float(accelerator.reduce(torch.tensor(step_nll, device=accelerator.device), "sum"))
             loss = step_nll / n_targets
-            if not math.isfinite(loss):
+            if not math.isfinite(loss) and not (dp is not None and math.isnan(n_targets)):  # empty Poisson batch
                 raise FloatingPointError(f"loss became {loss} at step {step}; lower config.lr or check the data")
             done = step + 1
             now = time.perf_counter()
@@ -247,13 +284,20 @@ def train(
             if config.log_every and (done % config.log_every == 0 or done == config.max_steps):
                 result.history.append({"step": done, "loss": loss, "lr": lr, "grad_norm": grad_norm,
                                        "tokens": result.tokens, "tokens_per_s": tok_s})
+                if dp is not None:
+                    result.history[-1].update(epsilon=stats["epsilon"], examples=stats["examples"],
+                                              clipped=stats["clipped"], noise_multiplier=dp.noise_multiplier)
+                    if done % max(1, config.max_steps // 10) == 0 or done == config.max_steps:
+                        progress.log(f"{description} step {done}: loss {loss:.4f}, "
+                                     f"epsilon {stats['epsilon']:.3f} (delta={config.dp_delta:g})")
                 tokens_since, t_since = 0, now
             if eval_data is not None and ((config.eval_every and done % config.eval_every == 0)
                                           or done == config.max_steps):
                 run_eval(done)
             if config.checkpoint_every and (done % config.checkpoint_every == 0 or done == config.max_steps):
                 checkpoint(done)
-            progress.update(loss=loss, tok_s=tok_s, ev=result.final_eval)
+            progress.update(loss=loss, tok_s=tok_s, ev=result.final_eval,
+                            eps=stats["epsilon"] if dp is not None else None)
             result.steps += 1
     result.seconds = time.perf_counter() - t0
     accelerator.unwrap_model(model, keep_fp32_wrapper=False)  # undo accelerate's autocast wrapper on forward
@@ -290,10 +334,12 @@ class _Progress:
         else:
             print(message, flush=True)
 
-    def update(self, *, loss: float, tok_s: float, ev: dict[str, float] | None) -> None:
+    def update(self, *, loss: float, tok_s: float, ev: dict[str, float] | None, eps: float | None = None) -> None:
         if not self.enabled:
             return
         stats = f"loss {loss:.3f}  {tok_s:,.0f} tok/s"
+        if eps is not None:
+            stats += f"  eps {eps:.2f}"
         if ev is not None:
             stats += f"  eval ppl {ev['perplexity']:.2f} (step {ev['step']})"
         self.bar.update(self.task, advance=1, stats=stats)

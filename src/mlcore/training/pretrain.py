@@ -107,8 +107,9 @@ def _train_one(kind: str, spec: dict[str, Any], *, vocab_size: int, block_size: 
                             out_dir=str(work_dir / kind) if work_dir else None,
                             checkpoint_every=spec["train"]["max_steps"] // 2 if work_dir else 0,
                             **spec["train"])
-    torch.manual_seed(seed)
-    model = Transformer(model_cfg)
+    with torch.random.fork_rng(devices=[]):  # seeded initialisation without changing the caller's RNG state
+        torch.manual_seed(seed)
+        model = Transformer(model_cfg)
     n_params = model.num_parameters()
     resume_from = None
     if resume and work_dir is not None and latest_checkpoint(work_dir / kind) is not None:

@@ -1,0 +1,61 @@
+"""Hybrid retrieval by reciprocal rank fusion (Cormack, Clarke & Büttcher 2009).
+
+Lexical (BM25) and dense scores live on incomparable scales, so RRF fuses *ranks*, not scores: a document at
+rank ``r_i(d)`` (1 = best) in ranking ``i`` gets
+
+    RRF(d) = sum_i 1 / (k + r_i(d))          k = 60 (the paper's constant), absent from a ranking: adds 0
+
+A document ranked well by either retriever rises; one ranked well by both rises most.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+
+def ranking_from_scores(scores: Tensor, depth: int) -> list[int]:
+    """Indices of the ``depth`` highest ``scores (N,)``, best first; NaN scores are refused."""
+    if not isinstance(scores, Tensor) or scores.dim() != 1:
+        raise ValueError(f"scores must be a 1-D tensor (N,), got {getattr(scores, 'shape', type(scores))}")
+    if bool(torch.isnan(scores).any()):
+        raise ValueError(f"scores holds {int(torch.isnan(scores).sum())} NaN values; a ranking needs "
+                         "comparable numbers")
+    return torch.topk(scores, min(depth, scores.numel())).indices.tolist()
+
+
+def reciprocal_rank_fusion(rankings: Sequence[Sequence[int]], *, k: float = 60.0) -> list[tuple[int, float]]:
+    """Fuse rankings (lists of document ids, best first) -> ``[(id, RRF score)]`` sorted best first."""
+    if not rankings:
+        raise ValueError("rankings is empty: give at least one ranking to fuse")
+    if not (isinstance(k, (int, float)) and math.isfinite(k) and k >= 0):
+        raise ValueError(f"k must be a finite number >= 0, got {k!r}")
+    fused: dict[int, float] = {}
+    for ranking in rankings:
+        if len(set(ranking)) != len(ranking):
+            raise ValueError(f"a ranking lists a document twice: {list(ranking)[:20]}")
+        for rank, doc in enumerate(ranking, start=1):
+            fused[int(doc)] = fused.get(int(doc), 0.0) + 1.0 / (k + rank)
+    return sorted(fused.items(), key=lambda item: (-item[1], item[0]))
+
+
+def hybrid_search(query: str, *, bm25: Any, dense: Any, embedder: Any, k: int = 10, depth: int = 50,
+                  rrf_k: float = 60.0) -> list[tuple[int, float]]:
+    """Top ``k`` of the RRF fusion of ``bm25`` (a :class:`BM25`) and ``dense`` (a ``DenseIndex`` or
+    ``ApproxIndex``) rankings of ``query``, each cut at ``depth``: ``[(document id, RRF score)]``."""
+    from mlcore.rag.bm25 import simple_tokenize
+
+    if not isinstance(query, str) or not query.strip():
+        raise ValueError(f"query must be a non-empty str, got {query!r}")
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ValueError(f"k must be a positive int, got {k!r}")
+    if bm25.n_docs != len(dense):
+        raise ValueError(f"bm25 indexes {bm25.n_docs} documents but dense indexes {len(dense)}: they must index "
+                         "the same corpus in the same order")
+    lexical = ranking_from_scores(bm25.scores(simple_tokenize(query)), depth)
+    _, ids = dense.search(embedder.encode([query]), depth)
+    return reciprocal_rank_fusion([lexical, ids[0].tolist()], k=rrf_k)[:k]

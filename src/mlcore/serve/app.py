@@ -1,0 +1,301 @@
+"""The OpenAI-compatible HTTP API (FastAPI), with keys, limits, guardrails, audit log and metrics in the path.
+
+    POST /v1/completions, POST /v1/chat/completions   (``stream: true`` = server-sent events, ``data: [DONE]``)
+    GET /v1/models, GET /healthz, GET /metrics
+
+Every generation request passes, in this order: draining check (503) -> API key (401) -> per-key rate limit
+(429) -> body size (413, checked before the body is read in full) -> JSON and schema (422 naming the problem)
+-> model name (404) -> input guardrail (400 naming the rule) -> prompt length (400) -> the engine, whose tokens
+stream back through the output guardrail (:class:`~mlcore.serve.guard.GuardedText`) -> an audit-log line with
+PII masked. Errors use OpenAI's shape ``{"error": {"message", "type", "param", "code"}}`` so the ``openai``
+client raises its usual exceptions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from pydantic import ValidationError
+
+from mlcore.serve.audit_log import AuditLog
+from mlcore.serve.config import ServeConfig
+from mlcore.serve.engine import Engine
+from mlcore.serve.guard import GuardedText, guard_input
+from mlcore.serve.metrics import CONTENT_TYPE, Metrics
+from mlcore.serve.scheduler import SamplingParams
+from mlcore.serve.schemas import ChatRequest, CompletionRequest
+from mlcore.serve.security import ApiKeys, RateLimiter
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str, kind: str = "invalid_request_error", code: str | None = None,
+                 headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.kind, self.code, self.headers = status, message, kind, code, headers
+
+
+def _error(err: ApiError) -> JSONResponse:
+    body = {"error": {"message": err.message, "type": err.kind, "param": None, "code": err.code}}
+    return JSONResponse(body, status_code=err.status, headers=err.headers)
+
+
+def _describe(err: ValidationError) -> str:
+    parts = []
+    for e in err.errors():
+        where = ".".join(str(p) for p in e["loc"]) or "body"
+        parts.append(f"unknown field '{where}'" if e["type"] == "extra_forbidden" else f"{where}: {e['msg']}")
+    return "invalid request: " + "; ".join(parts)
+
+
+def chat_prompt(messages: list[Any]) -> str:
+    """The plain chat template of the tiny models: ``role: content`` lines, then ``assistant:``."""
+    return "".join(f"{m.role}: {m.content}\n" for m in messages) + "assistant:"
+
+
+def create_app(engine: Engine, tokenizer: Any, config: ServeConfig | None = None, *, keys: ApiKeys | None = None,
+               audit: AuditLog | None = None, eos_token_id: int | None = None) -> FastAPI:
+    """A FastAPI app serving ``engine``. Without ``keys`` every request gets 401 (there is no open mode)."""
+    config = config or ServeConfig()
+    keys = keys if keys is not None else ApiKeys(default_rpm=config.default_rpm)
+    audit = audit if audit is not None else AuditLog(config.audit_path)
+    metrics = Metrics(engine)
+    limiter = RateLimiter()
+    max_prompt = config.max_prompt_tokens or engine.max_seq_len - 1
+    stop_ids = (eos_token_id,) if eos_token_id is not None else ()
+    state = {"draining": False, "inflight": 0}
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        engine.start()
+        yield
+        state["draining"] = True  # uvicorn has stopped accepting and waited for open responses
+        await asyncio.to_thread(engine.shutdown, drain=True)
+
+    app = FastAPI(title="mlcore serve", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.engine, app.state.audit, app.state.metrics, app.state.config = engine, audit, metrics, config
+    app.state.serve_state = state
+
+    @app.exception_handler(ApiError)
+    async def _api_error(request: Request, err: ApiError) -> JSONResponse:
+        return _error(err)
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, Any]:
+        return {"status": "draining" if state["draining"] else "ok", **engine.stats()}
+
+    @app.get("/metrics")
+    async def metrics_endpoint() -> Response:
+        return Response(metrics.render(), media_type=CONTENT_TYPE)
+
+    def authenticate(request: Request) -> Any:
+        if state["draining"]:
+            raise ApiError(503, "the server is shutting down", "server_error", "draining")
+        header = request.headers.get("authorization", "")
+        token = header[7:].strip() if header.lower().startswith("bearer ") else None
+        record = keys.check(token)
+        if record is None:
+            audit.record(event="auth_failed", path=request.url.path, status=401,
+                         client=request.client.host if request.client else None)
+            raise ApiError(401, "missing or invalid API key: send 'Authorization: Bearer <key>'",
+                           "authentication_error", "invalid_api_key")
+        ok, retry = limiter.allow(record)
+        if not ok:
+            metrics.requests.labels(request.url.path, "429").inc()
+            raise ApiError(429, f"rate limit of {record.rpm:g} requests per minute exceeded for this key",
+                           "rate_limit_error", "rate_limit_exceeded", {"Retry-After": f"{max(1, round(retry))}"})
+        return record
+
+    @app.get("/v1/models")
+    async def models(request: Request) -> dict[str, Any]:
+        authenticate(request)
+        return {"object": "list", "data": [{"id": config.model_name, "object": "model", "created": 0,
+                                            "owned_by": "mlcore"}]}
+
+    async def read_json(request: Request) -> dict[str, Any]:
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > config.max_body_bytes:
+            raise ApiError(413, f"request body of {declared} bytes exceeds the limit of {config.max_body_bytes}",
+                           code="body_too_large")
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > config.max_body_bytes:
+                raise ApiError(413, f"request body exceeds the limit of {config.max_body_bytes} bytes",
+                               code="body_too_large")
+        try:
+            data = json.loads(body)
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise ApiError(422, f"malformed JSON body: {err}", code="invalid_json") from None
+        if not isinstance(data, dict):
+            raise ApiError(422, f"the JSON body must be an object, got {type(data).__name__}", code="invalid_json")
+        return data
+
+    async def handle(request: Request, chat: bool) -> Response:
+        t0 = time.perf_counter()
+        record = authenticate(request)
+        endpoint = request.url.path
+        data = await read_json(request)
+        try:
+            req = ChatRequest.model_validate(data) if chat else CompletionRequest.model_validate(data)
+        except ValidationError as err:
+            raise ApiError(422, _describe(err), code="invalid_request") from None
+        if req.model != config.model_name:
+            raise ApiError(404, f"model '{req.model}' does not exist; this server serves '{config.model_name}'",
+                           code="model_not_found")
+        rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
+        reasons: list[str] = []
+        if chat:
+            for m in req.messages:
+                verdict = guard_input(m.content, pii_policy=config.pii_policy, blocklist=config.blocklist)
+                reasons += verdict.reasons
+                if not verdict.allowed:
+                    break
+                m.content = verdict.text
+            text = chat_prompt(req.messages) if verdict.allowed else ""
+        else:
+            prompts = [req.prompt] if isinstance(req.prompt, str) else req.prompt
+            if len(prompts) != 1:
+                raise ApiError(422, f"prompt must be one string (batched prompts are not served), got {len(prompts)}")
+            verdict = guard_input(prompts[0], pii_policy=config.pii_policy, blocklist=config.blocklist)
+            reasons, text = verdict.reasons, verdict.text
+        metrics.guard("input", reasons)
+        if not verdict.allowed:
+            audit.record(event="blocked", id=rid, key_id=record.key_id, path=endpoint, status=400,
+                         input_guard=reasons, prompt=None)
+            metrics.requests.labels(endpoint, "400").inc()
+            raise ApiError(400, verdict.message, code="guardrail_input")
+        ids = tokenizer.encode_ordinary(text) if hasattr(tokenizer, "encode_ordinary") else tokenizer.encode(text)
+        if not ids or len(ids) > max_prompt:
+            raise ApiError(400, f"prompt has {len(ids)} tokens; it must have 1 to {max_prompt}",
+                           code="context_length_exceeded")
+        max_tokens = min(req.max_tokens or config.default_max_tokens, engine.max_seq_len - len(ids))
+        params = SamplingParams(max_tokens=max_tokens, temperature=req.temperature,
+                                top_p=req.top_p if req.top_p < 1 else None, seed=req.seed, stop_token_ids=stop_ids)
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[tuple[int | None, str | None]] = asyncio.Queue()
+
+        def emit(token: int | None, reason: str | None) -> None:
+            try:
+                loop.call_soon_threadsafe(queue.put_nowait, (token, reason))
+            except RuntimeError:
+                pass  # the event loop is gone (process exit)
+
+        if engine.stats()["waiting"] >= config.max_queue:
+            raise ApiError(503, f"server overloaded: {config.max_queue} requests already waiting; retry later",
+                           "server_error", "overloaded", {"Retry-After": "1"})
+        try:
+            engine.submit(ids, params, emit=emit, request_id=rid)
+        except RuntimeError as err:
+            raise ApiError(503, str(err), "server_error", "draining") from None
+        out = GuardedText(tokenizer.decode, stop=req.stops(), blocklist=config.blocklist)
+        created = int(time.time())
+        state["inflight"] += 1
+
+        def finish_reason(engine_reason: str | None) -> str:
+            if out.blocked:
+                return "content_filter"
+            if out.stopped or engine_reason == "stop":
+                return "stop"
+            return "length" if engine_reason == "length" else (engine_reason or "stop")
+
+        async def tokens() -> AsyncIterator[tuple[str, str | None]]:
+            """(safe text delta, None) per token, then ("", finish reason)."""
+            n, first = 0, None
+            reason = None
+            try:
+                while True:
+                    token, reason = await queue.get()
+                    if token is None:
+                        break
+                    n += 1
+                    first = first or time.perf_counter()
+                    if token in stop_ids:
+                        continue  # the end-of-text token ends the text; it is not part of it
+                    delta = out.feed(token)
+                    if out.stopped or out.blocked:
+                        engine.abort(rid)
+                    if delta:
+                        yield delta, None
+                tail = out.close()
+                if tail:
+                    yield tail, None
+                yield "", finish_reason(reason)
+            finally:
+                if reason is None:
+                    engine.abort(rid)  # the client went away: free the sequence
+                state["inflight"] -= 1
+                end = time.perf_counter()
+                if first is not None:
+                    metrics.ttft.observe(first - t0)
+                    if n > 1:
+                        metrics.tpot.observe((end - first) / (n - 1))
+                metrics.tokens.inc(n)
+                metrics.guard("output", out.reasons)
+                metrics.requests.labels(endpoint, "200").inc()
+                usage["completion_tokens"] = n
+                audit.record(event="completion", id=rid, key_id=record.key_id, path=endpoint, status=200,
+                             stream=req.stream, prompt=text, output=out.text, input_guard=reasons,
+                             output_guard=out.reasons, prompt_tokens=len(ids), completion_tokens=n,
+                             finish_reason=finish_reason(reason) if reason else "abort",
+                             latency_s=round(end - t0, 4))
+
+        usage = {"prompt_tokens": len(ids), "completion_tokens": 0}
+
+        def usage_dict() -> dict[str, int]:
+            return {**usage, "total_tokens": usage["prompt_tokens"] + usage["completion_tokens"]}
+
+        obj = "chat.completion" if chat else "text_completion"
+        if req.stream:
+            include_usage = bool((data.get("stream_options") or {}).get("include_usage"))
+
+            def chunk(delta: str, reason: str | None, first: bool) -> dict[str, Any]:
+                if chat:
+                    d: dict[str, Any] = {"content": delta} if delta else {}
+                    if first:
+                        d["role"] = "assistant"
+                    choice = {"index": 0, "delta": d, "finish_reason": reason}
+                else:
+                    choice = {"index": 0, "text": delta, "logprobs": None, "finish_reason": reason}
+                return {"id": rid, "object": obj + (".chunk" if chat else ""), "created": created,
+                        "model": config.model_name, "choices": [choice]}
+
+            async def sse() -> AsyncIterator[str]:
+                first = True
+                async for delta, reason in tokens():
+                    yield f"data: {json.dumps(chunk(delta, reason, first))}\n\n"
+                    first = False
+                if include_usage:
+                    body = {"id": rid, "object": obj + (".chunk" if chat else ""), "created": created,
+                            "model": config.model_name, "choices": [], "usage": usage_dict()}
+                    yield f"data: {json.dumps(body)}\n\n"
+                yield "data: [DONE]\n\n"
+
+            return StreamingResponse(sse(), media_type="text/event-stream",
+                                     headers={"Cache-Control": "no-store", "X-Request-Id": rid})
+        parts, reason = [], None
+        async for delta, r in tokens():
+            parts.append(delta)
+            reason = r or reason
+        content = "".join(parts)
+        choice = ({"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": reason}
+                  if chat else {"index": 0, "text": content, "logprobs": None, "finish_reason": reason})
+        return JSONResponse({"id": rid, "object": obj, "created": created, "model": config.model_name,
+                             "choices": [choice], "usage": usage_dict()}, headers={"X-Request-Id": rid})
+
+    @app.post("/v1/completions")
+    async def completions(request: Request) -> Response:
+        return await handle(request, chat=False)
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request) -> Response:
+        return await handle(request, chat=True)
+
+    return app

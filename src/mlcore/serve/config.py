@@ -1,0 +1,36 @@
+"""Server settings (one dataclass; ``python -m mlcore.serve`` fills it from the command line)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from mlcore.serve.engine import EngineConfig
+from mlcore.serve.guard import PII_POLICIES
+
+
+@dataclass
+class ServeConfig:
+    """What the HTTP layer enforces. Defaults are the safe ones: loopback only, keys required, PII masked."""
+
+    model_name: str = "tiny-target"
+    host: str = "127.0.0.1"
+    port: int = 8000
+    max_body_bytes: int = 64 * 1024  # larger bodies get 413 before they are read in full
+    max_prompt_tokens: int | None = None  # None: the model's length - 1
+    default_max_tokens: int = 16
+    pii_policy: str = "mask"  # "mask" | "block" | "allow" for PII in prompts
+    blocklist: tuple[str, ...] = ()
+    audit_path: str | None = None
+    default_rpm: float = 600.0
+    max_queue: int = 256  # requests waiting in the engine beyond this get 503 (load shedding)
+    ssl_certfile: str | None = None
+    ssl_keyfile: str | None = None
+    engine: EngineConfig = field(default_factory=EngineConfig)
+
+    def __post_init__(self) -> None:
+        if self.pii_policy not in PII_POLICIES:
+            raise ValueError(f"pii_policy must be one of {PII_POLICIES}, got {self.pii_policy!r}")
+        if self.max_body_bytes < 256:
+            raise ValueError(f"max_body_bytes must be >= 256, got {self.max_body_bytes}")
+        if (self.ssl_certfile is None) != (self.ssl_keyfile is None):
+            raise ValueError("ssl_certfile and ssl_keyfile go together: pass both or neither")

@@ -1,0 +1,249 @@
+"""The continuous-batching engine: one decode loop over a paged KV pool (Orca, Yu et al. 2022; vLLM, Kwon et al. 2023).
+
+    engine = Engine(model, EngineConfig(num_blocks=256))
+    seq = engine.submit(prompt_ids, SamplingParams(max_tokens=32), emit=callback)   # any thread
+    engine.start()          # a background thread runs step() while there is work
+    ...
+    engine.shutdown()       # finishes what is in flight (drain=True) or aborts it, then stops
+
+One :meth:`Engine.step`:
+
+1. the :class:`~mlcore.serve.scheduler.Scheduler` picks (sequence, n new tokens) pairs: running sequences
+   first, preempting the newest when blocks run out, then admits waiting requests (with prefix-cache hits);
+2. a batched forward over every picked row through a :class:`~mlcore.inference.paged_batch.PagedBatch` view
+   of the pool (ragged rows right-aligned so the model's index-based masks hold exactly); decode rows (one
+   token each) and prefill chunks go in two forwards, since padding a decode row to a chunk's length would
+   multiply its cost (vLLM flattens all tokens into one varlen batch instead; our masks come from per-row
+   key indices, so rows cannot be packed into one);
+3. each row that has computed all its tokens samples its next token with *its own* parameters and generator
+   (greedy rows share one argmax), emits it, and finishes on a stop token, ``max_tokens`` or the model's
+   length; finished rows return their blocks at once, so the next step can admit more.
+
+Greedy outputs equal ``mlcore.inference.generate`` on the request alone: rows never see each other's keys
+(the masks come from per-row key indices), and a preempted request resumes from its own tokens.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from mlcore.inference.paged_batch import PagedBatch, allocate_pool
+from mlcore.inference.sampling import make_generator, process_logits, sample_next, validate_sampling_args
+from mlcore.serve.block_manager import BlockManager
+from mlcore.serve.scheduler import Emit, SamplingParams, Scheduler, Sequence
+
+
+@dataclass
+class EngineConfig:
+    """Pool and batch sizes. ``num_blocks`` x ``block_size`` tokens of KV per layer in all."""
+
+    num_blocks: int = 256
+    block_size: int = 16
+    max_running: int = 32
+    max_step_tokens: int = 512
+    prefix_caching: bool = True
+    policy: str = "continuous"
+    batch_timeout: float = 0.05
+    history: int = 10_000  # steps of pool-use history kept (time, used blocks, running, waiting)
+
+
+class Engine:
+    """Continuous batching over a paged KV cache; thread-safe ``submit`` / ``abort`` (see the module docstring)."""
+
+    def __init__(self, model: nn.Module, config: EngineConfig | None = None, *,
+                 device: torch.device | str | None = None) -> None:
+        self.model = model.eval()
+        self.config = config = config or EngineConfig()
+        c = model.config
+        self.max_seq_len: int = c.max_seq_len
+        self.vocab_size: int = c.vocab_size
+        self.device = torch.device(device) if device is not None else next(model.parameters()).device
+        self.cache = allocate_pool(model, config.num_blocks, config.block_size, device=self.device)
+        self.blocks = BlockManager(self.cache, prefix_caching=config.prefix_caching)
+        self.scheduler = Scheduler(self.blocks, max_running=config.max_running,
+                                   max_step_tokens=config.max_step_tokens, policy=config.policy,
+                                   batch_timeout=config.batch_timeout)
+        self._ids = itertools.count()
+        self._lock = threading.Condition()
+        self._inbox: deque[Sequence] = deque()
+        self._aborts: set[str] = set()
+        self._thread: threading.Thread | None = None
+        self._stop = False
+        self._drain = True
+        self.history: deque[tuple[float, int, int, int]] = deque(maxlen=config.history)
+        self.steps = 0
+        self.tokens_out = 0
+        self.last_error: Exception | None = None
+
+    # --- requests (any thread) -------------------------------------------------------------------------
+
+    def submit(self, prompt: list[int], params: SamplingParams | None = None, *, emit: Emit | None = None,
+               request_id: str | None = None) -> Sequence:
+        """Queue a request; ``emit(token, None)`` is called per token and ``emit(None, reason)`` at the end."""
+        params = params or SamplingParams()
+        if not prompt or not all(isinstance(t, int) and 0 <= t < self.vocab_size for t in prompt):
+            raise ValueError(f"prompt must be a non-empty list of token ids in [0, {self.vocab_size}), got "
+                             f"{len(prompt)} ids")
+        if not isinstance(params.max_tokens, int) or params.max_tokens < 1:
+            raise ValueError(f"max_tokens must be an int >= 1, got {params.max_tokens!r}")
+        validate_sampling_args(params.temperature, params.top_k, params.top_p)
+        if len(prompt) >= self.max_seq_len:
+            raise ValueError(f"prompt has {len(prompt)} tokens; this model's length is {self.max_seq_len}, so "
+                             f"prompts may hold at most {self.max_seq_len - 1}")
+        total = min(len(prompt) + params.max_tokens, self.max_seq_len)
+        if -(-total // self.config.block_size) > self.config.num_blocks:
+            raise ValueError(f"a request of {total} tokens needs more blocks than the pool has "
+                             f"({self.config.num_blocks} of {self.config.block_size})")
+        seq = Sequence(request_id or f"req-{next(self._ids)}", list(prompt), params, emit)
+        if params.temperature > 0:
+            seq.generator = make_generator(params.seed, self.device)
+        with self._lock:
+            if self._stop:
+                raise RuntimeError("the engine is shutting down and takes no new requests")
+            self._inbox.append(seq)
+            self._lock.notify()
+        return seq
+
+    def abort(self, request_id: str) -> None:
+        """Stop a request (a client went away, a stop string matched): it finishes with reason "abort"."""
+        with self._lock:
+            self._aborts.add(request_id)
+            self._lock.notify()
+
+    # --- the loop --------------------------------------------------------------------------------------
+
+    def _take_inbox(self) -> None:
+        with self._lock:
+            while self._inbox:
+                self.scheduler.waiting.append(self._inbox.popleft())
+            aborts, self._aborts = self._aborts, set()
+        for seq in [*self.scheduler.running, *self.scheduler.waiting]:
+            if seq.request_id in aborts:
+                self._finish(seq, "abort")
+
+    def _finish(self, seq: Sequence, reason: str) -> None:
+        self.scheduler.retire(seq)
+        seq.finish_reason, seq.finish_time = reason, time.perf_counter()
+        if seq.emit is not None:
+            seq.emit(None, reason)
+
+    @torch.no_grad()
+    def step(self) -> int:
+        """One iteration: schedule, one batched forward, sample, emit, retire. Returns the rows run."""
+        self._take_inbox()
+        plan = self.scheduler.schedule()
+        self.history.append((time.perf_counter(), self.blocks.used, len(self.scheduler.running),
+                             len(self.scheduler.waiting)))
+        if not plan:
+            return 0
+        # Decode rows (1 token) and prefill chunks run as two forwards: padded together, every decode row
+        # would carry the longest chunk's length of padding through every layer.
+        decode = [b for b, (_, n) in enumerate(plan) if n == 1]
+        prefill = [b for b, (_, n) in enumerate(plan) if n > 1]
+        parts = [(group, self._forward([plan[b] for b in group])) for group in (decode, prefill) if group]
+        logits = torch.cat([lg for _, lg in parts])[torch.argsort(torch.tensor([b for g, _ in parts for b in g]))]
+        for seq, n in plan:
+            self.scheduler.after_step(seq, n)
+        done = [b for b, (seq, _) in enumerate(plan) if seq.to_compute == 0]
+        tokens = self._sample(logits, [plan[b][0] for b in done], done)
+        now = time.perf_counter()
+        for b, token in zip(done, tokens):
+            seq = plan[b][0]
+            seq.output.append(token)
+            self.tokens_out += 1
+            if seq.first_token_time is None:
+                seq.first_token_time = now
+            if seq.emit is not None:
+                seq.emit(token, None)
+            if token in seq.params.stop_token_ids:
+                self._finish(seq, "stop")
+            elif len(seq.output) >= seq.params.max_tokens or len(seq.tokens) >= self.max_seq_len:
+                self._finish(seq, "length")
+        self.steps += 1
+        return len(plan)
+
+    def _forward(self, rows: list[tuple[Sequence, int]]) -> torch.Tensor:
+        """One batched forward over ragged rows; the logits (B, V) of each row's last new token."""
+        view = PagedBatch(self.cache, [seq.blocks for seq, _ in rows], [seq.num_computed for seq, _ in rows],
+                          [n for _, n in rows], self.max_seq_len, device=self.device)
+        ids = view.input_ids([seq.tokens[seq.num_computed:seq.num_computed + n] for seq, n in rows])
+        return self.model(ids, attention_mask=view.attention_mask, cache=view, position_ids=view.position_ids,
+                          logits_to_keep=1, validate=False)[:, -1]
+
+    def _sample(self, logits: torch.Tensor, seqs: list[Sequence], rows: list[int]) -> list[int]:
+        if not rows:
+            return []
+        picked = logits[rows]  # (b, V)
+        greedy = picked.argmax(dim=-1).tolist()
+        out = []
+        for j, seq in enumerate(seqs):
+            p = seq.params
+            if p.temperature == 0:
+                out.append(int(greedy[j]))
+                continue
+            scores = process_logits(picked[j:j + 1], temperature=p.temperature, top_k=p.top_k, top_p=p.top_p)
+            out.append(int(sample_next(scores, generator=seq.generator)[0]))
+        return out
+
+    def run_until_done(self, max_steps: int = 1_000_000) -> None:
+        """Step in this thread until nothing is queued or running (tests, benchmarks)."""
+        for _ in range(max_steps):
+            self._take_inbox()
+            if not self.scheduler.has_work:
+                return
+            self.step()
+        raise RuntimeError(f"run_until_done: still busy after {max_steps} steps")
+
+    def _loop(self) -> None:
+        while True:
+            with self._lock:
+                while not self._inbox and not self.scheduler.has_work and not self._stop and not self._aborts:
+                    self._lock.wait(timeout=0.5)
+                if self._stop and not self._drain:
+                    break
+                if self._stop and not self._inbox and not self.scheduler.has_work:
+                    break
+            try:
+                if self.step() == 0 and self.scheduler.has_work:
+                    time.sleep(0.002)  # static batching waiting for a batch
+            except Exception as err:  # a failed step must not leave requests hanging, nor stop the loop
+                self.last_error = err
+                for seq in [*self.scheduler.running, *self.scheduler.waiting]:
+                    self._finish(seq, "error")
+        self._take_inbox()
+        for seq in [*self.scheduler.running, *self.scheduler.waiting]:
+            self._finish(seq, "abort")
+
+    def start(self) -> Engine:
+        """Run the loop in a daemon thread (idempotent)."""
+        if self._thread is None or not self._thread.is_alive():
+            self._stop = False
+            self._thread = threading.Thread(target=self._loop, name="mlcore-engine", daemon=True)
+            self._thread.start()
+        return self
+
+    def shutdown(self, *, drain: bool = True, timeout: float | None = 30.0) -> None:
+        """Stop taking requests; with ``drain`` finish every queued and running one first, else abort them."""
+        with self._lock:
+            self._stop, self._drain = True, drain
+            self._lock.notify()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    # --- state, for metrics and notebooks --------------------------------------------------------------
+
+    def stats(self) -> dict[str, Any]:
+        b = self.blocks
+        return {"waiting": len(self.scheduler.waiting) + len(self._inbox), "running": len(self.scheduler.running),
+                "free_blocks": b.available, "used_blocks": b.used, "num_blocks": b.num_blocks,
+                "cached_blocks": len(b.block_of), "shared_blocks": b.shared_blocks(),
+                "prefix_hits": b.hits, "prefix_queries": b.queries, "preemptions": self.scheduler.preemptions,
+                "steps": self.steps, "tokens_out": self.tokens_out}

@@ -1,0 +1,67 @@
+"""Embedding drift: MMD^2 against a written-out double loop, the permutation test's behaviour, cosine shift."""
+
+import numpy as np
+import pytest
+import torch
+
+from mlcore.eval import cosine_shift, mmd2, mmd_permutation_test
+
+
+def _mmd2_loops(x: np.ndarray, y: np.ndarray, sigma: float) -> float:
+    def k(a, b):
+        return np.exp(-np.sum((a - b) ** 2) / (2 * sigma**2))
+
+    n, m = len(x), len(y)
+    sxx = sum(k(x[i], x[j]) for i in range(n) for j in range(n) if i != j) / (n * (n - 1))
+    syy = sum(k(y[i], y[j]) for i in range(m) for j in range(m) if i != j) / (m * (m - 1))
+    sxy = sum(k(x[i], y[j]) for i in range(n) for j in range(m)) / (n * m)
+    return sxx + syy - 2 * sxy
+
+
+def test_mmd2_equals_loops_and_median_heuristic():
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(12, 3)), rng.normal(0.3, 1.0, size=(9, 3))
+    assert mmd2(x, y, bandwidth=1.5) == pytest.approx(_mmd2_loops(x, y, 1.5), rel=1e-10)
+    pooled = np.concatenate([x, y])
+    d = np.sqrt(((pooled[:, None] - pooled[None]) ** 2).sum(-1))[np.triu_indices(21, 1)]
+    res = mmd_permutation_test(x, y, n_permutations=0)
+    assert res.bandwidth == pytest.approx(np.median(d))
+    assert res.mmd2 == pytest.approx(_mmd2_loops(x, y, np.median(d)), rel=1e-10)
+
+
+def test_permutation_test_detects_shift_and_is_seeded():
+    g = torch.Generator().manual_seed(0)
+    ref = torch.randn(80, 8, generator=g)
+    same = torch.randn(80, 8, generator=g)
+    shifted = torch.randn(80, 8, generator=g) + 0.6
+    state = torch.random.get_rng_state()
+    a = mmd_permutation_test(ref, shifted, n_permutations=200, seed=1)
+    assert torch.equal(state, torch.random.get_rng_state())  # the global RNG is untouched
+    assert a.p_value == pytest.approx(1 / 201)  # no permutation beats the observed shift
+    b = mmd_permutation_test(ref, same, n_permutations=200, seed=1)
+    assert b.p_value > 0.05 and b.mmd2 < a.mmd2
+    assert mmd_permutation_test(ref, same, n_permutations=200, seed=1) == b  # same seed, same answer
+
+
+def test_cosine_shift():
+    x = np.array([[1.0, 0.0], [1.0, 0.2]])
+    y = np.array([[0.0, 1.0], [0.2, 1.0]])
+    a, b = x.mean(0), y.mean(0)
+    expected = 1 - a @ b / (np.linalg.norm(a) * np.linalg.norm(b))
+    assert cosine_shift(x, y) == pytest.approx(expected)
+    assert cosine_shift(x, x) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_bad_input():
+    with pytest.raises(ValueError, match="same dimension"):
+        cosine_shift(np.ones((3, 4)), np.ones((3, 5)))
+    with pytest.raises(ValueError, match="NaN"):
+        mmd2(np.array([[np.nan, 1.0], [0.0, 1.0]]), np.ones((2, 2)))
+    with pytest.raises(ValueError, match="at least 2 rows"):
+        mmd_permutation_test(np.ones((1, 3)), np.ones((4, 3)))
+    with pytest.raises(ValueError, match=r"\(N, D\)"):
+        cosine_shift(np.ones(3), np.ones((2, 3)))
+    with pytest.raises(ValueError, match="zero vector"):
+        cosine_shift(np.zeros((2, 3)), np.ones((2, 3)))
+    with pytest.raises(ValueError, match="n_permutations"):
+        mmd_permutation_test(np.ones((3, 2)), np.ones((3, 2)), n_permutations=-1)

@@ -1,0 +1,66 @@
+"""Exact cosine index (torch), its persistence with an embedder manifest, and HNSW (faiss) recall against it."""
+
+import pytest
+import torch
+
+from mlcore.rag import ApproxIndex, DenseIndex, recall_vs_exact
+
+
+def _clustered(n: int, d: int, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    centres = torch.randn(40, d, generator=g)
+    x = centres[torch.randint(0, 40, (n,), generator=g)] + 0.6 * torch.randn(n, d, generator=g)
+    return torch.nn.functional.normalize(x, dim=-1)
+
+
+def test_exact_search_is_brute_force():
+    x, q = _clustered(500, 32, 0), _clustered(20, 32, 1)
+    scores, ids = DenseIndex(x).search(q, k=7)
+    ref = torch.topk(q @ x.T, 7)
+    assert torch.equal(ids, ref.indices) and torch.allclose(scores, ref.values)
+
+
+def test_hnsw_recall_at_10_against_exact():
+    x, q = _clustered(4000, 384, 2), _clustered(100, 384, 3)
+    exact = DenseIndex(x).search(q, k=10)[1]
+    good = recall_vs_exact(ApproxIndex(x, M=32, ef_search=128).search(q, k=10)[1], exact)
+    poor = recall_vs_exact(ApproxIndex(x, M=2, ef_construction=4, ef_search=1).search(q, k=10)[1], exact)
+    assert good >= 0.93, good                                          # the floor the report quotes
+    assert poor < good                                                 # the knob really trades recall
+
+
+def test_save_load_and_refusals(tmp_path, embedder):
+    texts = ["The assert statement.", "Coroutines and await.", "Class definitions."]
+    index = DenseIndex.build(texts, embedder)
+    index.save(tmp_path / "ix")
+    back = DenseIndex.load(tmp_path / "ix", embedder=embedder)
+    assert torch.equal(back.embeddings, index.embeddings) and back.texts == texts
+    q = embedder.encode(["what does await do"])
+    assert back.search(q, 1)[1].item() == 1
+    other = dict(embedder.identity, name="intfloat/e5-small", fingerprint="0" * 16)
+    with pytest.raises(ValueError, match="built with embedder"):
+        DenseIndex.load(tmp_path / "ix", embedder=other)
+    with pytest.raises(ValueError, match="dimension 384"):
+        DenseIndex.load(tmp_path / "ix", embedder=dict(embedder.identity, dim=768))
+    with pytest.raises(ValueError, match="no saved index"):
+        DenseIndex.load(tmp_path / "missing", embedder=embedder)
+    with pytest.raises(ValueError, match="no embedder identity"):
+        DenseIndex(torch.randn(2, 4)).save(tmp_path / "anon")
+
+
+def test_bad_input():
+    x = torch.randn(10, 8)
+    with pytest.raises(ValueError, match="empty"):
+        DenseIndex(torch.empty(0, 8))
+    with pytest.raises(ValueError, match="empty corpus"):
+        DenseIndex.build([], embedder=None)
+    with pytest.raises(ValueError, match="NaN"):
+        DenseIndex(torch.full((2, 8), float("nan")))
+    with pytest.raises(ValueError, match="dimension 4, the index expects 8"):
+        DenseIndex(x).search(torch.randn(1, 4))
+    with pytest.raises(ValueError, match="NaN"):
+        DenseIndex(x).search(torch.full((1, 8), float("nan")))
+    with pytest.raises(ValueError, match=r"shape \(N, D\)"):
+        ApproxIndex(torch.randn(8))
+    with pytest.raises(ValueError, match="k must be"):
+        ApproxIndex(x).search(torch.randn(1, 8), k=0)
