@@ -20,8 +20,8 @@ from mlcore.privacy import (
     mask_stream,
     scan_input,
 )
-from mlcore.privacy.banking import iban_valid
-from mlcore.privacy.cards import card_brand
+from mlcore.privacy.recognizers.banking import iban_valid
+from mlcore.privacy.recognizers.cards import card_brand
 
 KEY = b"adversarial-review-key-01"
 
@@ -97,8 +97,8 @@ def test_ipv6_with_ipv4_tail_is_one_span():
 
 
 def test_ssn_without_dashes_after_a_long_context_phrase():
-    assert found("social security number 123456789") == [("SSN", "123456789")]
-    assert not detect_pii("the number 123456789 is mine")
+    assert found("social security number 234567891") == [("SSN", "234567891")]
+    assert not detect_pii("the number 234567891 is mine")
 
 
 def test_lowercase_iban():
@@ -151,9 +151,9 @@ def test_date_of_birth_with_two_digit_year():
 
 
 def test_dashed_ssn_glued_to_a_word():
-    assert found("ssn123-45-6789") == [("SSN", "123-45-6789")]
-    assert "6789" not in "".join(mask_stream(["w" * 90, "wwww123-45-6789 end"]))
-    for text in ("ORD123-45-6789", "SKU-123-45-6789", "a1b123-45-6789"):
+    assert found("ssn234-56-7891") == [("SSN", "234-56-7891")]
+    assert "7891" not in "".join(mask_stream(["w" * 90, "wwww234-56-7891 end"]))
+    for text in ("ORD234-56-7891", "SKU-234-56-7891", "a1b234-56-7891"):
         assert not detect_pii(text), text
 
 

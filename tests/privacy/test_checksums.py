@@ -3,8 +3,8 @@
 import pytest
 from faker import Faker
 
-from mlcore.privacy.banking import IBAN_LENGTHS, iban_valid
-from mlcore.privacy.checksums import (
+from mlcore.privacy.recognizers.banking import IBAN_LENGTHS, iban_valid
+from mlcore.privacy.recognizers.checksums import (
     aba_check_digit,
     aba_valid,
     iban_check_digits,

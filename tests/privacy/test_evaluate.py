@@ -3,8 +3,8 @@
 import pytest
 
 from mlcore.privacy import detect_pii
-from mlcore.privacy.evaluate import KindScore, evaluate, format_table
-from mlcore.privacy.synthetic import SyntheticPii, synthetic_log
+from mlcore.privacy.evaluation.evaluate import KindScore, evaluate, format_table
+from mlcore.privacy.evaluation.synthetic import SyntheticPii, synthetic_log
 
 
 @pytest.fixture(scope="module")

@@ -2,6 +2,7 @@
 
 import random
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -68,3 +69,28 @@ def test_output_side_is_stricter_than_input_side():
     assert r.verdict == "redact" and "9640" not in r.safe_text and r.reasons == ["leak:LONG_NUMBER"]
     assert scan_output(off_format, max_digits=None).verdict == "allow"
     assert "9640" not in "".join(scan_stream(["my card number is 4556 73", "75 8689 96", "40046 ok"]))
+
+
+def test_output_allowlist_and_runs_of_years():
+    support = "1-800-555-0199"
+    text = f"Call our support line {support} or 1 800 555 0199; a stranger's number is 415-555-2671."
+    r = scan_output(text, allowlist=[support])
+    assert support in r.safe_text and "1 800 555 0199" in r.safe_text and "2671" not in r.safe_text
+    assert r.reasons == ["leak:PHONE"]
+    assert support not in scan_output(text).safe_text  # without the allowlist it is redacted
+    shown = "".join(scan_stream([text[:30], text[30:50], text[50:]], allowlist=[support]))
+    assert shown == r.safe_text
+    years = "Statements for 2019 2020 2021 2022 2023 are attached."
+    assert scan_output(years).verdict == "allow"
+    assert scan_output("ref 2019 2020 2021 2022 7").verdict == "redact"  # not only years: still a long number
+    assert scan_output("my card number is 4556 7375 8689 9640046").reasons == ["leak:LONG_NUMBER"]
+
+
+@pytest.mark.parametrize("call", [
+    lambda: scan_output("x", allowed="jane@example.com"), lambda: scan_output("x", blocklist="falcon"),
+    lambda: scan_output("x", allowlist="1-800-555-0199"), lambda: OutputGuard(blocklist="falcon"),
+    lambda: scan_input("x", blocklist="falcon"),
+])
+def test_a_string_where_a_list_belongs_is_refused(call):
+    with pytest.raises(TypeError, match="list of strings"):
+        call()

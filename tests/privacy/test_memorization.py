@@ -6,9 +6,8 @@ import random
 import pytest
 import torch
 
-from mlcore.privacy.audit import card_secret_format, run_audit
-from mlcore.privacy.checksums import luhn_valid
-from mlcore.privacy.memorization import (
+from mlcore.privacy.audit.canary_audit import card_secret_format, run_audit
+from mlcore.privacy.audit.memorization import (
     SecretSpace,
     canary_exposure,
     exposure_from_rank,
@@ -17,6 +16,7 @@ from mlcore.privacy.memorization import (
     fit_skewnorm_moments,
     skewnorm_logcdf,
 )
+from mlcore.privacy.recognizers.checksums import luhn_valid
 
 
 @pytest.mark.parametrize("a,loc,scale,x", [(3, 0, 1, -1.0), (-2, 5, 2, 0.0), (0, 0, 1, -6), (4, 1, 0.5, 0.2), (-5, 0, 1, -8)])

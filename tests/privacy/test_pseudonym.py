@@ -7,10 +7,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mlcore.privacy import Pseudonymizer, detect_pii, pseudonym_for
-from mlcore.privacy.banking import iban_valid
-from mlcore.privacy.cards import card_brand
-from mlcore.privacy.checksums import aba_valid, luhn_valid
-from mlcore.privacy.national_ids import classify_ssn
+from mlcore.privacy.recognizers.banking import iban_valid
+from mlcore.privacy.recognizers.cards import card_brand
+from mlcore.privacy.recognizers.checksums import aba_valid, luhn_valid
+from mlcore.privacy.recognizers.national_ids import classify_ssn
 
 KEY = b"pseudonym-test-key-000"
 

@@ -90,10 +90,8 @@ def _y_value(result: Result, y: str) -> float | None:
 
 def draw_plot(plot: Plot, results: list[Result], path: Path) -> bool:
     """Draw ``plot`` from ``results`` to ``path``; False when nothing matched."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    # the object API (no pyplot): draws off-screen without touching the caller's backend
+    from matplotlib.figure import Figure
 
     lines: dict[str, list[tuple[float, float]]] = defaultdict(list)
     for r in results:
@@ -106,7 +104,8 @@ def draw_plot(plot: Plot, results: list[Result], path: Path) -> bool:
         lines[str(label)].append((r.params[plot.x], y))
     if not lines:
         return False
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    fig = Figure(figsize=(6.4, 4.2))
+    ax = fig.add_subplot()
     for label, points in lines.items():
         points.sort()
         ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=label)
@@ -121,7 +120,6 @@ def draw_plot(plot: Plot, results: list[Result], path: Path) -> bool:
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return True
 
 

@@ -1,9 +1,12 @@
 """`detect_pii`: run every recognizer, keep the confident hits, resolve overlaps.
 
-The recognizers are plain generator functions ``text -> Iterator[PiiSpan]`` (one module per family:
-`cards`, `national_ids`, `banking`, `contact`, `secrets`); add your own by passing `recognizers`.
-Detection is linear in the text length; for inputs too large to hold, use `mlcore.privacy.mask_stream`
-or `StreamScanner`, which scan a bounded window.
+The recognizers are plain generator functions ``text -> Iterator[PiiSpan]`` in `mlcore.privacy.recognizers`
+(one module per family: `cards`, `card_details`, `national_ids`, `banking`, `contact`, `secrets`); add your
+own by passing `recognizers`. Each one is fast because its scan starts with a cheap prefilter (a literal or
+leading-character-class regex without look-behinds, or a literal keyword scan of the lowercased text for the
+kinds that need a context word) and validates (Luhn, MOD 97-10, registry lengths, issuing rules) only what
+that finds. Detection is linear in the text length; for inputs too large to hold, use `mask_stream` or
+`StreamScanner`, which scan a bounded window.
 """
 
 from __future__ import annotations
@@ -11,11 +14,22 @@ from __future__ import annotations
 import unicodedata
 from collections.abc import Callable, Iterable, Iterator, Sequence
 
-from mlcore.privacy.banking import find_account_numbers, find_ibans, find_routing_numbers
-from mlcore.privacy.cards import find_cards
-from mlcore.privacy.contact import find_dates_of_birth, find_emails, find_ips, find_phones
-from mlcore.privacy.national_ids import find_national_ids
-from mlcore.privacy.secrets import find_secrets
+from mlcore.privacy.recognizers.banking import (
+    find_account_numbers,
+    find_ibans,
+    find_routing_numbers,
+    find_sort_codes,
+)
+from mlcore.privacy.recognizers.card_details import find_card_details, find_ocr_cards
+from mlcore.privacy.recognizers.cards import find_cards
+from mlcore.privacy.recognizers.contact import find_dates_of_birth, find_emails, find_ips, find_phones
+from mlcore.privacy.recognizers.national_ids import (
+    find_ca_sins,
+    find_national_ids,
+    find_passports,
+    find_uk_ninos,
+)
+from mlcore.privacy.recognizers.secrets import find_secrets
 from mlcore.privacy.spans import KINDS, PiiSpan, resolve_overlaps
 
 Recognizer = Callable[[str], Iterator[PiiSpan]]
@@ -31,6 +45,12 @@ RECOGNIZERS: tuple[Recognizer, ...] = (
     find_ips,
     find_dates_of_birth,
     find_secrets,
+    find_card_details,
+    find_ocr_cards,
+    find_sort_codes,
+    find_uk_ninos,
+    find_ca_sins,
+    find_passports,
 )
 
 MAX_CHARS = 64 * 1024 * 1024
@@ -49,12 +69,34 @@ def check_text(text: object, name: str = "text") -> str:
     return text
 
 
+def excerpt(value: object, limit: int = 24) -> str:
+    """At most `limit` characters of `value` for an error message (inputs may be huge, or personal data)."""
+    text = str(value)
+    return repr(text) if len(text) <= limit else f"{text[:limit]!r}... ({len(text)} characters)"
+
+
+def check_str_list(values: object, name: str) -> tuple[str, ...]:
+    """`values` as a tuple of str; a single str (or bytes) is refused instead of being read letter by letter."""
+    if isinstance(values, str | bytes | bytearray):
+        raise TypeError(
+            f"{name} must be a list of strings, got a single {type(values).__name__} {excerpt(values)}; "
+            f"wrap it in a list: {name}=[...]"
+        )
+    try:
+        out = tuple(values)  # type: ignore[arg-type]
+    except TypeError:
+        raise TypeError(f"{name} must be a list of strings, got {type(values).__name__}") from None
+    bad = next((v for v in out if not isinstance(v, str)), None)
+    if bad is not None:
+        raise TypeError(f"{name} must contain only str, found a {type(bad).__name__}")
+    return out
+
+
 def check_kinds(kinds: Iterable[str] | None) -> frozenset[str] | None:
+    """`kinds` as a frozenset of known kind names (None stays None); a bare str such as "CARD" is refused."""
     if kinds is None:
         return None
-    if isinstance(kinds, str):
-        kinds = (kinds,)
-    kinds = frozenset(kinds)
+    kinds = frozenset(check_str_list(kinds, "kinds"))
     unknown = sorted(kinds - set(KINDS))
     if unknown:
         # echo only what looks like a kind name: a caller may have passed a value by mistake
@@ -90,6 +132,9 @@ def detect_pii(
     """
     check_text(text)
     wanted = check_kinds(kinds)
+    if callable(recognizers) or isinstance(recognizers, str):
+        raise TypeError("recognizers must be a sequence of recognizer functions, got a single "
+                        f"{type(recognizers).__name__}; pass recognizers=(*RECOGNIZERS, mine)")
     if not 0.0 <= min_score <= 1.0:
         raise ValueError(f"min_score must be in [0, 1], got {min_score}")
     if len(text) > MAX_CHARS:

@@ -40,7 +40,8 @@ def keyed_digest(key: bytes, kind: str, value: str, *, purpose: str = "hash") ->
 
 def normalise(kind: str, value: str) -> str:
     """The canonical form two spellings of one value share (digits only for numbers, lowercase e-mail)."""
-    if kind in ("CARD", "SSN", "ITIN", "ABA_ROUTING", "ACCOUNT_NUMBER", "PHONE"):
+    if kind in ("CARD", "SSN", "ITIN", "ABA_ROUTING", "ACCOUNT_NUMBER", "PHONE", "CARD_CVV", "UK_SORT_CODE",
+                "CA_SIN"):
         return "".join(str(unicodedata.decimal(c)) for c in value if c.isdecimal())
     if kind == "IBAN":
         return "".join(value.split()).upper()

@@ -27,7 +27,13 @@ KINDS = (
     "IP_ADDRESS",
     "DATE_OF_BIRTH",
     "SECRET",
-    "PERSON",  # only with the optional encoder recognizer (mlcore.privacy.ner)
+    "CARD_CVV",
+    "CARD_EXPIRY",
+    "UK_SORT_CODE",
+    "UK_NINO",
+    "CA_SIN",
+    "PASSPORT",
+    "PERSON",  # only with the optional encoder recognizer (mlcore.privacy.recognizers.ner)
     "ADDRESS",
 )
 

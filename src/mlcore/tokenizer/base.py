@@ -173,6 +173,14 @@ def _as_id(value: object) -> int:
         raise ValueError(f"token ids must be integers, got {type(value).__name__} {value!r}") from None
 
 
+def excerpt(value: object, limit: int = 40) -> str:
+    """`repr` of at most `limit` characters of `value`, so an error never quotes a whole (huge) file line."""
+    text = str(value)
+    if len(text) <= limit:
+        return repr(text)
+    return f"{text[:limit]!r}... ({len(text)} characters)"
+
+
 def parse_saved(lines: Sequence[str], source: str) -> dict:
     """Parse the lines of a saved tokenizer into the constructor's keyword arguments."""
     pos = 0
@@ -185,13 +193,13 @@ def parse_saved(lines: Sequence[str], source: str) -> dict:
         return lines[pos - 1]
 
     def fail(what: str, line: str) -> ValueError:
-        return ValueError(f"{source}: line {pos} is {line!r}, expected {what}")
+        return ValueError(f"{source}: line {pos} is {excerpt(line)}, expected {what}")
 
     header = next_line("the header").split()
     if len(header) != 2 or header[0] != FORMAT_NAME:
         raise fail(f"the header '{FORMAT_NAME} {FORMAT_VERSION}'", " ".join(header))
     if header[1] != str(FORMAT_VERSION):
-        raise ValueError(f"{source}: format version {header[1]!r} is not supported (expected {FORMAT_VERSION})")
+        raise ValueError(f"{source}: format version {excerpt(header[1])} is not supported (expected {FORMAT_VERSION})")
     try:
         line = next_line("the pattern")
         key, _, value = line.partition(" ")
@@ -222,9 +230,9 @@ def parse_saved(lines: Sequence[str], source: str) -> dict:
     except (json.JSONDecodeError, ValueError) as exc:
         if str(exc).startswith(source):
             raise
-        raise ValueError(f"{source}: corrupt tokenizer file at line {pos}: {exc}") from exc
+        raise ValueError(f"{source}: corrupt tokenizer file at line {pos}: {excerpt(exc, 80)}") from exc
     if any(line.strip() for line in lines[pos:]):
         raise ValueError(f"{source}: unexpected content after the last merge at line {pos + 1}")
     if not isinstance(pattern, str):
-        raise ValueError(f"{source}: pattern must be a string, got {pattern!r}")
+        raise ValueError(f"{source}: pattern must be a string, got {type(pattern).__name__}")
     return {"merges": merges, "pattern": pattern, "special_tokens": specials}

@@ -13,12 +13,11 @@ Everything is seeded: the same `seed` gives the same records.
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import json
 import random
 import string
 from dataclasses import dataclass, field
-
-from faker import Faker
 
 
 @dataclass
@@ -62,6 +61,8 @@ class SyntheticPii:
     """Generator of labelled records. ``SyntheticPii(seed).records(n)``."""
 
     def __init__(self, seed: int = 0, *, hard_negative_rate: float = 0.5) -> None:
+        from faker import Faker  # optional ([hf] extra): imported only when records are generated
+
         self.rng = random.Random(seed)
         self.fake = Faker("en_US")
         self.fake.seed_instance(seed)
@@ -180,7 +181,7 @@ class SyntheticPii:
             lambda: f"tracking 1Z{''.join(r.choice(string.ascii_uppercase + string.digits) for _ in range(16))}",
             lambda: "USPS " + " ".join(f"{r.randint(0, 9999):04d}" for _ in range(5)) + f" {r.randint(10, 99)}",
             lambda: f"ts={r.randint(1_600_000_000_000, 1_800_000_000_000)} level=INFO",
-            lambda: f"{f.date_time().isoformat()}.{r.randint(100, 999)}Z request done",
+            lambda: f"{f.date_time_between(dt.datetime(2015, 1, 1), dt.datetime(2025, 1, 1)).isoformat()}.{r.randint(100, 999)}Z request done",
             lambda: f"upgraded to v{r.randint(0, 20)}.{r.randint(0, 40)}.{r.randint(0, 99)}",
             lambda: f"build {r.randint(1, 20)}.{r.randint(0, 9)}.{r.randint(1000, 30000)}.{r.randint(1, 999)}",
             lambda: f"meeting on {f.date_between('-2y', '+1y').strftime(r.choice(['%Y-%m-%d', '%m/%d/%Y', '%Y%m%d']))}",

@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from mlcore.privacy.checksums import luhn_check_digit
-from mlcore.privacy.memorization import SecretSpace, canary_exposure
+from mlcore.privacy.audit.memorization import SecretSpace, canary_exposure
+from mlcore.privacy.recognizers.checksums import luhn_check_digit
 
 PAD = 256
 _CARD_PREFIX = "4556737586899"
@@ -93,9 +93,10 @@ def _train(texts: list[str], seq_len: int, steps: int, seed: int, device: str, d
     from mlcore.model import Transformer, TransformerConfig
     from mlcore.training import TrainConfig, train
 
-    torch.manual_seed(seed)
-    model = Transformer(TransformerConfig(vocab_size=PAD + 1, d_model=d_model, n_layers=2, n_heads=4,
-                                          max_seq_len=seq_len))
+    with torch.random.fork_rng(devices=[]):  # seeded init without touching the caller's global RNG state
+        torch.manual_seed(seed)
+        model = Transformer(TransformerConfig(vocab_size=PAD + 1, d_model=d_model, n_layers=2, n_heads=4,
+                                              max_seq_len=seq_len))
     config = TrainConfig(max_steps=steps, batch_size=16, lr=lr, warmup_steps=min(10, steps), weight_decay=0.0, log_every=0,
                          progress=False, seed=seed, cpu=device == "cpu")
     train(model, encode_bytes(texts, seq_len), config)
@@ -117,7 +118,7 @@ def run_audit(
     device: str = "cpu",
 ) -> AuditResult:
     """Train twice (raw data, then `mask_pii`-redacted data) and return exposure per repetition count."""
-    from mlcore.privacy.masking import mask_pii
+    from mlcore.privacy.transforms.masking import mask_pii
 
     if any(k < 0 for k in repetitions):
         raise ValueError(f"repetitions must be >= 0, got {list(repetitions)}")
@@ -165,15 +166,16 @@ def greedy_bytes(model: torch.nn.Module, prompt: str, max_new_tokens: int = 24) 
 
 
 def plot_audit(result: AuditResult, path: str | None = None):
-    """Exposure vs repetitions, raw vs masked training data (matplotlib Figure; saved when `path` is given)."""
+    """Exposure vs repetitions, raw vs masked training data (matplotlib Figure; saved when `path` is given).
+
+    The figure is built without pyplot, so the caller's backend is never switched (a notebook shows the
+    returned figure, and every later ``plt.show()`` still works)."""
     import math
 
-    import matplotlib
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5, 3.5))
+    fig = Figure(figsize=(5, 3.5))
+    ax = fig.subplots()
     ax.plot(result.repetitions, result.exposure_raw, "o-", label="raw training data")
     ax.plot(result.repetitions, result.exposure_masked, "s--", label="mask_pii first (redact)")
     ax.axhline(math.log2(result.space_size), color="gray", lw=0.8, ls=":", label="log2 |R| (fully memorised)")

@@ -41,7 +41,7 @@ class StreamScanner:
     """Incremental masking. ``feed(chunk) -> str`` returns text that is safe to emit now; ``flush()`` the rest.
 
     Args:
-        replace: ``span -> replacement`` (see `mlcore.privacy.masking.make_replacer`).
+        replace: ``span -> replacement`` (see `mlcore.privacy.transforms.masking.make_replacer`).
         hold: characters always held back at the end of the buffer.
         context: characters of released original text kept for context words.
         max_buffer: the buffer size at which a release is forced (memory bound).

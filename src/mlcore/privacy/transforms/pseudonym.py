@@ -24,12 +24,12 @@ import re
 import string
 from collections.abc import Callable, Iterable
 
-from mlcore.privacy.cards import BRANDS, card_brand
-from mlcore.privacy.checksums import aba_check_digit, iban_check_digits, luhn_check_digit
-from mlcore.privacy.contact import _DATE, parse_date
 from mlcore.privacy.detect import MASK_MIN_SCORE, check_kinds, check_text, detect_pii
 from mlcore.privacy.keys import check_key, keyed_digest, normalise
-from mlcore.privacy.national_ids import _ITIN_GROUPS
+from mlcore.privacy.recognizers.cards import BRANDS, card_brand
+from mlcore.privacy.recognizers.checksums import aba_check_digit, iban_check_digits, luhn_check_digit
+from mlcore.privacy.recognizers.contact import DATE_PATTERN, parse_date
+from mlcore.privacy.recognizers.national_ids import ITIN_GROUPS
 from mlcore.privacy.spans import replace_spans
 
 SECRET_PREFIXES = ("AKIA", "ASIA", "ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_", "sk_live_", "sk_test_",
@@ -80,7 +80,7 @@ def _card(value: str, rng: random.Random) -> str:
 
 def _ssn(value: str, rng: random.Random, itin: bool) -> str:
     if itin:
-        area, group = rng.randint(900, 999), rng.choice(sorted(_ITIN_GROUPS))
+        area, group = rng.randint(900, 999), rng.choice(sorted(ITIN_GROUPS))
     else:
         area, group = rng.choice([a for a in range(1, 900) if a != 666]), rng.randint(1, 99)
     return _relayout(value, f"{area:03d}{group:02d}{rng.randint(1, 9999):04d}")
@@ -130,7 +130,7 @@ def _phone(value: str, rng: random.Random) -> str:
 
 
 def _date(value: str, rng: random.Random) -> str:
-    m = _DATE.fullmatch(value)
+    m = DATE_PATTERN.fullmatch(value)
     d = dt.date(1940, 1, 1) + dt.timedelta(days=rng.randrange(365 * 65))
     if m is None or parse_date(m) is None:
         return d.isoformat()

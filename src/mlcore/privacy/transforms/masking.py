@@ -23,8 +23,8 @@ from collections.abc import Callable, Iterable, Iterator
 
 from mlcore.privacy.detect import MASK_MIN_SCORE, check_kinds, check_text, detect_pii
 from mlcore.privacy.keys import check_key, derive, keyed_digest, normalise
-from mlcore.privacy.pseudonym import SECRET_PREFIXES, pseudonym_for
 from mlcore.privacy.spans import PiiSpan, replace_spans
+from mlcore.privacy.transforms.pseudonym import SECRET_PREFIXES, pseudonym_for
 
 STRATEGIES = ("redact", "mask", "hash", "pseudonym", "encrypt")
 _KEYED = ("hash", "pseudonym", "encrypt")
@@ -135,7 +135,7 @@ def mask_stream(
     ``"".join(mask_stream(chunks))`` equals ``mask_pii("".join(chunks))`` for the non-random strategies,
     except where a single token is longer than `max_buffer` characters.
     """
-    from mlcore.privacy.streaming import StreamScanner
+    from mlcore.privacy.guards.streaming import StreamScanner
 
     scanner = StreamScanner(make_replacer(strategy, key), kinds=kinds, min_score=min_score, max_buffer=max_buffer)
     if isinstance(chunks, str):

@@ -173,10 +173,10 @@ def canary_exposure(
     method: "exact" (all of R), "sampled", "skewnorm", or "auto" (exact when |R| <= `exact_limit`, else
     skew-normal).
     """
+    if isinstance(canaries, str | bytes):
+        raise TypeError("canaries must be a list of secrets, got a single str; wrap it: canaries=[secret]")
     if method not in ("auto", "exact", "sampled", "skewnorm"):
         raise ValueError(f"method must be 'auto', 'exact', 'sampled' or 'skewnorm', got {method!r}")
-    if isinstance(canaries, str):
-        canaries = [canaries]
     for c in canaries:
         if len(c) != space.length or any(ch not in space.alphabet for ch in c):
             raise ValueError(f"each canary must be {space.length} symbols of the space's alphabet")

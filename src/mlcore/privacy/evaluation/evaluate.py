@@ -15,8 +15,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+from mlcore.privacy.evaluation.synthetic import LabelledText
 from mlcore.privacy.spans import PiiSpan
-from mlcore.privacy.synthetic import LabelledText
 
 
 @dataclass
@@ -59,6 +59,8 @@ def evaluate(
     min_iou: float = 0.5,
 ) -> dict[str, KindScore]:
     """Per-kind TP/FP/FN of `detector` on `records` (kinds seen in either gold or predictions)."""
+    if isinstance(records, str | bytes) or isinstance(records, LabelledText):
+        raise TypeError(f"records must be a list of LabelledText, got a single {type(records).__name__}")
     scores: dict[str, KindScore] = {}
     for rec in records:
         predicted = detector(rec.text)

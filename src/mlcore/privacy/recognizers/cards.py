@@ -1,0 +1,358 @@
+"""Payment card numbers (PANs): brand by IIN prefix and length, printed groups, Luhn check; the CVV and
+expiry printed with them.
+
+ISO/IEC 7812 numbers start with an Issuer Identification Number; the brand fixes the prefix ranges and the
+allowed lengths (table below, from the card networks' published IIN tables: Visa, Mastercard, Amex, Discover,
+JCB, Diners, UnionPay, Maestro, Mir, UATP, Dankort, RuPay, Elo, Troy, Verve, BORICA, ...). A candidate is a
+run of digit groups separated by one space, dash (also no-break spaces and Unicode dashes) or dot, by two
+spaces, or by a line break (a wrapped number). Inside a run, windows of consecutive groups are tried, so
+"415-555-2671 4111111111111111" and "ticket 123456 4111 1111 1111 1111" still yield the card, while a 20-digit
+undelimited run (an order number) yields nothing (digits never split inside a group). Digits in other scripts
+(fullwidth, Arabic-Indic) are read as ASCII by `detect_pii` before recognizers run; OCR slips (O for 0, l for 1)
+are repaired after a card word (`find_ocr_cards`). A window is accepted when
+
+1. it passes Luhn (tested first: it rejects nine windows in ten for a few operations);
+2. its groups are a printed layout: one block, groups of four (the last one shorter), or 4-6-5 / 4-6-4
+   (Amex / Diners); spaces and dashes may mix, dots only with groups of four;
+3. it is not part of a longer number or a decimal (``3.4111...``) or an identifier (``ORD4111...``,
+   ``ORD-4111...``, ``0x4111...``); a plain word glued to it (``visa4111...``) lowers the score to 0.6;
+4. its prefix and length belong to a brand (Maestro outside its well-known IINs needs a context word), or
+   it falls under the unknown-IIN policy below.
+
+Several cards on one line are all reported, whatever their layouts; same-layout cards back to back
+("4111 1111 1111 1111 5555 5555 5555 4444") are reported when the run splits exactly into valid cards.
+
+Scores: 0.9 for a valid number, +0.1 with a context word ("card", "visa", ...), -0.5 after "order", "ref",
+"FedEx" etc. (a positive word wins). Policy for what is ambiguous: a Luhn-valid 13-19 digit run of an IIN no
+network lists scores 0.7 after a card word (reported) and 0.4 otherwise; so does a window that a neighbouring
+group of four could continue ("USPS 9400 1000 ..."). 0.4 is below `detect_pii`'s 0.5 (not *reported*) and
+above `MASK_MIN_SCORE` = 0.35, so `mask_pii`, `scan_input` and `scan_output` still mask it: masking errs
+toward hiding, since an unlisted network's card must not leak and a masked tracking number costs nothing.
+"""
+
+from __future__ import annotations
+
+import bisect
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from mlcore.privacy.recognizers.checksums import luhn_sum, luhn_valid
+from mlcore.privacy.recognizers.context import (
+    ID_PREFIXES,
+    has_context,
+    letters_before,
+    score_with_context,
+)
+from mlcore.privacy.spans import PiiSpan
+
+
+@dataclass(frozen=True)
+class CardBrand:
+    """A card network: IIN prefix ranges (inclusive, compared on equal-length prefixes) and lengths."""
+
+    name: str
+    ranges: tuple[tuple[int, int], ...]
+    lengths: tuple[int, ...]
+
+
+# Order matters: more specific ranges first (Discover's 622126-622925 sits inside UnionPay's 62; Elo's and
+# RuPay's ranges inside Discover's 65). Ranges follow the networks' published IIN tables. JCB's assigned
+# block is 3528-3589, but test generators (Faker's "jcb"/"jcb16") draw from all of 35xx and nothing else
+# issues there, so the whole 35 block is read as JCB. Maestro (50, 56-69; 12-19 digits) comes last: it only
+# claims what no brand above does.
+BRANDS: tuple[CardBrand, ...] = (
+    CardBrand("amex", ((34, 34), (37, 37)), (15,)),
+    CardBrand("uatp", ((1, 1),), (15,)),
+    CardBrand("elo", ((401178, 401179), (431274, 431274), (438935, 438935), (451416, 451416), (457393, 457393),
+                      (457631, 457632), (504175, 504175), (506699, 506778), (509000, 509999), (627780, 627780),
+                      (636297, 636297), (636368, 636368), (650031, 650033), (650035, 650051), (650405, 650439),
+                      (650485, 650538), (650541, 650598), (650700, 650718), (650720, 650727), (650901, 650978),
+                      (651652, 651679), (655000, 655019), (655021, 655058)), (16,)),
+    CardBrand("visa", ((4, 4),), (13, 16, 19)),
+    CardBrand("dankort", ((5019, 5019),), (16,)),
+    CardBrand("verve", ((506099, 506198), (650002, 650027), (507865, 507964)), (16, 18, 19)),
+    CardBrand("mastercard", ((51, 55), (2221, 2720)), (16,)),
+    CardBrand("discover", ((6011, 6011), (644, 649), (65, 65), (622126, 622925)), (16, 17, 18, 19)),
+    CardBrand("jcb", ((3528, 3589),), (16, 17, 18, 19)),
+    CardBrand("jcb", ((3500, 3599),), (16,)),
+    CardBrand("jcb", ((1800, 1800), (2131, 2131)), (15,)),
+    CardBrand("rupay", ((508, 508), (60, 60), (652, 653), (81, 82), (353, 353), (356, 356)), (16,)),
+    CardBrand("diners", ((300, 305), (309, 309), (36, 36), (38, 39)), (14, 16, 17, 18, 19)),
+    CardBrand("unionpay", ((62, 62), (81, 81)), (16, 17, 18, 19)),
+    CardBrand("mir", ((2200, 2204),), (16, 17, 18, 19)),
+    CardBrand("borica", ((2205, 2205),), (16,)),
+    CardBrand("troy", ((9792, 9792), (65, 65)), (16,)),
+    CardBrand("humo", ((9860, 9860),), (16,)),
+    CardBrand("uzcard", ((8600, 8600),), (16,)),
+    CardBrand("instapayment", ((637, 639),), (16,)),
+    CardBrand("interpayment", ((636, 636),), (16, 17, 18, 19)),
+    CardBrand("lankapay", ((357111, 357111),), (16,)),
+    CardBrand("maestro", ((50, 50), (56, 69)), (12, 13, 14, 15, 16, 17, 18, 19)),
+)
+
+# Maestro's wide ranges (50, 56-69) would claim 15% of all 12-19 digit ids (one in ten passes Luhn), so a
+# Maestro number is only read as a card with one of these well-known IINs or after a context word ("card").
+_MAESTRO_IINS = ("5018", "5020", "5038", "5893", "6304", "6759", "6761", "6762", "6763", "0604", "6390")
+
+
+def _brand_table() -> dict[int, tuple[list[int], list[str | None]]]:
+    """Per length, BRANDS flattened into disjoint intervals of 6-digit prefixes (first listed brand wins), so
+    a lookup is one bisection instead of a walk over every range."""
+    table = {}
+    for length in range(12, 20):
+        spans = [(lo * 10 ** (6 - len(str(lo))), (hi + 1) * 10 ** (6 - len(str(lo))), b.name)
+                 for b in BRANDS if length in b.lengths for lo, hi in b.ranges]
+        cuts = sorted({0, 10**6, *(s for s, _, _ in spans), *(e for _, e, _ in spans)})
+        starts, names = [], []
+        for c in cuts[:-1]:
+            starts.append(c)
+            names.append(next((name for s, e, name in spans if s <= c < e), None))
+        table[length] = (starts, names)
+    return table
+
+
+_BRAND_TABLE = _brand_table()
+
+
+def card_brand(digits: str) -> str | None:
+    """Brand name of a bare digit string by IIN prefix and length, or None."""
+    if not (digits.isascii() and digits.isdigit()):
+        return None
+    n = len(digits)
+    if not 12 <= n <= 19:
+        return None
+    if digits.startswith("0604"):
+        return "maestro"  # the one IIN with a leading zero
+    starts, names = _BRAND_TABLE[n]
+    return names[bisect.bisect_right(starts, int(digits[:6])) - 1]
+
+
+def is_valid_card(digits: str) -> bool:
+    """A known brand's prefix and length, and the Luhn check."""
+    return digits.isascii() and digits.isdigit() and card_brand(digits) is not None and luhn_valid(digits)
+
+
+# Separators between printed groups: space, dash, dot, and their typographic cousins (no-break and thin
+# spaces, the Unicode hyphens and dashes) that copy-paste from web pages and PDFs brings along.
+_SPACES = " \u00a0\u2007\u2009\u202f"
+_DASHES = "-\u2010\u2011\u2012\u2013\u2014\u2212"
+SEP_CLASS = "[" + re.escape(_SPACES + _DASHES + ".") + "]"
+# between groups: one separator, or two spaces, or a line break (a number wrapped by a mail client or a PDF
+# column, with at most one space on either side of it)
+_RUN = re.compile(r"\d+(?:(?:" + SEP_CLASS + r"|  | ?\n ?)\d+)*")
+
+
+def _sep_class(ch: str) -> str:
+    return " " if ch in _SPACES or ch == "\n" else "-" if ch in _DASHES else ch
+_GROUP = re.compile(r"\d+")
+
+
+def _layout_ok(sizes: list[int], seps: set[str] | frozenset[str]) -> bool:
+    if len(sizes) == 1:
+        return True
+    if sizes in ([4, 6, 5], [4, 6, 4]):
+        return True
+    if "." in seps:  # dotted: only full groups of four (a decimal or a version string is not a card)
+        return len(sizes) >= 3 and all(s == 4 for s in sizes[:-1]) and 2 <= sizes[-1] <= 4
+    return all(s == 4 for s in sizes[:-1]) and 1 <= sizes[-1] <= 4
+
+
+def _glued(text: str, start: int, end: int) -> str | None:
+    """How text[start:end] is attached to its neighbours: None (free-standing), "letters" (a word glued to
+    it, as in ``visa4111...`` or ``4111...exp``: still reported, with a lower score) or "token" (part of a
+    longer number, a decimal, or an identifier such as ``ORD-4111...``: not a card)."""
+    before = text[start - 1] if start > 0 else ""
+    after = text[end] if end < len(text) else ""
+    if before.isdigit() or after.isdigit():
+        return "token"
+    if before == "." and start > 1 and text[start - 2].isdigit():
+        return "token"  # the fractional part of a decimal (a comma is left alone: CSV rows are full of cards)
+    if after == "." and end + 1 < len(text) and text[end + 1].isdigit():
+        return "token"
+    glue = None
+    if before in _DASHES and start > 1 and text[start - 2].isalnum():
+        k = start - 1
+        while k > 0 and text[k - 1].isalnum():
+            k -= 1
+        word = text[k : start - 1]
+        if any(c.isdigit() for c in word) or word.lower() in ID_PREFIXES:
+            return "token"  # an identifier such as ORD-4111111111111111 or 2024-...
+        glue = "letters"
+    if after in _DASHES and end + 1 < len(text) and text[end + 1].isalnum():
+        k = end + 1
+        while k < len(text) and text[k].isalnum():
+            k += 1
+        if any(c.isdigit() for c in text[end + 1 : k]):
+            return "token"
+        glue = "letters"
+    if before.isalpha() or before == "_":
+        word = letters_before(text, start)
+        k = start - len(word)
+        if word.lower().strip("_") in ID_PREFIXES or (k > 0 and text[k - 1].isdigit()):
+            return "token"  # ORD4111..., 0x4111... (hex), 1Z999AA1012... (a mixed identifier)
+        glue = "letters"
+    if after.isalpha() or after == "_":
+        k = end
+        while k < len(text) and (text[k].isalpha() or text[k] == "_"):
+            k += 1
+        if k < len(text) and text[k].isdigit():
+            return "token"
+        glue = "letters"
+    return glue
+
+
+def _continues_layout(text: str, start: int, end: int, seps: frozenset[str]) -> bool:
+    """Does a short token with digits (at most four characters, the size of a printed group) sit next to the
+    window across one of the window's own separators, itself followed by the same separator or the end (a
+    longer grouped run: a USPS tracking number, an IBAN's digit groups)? A longer token ("ref 12345 4111
+    ...") or one that starts a differently separated layout ("4111 1111 1111 1111 5500-0000-...") does not
+    continue it."""
+    if not seps:
+        return False
+    if start > 1 and _sep_class(text[start - 1]) in seps:
+        k = start - 1
+        while k > 0 and text[k - 1].isalnum():
+            k -= 1
+        token = text[k : start - 1]
+        before = _sep_class(text[k - 1]) if k > 0 else ""
+        other_layout = before in (" ", "-", ".") and before not in seps and k > 1 and text[k - 2].isdigit()
+        if len(token) <= 4 and any(c.isdigit() for c in token) and not other_layout:
+            return True
+    if end + 1 < len(text) and _sep_class(text[end]) in seps:
+        k = end + 1
+        while k < len(text) and text[k].isalnum():
+            k += 1
+        token = text[end + 1 : k]
+        is_date = k + 1 < len(text) and text[k] in "/:" and text[k + 1].isdigit()  # "... 1111 12/27"
+        nxt = text[k] if k < len(text) else ""
+        other_layout = nxt and _sep_class(nxt) not in seps and _sep_class(nxt) in (" ", "-", ".") and (
+            k + 1 < len(text) and text[k + 1].isdigit())
+        if len(token) <= 4 and any(c.isdigit() for c in token) and not is_date and not other_layout:
+            return True
+    return False
+
+
+# A cheap prefilter: 12+ characters of digits and separators between two digits. Everything shorter cannot
+# hold a card, and most digit runs in logs (dates, times, counters) are shorter.
+_CANDIDATE = re.compile("[0-9][0-9" + re.escape(_SPACES + _DASHES + ".\n") + "]{10,}[0-9]")
+
+# Unknown IIN policy: a Luhn-valid 13-19 digit run in a card layout whose IIN belongs to no network above is
+# read as a card at 0.7 when a card word precedes it ("card 9111 1111 1111 1115": reported), and at 0.4
+# otherwise: below `detect_pii`'s 0.5, so it is not *reported*, but above `MASK_MIN_SCORE` (0.35), so
+# `mask_pii` still masks it. Masking errs toward hiding: an unlisted network's card must not leak, and a
+# millisecond timestamp masked by mistake costs nothing. The same 0.4 goes to a window that a neighbouring
+# four-digit group could continue ("ref 1234 4111 1111 1111 1111"): ambiguous, so masked, not reported.
+UNKNOWN_IIN_SCORE = 0.4
+UNKNOWN_IIN_WITH_CONTEXT = 0.7
+
+
+def _windows(text: str, groups: list[tuple[int, int]]) -> Iterator[tuple[int, int, str, frozenset[str]]]:
+    """(i, j, digits, separators) for every window of groups i..j that is a printed card layout of 12-19
+    digits and passes Luhn (the cheapest test that rejects nine windows in ten, so it goes first)."""
+    n = len(groups)
+    sizes = [b - a for a, b in groups]
+    sep_after = [_sep_class(text[groups[k][1]]) for k in range(n - 1)]
+    digits_all = "".join(text[a:b] for a, b in groups)
+    offsets = [0]
+    for s in sizes:
+        offsets.append(offsets[-1] + s)
+    for i in range(n):
+        total, seps = 0, set()
+        for j in range(i, n):
+            if j > i:
+                if sizes[j - 1] not in (4, 6):
+                    break  # an inner group of a printed card has 4 (or Amex/Diners' 6) digits
+                seps.add(sep_after[j - 1])
+                if "." in seps and len(seps) > 1:
+                    break  # dots never mix with other separators
+            total += sizes[j]
+            if total > 19:
+                break
+            if total < 12:
+                continue
+            digits = digits_all[offsets[i] : offsets[j + 1]]
+            if luhn_sum(digits) == 0 and _layout_ok(sizes[i : j + 1], seps):
+                yield i, j, digits, frozenset(seps)
+
+
+def _card_span(text: str, start: int, end: int, digits: str, seps: frozenset[str]) -> PiiSpan | None:
+    """A Luhn-valid window: brand first, then how the window sits in the text."""
+    brand = card_brand(digits)
+    if brand is None and (not 13 <= len(digits) <= 19 or digits[0] == "0"):
+        return None
+    glue = _glued(text, start, end)
+    if glue == "token":
+        return None
+    base = 0.9 if glue is None else 0.6
+    if _continues_layout(text, start, end, seps):
+        base = UNKNOWN_IIN_SCORE
+    if brand is None:
+        ctx = has_context(text, start, "CARD")
+        score = UNKNOWN_IIN_WITH_CONTEXT if ctx and base > UNKNOWN_IIN_SCORE else UNKNOWN_IIN_SCORE
+        return PiiSpan("CARD", start, end, text[start:end], score_with_context(text, start, "CARD", score, boost=0))
+    if brand == "maestro":
+        if not digits.startswith(_MAESTRO_IINS) and not has_context(text, start, "CARD"):
+            return None
+        base -= 0.1
+    return PiiSpan("CARD", start, end, text[start:end], score_with_context(text, start, "CARD", base))
+
+
+def find_cards(text: str) -> Iterator[PiiSpan]:
+    """All card numbers in `text` (may overlap each other only in pathological runs; `detect_pii` resolves)."""
+    for cand in _CANDIDATE.finditer(text):
+        for run in _RUN.finditer(text, cand.start(), cand.end()):
+            if run.end() - run.start() < 12:
+                continue
+            if run.group().isdigit():  # one unbroken block (the common case): a single window, if any
+                if run.end() - run.start() <= 19 and luhn_sum(run.group()) == 0:
+                    span = _card_span(text, run.start(), run.end(), run.group(), frozenset())
+                    if span is not None:
+                        yield span
+                        if span.score > UNKNOWN_IIN_SCORE:
+                            yield from _details_after(text, run.end())
+                continue
+            groups = [(m.start() + run.start(), m.end() + run.start()) for m in _GROUP.finditer(run.group())]
+            found = False
+            for i, j, digits, seps in _windows(text, groups):
+                start, end = groups[i][0], groups[j][1]
+                span = _card_span(text, start, end, digits, seps)
+                if span is not None:
+                    found = found or span.score > UNKNOWN_IIN_SCORE
+                    yield span
+                    if span.score > UNKNOWN_IIN_SCORE:
+                        yield from _details_after(text, end)
+            if not found and len(groups) >= 6:
+                yield from _tiled(text, groups)
+
+
+def _tiled(text: str, groups: list[tuple[int, int]]) -> Iterator[PiiSpan]:
+    """Several same-layout cards in one run ("4111 1111 1111 1111 5555 5555 5555 4444"): if the run splits
+    exactly into consecutive valid cards of four-digit groups (the last group of each may be shorter), report
+    each one. A random run splits so only about once in a hundred tries per card, and then masking wins."""
+    best: dict[int, list[tuple[int, int]] | None] = {len(groups): []}
+    for i in range(len(groups) - 1, -1, -1):
+        best[i] = None
+        for j in range(i + 2, min(len(groups), i + 5)):
+            digits = "".join(text[a:b] for a, b in groups[i : j + 1])
+            rest = best.get(j + 1)
+            if rest is not None and 13 <= len(digits) <= 19 and is_valid_card(digits):
+                best[i] = [(i, j), *rest]
+                break
+    if best[0] and len(best[0]) >= 2:
+        for i, j in best[0]:
+            start, end = groups[i][0], groups[j][1]
+            yield PiiSpan("CARD", start, end, text[start:end], score_with_context(text, start, "CARD", 0.85))
+
+
+# Expiry and CVV printed right after a card number ("4111 1111 1111 1111 12/27 123", "4111...,12/27,USD").
+_AFTER_CARD = re.compile(r"[ \t,;|/]{1,3}((?:0[1-9]|1[0-2])/(?:20[0-9]{2}|[0-9]{2}))(?![\w/])"
+                         r"(?:[ \t,;|/]{1,3}([0-9]{3,4})(?![\w/.]))?")
+
+
+def _details_after(text: str, end: int) -> Iterator[PiiSpan]:
+    m = _AFTER_CARD.match(text, end)
+    if m:
+        yield PiiSpan("CARD_EXPIRY", m.start(1), m.end(1), m.group(1), 0.7)
+        if m.group(2):
+            yield PiiSpan("CARD_CVV", m.start(2), m.end(2), m.group(2), 0.6)

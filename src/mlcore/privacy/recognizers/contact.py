@@ -1,0 +1,231 @@
+"""Contact data: e-mail addresses, phone numbers, IP addresses, and dates of birth given context.
+
+- e-mail: the common subset of RFC 5322 addr-spec (dot-atoms: no leading, trailing or doubled dots; domain
+  labels of letters, digits and inner hyphens; an alphabetic TLD of 2+ letters).
+- phone: E.164 ("+" country code and subscriber number, 8-15 digits in all, optionally grouped) and North
+  American national forms ``(415) 555-2671``, ``415-555-2671``, ``415.555.2671`` (optionally ``1-`` before
+  and ``x123`` after) with the NANP rule that the area code and exchange start with 2-9; ``415 555 2671``
+  and ``4155552671`` only after a phone word ("call", "my number is", within 48 characters), as are other
+  national forms: 8-12 digits in groups of 1-6 ("030 12 34 56 78", "06 12 34 56 78", "(0117) 496 0690").
+- IP: IPv4 dotted quads (each 0-255, no leading zeros) and IPv6 (RFC 4291 text form, ``::`` compression and
+  an embedded IPv4 tail), validated by hand; "version 1.2.3.4" is not an address.
+- date of birth: a real calendar date (ISO, US, European dotted, or month names; two-digit years read as the
+  latest past year) after "born", "DOB", ...
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from collections.abc import Iterator
+
+from mlcore.privacy.recognizers.context import context_windows, has_context, score_with_context, search_free
+from mlcore.privacy.spans import PiiSpan
+
+# The lookahead bounds the local part to RFC 5321's 64 characters before the "@" is seen, so a long run of
+# local-part characters without an "@" (base64, query strings) costs O(64) per start, not O(n). Domain
+# labels may be internationalised (Unicode letters, RFC 5890) and the top-level domain may be an A-label
+# ("xn--p1ai"). The scan starts from each "@" (a literal search, much cheaper than trying every position).
+_EMAIL = re.compile(
+    r"(?<![\w.%+-])(?=[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]{1,64}@)[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*"
+    r"@(?:[^\W_](?:[\w-]{0,61}[^\W_])?\.)+(?:[^\W\d_]{2,24}|xn--[A-Za-z0-9-]{1,59})(?![\w-])"
+)
+_CONNECTION_USER = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s/@:]*:$")
+
+
+def find_emails(text: str) -> Iterator[PiiSpan]:
+    at = text.find("@")
+    while at >= 0:
+        lo = max(0, at - 65)
+        for m in _EMAIL.finditer(text, lo, min(len(text), at + 320)):
+            if m.start() <= at < m.end():
+                # "scheme://user:password@host" is a credential (see secrets), not an address
+                if not _CONNECTION_USER.search(text, max(0, m.start() - 100), m.start()):
+                    yield PiiSpan("EMAIL", m.start(), m.end(), m.group(), 0.95)
+                break
+        at = text.find("@", at + 1)
+
+
+_E164 = re.compile(r"\+[1-9](?:[ .-]?\(?\d\)?){7,14}(?:[ ]?(?:x|ext\.?)[ ]?\d{1,6})?(?![\w]|[.-]\d)")
+_EXT = r"(?:[ ]?(?:[xX]|[eE][xX][tT](?:\.|[eE][nN][sS][iI][oO][nN])?)[ ]?\d{1,6})?"
+_NANP = re.compile(
+    r"(?:(?:\+1|001|1)[-. ]?)?(?:\(([2-9]\d{2})\)[ ]?|([2-9]\d{2})([-. ]))([2-9]\d{2})[-. ](\d{4})"
+    + _EXT + r"(?![\w]|[.-]\d)"
+)
+# NANP's optional "+1 (" prefix leaves the engine no first character to search for; this core (area code,
+# exchange, line) starts with [2-9], so it is searched first and the full pattern tried just before it.
+_NANP_CORE = re.compile(r"[2-9]\d{2}(?:\)[ ]?|[-. ])[2-9]\d{2}[-. ]\d{4}")
+_NANP_BARE = re.compile(r"1?[2-9]\d{2}[2-9]\d{6}(?![\w]|[.-]\d)")
+# national forms with a trunk 0: "020 7946 0958", "030 12 34 56 78", "06 12 34 56 78", "0612345678"
+_NATIONAL = re.compile(r"(?:\d{1,5}|\(0\d{1,4}\))(?:[ ./-]?\d{2,6}){1,5}(?![\w]|[.-]\d)")
+
+
+def _not_after(chars: str):
+    def free(text: str, start: int, end: int) -> bool:
+        return start == 0 or not (text[start - 1].isalnum() or text[start - 1] in chars)
+    return free
+
+
+_FREE_E164 = _not_after("_+")
+_FREE_NANP = _not_after("_+(")
+_FREE_BARE = _not_after("_+.-")
+_FREE_NATIONAL = _not_after("_+(")
+
+
+def _nanp(text: str) -> Iterator[re.Match[str]]:
+    pos = 0
+    while (core := _NANP_CORE.search(text, pos)) is not None:
+        found = None
+        for k in range(max(0, core.start() - 5), core.start() + 1):  # leftmost start first, as finditer would
+            m = _NANP.match(text, k)
+            if m is not None and m.end() >= core.end() and _FREE_NANP(text, m.start(), m.end()):
+                found = m
+                break
+        if found is not None:
+            yield found
+            pos = found.end()
+        else:
+            pos = core.start() + 1
+
+
+def find_phones(text: str) -> Iterator[PiiSpan]:
+    if "+" in text:
+        for m in search_free(_E164, text, _FREE_E164):
+            digits = sum(c.isdigit() for c in m.group())
+            if 8 <= digits <= 15:
+                yield PiiSpan("PHONE", m.start(), m.end(), m.group(),
+                              score_with_context(text, m.start(), "PHONE", 0.8))
+    for m in _nanp(text):
+        if m.group(3) and m.group(3) != text[m.end(4)]:
+            continue  # mixed separators 415-555.2671
+        if m.group(3) == " " and (not has_context(text, m.start(), "PHONE", window=30)
+                                   or re.match(r" \d", text[m.end() : m.end() + 2])):
+            continue  # "415 555 2671" is any three groups of digits unless a phone word precedes it
+        yield PiiSpan("PHONE", m.start(), m.end(), m.group(), score_with_context(text, m.start(), "PHONE", 0.7))
+    # bare and national forms only after "phone", "call", "tel", "my number is", ...: search near those words
+    for lo, hi in context_windows(text, "PHONE", window=48):
+        for m in search_free(_NANP_BARE, text, _FREE_BARE, lo, hi):
+            if has_context(text, m.start(), "PHONE", window=30):
+                yield PiiSpan("PHONE", m.start(), m.end(), m.group(), 0.75)
+        for m in search_free(_NATIONAL, text, _FREE_NATIONAL, lo, hi):
+            digits = sum(c.isdigit() for c in m.group())
+            if 8 <= digits <= 12 and has_context(text, m.start(), "PHONE", window=48):
+                yield PiiSpan("PHONE", m.start(), m.end(), m.group(), 0.75)
+
+
+_IPV4 = re.compile(r"[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}(?![\w]|\.\d)")
+_FREE_IP4 = _not_after("_.")
+# the embedded-IPv4 tail is tried first: "::ffff:192.168.1.1" must not stop at "::ffff:192"
+_IPV6 = re.compile(r"(?:[0-9A-Fa-f]{0,4}:){2,7}(?:(?:\d{1,3}\.){3}\d{1,3}|[0-9A-Fa-f]{1,4})?(?![\w:])")
+_HEX_COLON = frozenset("0123456789abcdefABCDEF:")
+
+
+def ipv4_valid(text: str) -> bool:
+    parts = text.split(".")
+    return len(parts) == 4 and all(
+        p.isdigit() and len(p) <= 3 and int(p) <= 255 and (p == "0" or not p.startswith("0")) for p in parts
+    )
+
+
+def ipv6_valid(text: str) -> bool:
+    """RFC 4291 section 2.2 text forms."""
+    if text.count("::") > 1:
+        return False
+    head, sep, tail = text.partition("::")
+    groups = [g for g in (head.split(":") if head else [])] + [g for g in (tail.split(":") if tail else [])]
+    if not sep and (not head or text.startswith(":") or text.endswith(":")):
+        return False
+    width = 8
+    if groups and "." in groups[-1]:
+        if not ipv4_valid(groups[-1]):
+            return False
+        groups, width = groups[:-1], 7
+    if any(not (1 <= len(g) <= 4) or any(c not in "0123456789abcdefABCDEF" for c in g) for g in groups):
+        return False
+    return len(groups) < width if sep else len(groups) == width
+
+
+def _ipv6_candidates(text: str) -> Iterator[re.Match[str]]:
+    """IPv6 matches, tried only where two colons sit within five characters of each other (speed)."""
+    n, pos = len(text), text.find(":")
+    while 0 <= pos < n - 1:
+        nxt = text.find(":", pos + 1, pos + 6)
+        if nxt < 0:
+            pos = text.find(":", pos + 1)
+            continue
+        k = pos
+        while k > 0 and pos - k < 4 and text[k - 1] in _HEX_COLON:
+            k -= 1
+        while k > 0 and text[k - 1] == ":":
+            k -= 1
+        m = None
+        if k == 0 or not (text[k - 1].isalnum() or text[k - 1] in "_:."):
+            m = _IPV6.match(text, k)
+        if m is not None:
+            yield m
+            pos = text.find(":", m.end())
+        else:
+            pos = nxt
+
+
+def find_ips(text: str) -> Iterator[PiiSpan]:
+    for m in search_free(_IPV4, text, _FREE_IP4):
+        if ipv4_valid(m.group()):
+            yield PiiSpan("IP_ADDRESS", m.start(), m.end(), m.group(),
+                          score_with_context(text, m.start(), "IP_ADDRESS", 0.8))
+    for m in _ipv6_candidates(text):
+        value = m.group()
+        if value.count(":") >= 2 and ipv6_valid(value) and any(c.isalnum() for c in value):
+            if re.fullmatch(r"\d{1,2}:\d{2}(?::\d{2})?", value):
+                continue  # a clock time
+            yield PiiSpan("IP_ADDRESS", m.start(), m.end(), value,
+                          score_with_context(text, m.start(), "IP_ADDRESS", 0.85))
+
+
+_MONTHS = "january february march april may june july august september october november december".split()
+_MON = r"(?:jan|feb|mar|apr|may|jun|jul|aug|sep|sept|oct|nov|dec)[a-z]*\.?"
+DATE_PATTERN = re.compile(
+    r"(?<![\w/.-])(?:(?P<iy>\d{4})-(?P<im>\d{2})-(?P<id>\d{2})"
+    r"|(?P<a>\d{1,2})(?P<s>[/.-])(?P<b>\d{1,2})(?P=s)(?P<y>\d{4}|\d{2})"
+    r"|(?P<nm>" + _MON + r")\s+(?P<nd>\d{1,2})(?:st|nd|rd|th)?,?\s+(?P<ny>\d{4})"
+    r"|(?P<dd>\d{1,2})(?:st|nd|rd|th)?\s+(?P<dm>" + _MON + r"),?\s+(?P<dy>\d{4}))(?![\w/]|[.-]\d)",
+    re.IGNORECASE,
+)
+
+
+def _month(name: str) -> int:
+    name = name.lower().rstrip(".")
+    return next(i + 1 for i, full in enumerate(_MONTHS) if full.startswith(name[:3]))
+
+
+def parse_date(m: re.Match[str]) -> dt.date | None:
+    """The calendar date a `DATE_PATTERN` match denotes (US month/day first when ambiguous), or None."""
+    try:
+        if m.group("iy"):
+            return dt.date(int(m.group("iy")), int(m.group("im")), int(m.group("id")))
+        if m.group("y"):
+            a, b, y = int(m.group("a")), int(m.group("b")), int(m.group("y"))
+            if len(m.group("y")) == 2:  # "1/5/85": the most recent past year with those two digits
+                y += 2000 if 2000 + y <= dt.date.today().year else 1900
+            if m.group("s") == "." or a > 12:  # dotted dates and day > 12 are day-first
+                a, b = b, a
+            return dt.date(y, a, b)
+        if m.group("ny"):
+            return dt.date(int(m.group("ny")), _month(m.group("nm")), int(m.group("nd")))
+        return dt.date(int(m.group("dy")), _month(m.group("dm")), int(m.group("dd")))
+    except (ValueError, StopIteration):
+        return None
+
+
+def find_dates_of_birth(text: str) -> Iterator[PiiSpan]:
+    seen: set[int] = set()
+    for m in (m for lo, hi in context_windows(text, "DATE_OF_BIRTH", window=30)
+              for m in DATE_PATTERN.finditer(text, lo, hi)):
+        if m.start() in seen:
+            continue
+        seen.add(m.start())
+        date = parse_date(m)
+        if date is None or not (dt.date(1900, 1, 1) <= date < dt.date.today()):
+            continue
+        if has_context(text, m.start(), "DATE_OF_BIRTH", window=30):
+            yield PiiSpan("DATE_OF_BIRTH", m.start(), m.end(), m.group(), 0.85)

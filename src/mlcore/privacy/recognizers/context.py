@@ -1,0 +1,189 @@
+"""Context words: the words around a candidate that make a reading more (or less) likely.
+
+A 9-digit number is nothing special; "routing number: 021000021" is. Presidio calls this context
+enhancement (the LemmaContextAwareEnhancer): a recognizer's base score is raised when one of its kind's
+words occurs in a window before the match. Here the window is measured in characters and the words are
+matched case-insensitively at word boundaries. Some kinds are only reported *with* context
+(account numbers, routing numbers, dates of birth, generic secrets); for the others context only raises
+the score.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+
+CONTEXT_WORDS: dict[str, tuple[str, ...]] = {
+    "CARD": ("card", "credit", "debit", "visa", "mastercard", "amex", "cc", "pan", "card number", "cardholder",
+             "maestro", "discover", "jcb", "diners", "unionpay", "rupay", "dankort", "uatp", "elo", "mir", "troy"),
+    "SSN": ("ssn", "social security", "social sec", "ss#", "ss no"),
+    "ITIN": ("itin", "taxpayer", "tax id", "tin"),
+    "IBAN": ("iban", "bank", "account", "transfer", "wire", "sepa"),
+    "ABA_ROUTING": ("routing", "aba", "rtn", "transit", "routing number", "routing no"),
+    "ACCOUNT_NUMBER": ("account", "acct", "a/c", "account number", "account no", "acc no", "checking", "savings"),
+    "EMAIL": ("email", "e-mail", "mail", "contact"),
+    "PHONE": ("phone", "tel", "telephone", "mobile", "cell", "call", "fax", "whatsapp", "sms", "my number",
+              "number is", "reach me", "text me", "landline", "handy", "portable", "téléphone"),
+    "UK_NINO": ("national insurance", "ni number", "ni no", "nino", "nin"),
+    "IP_ADDRESS": ("ip", "address", "host", "client", "server", "src", "dst", "from"),
+    "DATE_OF_BIRTH": ("dob", "d.o.b", "born", "birth", "birthday", "date of birth", "birthdate"),
+    "SECRET": (
+        "password", "passwd", "pwd", "secret", "token", "api key", "api_key", "apikey", "access key",
+        "client_secret", "auth", "bearer", "credential", "private key",
+    ),
+}
+
+# Words that argue *against* a reading (a "version 1.2.3.4" is not an IP address).
+NEGATIVE_WORDS: dict[str, tuple[str, ...]] = {
+    "IP_ADDRESS": ("version", "ver", "v", "release", "build"),
+    "PHONE": ("order", "invoice", "tracking", "ref", "reference", "serial"),
+    # only words that rarely sit by chance before a real card: "no raw card survives" outranks precision
+    "CARD": ("order", "tracking", "invoice", "serial", "ref", "isbn", "gtin", "barcode", "fedex", "usps", "parcel",
+             "shipment", "imei"),
+}
+
+# Letters glued to a number that say "this is an identifier, not a card" (ORD4111..., INV-4111...).
+ID_PREFIXES = frozenset(
+    ("ord", "order", "inv", "invoice", "po", "sku", "ref", "trk", "track", "tracking", "txn", "ticket", "serial",
+     "sn", "tn", "id", "no", "nr", "tx", "req", "case", "acct", "account")
+)
+
+
+def letters_before(text: str, end: int) -> str:
+    """The run of letters (and underscores) that ends at `end`: the word glued to a number."""
+    k = end
+    while k > 0 and (text[k - 1].isalpha() or text[k - 1] == "_"):
+        k -= 1
+    return text[k:end]
+
+
+_PATTERNS: dict[str, re.Pattern[str]] = {}
+
+
+def _pattern(words: tuple[str, ...]) -> re.Pattern[str]:
+    key = "\x00".join(words)
+    if key not in _PATTERNS:
+        alternatives = "|".join(re.escape(w) for w in sorted(words, key=len, reverse=True))
+        _PATTERNS[key] = re.compile(rf"(?<![a-z0-9])(?:{alternatives})(?![a-z0-9])", re.IGNORECASE)
+    return _PATTERNS[key]
+
+
+_LITERALS: dict[str, re.Pattern[str]] = {}
+_WORD_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789")
+
+
+def lowered(text: str) -> str:
+    """`text.lower()` with one character per character (the few characters whose lowercase is longer, such as
+    "İ", are kept as they are), so offsets into the result are offsets into `text`."""
+    low = text.lower()
+    if len(low) == len(text):
+        return low
+    return "".join(c if len(c.lower()) != 1 else c.lower() for c in text)
+
+
+def keyword_hits(text: str, words: tuple[str, ...], low: str | None = None) -> Iterator[tuple[int, int]]:
+    """(start, end) of each whole-word, case-insensitive occurrence of one of `words` in `text`.
+
+    Speed: the scan is a plain literal alternation over the lowercased text, which the regex engine runs
+    with its literal-prefix search; a leading look-behind or IGNORECASE would make it try a full match at
+    every position instead (about 10x slower). Word boundaries are checked per hit."""
+    key = "\x00".join(words)
+    if key not in _LITERALS:
+        _LITERALS[key] = re.compile("|".join(re.escape(w.lower()) for w in sorted(words, key=len, reverse=True)))
+    low = lowered(text) if low is None else low
+    n = len(low)
+    for m in _LITERALS[key].finditer(low):
+        s, e = m.span()
+        if (s > 0 and low[s - 1] in _WORD_CHARS and low[s] in _WORD_CHARS) or (
+                e < n and low[e] in _WORD_CHARS and low[e - 1] in _WORD_CHARS):
+            continue
+        yield s, e
+
+
+def context_windows(text: str, kind: str, *, window: int = 40, reach: int = 64,
+                    words: tuple[str, ...] | None = None, low: str | None = None) -> list[tuple[int, int]]:
+    """Merged regions ``(pos, endpos)`` that hold every value a `kind` context word precedes by at most
+    `window` characters (values up to `reach` characters long): a recognizer that needs context searches only
+    these, then confirms each hit with `has_context`."""
+    words = CONTEXT_WORDS.get(kind, ()) if words is None else words
+    regions: list[tuple[int, int]] = []
+    for s, e in keyword_hits(text, words, low):
+        lo, hi = e, min(len(text), s + window + reach)
+        if regions and lo <= regions[-1][1]:
+            regions[-1] = (regions[-1][0], max(hi, regions[-1][1]))
+        else:
+            regions.append((lo, hi))
+    return regions
+
+
+def keyword_regions(text: str, words: tuple[str, ...], *, reach: int = 48) -> list[tuple[int, int]]:
+    """Merged regions from each whole-word occurrence of one of `words` to `reach` characters past it: a
+    recognizer whose pattern starts with those words ("sort code 20-00-00") runs it only there."""
+    regions: list[tuple[int, int]] = []
+    for s, e in keyword_hits(text, words):
+        hi = min(len(text), e + reach)
+        if regions and s <= regions[-1][1]:
+            regions[-1] = (regions[-1][0], max(hi, regions[-1][1]))
+        else:
+            regions.append((s, hi))
+    return regions
+
+
+def search_free(pattern: re.Pattern[str], text: str, free, pos: int = 0, endpos: int | None = None
+                ) -> Iterator[re.Match[str]]:
+    """`pattern.finditer`, with a boundary test `free(text, start, end)` done in Python instead of a leading
+    look-behind (which disables the engine's prefix search). A rejected match resumes the search one character
+    after its start, as the look-behind would have."""
+    endpos = len(text) if endpos is None else endpos
+    m = pattern.search(text, pos, endpos)
+    while m is not None:
+        if free(text, m.start(), m.end()):
+            yield m
+            m = pattern.search(text, max(m.end(), m.start() + 1), endpos)
+        else:
+            m = pattern.search(text, m.start() + 1, endpos)
+
+
+_CLAUSE_BREAKS = ("\n", ";", "|", ". ")
+
+
+_ABBREVIATIONS = frozenset(("no", "nr", "tel", "acct", "acc", "num", "ph", "ref", "approx", "dept", "st", "mr", "ms",
+                            "dr", "d.o.b", "e.g", "i.e", "vs", "ext"))
+
+
+def _window_start(text: str, start: int, window: int) -> int:
+    """Start of the look-back window, clipped at the last clause break (newline, ';', '|', '. '); a '. '
+    after an abbreviation ("routing no. 0210...", "tel. 555...") does not end a clause."""
+    lo = max(0, start - window)
+    for brk in _CLAUSE_BREAKS:
+        k = text.rfind(brk, lo, start)
+        while brk == ". " and k >= lo and letters_before(text, k).lower() in _ABBREVIATIONS:
+            k = text.rfind(brk, lo, k)
+        if k >= 0:
+            lo = max(lo, k + len(brk))
+    return lo
+
+
+def has_context(text: str, start: int, kind: str, *, window: int = 40, words: tuple[str, ...] | None = None) -> bool:
+    """True if one of `kind`'s context words appears in ``text[start - window : start]`` within the same clause."""
+    words = CONTEXT_WORDS.get(kind, ()) if words is None else words
+    if not words:
+        return False
+    return _pattern(words).search(text, _window_start(text, start, window), start) is not None
+
+
+def has_negative_context(text: str, start: int, kind: str, *, window: int = 16) -> bool:
+    """True if a word arguing against `kind` sits just before the match (e.g. "version" before an IP)."""
+    words = NEGATIVE_WORDS.get(kind, ())
+    return bool(words) and _pattern(words).search(text, _window_start(text, start, window), start) is not None
+
+
+def score_with_context(text: str, start: int, kind: str, base: float, *, boost: float = 0.1,
+                       window: int = 40) -> float:
+    """`base` raised by `boost` when a context word precedes the match, lowered when a negative word does."""
+    score = base
+    if has_context(text, start, kind, window=window):
+        score += boost
+    elif has_negative_context(text, start, kind):  # a positive word outweighs a negative one
+        score -= 0.5
+    return round(max(0.0, min(1.0, score)), 6)

@@ -1,0 +1,136 @@
+"""National identifiers: US SSN and ITIN, Canadian SIN, UK National Insurance numbers, passport numbers.
+
+Both are nine digits printed AAA-GG-SSSS (area, group, serial). The Social Security Administration never
+issues (SSA, "Social Security Number Randomization", 2011):
+
+- area 000, area 666, or areas 900-999;
+- group 00; serial 0000.
+
+Areas 900-999 belong to the IRS: an ITIN is 9XX-GG-SSSS with group in 50-65, 70-88, 90-92 or 94-99.
+So a 9xx number is reported as ITIN when its group is in those ranges and rejected otherwise.
+
+Numbers the SSA published as examples and that appear in forms and tests everywhere (123-45-6789,
+078-05-1120 from the 1938 Woolworth wallet insert, 219-09-9999 from an SSA leaflet) score 0.3: below the
+masking bar, since they identify nobody.
+
+Printed with dashes or spaces, a valid number scores 0.85 (+0.1 with "SSN"/"social security" nearby); a
+bare nine-digit run is only reported when a context word precedes it (else it is anyone's nine digits). A
+dashed number glued to a word ("ssn123-45-6789") scores 0.6, unless the word marks an identifier (ORD, SKU).
+Dotted ("123.45.6789") scores 0.85 with an SSN word and 0.55 without.
+
+- Canadian Social Insurance Number: nine digits (3-3-3), Luhn-valid, first digit not 8 (business numbers); reported only
+  after "SIN" / "social insurance" / "NAS" (one nine-digit number in ten passes Luhn).
+- UK National Insurance number (HMRC NIM39110): two prefix letters (first not D F I Q U V, second not
+  D F I O Q U V, and not BG GB KN NK NT TN ZZ), six digits, a suffix A-D; often printed "AB 12 34 56 C".
+  0.75 bare, 0.9 after "national insurance" / "NI number" / "NINO"; HMRC's specimen QQ 12 34 56 C fails the prefix rule.
+- Passport numbers have no shared format (US: 9 digits or a letter and 8; UK: 9 digits; Germany: 9
+  characters of C-Z and digits; France: 2 digits, 2 letters, 5 digits): 6-9 upper-case letters and digits
+  with at least one digit, reported only after "passport" (number / no. / #).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+
+from mlcore.privacy.recognizers.checksums import luhn_valid
+from mlcore.privacy.recognizers.context import ID_PREFIXES, has_context, keyword_regions, letters_before
+from mlcore.privacy.spans import PiiSpan
+
+_SSN = re.compile(r"([0-9]{3})([-. ]?)([0-9]{2})\2([0-9]{4})(?![\w]|[.-][0-9])")
+DUMMY_SSNS = frozenset(("123456789", "078051120", "219099999", "111111111", "987654320", "987654321"))
+DUMMY_SCORE = 0.3
+
+ITIN_GROUPS = set(range(50, 66)) | set(range(70, 89)) | set(range(90, 93)) | set(range(94, 100))
+
+
+def classify_ssn(area: int, group: int, serial: int) -> str | None:
+    """"SSN", "ITIN" or None (not a number either agency issues)."""
+    if group == 0 or serial == 0:
+        return None
+    if area >= 900:
+        return "ITIN" if group in ITIN_GROUPS else None
+    if area == 0 or area == 666:
+        return None
+    return "SSN"
+
+
+def _free(text: str, s: int, e: int) -> bool:
+    """Not inside a longer number, decimal or identifier (the SSN regex carries no look-arounds: speed)."""
+    if s > 0 and (text[s - 1].isdigit() or text[s - 1] in "_.-"):
+        return False
+    if e < len(text) and (text[e].isalnum() or text[e] == "_"):
+        return False
+    return not (e + 1 < len(text) and text[e] in ".-" and text[e + 1].isdigit())
+
+
+def find_national_ids(text: str) -> Iterator[PiiSpan]:
+    """SSN and ITIN spans."""
+    for m in _SSN.finditer(text):
+        if not _free(text, m.start(), m.end()):
+            continue
+        kind = classify_ssn(int(m.group(1)), int(m.group(3)), int(m.group(4)))
+        if kind is None:
+            continue
+        ssn_ctx = has_context(text, m.start(), "SSN") or has_context(text, m.start(), "ITIN")
+        sep = m.group(2)
+        if m.start() > 0 and text[m.start() - 1].isalpha():  # glued to a word: "ssn123-45-6789", "x123-45-6789"
+            word = letters_before(text, m.start())
+            k = m.start() - len(word)
+            if sep != "-" or word.lower() in ID_PREFIXES or (k > 0 and text[k - 1].isdigit()):
+                continue
+            score = 0.6
+        elif sep == ".":
+            score = 0.85 if ssn_ctx else 0.55
+        elif sep:
+            score = 0.85 + (0.1 if ssn_ctx else 0.0)
+        elif has_context(text, m.start(), "SSN", window=32) or has_context(text, m.start(), "ITIN", window=32):
+            score = 0.8
+        else:
+            continue
+        if m.group(1) + m.group(3) + m.group(4) in DUMMY_SSNS:
+            score = DUMMY_SCORE
+        yield PiiSpan(kind, m.start(), m.end(), m.group(), score)
+
+
+_SIN = re.compile(r"(?i:\bsin\b|social insurance|\bnas\b|assurance sociale)[^0-9\n]{0,24}?"
+                  r"\b([1-79][0-9]{2}([- ]?)[0-9]{3}\2[0-9]{3})(?![\w]|[.-][0-9])")
+
+
+def find_ca_sins(text: str) -> Iterator[PiiSpan]:
+    """Canadian Social Insurance Numbers after a SIN word (Luhn-valid, first digit not 8)."""
+    for m in (m for lo, hi in keyword_regions(text, ("sin", "social insurance", "nas", "assurance sociale"))
+              for m in _SIN.finditer(text, lo, hi)):
+        digits = m.group(1).replace("-", "").replace(" ", "")
+        if luhn_valid(digits):
+            yield PiiSpan("CA_SIN", m.start(1), m.end(1), m.group(1), 0.85)
+
+
+_NINO = re.compile(r"([A-CEGHJ-PR-TW-Z][A-CEGHJ-NPR-TW-Z])( ?)([0-9]{2})\2([0-9]{2})\2([0-9]{2})\2"
+                   r"([A-D])(?![A-Za-z0-9])")
+_NINO_BAD_PREFIXES = frozenset(("BG", "GB", "KN", "NK", "NT", "TN", "ZZ"))
+
+
+def find_uk_ninos(text: str) -> Iterator[PiiSpan]:
+    """UK National Insurance numbers (HMRC's prefix rules)."""
+    for m in _NINO.finditer(text):
+        prefix = m.group(1)
+        if m.start() > 0 and text[m.start() - 1].isascii() and text[m.start() - 1].isalnum():
+            continue  # inside a longer token (the pattern has no leading look-behind: speed)
+        if prefix in _NINO_BAD_PREFIXES:
+            continue
+        score = 0.9 if has_context(text, m.start(), "UK_NINO") else 0.75
+        yield PiiSpan("UK_NINO", m.start(), m.end(), m.group(), score)
+
+
+_PASSPORT = re.compile(r"(?i:passport)(?:[ \t]*(?i:number|num|no\.?|nr\.?|#))?[ \t]*(?:[:#=]|is\b)?[ \t]*"
+                       r"((?-i:[A-Z0-9]{6,9}))(?![\w])")
+
+
+def find_passports(text: str) -> Iterator[PiiSpan]:
+    """Passport numbers right after "passport (number|no.|#)": 6-9 upper-case letters and digits, one digit
+    at least (German numbers may hold a single one)."""
+    for m in (m for lo, hi in keyword_regions(text, ("passport",)) for m in _PASSPORT.finditer(text, lo, hi)):
+        value = m.group(1)
+        if any(c.isdigit() for c in value):
+            yield PiiSpan("PASSPORT", m.start(1), m.end(1), value, 0.8)
