@@ -68,7 +68,31 @@ class PiiSpan:
 
 
 def resolve_overlaps(spans: Iterable[PiiSpan]) -> list[PiiSpan]:
-    """Greedy non-overlapping selection: higher score, then longer, then earlier wins. Sorted by start."""
+    """Greedy non-overlapping selection: higher score, then longer, then earlier wins. Sorted by start.
+
+    Spans that overlap nothing are kept as they are; the greedy rule runs on each group of spans chained by
+    overlaps (a choice in one group never touches another), so the common case is one sort by start."""
+    by_start = sorted(spans, key=_start)
+    out: list[PiiSpan] = []
+    k, n = 0, len(by_start)
+    while k < n:
+        j, reach = k + 1, by_start[k].end
+        while j < n and by_start[j].start < reach:
+            reach = max(reach, by_start[j].end)
+            j += 1
+        if j == k + 1:
+            out.append(by_start[k])
+        else:
+            out.extend(_greedy(by_start[k:j]))
+        k = j
+    return out
+
+
+def _start(span: PiiSpan) -> int:
+    return span.start
+
+
+def _greedy(spans: Iterable[PiiSpan]) -> list[PiiSpan]:
     starts: list[int] = []  # chosen spans never overlap, so sorted by start they are sorted by end too
     chosen: list[PiiSpan] = []
     for span in sorted(spans, key=lambda s: (-s.score, -(s.end - s.start), s.start)):

@@ -30,7 +30,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-running", type=int, default=32)
     p.add_argument("--rpm", type=float, default=600.0, help="default requests per minute per key")
     args = p.parse_args(argv)
-    keys = ApiKeys.load(args.api_keys_file, default_rpm=args.rpm)
+    try:
+        keys = ApiKeys.load(args.api_keys_file, default_rpm=args.rpm)
+    except (OSError, ValueError) as err:  # one clear line, never a traceback that could echo a key file
+        print(f"cannot load API keys: {err}", file=sys.stderr)
+        return 2
     if len(keys) == 0:
         print("no API keys: pass --api-keys-file or set MLCORE_API_KEYS=k1,k2 (there is no open mode)",
               file=sys.stderr)

@@ -36,6 +36,7 @@ import bisect
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
+from itertools import accumulate
 
 from mlcore.privacy.recognizers.checksums import luhn_sum, luhn_valid
 from mlcore.privacy.recognizers.context import (
@@ -252,28 +253,26 @@ def _windows(text: str, groups: list[tuple[int, int]]) -> Iterator[tuple[int, in
     digits and passes Luhn (the cheapest test that rejects nine windows in ten, so it goes first)."""
     n = len(groups)
     sizes = [b - a for a, b in groups]
-    sep_after = [_sep_class(text[groups[k][1]]) for k in range(n - 1)]
-    digits_all = "".join(text[a:b] for a, b in groups)
-    offsets = [0]
-    for s in sizes:
-        offsets.append(offsets[-1] + s)
+    offsets = list(accumulate(sizes, initial=0))
+    if offsets[-1] < 12:
+        return  # too few digits for any card
+    sep_after = [_sep_class(text[end]) for _, end in groups[:-1]]
+    digits_all = "".join([text[a:b] for a, b in groups])
     for i in range(n):
-        total, seps = 0, set()
-        for j in range(i, n):
-            if j > i:
-                if sizes[j - 1] not in (4, 6):
-                    break  # an inner group of a printed card has 4 (or Amex/Diners' 6) digits
-                seps.add(sep_after[j - 1])
-                if "." in seps and len(seps) > 1:
-                    break  # dots never mix with other separators
-            total += sizes[j]
-            if total > 19:
-                break
-            if total < 12:
-                continue
-            digits = digits_all[offsets[i] : offsets[j + 1]]
-            if luhn_sum(digits) == 0 and _layout_ok(sizes[i : j + 1], seps):
-                yield i, j, digits, frozenset(seps)
+        if offsets[n] - offsets[i] < 12:
+            return  # every later window is shorter still
+        j, seps = i, set()
+        while (total := offsets[j + 1] - offsets[i]) <= 19:
+            if total >= 12:
+                digits = digits_all[offsets[i] : offsets[j + 1]]
+                if luhn_sum(digits) == 0 and _layout_ok(sizes[i : j + 1], seps):
+                    yield i, j, digits, frozenset(seps)
+            j += 1
+            if j == n or sizes[j - 1] not in (4, 6):
+                break  # an inner group of a printed card has 4 (or Amex/Diners' 6) digits
+            seps.add(sep_after[j - 1])
+            if "." in seps and len(seps) > 1:
+                break  # dots never mix with other separators
 
 
 def _card_span(text: str, start: int, end: int, digits: str, seps: frozenset[str]) -> PiiSpan | None:
@@ -301,18 +300,22 @@ def _card_span(text: str, start: int, end: int, digits: str, seps: frozenset[str
 def find_cards(text: str) -> Iterator[PiiSpan]:
     """All card numbers in `text` (may overlap each other only in pathological runs; `detect_pii` resolves)."""
     for cand in _CANDIDATE.finditer(text):
-        for run in _RUN.finditer(text, cand.start(), cand.end()):
-            if run.end() - run.start() < 12:
+        value = cand.group()
+        # a candidate of digits only is one run (what `_RUN` would find in it), so skip that scan
+        runs = ((cand.start(), cand.end(), value),) if value.isdigit() else (
+            (run.start(), run.end(), run.group()) for run in _RUN.finditer(text, cand.start(), cand.end()))
+        for run_start, run_end, run in runs:
+            if run_end - run_start < 12:
                 continue
-            if run.group().isdigit():  # one unbroken block (the common case): a single window, if any
-                if run.end() - run.start() <= 19 and luhn_sum(run.group()) == 0:
-                    span = _card_span(text, run.start(), run.end(), run.group(), frozenset())
+            if run.isdigit():  # one unbroken block (the common case): a single window, if any
+                if run_end - run_start <= 19 and luhn_sum(run) == 0:
+                    span = _card_span(text, run_start, run_end, run, frozenset())
                     if span is not None:
                         yield span
                         if span.score > UNKNOWN_IIN_SCORE:
-                            yield from _details_after(text, run.end())
+                            yield from _details_after(text, run_end)
                 continue
-            groups = [(m.start() + run.start(), m.end() + run.start()) for m in _GROUP.finditer(run.group())]
+            groups = [m.span() for m in _GROUP.finditer(text, run_start, run_end)]
             found = False
             for i, j, digits, seps in _windows(text, groups):
                 start, end = groups[i][0], groups[j][1]
@@ -330,6 +333,9 @@ def _tiled(text: str, groups: list[tuple[int, int]]) -> Iterator[PiiSpan]:
     """Several same-layout cards in one run ("4111 1111 1111 1111 5555 5555 5555 4444"): if the run splits
     exactly into consecutive valid cards of four-digit groups (the last group of each may be shorter), report
     each one. A random run splits so only about once in a hundred tries per card, and then masking wins."""
+    first = ["".join(text[a:b] for a, b in groups[: j + 1]) for j in range(2, min(len(groups), 5))]
+    if not any(13 <= len(d) <= 19 and is_valid_card(d) for d in first):
+        return  # the run cannot start with a card, so it cannot split into cards (the common case)
     best: dict[int, list[tuple[int, int]] | None] = {len(groups): []}
     for i in range(len(groups) - 1, -1, -1):
         best[i] = None

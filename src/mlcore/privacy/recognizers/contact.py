@@ -19,6 +19,7 @@ import datetime as dt
 import re
 from collections.abc import Iterator
 
+from mlcore.privacy.recognizers.classes import find_all, ip_classes, phone_classes
 from mlcore.privacy.recognizers.context import context_windows, has_context, score_with_context, search_free
 from mlcore.privacy.spans import PiiSpan
 
@@ -66,15 +67,55 @@ def _not_after(chars: str):
     return free
 
 
+_ALNUM_RUN = re.compile(r"[^\W_]*")  # a run of str.isalnum() characters
+
+
+def _search_not_after(pattern: re.Pattern[str], text: str, free, pos: int, endpos: int) -> Iterator[re.Match[str]]:
+    """`search_free(pattern, text, free, pos, endpos)` for a `free` made by `_not_after`: a match rejected
+    because a letter or digit precedes it resumes after the end of that alphanumeric run, since every start
+    inside it follows a letter or digit too (the plain loop retried each digit of a long number in turn)."""
+    m = pattern.search(text, pos, endpos)
+    while m is not None:
+        s = m.start()
+        if free(text, s, m.end()):
+            yield m
+            m = pattern.search(text, max(m.end(), s + 1), endpos)
+        elif text[s - 1].isalnum():
+            m = pattern.search(text, max(_ALNUM_RUN.match(text, s).end(), s + 1), endpos)
+        else:
+            m = pattern.search(text, s + 1, endpos)
+
+
 _FREE_E164 = _not_after("_+")
 _FREE_NANP = _not_after("_+(")
 _FREE_BARE = _not_after("_+.-")
 _FREE_NATIONAL = _not_after("_+(")
 
 
+_NANP_SHAPES = (b"000)s000s0000", b"000)000s0000", b"000s000s0000")
+
+
+def _nanp_cores(text: str) -> Iterator[re.Match[str]]:
+    """Every `_NANP_CORE` match start in order (overlapping ones too). On ASCII text only the starts of its
+    three shapes in the class string are tried (`bytes.find`), not every digit."""
+    cls = phone_classes(text)
+    if cls is None:
+        pos = 0
+        while (core := _NANP_CORE.search(text, pos)) is not None:
+            yield core
+            pos = core.start() + 1
+        return
+    for s in find_all(cls, _NANP_SHAPES):
+        core = _NANP_CORE.match(text, s)
+        if core is not None:
+            yield core
+
+
 def _nanp(text: str) -> Iterator[re.Match[str]]:
     pos = 0
-    while (core := _NANP_CORE.search(text, pos)) is not None:
+    for core in _nanp_cores(text):
+        if core.start() < pos:
+            continue
         found = None
         for k in range(max(0, core.start() - 5), core.start() + 1):  # leftmost start first, as finditer would
             m = _NANP.match(text, k)
@@ -104,10 +145,10 @@ def find_phones(text: str) -> Iterator[PiiSpan]:
         yield PiiSpan("PHONE", m.start(), m.end(), m.group(), score_with_context(text, m.start(), "PHONE", 0.7))
     # bare and national forms only after "phone", "call", "tel", "my number is", ...: search near those words
     for lo, hi in context_windows(text, "PHONE", window=48):
-        for m in search_free(_NANP_BARE, text, _FREE_BARE, lo, hi):
+        for m in _search_not_after(_NANP_BARE, text, _FREE_BARE, lo, hi):
             if has_context(text, m.start(), "PHONE", window=30):
                 yield PiiSpan("PHONE", m.start(), m.end(), m.group(), 0.75)
-        for m in search_free(_NATIONAL, text, _FREE_NATIONAL, lo, hi):
+        for m in _search_not_after(_NATIONAL, text, _FREE_NATIONAL, lo, hi):
             digits = sum(c.isdigit() for c in m.group())
             if 8 <= digits <= 12 and has_context(text, m.start(), "PHONE", window=48):
                 yield PiiSpan("PHONE", m.start(), m.end(), m.group(), 0.75)
@@ -168,8 +209,28 @@ def _ipv6_candidates(text: str) -> Iterator[re.Match[str]]:
             pos = nxt
 
 
+def _ipv4_matches(text: str) -> Iterator[re.Match[str]]:
+    """`search_free(_IPV4, text, _FREE_IP4)`. On ASCII text a free match starts the text or follows a "p" in
+    the class string (see `classes.ip_classes`), so only those starts are tried."""
+    cls = ip_classes(text)
+    if cls is None:
+        yield from search_free(_IPV4, text, _FREE_IP4)
+        return
+    starts = find_all(cls, (b"p0.0", b"p00.0", b"p000.0"), offset=1)
+    if cls[:1] == b"0":
+        starts.insert(0, 0)
+    done = 0
+    for s in starts:
+        if s < done:
+            continue
+        m = _IPV4.match(text, s)
+        if m is not None and _FREE_IP4(text, s, m.end()):
+            done = m.end()
+            yield m
+
+
 def find_ips(text: str) -> Iterator[PiiSpan]:
-    for m in search_free(_IPV4, text, _FREE_IP4):
+    for m in _ipv4_matches(text):
         if ipv4_valid(m.group()):
             yield PiiSpan("IP_ADDRESS", m.start(), m.end(), m.group(),
                           score_with_context(text, m.start(), "IP_ADDRESS", 0.8))

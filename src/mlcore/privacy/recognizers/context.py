@@ -57,15 +57,15 @@ def letters_before(text: str, end: int) -> str:
     return text[k:end]
 
 
-_PATTERNS: dict[str, re.Pattern[str]] = {}
+_PATTERNS: dict[tuple[str, ...], re.Pattern[str]] = {}
 
 
 def _pattern(words: tuple[str, ...]) -> re.Pattern[str]:
-    key = "\x00".join(words)
-    if key not in _PATTERNS:
+    pattern = _PATTERNS.get(words)
+    if pattern is None:
         alternatives = "|".join(re.escape(w) for w in sorted(words, key=len, reverse=True))
-        _PATTERNS[key] = re.compile(rf"(?<![a-z0-9])(?:{alternatives})(?![a-z0-9])", re.IGNORECASE)
-    return _PATTERNS[key]
+        pattern = _PATTERNS[words] = re.compile(rf"(?<![a-z0-9])(?:{alternatives})(?![a-z0-9])", re.IGNORECASE)
+    return pattern
 
 
 _LITERALS: dict[str, re.Pattern[str]] = {}
@@ -92,12 +92,50 @@ def keyword_hits(text: str, words: tuple[str, ...], low: str | None = None) -> I
         _LITERALS[key] = re.compile("|".join(re.escape(w.lower()) for w in sorted(words, key=len, reverse=True)))
     low = lowered(text) if low is None else low
     n = len(low)
-    for m in _LITERALS[key].finditer(low):
-        s, e = m.span()
+    for s, e in literal_spans(low, words, _LITERALS[key]):
         if (s > 0 and low[s - 1] in _WORD_CHARS and low[s] in _WORD_CHARS) or (
                 e < n and low[e] in _WORD_CHARS and low[e - 1] in _WORD_CHARS):
             continue
         yield s, e
+
+
+def literal_spans(low: str, words: tuple[str, ...], pattern: re.Pattern[str]) -> list[tuple[int, int]]:
+    """The spans `pattern.finditer(low)` yields for the alternation of `words`: at the leftmost position where
+    a word occurs, the longest word there, then on from its end. When the words start with different letters
+    the engine tries a match at each of those letters (most of the text); one `str.find` scan per word and a
+    merge of the sorted occurrences gives the same spans two to three times faster."""
+    if len({w[:1].lower() for w in words}) <= 1:
+        return [m.span() for m in pattern.finditer(low)]
+    found = []
+    for root, longer in _roots(words):
+        k = low.find(root)
+        while k >= 0:
+            found.append((k, -len(root)))
+            found.extend((k, -len(w)) for w in longer if low.startswith(w, k))
+            k = low.find(root, k + 1)
+    found.sort()
+    spans, end = [], 0
+    for k, minus_len in found:
+        if k >= end:
+            end = k - minus_len
+            spans.append((k, end))
+    return spans
+
+
+def _roots(words: tuple[str, ...]) -> list[tuple[str, tuple[str, ...]]]:
+    """The lowercased `words` as (root, longer words starting with it): a word whose prefix is another word
+    ("card number" after "card") is looked for only where its root occurs."""
+    if words not in _ROOTS:
+        low = sorted({w.lower() for w in words if w}, key=len)
+        roots: dict[str, list[str]] = {}
+        for w in low:
+            root = next((r for r in roots if w.startswith(r)), None)
+            roots.setdefault(w, []) if root is None else roots[root].append(w)
+        _ROOTS[words] = [(r, tuple(longer)) for r, longer in roots.items()]
+    return _ROOTS[words]
+
+
+_ROOTS: dict[tuple[str, ...], list[tuple[str, tuple[str, ...]]]] = {}
 
 
 def context_windows(text: str, kind: str, *, window: int = 40, reach: int = 64,
@@ -169,13 +207,31 @@ def has_context(text: str, start: int, kind: str, *, window: int = 40, words: tu
     words = CONTEXT_WORDS.get(kind, ()) if words is None else words
     if not words:
         return False
+    if not _may_hold(text, max(0, start - window), start, words):
+        return False
     return _pattern(words).search(text, _window_start(text, start, window), start) is not None
+
+
+def _may_hold(text: str, lo: int, hi: int, words: tuple[str, ...]) -> bool:
+    """False only if no word of `words` occurs in ``text[lo:hi]`` in any letter case: a substring test per
+    word, several times cheaper than finding the clause start and running the word-boundary regex. (Only
+    for ASCII: Unicode case folding lets the regex match "ſsn" for "ssn", which `str.lower` does not.)"""
+    segment = text[lo:hi]
+    if not segment.isascii():
+        return True
+    literal = _LITERALS_BY_WORDS.get(words)
+    if literal is None:
+        literal = _LITERALS_BY_WORDS[words] = re.compile("|".join(re.escape(w.lower()) for w in words))
+    return literal.search(segment.lower()) is not None
+
+
+_LITERALS_BY_WORDS: dict[tuple[str, ...], re.Pattern[str]] = {}
 
 
 def has_negative_context(text: str, start: int, kind: str, *, window: int = 16) -> bool:
     """True if a word arguing against `kind` sits just before the match (e.g. "version" before an IP)."""
     words = NEGATIVE_WORDS.get(kind, ())
-    return bool(words) and _pattern(words).search(text, _window_start(text, start, window), start) is not None
+    return bool(words) and _may_hold(text, max(0, start - window), start, words) and _pattern(words).search(text, _window_start(text, start, window), start) is not None
 
 
 def score_with_context(text: str, start: int, kind: str, base: float, *, boost: float = 0.1,

@@ -34,7 +34,14 @@ import re
 from collections.abc import Iterator
 
 from mlcore.privacy.recognizers.checksums import luhn_valid
-from mlcore.privacy.recognizers.context import ID_PREFIXES, has_context, keyword_regions, letters_before
+from mlcore.privacy.recognizers.classes import find_all, nino_classes, ssn_classes
+from mlcore.privacy.recognizers.context import (
+    CONTEXT_WORDS,
+    ID_PREFIXES,
+    has_context,
+    keyword_regions,
+    letters_before,
+)
 from mlcore.privacy.spans import PiiSpan
 
 _SSN = re.compile(r"([0-9]{3})([-. ]?)([0-9]{2})\2([0-9]{4})(?![\w]|[.-][0-9])")
@@ -64,15 +71,50 @@ def _free(text: str, s: int, e: int) -> bool:
     return not (e + 1 < len(text) and text[e] in ".-" and text[e + 1].isdigit())
 
 
+# A reported SSN never follows a digit, "_", "." or "-" (see `_free`), so in the class string it is one of
+# these shapes after a space or an "x" (any other character): found with `bytes.find`, not tried at every digit.
+_SSN_SHAPES = (b"000-00-0000", b"000.00.0000", b"000 00 0000", b" 000000000", b"x000000000")
+
+
+_FREE_BEFORE = frozenset(b" x")  # class bytes that may precede a reported SSN (not a digit, "_", "." or "-")
+
+
+def _ssn_matches(text: str) -> Iterator[re.Match[str]]:
+    """The `_SSN` matches that can pass `_free`. No such match can start inside another `_SSN` match (inside
+    one, a free start follows a space and has at most two digits before the next separator, or ends the match),
+    so trying the pattern only at shape starts yields what `_SSN.finditer` yields, minus matches `_free` drops."""
+    cls = ssn_classes(text)
+    if cls is None:
+        yield from _SSN.finditer(text)
+        return
+    # separated shapes are rare and found from their first digit; a bare nine digits is found with the
+    # character before it (else every digit of a long run would be a start)
+    starts = sorted({k if cls[k] == 48 else k + 1 for k in find_all(cls, _SSN_SHAPES)})
+    if text[:1].isdigit() and starts[:1] != [0]:
+        starts.insert(0, 0)
+    done = 0
+    for s in starts:
+        if s < done or (s > 0 and cls[s - 1] not in _FREE_BEFORE):
+            continue
+        m = _SSN.match(text, s)
+        if m is not None:
+            done = m.end()
+            yield m
+
+
+# one context search for either kind's words ("SSN" or "ITIN" nearby: the same test as two searches)
+_SSN_ITIN_WORDS = CONTEXT_WORDS["SSN"] + CONTEXT_WORDS["ITIN"]
+
+
 def find_national_ids(text: str) -> Iterator[PiiSpan]:
     """SSN and ITIN spans."""
-    for m in _SSN.finditer(text):
+    for m in _ssn_matches(text):
         if not _free(text, m.start(), m.end()):
             continue
         kind = classify_ssn(int(m.group(1)), int(m.group(3)), int(m.group(4)))
         if kind is None:
             continue
-        ssn_ctx = has_context(text, m.start(), "SSN") or has_context(text, m.start(), "ITIN")
+        ssn_ctx = has_context(text, m.start(), "SSN", words=_SSN_ITIN_WORDS)
         sep = m.group(2)
         if m.start() > 0 and text[m.start() - 1].isalpha():  # glued to a word: "ssn123-45-6789", "x123-45-6789"
             word = letters_before(text, m.start())
@@ -84,7 +126,7 @@ def find_national_ids(text: str) -> Iterator[PiiSpan]:
             score = 0.85 if ssn_ctx else 0.55
         elif sep:
             score = 0.85 + (0.1 if ssn_ctx else 0.0)
-        elif has_context(text, m.start(), "SSN", window=32) or has_context(text, m.start(), "ITIN", window=32):
+        elif has_context(text, m.start(), "SSN", window=32, words=_SSN_ITIN_WORDS):
             score = 0.8
         else:
             continue
@@ -111,9 +153,22 @@ _NINO = re.compile(r"([A-CEGHJ-PR-TW-Z][A-CEGHJ-NPR-TW-Z])( ?)([0-9]{2})\2([0-9]
 _NINO_BAD_PREFIXES = frozenset(("BG", "GB", "KN", "NK", "NT", "TN", "ZZ"))
 
 
+def _nino_matches(text: str) -> Iterator[re.Match[str]]:
+    """`_NINO.finditer(text)`; on ASCII text tried only where the class string has one of its two shapes."""
+    cls = nino_classes(text)
+    if cls is None:
+        yield from _NINO.finditer(text)
+        return
+    done = 0
+    for s in find_all(cls, (b"AA000000A", b"AA 00 00 00 A")):
+        if s >= done and (m := _NINO.match(text, s)) is not None:
+            done = m.end()
+            yield m
+
+
 def find_uk_ninos(text: str) -> Iterator[PiiSpan]:
     """UK National Insurance numbers (HMRC's prefix rules)."""
-    for m in _NINO.finditer(text):
+    for m in _nino_matches(text):
         prefix = m.group(1)
         if m.start() > 0 and text[m.start() - 1].isascii() and text[m.start() - 1].isalnum():
             continue  # inside a longer token (the pattern has no leading look-behind: speed)

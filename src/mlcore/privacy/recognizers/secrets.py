@@ -29,7 +29,7 @@ import re
 from collections import Counter
 from collections.abc import Iterator
 
-from mlcore.privacy.recognizers.context import lowered
+from mlcore.privacy.recognizers.context import literal_spans, lowered
 from mlcore.privacy.spans import PiiSpan
 
 _UPPER_DIGITS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
@@ -65,12 +65,26 @@ def _prefix_starts(text: str) -> list[int]:
     """Where a vendor prefix occurs: one `str.find` loop per literal (C speed; a regex alternation of these
     would try a match at every lowercase letter)."""
     starts = set()
-    for prefix in _PREFIXES:
-        k = text.find(prefix)
+    for head, prefixes in _HEADS.items():
+        k = text.find(head)
         while k >= 0:
-            starts.add(k)
-            k = text.find(prefix, k + 1)
+            if text.startswith(prefixes, k):
+                starts.add(k)
+            k = text.find(head, k + 1)
     return sorted(starts)
+
+
+def _heads() -> dict[str, tuple[str, ...]]:
+    """`_PREFIXES` grouped by a shared head ("gh" for the six GitHub prefixes, "xox" for Slack's five), so
+    one scan serves the group; a head that is a whole prefix stands alone."""
+    groups: dict[str, list[str]] = {}
+    for prefix in _PREFIXES:
+        head = next((h for h in ("gh", "xox", "AK", "AS", "AG", "AI", "AR", "AN") if prefix.startswith(h)), prefix)
+        groups.setdefault(head, []).append(prefix)
+    return {head: tuple(ps) for head, ps in groups.items()}
+
+
+_HEADS = _heads()
 
 # a name that says "secret" (also inside a longer identifier: aws_secret_access_key, DB_PASSWORD), then
 # ":" or "=", then the value; or an HTTP "Bearer" credential. The name is found by a literal scan of the
@@ -104,8 +118,7 @@ def _jwt_header_ok(token: str) -> bool:
 
 def _assigned(text: str, low: str) -> Iterator[PiiSpan]:
     done = 0  # end of the last value read: a name inside it ("password=password=...") is part of that value
-    for m in _NAME_SCAN.finditer(low):
-        s, e = m.span()
+    for s, e in literal_spans(low, _SECRET_NAMES, _NAME_SCAN):
         if s < done or (s > 0 and text[s - 1] in _IDENT) or (e < len(text) and text[e] in _IDENT):
             continue  # "compass", "passport": the name must be a whole part of an identifier
         v = _VALUE.match(text, e)
@@ -116,7 +129,7 @@ def _assigned(text: str, low: str) -> Iterator[PiiSpan]:
         if value.startswith(("${", "{{", "<", "%(", "$(")):
             continue  # a template placeholder, not a value
         h = shannon_entropy(value)
-        password = m.group() in ("password", "passwd", "pwd", "pass")
+        password = low[s:e] in ("password", "passwd", "pwd", "pass")
         # a password need not look random ("hunter2hunter2"): two character classes are enough
         classes = sum((any(c.islower() for c in value), any(c.isupper() for c in value),
                        any(c.isdigit() for c in value), any(not c.isalnum() for c in value)))
