@@ -1,18 +1,10 @@
 """Writes notebooks/07_lora_qlora.ipynb (outputs cleared). Run: .venv/bin/python notebooks/_build/make_07_lora_qlora.py"""
 
-from pathlib import Path
 
-import nbformat
+from nbbuild import NotebookBuilder
 
-cells = []
-
-
-def md(text: str) -> None:
-    cells.append(nbformat.v4.new_markdown_cell(text.strip("\n")))
-
-
-def code(text: str) -> None:
-    cells.append(nbformat.v4.new_code_cell(text.strip("\n")))
+builder = NotebookBuilder("07_lora_qlora")
+md, code = builder.md, builder.code
 
 
 md(r"""
@@ -325,9 +317,4 @@ last step cheap enough to try: a few hundred thousand trainable parameters, a fe
 PEFT's format so the same adapter serves in the Hugging Face stack.
 """)
 
-nb = nbformat.v4.new_notebook(cells=cells, metadata={"kernelspec": {"display_name": "Python 3", "name": "python3"}})
-for i, cell in enumerate(nb.cells):
-    cell["id"] = f"07{i:06x}"
-out = Path(__file__).resolve().parents[1] / "07_lora_qlora.ipynb"
-nbformat.write(nb, out)
-print("wrote", out)
+builder.write()

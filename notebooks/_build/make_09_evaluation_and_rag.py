@@ -9,18 +9,11 @@ file is present; the retrieval and RAG cells are written here (issue 12b).
 import sys
 from pathlib import Path
 
-import nbformat
+from nbbuild import NotebookBuilder
 
 HERE = Path(__file__).resolve().parent
-cells = []
-
-
-def md(text: str) -> None:
-    cells.append(nbformat.v4.new_markdown_cell(text.strip("\n")))
-
-
-def code(text: str) -> None:
-    cells.append(nbformat.v4.new_code_cell(text.strip("\n")))
+builder = NotebookBuilder("09_evaluation_and_rag")
+md, code = builder.md, builder.code
 
 
 md(r"""
@@ -290,9 +283,4 @@ In practice the two combine: fine-tune for the format and the domain's language,
 check groundedness before an answer leaves the system.
 """)
 
-nb = nbformat.v4.new_notebook(cells=cells, metadata={"kernelspec": {"display_name": "Python 3", "name": "python3"}})
-for i, cell in enumerate(nb.cells):
-    cell["id"] = f"09{i:06x}"
-out = HERE.parent / "09_evaluation_and_rag.ipynb"
-nbformat.write(nb, out)
-print("wrote", out)
+builder.write()

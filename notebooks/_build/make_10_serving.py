@@ -1,18 +1,10 @@
 """Writes notebooks/10_serving.ipynb (outputs cleared). Run: .venv/bin/python notebooks/_build/make_10_serving.py"""
 
-from pathlib import Path
 
-import nbformat
+from nbbuild import NotebookBuilder
 
-cells = []
-
-
-def md(text: str) -> None:
-    cells.append(nbformat.v4.new_markdown_cell(text.strip("\n")))
-
-
-def code(text: str) -> None:
-    cells.append(nbformat.v4.new_code_cell(text.strip("\n")))
+builder = NotebookBuilder("10_serving")
+md, code = builder.md, builder.code
 
 
 md(r"""
@@ -229,9 +221,4 @@ server.stop()   # graceful: in-flight responses finish, then the engine drains
 print("stopped; blocks free:", engine.blocks.available, "of", engine.blocks.num_blocks)
 """)
 
-nb = nbformat.v4.new_notebook(cells=cells, metadata={"kernelspec": {"display_name": "Python 3", "name": "python3"}})
-for i, cell in enumerate(nb.cells):
-    cell["id"] = f"10{i:06x}"
-out = Path(__file__).resolve().parents[1] / "10_serving.ipynb"
-nbformat.write(nb, out)
-print("wrote", out)
+builder.write()

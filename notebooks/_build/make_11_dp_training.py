@@ -1,18 +1,10 @@
 """Writes notebooks/11_dp_training.ipynb (outputs cleared). Run: .venv/bin/python notebooks/_build/make_11_dp_training.py"""
 
-from pathlib import Path
 
-import nbformat
+from nbbuild import NotebookBuilder
 
-cells = []
-
-
-def md(text: str) -> None:
-    cells.append(nbformat.v4.new_markdown_cell(text.strip("\n")))
-
-
-def code(text: str) -> None:
-    cells.append(nbformat.v4.new_code_cell(text.strip("\n")))
+builder = NotebookBuilder("11_dp_training")
+md, code = builder.md, builder.code
 
 
 md(r"""
@@ -333,9 +325,4 @@ model sees free-text customer conversations, deduplicating records per customer 
 DP alone suits data where PII cannot be enumerated; neither replaces access control over the training data.
 """)
 
-nb = nbformat.v4.new_notebook(cells=cells, metadata={"kernelspec": {"display_name": "Python 3", "name": "python3"}})
-for i, cell in enumerate(nb.cells):
-    cell["id"] = f"11{i:06x}"
-out = Path(__file__).resolve().parents[1] / "11_dp_training.ipynb"
-nbformat.write(nb, out)
-print("wrote", out)
+builder.write()

@@ -12,7 +12,7 @@ A span's `repr` never shows the matched characters, so logging a span cannot lea
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 KINDS = (
@@ -119,3 +119,14 @@ def replace_spans(text: str, spans: Iterable[PiiSpan], replace, *, offset: int =
         pos = end
     out.append(text[pos:])
     return "".join(out)
+
+
+def stream_through(chunks: Iterable[str], feed: Callable[[str], str], finish: Callable[[], str]) -> Iterator[str]:
+    """Drive an incremental text filter (feed each chunk, then finish) and yield its non-empty outputs."""
+    for chunk in chunks:
+        out = feed(chunk)
+        if out:
+            yield out
+    tail = finish()
+    if tail:
+        yield tail

@@ -42,7 +42,7 @@ from mlcore.privacy.guards.injection import detect_injection
 from mlcore.privacy.guards.injection import injection_score as injection_score  # re-exported
 from mlcore.privacy.guards.streaming import StreamScanner
 from mlcore.privacy.keys import normalise
-from mlcore.privacy.spans import PiiSpan, replace_spans
+from mlcore.privacy.spans import PiiSpan, replace_spans, stream_through
 from mlcore.privacy.transforms.masking import make_replacer
 from mlcore.privacy.transforms.vault import Vault
 
@@ -287,10 +287,4 @@ class OutputGuard:
 def scan_stream(chunks: Iterable[str], **options) -> Iterator[str]:
     """Yield the guarded version of a stream of generated chunks (see `OutputGuard`)."""
     guard = OutputGuard(**options)
-    for chunk in chunks:
-        out = guard.feed(chunk)
-        if out:
-            yield out
-    tail = guard.close()
-    if tail:
-        yield tail
+    yield from stream_through(chunks, guard.feed, guard.close)

@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterable, Iterator
 
 from mlcore.privacy.detect import MASK_MIN_SCORE, check_kinds, check_text, detect_pii
 from mlcore.privacy.keys import check_key, derive, keyed_digest, normalise
-from mlcore.privacy.spans import PiiSpan, replace_spans
+from mlcore.privacy.spans import PiiSpan, replace_spans, stream_through
 from mlcore.privacy.transforms.pseudonym import SECRET_PREFIXES, pseudonym_for
 
 STRATEGIES = ("redact", "mask", "hash", "pseudonym", "encrypt")
@@ -140,10 +140,4 @@ def mask_stream(
     scanner = StreamScanner(make_replacer(strategy, key), kinds=kinds, min_score=min_score, max_buffer=max_buffer)
     if isinstance(chunks, str):
         raise TypeError("chunks must be an iterable of str chunks, not a single str (use mask_pii)")
-    for chunk in chunks:
-        out = scanner.feed(chunk)
-        if out:
-            yield out
-    tail = scanner.flush()
-    if tail:
-        yield tail
+    yield from stream_through(chunks, scanner.feed, scanner.flush)

@@ -28,7 +28,7 @@ from mlcore.privacy.detect import MASK_MIN_SCORE, check_kinds, check_text, detec
 from mlcore.privacy.keys import check_key, derive, normalise
 from mlcore.privacy.recognizers.cards import card_brand
 from mlcore.privacy.recognizers.checksums import iban_check_digits, luhn_valid
-from mlcore.privacy.spans import PiiSpan, replace_spans
+from mlcore.privacy.spans import PiiSpan, replace_spans, stream_through
 from mlcore.privacy.transforms.pseudonym import pseudonym_for
 
 LAST_FOUR_KINDS = ("CARD", "IBAN", "ACCOUNT_NUMBER", "PHONE", "SSN", "ITIN", "ABA_ROUTING")
@@ -170,13 +170,7 @@ class Vault:
         if isinstance(chunks, str):
             raise TypeError("chunks must be an iterable of str chunks, not a single str (use reveal)")
         rev = self.revealer()
-        for chunk in chunks:
-            out = rev.feed(chunk)
-            if out:
-                yield out
-        tail = rev.flush()
-        if tail:
-            yield tail
+        yield from stream_through(chunks, rev.feed, rev.flush)
 
     # --- encrypted file -------------------------------------------------------------------------------------
     def save(self, path: str | os.PathLike[str], *, key: bytes | str | None = None) -> None:
