@@ -4,12 +4,15 @@ hooks, training and grad mode. References: the unfused forward (grad mode), HF's
 
 from __future__ import annotations
 
+import copy
+
+import pytest
 import torch
 from torch.profiler import ProfilerActivity, profile
 
 from mlcore.finetune import LoraConfig, apply_lora
 from mlcore.inference import StaticCache, generate
-from mlcore.model import Transformer
+from mlcore.model import Transformer, TransformerConfig
 from mlcore.model.norm import RMSNorm
 
 from ._model_testutils import llama_family
@@ -128,3 +131,25 @@ def test_greedy_generate_unchanged_and_decode_step_op_count() -> None:
     # measured: 22 top-level aten ops per layer + 28 per step (before: ~55 per layer + ~40 per step)
     assert len(ops) <= 2 * 23 + 30, ops
     assert ops.count("aten::linear") == 2 * 4 + 1  # qkv, o, gate+up, down per layer; the vocabulary head
+
+
+@pytest.mark.parametrize("scheme", [None, "int8", "int4"])
+def test_weights_made_under_inference_mode_run_and_match(scheme):
+    """Inference tensors keep no version counter: the caches must still work (regression: RuntimeError)."""
+    from mlcore.quant import quantize_model
+
+    cfg = TransformerConfig(vocab_size=64, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, max_seq_len=32)
+    torch.manual_seed(0)
+    ref = Transformer(cfg).eval()
+    if scheme:
+        ref = quantize_model(ref, scheme, **({"group_size": 32} if scheme == "int4" else {}))
+    ids = torch.randint(0, 64, (1, 8), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        want = ref(ids)
+    with torch.inference_mode():
+        model = copy.deepcopy(ref)
+        for t in model.state_dict(keep_vars=True).values():
+            t.data = t.data.clone()  # clone under inference_mode: inference tensors
+        got = model(ids)
+        assert torch.equal(got, model(ids))
+    assert torch.allclose(got, want, atol=1e-5, rtol=1e-5)

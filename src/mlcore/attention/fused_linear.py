@@ -54,7 +54,9 @@ def _key(srcs: list[Tensor | None]) -> tuple[int, ...]:
         if t is None:
             key.append(-1)
         else:
-            key += (id(t), t.data_ptr(), t._version)
+            # inference tensors (made under torch.inference_mode) keep no version counter; they can change in
+            # place only inside inference_mode, which this cache then does not see (-2 marks them)
+            key += (id(t), t.data_ptr(), -2 if t.is_inference() else t._version)
     return tuple(key)
 
 

@@ -44,7 +44,8 @@ class RotaryTableCache:
              stop: int) -> tuple[Tensor, Tensor]:
         """Tables for positions [start, stop), each (1, 1, stop - start, rotary_dim) in ``dtype``."""
         inv = rope.inv_freq
-        key = (id(rope), id(inv), inv.data_ptr(), inv._version, inv.device)
+        # inference tensors keep no version counter (-2): they change in place only inside inference_mode
+        key = (id(rope), id(inv), inv.data_ptr(), -2 if inv.is_inference() else inv._version, inv.device)
         if key != self._key or stop > self._length:  # a new or changed rope, or longer positions: rebuild
             self._length = min(max(stop, 2 * self._length, 256), max(stop, self.max_positions))
             self._key, self._tables, self._ref = key, {}, (rope, inv)  # _ref: the ids in key stay theirs

@@ -60,7 +60,9 @@ def _key(srcs: list[torch.Tensor | None]) -> tuple[int, ...]:
         if t is None:
             key.append(-1)
         else:
-            key += (id(t), t.data_ptr(), t._version)
+            # inference tensors (made under torch.inference_mode) keep no version counter; they can change in
+            # place only inside inference_mode, which this cache then does not see (-2 marks them)
+            key += (id(t), t.data_ptr(), -2 if t.is_inference() else t._version)
     return tuple(key)
 
 
@@ -198,7 +200,7 @@ class QuantizedLinear(nn.Module):
 
     def _int4_cache(self, qt: QuantizedTensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Repacked codes and scales-and-zeros for the int4 kernel, rebuilt when a buffer changed in place."""
-        key = tuple((t.data_ptr(), t._version) for t in qt.tensors().values())
+        key = _key(list(qt.tensors().values()))
         if self._int4_key != key or self._int4_packed is None:
             self._int4_packed, self._int4_sz = int4pack_weight(qt)
             self._int4_key = key
