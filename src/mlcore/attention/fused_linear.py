@@ -33,6 +33,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.modules import module as _module
 
+from mlcore._tensor_state import tensor_state_key
+
 __all__ = ["LinearFusion"]
 
 
@@ -47,17 +49,6 @@ def _tensors(modules: Sequence[nn.Module], linear: bool) -> list[Tensor | None]:
     return [t for m in modules for t in m.fusion_source_tensors()]
 
 
-def _key(srcs: list[Tensor | None]) -> tuple[int, ...]:
-    """Identity, address and version counter of each tensor (-1 for a missing bias): equal keys, same weights."""
-    key: list[int] = []
-    for t in srcs:
-        if t is None:
-            key.append(-1)
-        else:
-            # inference tensors (made under torch.inference_mode) keep no version counter; they can change in
-            # place only inside inference_mode, which this cache then does not see (-2 marks them)
-            key += (id(t), t.data_ptr(), -2 if t.is_inference() else t._version)
-    return tuple(key)
 
 
 class LinearFusion:
@@ -90,7 +81,7 @@ class LinearFusion:
         if not linear and not hasattr(kind, "concat_out_features"):
             return None
         srcs = _tensors(modules, linear)
-        key = _key(srcs)
+        key = tensor_state_key(srcs)
         if key != self._key:
             self._build(modules, srcs, linear)
             self._key = key

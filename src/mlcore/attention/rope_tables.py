@@ -20,6 +20,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from mlcore._tensor_state import tensor_state_key
+
 __all__ = ["RotaryTableCache"]
 
 
@@ -44,8 +46,7 @@ class RotaryTableCache:
              stop: int) -> tuple[Tensor, Tensor]:
         """Tables for positions [start, stop), each (1, 1, stop - start, rotary_dim) in ``dtype``."""
         inv = rope.inv_freq
-        # inference tensors keep no version counter (-2): they change in place only inside inference_mode
-        key = (id(rope), id(inv), inv.data_ptr(), -2 if inv.is_inference() else inv._version, inv.device)
+        key = (id(rope), *tensor_state_key([inv]), inv.device)
         if key != self._key or stop > self._length:  # a new or changed rope, or longer positions: rebuild
             self._length = min(max(stop, 2 * self._length, 256), max(stop, self.max_positions))
             self._key, self._tables, self._ref = key, {}, (rope, inv)  # _ref: the ids in key stay theirs

@@ -38,6 +38,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mlcore._tensor_state import tensor_state_key
+
 from .api import dequantize, dequantize_unchecked, quantize
 from .kernels import (
     AUTO_FAST_DTYPES,
@@ -53,17 +55,6 @@ from .tensor import FLOAT_DTYPES, NestedScales, QuantizedTensor, check_layout
 _FAST = ("int8pack", "int4pack")
 
 
-def _key(srcs: list[torch.Tensor | None]) -> tuple[int, ...]:
-    """Identity, address and version counter of each tensor (-1 for none): equal keys, unchanged tensors."""
-    key: list[int] = []
-    for t in srcs:
-        if t is None:
-            key.append(-1)
-        else:
-            # inference tensors (made under torch.inference_mode) keep no version counter; they can change in
-            # place only inside inference_mode, which this cache then does not see (-2 marks them)
-            key += (id(t), t.data_ptr(), -2 if t.is_inference() else t._version)
-    return tuple(key)
 
 
 class QuantizedLinear(nn.Module):
@@ -200,7 +191,7 @@ class QuantizedLinear(nn.Module):
 
     def _int4_cache(self, qt: QuantizedTensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Repacked codes and scales-and-zeros for the int4 kernel, rebuilt when a buffer changed in place."""
-        key = _key(list(qt.tensors().values()))
+        key = tensor_state_key(qt.tensors().values())
         if self._int4_key != key or self._int4_packed is None:
             self._int4_packed, self._int4_sz = int4pack_weight(qt)
             self._int4_key = key
@@ -210,7 +201,7 @@ class QuantizedLinear(nn.Module):
         """(kernel, weight, scales or (group, sz), bias) for a CPU fast kernel with ``dtype`` activations, made
         once and reused while the buffers are unchanged; None when the fallback runs."""
         srcs = [self._buffers["weight_" + k] for k in self._keys] + [self.bias]
-        key = _key(srcs)
+        key = tensor_state_key(srcs)
         hit = self._prepared.get(dtype)
         if hit is not None and hit[0] == key:
             return hit[2]

@@ -1,0 +1,29 @@
+"""One key for "are these still the same tensors, unchanged?", shared by the caches of derived tensors.
+
+The stacked q/k/v weight (``attention/fused_linear.py``), the prepared CPU kernel arguments of a quantized
+linear (``quant/linear.py``) and the RoPE tables (``attention/rope_tables.py``) are computed from other tensors
+and must be rebuilt when those change. A tensor is unchanged while it is the same object at the same address
+with the same version counter (``tensor._version`` grows with every in-place write: an optimizer step,
+``load_state_dict``, ``copy_``). Module-private, so the leaf packages stay free of each other.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+
+# Inference tensors (made under torch.inference_mode) keep no version counter; they can change in place only
+# inside inference_mode, which a key then does not see.
+_NO_VERSION = -2
+
+
+def tensor_state_key(tensors: Iterable[torch.Tensor | None]) -> tuple[int, ...]:
+    """(id, data_ptr, version) of each tensor, flattened; -1 for a missing one (a bias that is None)."""
+    key: list[int] = []
+    for t in tensors:
+        if t is None:
+            key.append(-1)
+        else:
+            key += (id(t), t.data_ptr(), _NO_VERSION if t.is_inference() else t._version)
+    return tuple(key)
