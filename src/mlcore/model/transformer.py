@@ -30,6 +30,7 @@ import torch.utils.checkpoint
 from torch import nn
 
 from mlcore.attention import AttentionInputs, check_cache
+from mlcore.attention.fused_linear import LinearFusion
 from mlcore.attention.rope_tables import RotaryTableCache
 from mlcore.model.block import Block
 from mlcore.model.config import TransformerConfig
@@ -51,6 +52,7 @@ class Transformer(nn.Module):
         self.layers = nn.ModuleList([Block(c, i, rope=self.rope) for i in range(c.n_layers)])
         self.norm = build_norm(c.norm, c.d_model, c.norm_eps)
         self.lm_head = nn.Linear(c.d_model, c.vocab_size, bias=False)
+        self.head_layout = LinearFusion()  # the head's weight copied column-major for decoding (fused_linear.py)
         self.gradient_checkpointing = False  # see gradient_checkpointing_enable
         self.reset_parameters()
         if c.tie_embeddings:
@@ -163,7 +165,9 @@ class Transformer(nn.Module):
                 x = block(x, inputs=inputs, cache=cache)
         if logits_to_keep:
             x = x[:, -logits_to_keep:]
-        return self.lm_head(self.norm(x))  # (B, T, V)
+        x = self.norm(x)
+        head = self.head_layout((self.lm_head,), self.training)  # a faster-reading copy at inference, or None
+        return head(x) if head is not None else self.lm_head(x)  # (B, T, V)
 
     # --- Hugging Face interop (the code lives in hf_convert.py and pretrained.py) ---
 
