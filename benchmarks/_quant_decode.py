@@ -16,6 +16,7 @@ import json
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -23,7 +24,8 @@ import torch
 from torch import nn
 
 from benchmarks import _quant_helpers as qh
-from mlcore.bench import Context, Goal, Result
+from benchmarks._decode_setup import paired_difference
+from mlcore.bench import Context, Goal, Result, Timing
 from mlcore.inference import generate
 from mlcore.model import Transformer, TransformerConfig
 from mlcore.quant import quantize_model
@@ -96,19 +98,40 @@ def _activation_dtype(model: nn.Module) -> torch.dtype:
     return model.embed.weight.dtype
 
 
+def _decode_timing(run: Callable[..., None], runs: int, device: torch.device) -> Timing:
+    """Seconds of the decode steps alone: per round t(generate n) - t(generate 1), prefill and the first
+    token cancelling out (the two calls back to back, so they see the same machine load)."""
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    full, first = [], []
+    for _ in range(runs):
+        sync()
+        start = time.perf_counter()
+        run(1)
+        sync()
+        middle = time.perf_counter()
+        run()
+        sync()
+        full.append(time.perf_counter() - middle)
+        first.append(middle - start)
+    return paired_difference(full, first)
+
+
 def _decode_variant(ctx: Context, label: str, weights: str, model: nn.Module, twin: tuple | None,
                     prompt: torch.Tensor, fp32_rate: float | None, goal: bool) -> Result:
     """Time mlcore's greedy decode of ``model`` (and the transformers twin, when given) on ``prompt``."""
     from mlcore.inference.hf import hf_generate
 
-    n_new, runs = (8, 3) if ctx.quick else (64, 5)
+    n_new, runs = (16, 3) if ctx.quick else (64, 5)
     out: dict[str, torch.Tensor] = {}
 
     def run_mlcore(n: int = n_new) -> None:
         out["mlcore"] = generate(model, prompt, max_new_tokens=n, cache="static")
 
     run_mlcore(2)  # warm-up: lazy initialisation (the int4 kernel's repacked weight), allocator, caches
-    t = qh.time_calls(run_mlcore, runs=runs, warmup=0, device=ctx.device)
+    t = _decode_timing(run_mlcore, runs, ctx.device)
     twin_name, twin_t = None, None
     if twin is not None:
         twin_name, hf = twin[0], twin[1]()
@@ -117,8 +140,8 @@ def _decode_variant(ctx: Context, label: str, weights: str, model: nn.Module, tw
             out["hf"] = hf_generate(hf, prompt, max_new_tokens=n, cache_implementation="static")
 
         run_hf(2)
-        twin_t = qh.time_calls(run_hf, runs=runs, warmup=0, device=ctx.device)
-    rate = n_new / t.median
+        twin_t = _decode_timing(run_hf, runs, ctx.device)
+    rate = (n_new - 1) / t.median
     agree = None
     if "hf" in out:
         agree = round(float((out["hf"][0, -n_new:] == out["mlcore"][0, -n_new:]).float().mean()), 3)
@@ -133,7 +156,7 @@ def _decode_variant(ctx: Context, label: str, weights: str, model: nn.Module, tw
                                      "prompt": prompt.shape[1]},
         device=ctx.device, dtype=str(_activation_dtype(model)).removeprefix("torch."), timing=t,
         twin=f"transformers generate ({twin_name})" if twin_name else None, twin_timing=twin_t,
-        work=n_new, unit="tokens/s", extra=extra, goal=g)
+        work=n_new - 1, unit="tokens/s", extra=extra, goal=g)
 
 
 def _decode_model(ctx: Context, label: str, base: nn.Module, folder: Path, prompt: torch.Tensor,

@@ -9,8 +9,9 @@ bitsandbytes and transformers + bitsandbytes on the same weights.
    torch's CPU kernels). ``gbs`` = stored weight bytes (codes and scales) / time; ``frac_gemv`` = that over the
    probe's GEMV ceiling (the activation dtype's for fp32 / bf16, the best one for packed formats).
    Twin of mlcore's row: bitsandbytes where it has the format, torch's raw kernel for int4.
-2. **decode** tokens/s of greedy ``mlcore.inference.generate`` (static cache, batch 1, a 16-token prompt, 8 new
-   tokens in quick, 64 in full; the rate includes the prompt's prefill) for the ~27M Llama config with seeded
+2. **decode** tokens/s of greedy ``mlcore.inference.generate`` (static cache, batch 1, a 16-token prompt, 16 new
+   tokens in quick, 64 in full; the rate is of the decode steps alone, t(generate n) - t(generate 1) per
+   round, so prefill and the first token cancel out) for the ~27M Llama config with seeded
    weights and for the trained tiny target: fp32, bf16, int8 weight-only, int4 (largest of 128 / 64 dividing
    every layer), NF4 + double quant (quantized models run bf16 activations; full adds int8 with fp32
    activations and mlcore's LLM.int8()). Twin: ``transformers`` ``generate`` on the same weights (fp32, bf16
