@@ -153,3 +153,35 @@ def test_weights_made_under_inference_mode_run_and_match(scheme):
         got = model(ids)
         assert torch.equal(got, model(ids))
     assert torch.allclose(got, want, atol=1e-5, rtol=1e-5)
+
+
+def test_decode_layout_is_column_major_only_where_it_reads_faster() -> None:
+    from mlcore.attention.fused_linear import decode_layout
+
+    g = torch.Generator().manual_seed(0)
+    wide, tall = torch.randn(96, 32, generator=g), torch.randn(32, 96, generator=g)
+    laid = decode_layout(wide)
+    assert laid.shape == wide.shape and laid.stride() == (1, 96) and torch.equal(laid, wide)
+    assert decode_layout(tall) is tall  # in > out: row-major reads faster (measured), keep it
+    assert decode_layout(wide.bfloat16()).stride() == (32, 1)  # bfloat16 reads slower column-major
+
+
+def test_head_copy_is_column_major_at_inference_and_dropped_in_grad_mode() -> None:
+    model, ids = _model(), _ids()
+    vocab, hidden = model.lm_head.weight.shape
+    assert vocab > hidden
+    kv = StaticCache(16)
+    with torch.no_grad():
+        model(ids, cache=kv)
+        step = model(ids[:, :1], cache=kv, logits_to_keep=1, validate=False)  # batch-1-row matmuls (M = 2)
+    head = model.head_layout._fn
+    assert head is not None and head.weight.stride() == (1, vocab)
+    assert head.weight.data_ptr() != model.lm_head.weight.data_ptr()  # a copy: the tied embedding is untouched
+    assert model.embed.weight.stride() == (hidden, 1)
+    kv_ref = StaticCache(16)
+    with torch.enable_grad():  # reference: the separate, row-major layers
+        model(ids, cache=kv_ref)
+        ref = model(ids[:, :1], cache=kv_ref, logits_to_keep=1, validate=False).detach()
+    assert model.head_layout._fn is None  # grad mode drops the copy
+    # the same dot products; a GEMV may sum them in another order than the row-major kernel (fp32 rounding)
+    torch.testing.assert_close(step, ref, rtol=1e-5, atol=1e-5)
