@@ -185,3 +185,36 @@ def test_head_copy_is_column_major_at_inference_and_dropped_in_grad_mode() -> No
     assert model.head_layout._fn is None  # grad mode drops the copy
     # the same dot products; a GEMV may sum them in another order than the row-major kernel (fp32 rounding)
     torch.testing.assert_close(step, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_bfloat16_decode_through_onednn_packed_weights_is_bit_identical() -> None:
+    from mlcore.attention.fused_linear import _onednn_bf16, _OneDnnBf16Call
+
+    if not _onednn_bf16():
+        pytest.skip("this CPU / torch build has no oneDNN bfloat16 linear")
+    model, ids = _model().to(torch.bfloat16), _ids()
+    kv, kv_ref = StaticCache(16), StaticCache(16)
+    with torch.no_grad():
+        prefill = model(ids, cache=kv)
+        step = model(ids[:, :1], cache=kv, logits_to_keep=1, validate=False)
+    layer = model.layers[0]
+    for fusion in (layer.attn.qkv_fusion, layer.attn.o_fusion, layer.mlp.gate_up_fusion, layer.mlp.down_fusion,
+                   model.head_layout):
+        assert isinstance(fusion._fn, _OneDnnBf16Call)  # every projection read through the packed weight
+    with torch.enable_grad():  # reference: plain nn.Linear layers, bf16 F.linear
+        ref_prefill = model(ids, cache=kv_ref).detach()
+        ref_step = model(ids[:, :1], cache=kv_ref, logits_to_keep=1, validate=False).detach()
+    assert torch.equal(prefill, ref_prefill) and torch.equal(step, ref_step)
+    clone = copy.deepcopy(model)  # cached packed weights are not copied (oneDNN tensors cannot be): rebuilt
+    assert clone.head_layout._fn is None
+    with torch.no_grad():
+        assert torch.equal(clone(ids), prefill)
+
+
+def test_fp32_single_layers_without_a_faster_layout_get_no_copy() -> None:
+    model, ids = _model(), _ids()
+    with torch.no_grad():
+        model(ids)
+    attn, mlp = model.layers[0].attn, model.layers[0].mlp
+    assert attn.o_fusion._fn is None  # square: no faster float32 layout, so no copy
+    assert mlp.down_fusion._fn is None  # in > out: row-major is the faster one

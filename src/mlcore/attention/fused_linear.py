@@ -19,15 +19,20 @@ an optimizer step, ``load_state_dict``, ``copy_``). It is used only where it can
   offer ``concat_out_features(layers)`` (``mlcore.quant.QuantizedLinear`` for the schemes where stacking rows
   is valid); a LoRA wrapper, a hooked or a parametrized layer keeps its own forward.
 
-Layout. On a CPU in float32, a batch-1 matmul whose weight does not fit in cache reads it much faster when the
-weight is stored column-major, (in, out)-contiguous, and ``out_features > in_features``: measured on this
-project's 2-core EPYC, one thread, weights cold, a 2816x512 GEMV ran at 16-18 GB/s against 9-10 GB/s for the
-row-major ``nn.Linear`` weight (MKL takes its sgemv "N" path instead of the per-row dot products of "T"); a
-1408 -> 512 projection (in > out) ran slower column-major, and bfloat16 ran slower too. :func:`decode_layout`
-applies that rule to every copy built here, so the stacked copy costs nothing extra for it; a *single* layer
-(``fusion((lm_head,))``) gets a copy only when its layout would change, which is how the tied output head of a
-small model reads its (vocab, d_model) matrix at the faster rate. Values are the same dot products (the
-summation order inside the BLAS kernel may differ, at float32 rounding level).
+Layout. A batch-1 matmul reads every weight once per token, and on a CPU the memory layout decides how fast.
+Measured on this project's 2-core EPYC, one thread, weights cold:
+
+- float32: a weight stored column-major, (in, out)-contiguous, with ``out_features > in_features`` reads at
+  16-18 GB/s against 9-10 GB/s for ``nn.Linear``'s row-major weight (MKL takes its sgemv "N" path instead of
+  the per-row dot products of "T"); with in > out column-major was slower. :func:`decode_layout` applies the rule.
+- bfloat16: oneDNN's own blocked layout (``torch.ops.mkldnn._reorder_linear_weight``, the packing inductor uses
+  for frozen CPU linears) reads at ~11 GB/s against ~6 GB/s for the plain bf16 ``F.linear``, for every shape
+  tried, with bit-identical results (the same oneDNN kernel, fed a pre-packed weight).
+
+Every copy built here is stored in that layout, so stacking costs nothing extra for it; a *single* layer
+(``fusion((o_proj,))``) gets a copy only when its layout would change, which is how an output projection or the
+tied vocabulary head of a small model reads at the faster rate. The results are the same dot products (a
+float32 GEMV may sum them in another order: float32 rounding level).
 
 Cost: the copy doubles the memory of those weights while it is held; :meth:`LinearFusion.release` frees it, and
 it is dropped as soon as the owner runs in training or grad mode.
@@ -45,7 +50,7 @@ from torch.nn.modules import module as _module
 
 from mlcore._tensor_state import tensor_state_key
 
-__all__ = ["LinearFusion", "decode_layout"]
+__all__ = ["LinearFusion", "decode_layout", "prepare_linear"]
 
 
 def decode_layout(weight: Tensor) -> Tensor:
@@ -57,6 +62,33 @@ def decode_layout(weight: Tensor) -> Tensor:
     if weight.device.type == "cpu" and weight.dtype == torch.float32 and weight.shape[0] > weight.shape[1]:
         return weight.t().contiguous().t()
     return weight
+
+
+def _onednn_bf16() -> bool:
+    """oneDNN can run bfloat16 linears on this CPU (its packed-weight ops are present and bf16 is supported)."""
+    try:
+        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def prepare_linear(weight: Tensor, bias: Tensor | None, *, single: bool = False) -> Callable[[Tensor], Tensor] | None:
+    """``x -> F.linear(x, weight, bias)`` with ``weight`` (out, in) held in its fastest decode layout.
+
+    ``single``: the weight is one layer's own (not a stack); then None means "call the layer itself", returned
+    when no faster layout exists, so that no copy is made for nothing.
+    """
+    weight = weight.detach()
+    bias = None if bias is None else bias.detach()
+    if weight.device.type == "cpu" and weight.dtype == torch.bfloat16 and _onednn_bf16():
+        try:
+            return _OneDnnBf16Call(weight, bias)
+        except RuntimeError:  # an older or unusual oneDNN build: the plain path is always right
+            pass
+    laid = decode_layout(weight)
+    if single and laid is weight:
+        return None
+    return _LinearCall(laid, bias)
 
 
 def _plain(m: nn.Module) -> bool:
@@ -89,6 +121,16 @@ class LinearFusion:
         """Drop the stacked weight (it is rebuilt on the next eligible call)."""
         self._key, self._refs, self._fn = None, [], None
 
+    def __deepcopy__(self, memo: dict) -> LinearFusion:
+        return LinearFusion()  # a cache of derived tensors: a copied model rebuilds its own (and oneDNN's packed
+        # tensors cannot be deep-copied)
+
+    def __getstate__(self) -> dict:
+        return {}  # pickling a model carries no cached copies
+
+    def __setstate__(self, state: dict) -> None:
+        self.release()
+
     def __call__(self, modules: Sequence[nn.Module], owner_training: bool) -> Callable[[Tensor], Tensor] | None:
         if owner_training or torch.is_grad_enabled():
             if self._fn is not None:
@@ -114,9 +156,8 @@ class LinearFusion:
         if any(t is not None and t.is_inference() for t in srcs):
             return  # inference tensors keep no version counter: changes could not be seen, so do not fuse
         if len(modules) == 1:  # nothing to stack: worth a copy only for a faster layout
-            weight = srcs[0]
-            if linear and weight is not None and decode_layout(weight) is not weight:
-                self._fn = _LinearCall(decode_layout(weight.detach()), srcs[1])
+            if linear:
+                self._fn = prepare_linear(srcs[0], srcs[1], single=True)
             return
         if linear:
             ws, bs = srcs[0::2], srcs[1::2]
@@ -125,9 +166,9 @@ class LinearFusion:
             has_bias = {b is not None for b in bs}
             if len(has_bias) != 1 or (True in has_bias and len({(b.dtype, b.device) for b in bs}) != 1):
                 return  # some with bias and some without, or mixed dtypes: leave them separate
-            weight = decode_layout(torch.cat([w.detach() for w in ws], dim=0))  # (sum out, in)
+            weight = torch.cat([w.detach() for w in ws], dim=0)  # (sum out, in)
             bias = torch.cat([b.detach() for b in bs]) if True in has_bias else None
-            self._fn = _LinearCall(weight, bias)
+            self._fn = prepare_linear(weight, bias)
             return
         fused: Any = type(modules[0]).concat_out_features(list(modules))
         self._fn = None if fused is None else fused
@@ -143,3 +184,22 @@ class _LinearCall:
 
     def __call__(self, x: Tensor) -> Tensor:
         return F.linear(x, self.weight, self.bias)
+
+
+class _OneDnnBf16Call:
+    """``F.linear`` in bfloat16 through oneDNN with the weight pre-packed in oneDNN's blocked layout.
+
+    Falls back to ``F.linear`` on the plain weight for any input it was not checked on (another dtype, or a
+    non-contiguous view, where ``F.linear`` itself may take another kernel)."""
+
+    __slots__ = ("weight", "bias", "packed")
+
+    def __init__(self, weight: Tensor, bias: Tensor | None) -> None:
+        self.weight, self.bias = weight, bias
+        self.packed = torch.ops.mkldnn._reorder_linear_weight(weight, 1)  # batch-size hint 1: decoding
+
+    def __call__(self, x: Tensor) -> Tensor:
+        if x.dtype != torch.bfloat16 or not x.is_contiguous() or (
+                self.bias is not None and self.bias.dtype != torch.bfloat16):
+            return F.linear(x, self.weight, self.bias)
+        return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")

@@ -103,6 +103,7 @@ class MultiHeadAttention(nn.Module):
         self.rope = rope
         self.alibi = alibi
         self.qkv_fusion = LinearFusion()  # q, k, v as one stacked matmul in eval / no-grad (fused_linear.py)
+        self.o_fusion = LinearFusion()  # o_proj's weight in a faster decode layout, where one exists
 
     def extra_repr(self) -> str:
         return (f"n_heads={self.n_heads}, n_kv_heads={self.n_kv_heads}, head_dim={self.head_dim}, "
@@ -266,7 +267,8 @@ class MultiHeadAttention(nn.Module):
                 out = torch.where(sees, out, torch.zeros((), dtype=out.dtype, device=out.device))
 
         out = out.reshape(B, 1, -1) if T == 1 else out.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim)
-        out = self.o_proj(out)  # (B, T, C)
+        o_fast = self.o_fusion((self.o_proj,), self.training)  # a faster-reading copy at inference, or None
+        out = o_fast(out) if o_fast is not None else self.o_proj(out)  # (B, T, C)
         return (out, weights) if return_weights else out
 
     def _rope(self, x: Tensor, inputs: AttentionInputs) -> Tensor:

@@ -85,6 +85,7 @@ class SwiGLU(nn.Module):
         self.act = get_activation(activation)
         self.dropout = nn.Dropout(dropout)
         self.gate_up_fusion = LinearFusion()  # gate and up as one stacked matmul in eval / no-grad
+        self.down_fusion = LinearFusion()  # down_proj's weight in a faster decode layout, where one exists
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         stacked = self.gate_up_fusion((self.gate_proj, self.up_proj), self.training)
@@ -92,7 +93,9 @@ class SwiGLU(nn.Module):
             gate, up = stacked(x).chunk(2, dim=-1)
         else:
             gate, up = self.gate_proj(x), self.up_proj(x)
-        out = self.down_proj(self.act(gate) * up)
+        down = self.down_fusion((self.down_proj,), self.training)  # a faster-reading copy at inference, or None
+        hidden = self.act(gate) * up  # (B, T, d_ff)
+        out = down(hidden) if down is not None else self.down_proj(hidden)
         return self.dropout(out) if self.training and self.dropout.p > 0 else out
 
 
