@@ -38,7 +38,7 @@ KINDS = (
 )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class PiiSpan:
     """One detection: ``source[start:end] == text`` is a value of `kind`, with confidence `score` in [0, 1]."""
 
@@ -47,6 +47,12 @@ class PiiSpan:
     end: int
     text: str
     score: float
+
+    def __init__(self, kind: str, start: int, end: int, text: str, score: float) -> None:
+        # The generated __init__ of a frozen dataclass sets each field through object.__setattr__; detect_pii
+        # makes thousands of spans per call, and one update of the instance dict (which the frozen
+        # __setattr__ does not guard) sets the same fields about three times faster.
+        self.__dict__.update(kind=kind, start=start, end=end, text=text, score=score)
 
     def __len__(self) -> int:
         return self.end - self.start

@@ -36,9 +36,10 @@ import bisect
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import lru_cache
 from itertools import accumulate
 
-from mlcore.privacy.recognizers.checksums import luhn_sum, luhn_valid
+from mlcore.privacy.recognizers.checksums import luhn_valid
 from mlcore.privacy.recognizers.context import (
     ID_PREFIXES,
     has_context,
@@ -140,13 +141,17 @@ _SPACES = " \u00a0\u2007\u2009\u202f"
 _DASHES = "-\u2010\u2011\u2012\u2013\u2014\u2212"
 SEP_CLASS = "[" + re.escape(_SPACES + _DASHES + ".") + "]"
 # between groups: one separator, or two spaces, or a line break (a number wrapped by a mail client or a PDF
-# column, with at most one space on either side of it)
+# column, with at most one space on either side of it). `_RUN` is the definition of a run of digit groups;
+# `find_cards` splits a candidate into runs without it (see `_layout`), and the tests check both agree.
 _RUN = re.compile(r"\d+(?:(?:" + SEP_CLASS + r"|  | ?\n ?)\d+)*")
+# The same rule as a set: the whole gap between two digit groups that keeps them in one run.
+_JOINS = frozenset((*_SPACES, *_DASHES, ".", "  ", "\n", " \n", "\n ", " \n "))
+# Splits a candidate (ASCII digits and separators only) into digit groups and the gaps between them.
+_PIECES = re.compile(r"([^0-9]+)")
 
 
 def _sep_class(ch: str) -> str:
     return " " if ch in _SPACES or ch == "\n" else "-" if ch in _DASHES else ch
-_GROUP = re.compile(r"\d+")
 
 
 def _layout_ok(sizes: list[int], seps: set[str] | frozenset[str]) -> bool:
@@ -248,31 +253,84 @@ UNKNOWN_IIN_SCORE = 0.4
 UNKNOWN_IIN_WITH_CONTEXT = 0.7
 
 
-def _windows(text: str, groups: list[tuple[int, int]]) -> Iterator[tuple[int, int, str, frozenset[str]]]:
-    """(i, j, digits, separators) for every window of groups i..j that is a printed card layout of 12-19
-    digits and passes Luhn (the cheapest test that rejects nine windows in ten, so it goes first)."""
-    n = len(groups)
-    sizes = [b - a for a, b in groups]
+# A candidate's shape: its digits read as 0, its separators kept ("0000 0000 0000 0000"). Everything
+# `find_cards` decides before Luhn (runs, groups, layout windows) depends on the shape alone, and a log repeats
+# a few shapes (cards, IBAN digits, phone numbers, timestamps), so that work is cached per shape.
+_SHAPE = str.maketrans("123456789", "000000000")
+_NOT_DIGITS = {ord(c): None for c in _SPACES + _DASHES + ".\n"}  # deletes a candidate's separators
+# Shapes up to this length are cached (a few hundred in a log); a longer candidate is rare (and adversarial
+# input could make every one different), so its layout is worked out each time and not kept.
+_CACHED_SHAPE = 64
+
+
+@lru_cache(maxsize=4096)
+def _layout(shape: str) -> tuple[tuple[tuple[int, ...], tuple[int, ...], tuple, tuple], ...]:
+    """Where a candidate of this `shape` may hold a card; with it cached, a candidate costs two
+    `str.translate` calls, one lookup, and two strided sums per window.
+
+    One entry per run of digit groups (what `_RUN` finds in the candidate) of 12+ characters that has a
+    card-layout window or may hold several cards: (character offset of each of its groups, their sizes,
+    windows, tiles). A window is ``(a, b, kept, doubled, start, end, seps)``: its digits are ``digits[a:b]``
+    of the candidate's digits, at ``candidate[start:end]``, with Luhn slices `kept` and `doubled` (see
+    `_luhn_slices`). Tiles, for runs of six groups or more, are ``(kept, doubled, b)`` of the first windows
+    `_tiled` tries (three to five groups, 13-19 digits): unless one of them passes Luhn, it finds nothing."""
+    pieces = _PIECES.split(shape)  # digits, gap, digits, ..., digits: a candidate starts and ends with a digit
+    sizes, gaps = [len(p) for p in pieces[::2]], pieces[1::2]
+    char_at, digit_at, c, d = [], [], 0, 0
+    for k, size in enumerate(sizes):
+        char_at.append(c)
+        digit_at.append(d)
+        c += size + (len(gaps[k]) if k < len(gaps) else 0)
+        d += size
+    runs, lo = [], 0
+    for k in range(len(sizes)):
+        if k < len(gaps) and gaps[k] in _JOINS:
+            continue  # the run goes on
+        n, first = k + 1 - lo, digit_at[lo]
+        if char_at[k] + sizes[k] - char_at[lo] >= 12:  # a shorter run cannot hold a card
+            joins = [_sep_class(g[0]) for g in gaps[lo:k]]
+            windows = tuple((first + a, first + b, *_luhn_slices(first + a, first + b),
+                             char_at[lo + i], char_at[lo + j] + sizes[lo + j], seps)
+                            for i, j, a, b, seps in _run_windows(sizes[lo : k + 1], joins))
+            ends = [digit_at[lo + j] + sizes[lo + j] for j in range(2, min(n, 5))] if n >= 6 else []
+            tiles = tuple((*_luhn_slices(first, end), end) for end in ends if 13 <= end - first <= 19)
+            if windows or tiles:
+                runs.append((tuple(char_at[lo : k + 1]), tuple(sizes[lo : k + 1]), windows, tiles))
+        lo = k + 1
+    return tuple(runs)
+
+
+def _luhn_slices(a: int, b: int) -> tuple[int, int]:
+    """Luhn over ``digits[a:b]`` keeps ``digits[kept:b:2]`` as they are (the last digit and every second one
+    before it) and doubles ``digits[doubled:b:2]``: (kept, doubled)."""
+    return a + (b - 1 - a) % 2, a + (b - a) % 2
+
+
+def _run_windows(sizes: list[int], joins: list[str]) -> list[tuple[int, int, int, int, frozenset[str]]]:
+    """(i, j, a, b, separators) for every window of groups i..j of a run (groups of these `sizes`, and the
+    separator class after each) that is a printed card layout of 12-19 digits (digits a..b of the run)."""
+    n = len(sizes)
     offsets = list(accumulate(sizes, initial=0))
-    if offsets[-1] < 12:
-        return  # too few digits for any card
-    sep_after = [_sep_class(text[end]) for _, end in groups[:-1]]
-    digits_all = "".join([text[a:b] for a, b in groups])
+    out = []
     for i in range(n):
         if offsets[n] - offsets[i] < 12:
-            return  # every later window is shorter still
+            break  # too few digits left for any card
         j, seps = i, set()
         while (total := offsets[j + 1] - offsets[i]) <= 19:
-            if total >= 12:
-                digits = digits_all[offsets[i] : offsets[j + 1]]
-                if luhn_sum(digits) == 0 and _layout_ok(sizes[i : j + 1], seps):
-                    yield i, j, digits, frozenset(seps)
+            if total >= 12 and _layout_ok(list(sizes[i : j + 1]), seps):
+                out.append((i, j, offsets[i], offsets[j + 1], frozenset(seps)))
             j += 1
             if j == n or sizes[j - 1] not in (4, 6):
                 break  # an inner group of a printed card has 4 (or Amex/Diners' 6) digits
-            seps.add(sep_after[j - 1])
+            seps.add(joins[j - 1])
             if "." in seps and len(seps) > 1:
                 break  # dots never mix with other separators
+    return out
+
+
+# Digit values, and doubled digit values (minus 9 above 9), as bytes: Luhn over a slice is two strided sums.
+_VALUES = bytes.maketrans(b"0123456789", bytes(range(10)))
+_DOUBLED_VALUES = bytes.maketrans(b"0123456789", bytes((0, 2, 4, 6, 8, 1, 3, 5, 7, 9)))
 
 
 def _card_span(text: str, start: int, end: int, digits: str, seps: frozenset[str]) -> PiiSpan | None:
@@ -300,54 +358,50 @@ def _card_span(text: str, start: int, end: int, digits: str, seps: frozenset[str
 def find_cards(text: str) -> Iterator[PiiSpan]:
     """All card numbers in `text` (may overlap each other only in pathological runs; `detect_pii` resolves)."""
     for cand in _CANDIDATE.finditer(text):
-        value = cand.group()
-        # a candidate of digits only is one run (what `_RUN` would find in it), so skip that scan
-        runs = ((cand.start(), cand.end(), value),) if value.isdigit() else (
-            (run.start(), run.end(), run.group()) for run in _RUN.finditer(text, cand.start(), cand.end()))
-        for run_start, run_end, run in runs:
-            if run_end - run_start < 12:
-                continue
-            if run.isdigit():  # one unbroken block (the common case): a single window, if any
-                if run_end - run_start <= 19 and luhn_sum(run) == 0:
-                    span = _card_span(text, run_start, run_end, run, frozenset())
-                    if span is not None:
-                        yield span
-                        if span.score > UNKNOWN_IIN_SCORE:
-                            yield from _details_after(text, run_end)
-                continue
-            groups = [m.span() for m in _GROUP.finditer(text, run_start, run_end)]
+        value, pos = cand.group(), cand.start()
+        shape = value.translate(_SHAPE)
+        runs = (_layout if len(shape) <= _CACHED_SHAPE else _layout.__wrapped__)(shape)
+        if not runs:
+            continue  # no run long enough, or laid out like a card
+        digits = value.translate(_NOT_DIGITS)
+        raw = digits.encode()
+        plain, doubled = raw.translate(_VALUES), raw.translate(_DOUBLED_VALUES)
+        for group_at, group_sizes, windows, tiles in runs:
             found = False
-            for i, j, digits, seps in _windows(text, groups):
-                start, end = groups[i][0], groups[j][1]
-                span = _card_span(text, start, end, digits, seps)
+            for a, b, kept, dbl, start, end, seps in windows:
+                if (sum(plain[kept:b:2]) + sum(doubled[dbl:b:2])) % 10:
+                    continue  # fails Luhn: the cheapest test, it rejects nine windows in ten
+                span = _card_span(text, pos + start, pos + end, digits[a:b], seps)
                 if span is not None:
-                    found = found or span.score > UNKNOWN_IIN_SCORE
                     yield span
                     if span.score > UNKNOWN_IIN_SCORE:
-                        yield from _details_after(text, end)
-            if not found and len(groups) >= 6:
-                yield from _tiled(text, groups)
+                        found = True
+                        yield from _details_after(text, span.end)
+            if not found and any((sum(plain[k:b:2]) + sum(doubled[d:b:2])) % 10 == 0 for k, d, b in tiles):
+                yield from _tiled(text, [pos + k for k in group_at],
+                                  [value[k : k + size] for k, size in zip(group_at, group_sizes)])
 
 
-def _tiled(text: str, groups: list[tuple[int, int]]) -> Iterator[PiiSpan]:
-    """Several same-layout cards in one run ("4111 1111 1111 1111 5555 5555 5555 4444"): if the run splits
-    exactly into consecutive valid cards of four-digit groups (the last group of each may be shorter), report
-    each one. A random run splits so only about once in a hundred tries per card, and then masking wins."""
-    first = ["".join(text[a:b] for a, b in groups[: j + 1]) for j in range(2, min(len(groups), 5))]
+def _tiled(text: str, starts: list[int], parts: list[str]) -> Iterator[PiiSpan]:
+    """Several same-layout cards in one run ("4111 1111 1111 1111 5555 5555 5555 4444"): if the run (its group
+    `starts` and digit `parts`) splits exactly into consecutive valid cards of four-digit groups (the last
+    group of each may be shorter), report each one. A random run splits so only about once in a hundred tries
+    per card, and then masking wins."""
+    first = ["".join(parts[: j + 1]) for j in range(2, min(len(parts), 5))]
     if not any(13 <= len(d) <= 19 and is_valid_card(d) for d in first):
         return  # the run cannot start with a card, so it cannot split into cards (the common case)
-    best: dict[int, list[tuple[int, int]] | None] = {len(groups): []}
-    for i in range(len(groups) - 1, -1, -1):
+    best: dict[int, list[tuple[int, int]] | None] = {len(parts): []}
+    for i in range(len(parts) - 1, -1, -1):
         best[i] = None
-        for j in range(i + 2, min(len(groups), i + 5)):
-            digits = "".join(text[a:b] for a, b in groups[i : j + 1])
+        for j in range(i + 2, min(len(parts), i + 5)):
+            digits = "".join(parts[i : j + 1])
             rest = best.get(j + 1)
             if rest is not None and 13 <= len(digits) <= 19 and is_valid_card(digits):
                 best[i] = [(i, j), *rest]
                 break
     if best[0] and len(best[0]) >= 2:
         for i, j in best[0]:
-            start, end = groups[i][0], groups[j][1]
+            start, end = starts[i], starts[j] + len(parts[j])
             yield PiiSpan("CARD", start, end, text[start:end], score_with_context(text, start, "CARD", 0.85))
 
 

@@ -114,7 +114,6 @@ def find_national_ids(text: str) -> Iterator[PiiSpan]:
         kind = classify_ssn(int(m.group(1)), int(m.group(3)), int(m.group(4)))
         if kind is None:
             continue
-        ssn_ctx = has_context(text, m.start(), "SSN", words=_SSN_ITIN_WORDS)
         sep = m.group(2)
         if m.start() > 0 and text[m.start() - 1].isalpha():  # glued to a word: "ssn123-45-6789", "x123-45-6789"
             word = letters_before(text, m.start())
@@ -123,9 +122,9 @@ def find_national_ids(text: str) -> Iterator[PiiSpan]:
                 continue
             score = 0.6
         elif sep == ".":
-            score = 0.85 if ssn_ctx else 0.55
+            score = 0.85 if has_context(text, m.start(), "SSN", words=_SSN_ITIN_WORDS) else 0.55
         elif sep:
-            score = 0.85 + (0.1 if ssn_ctx else 0.0)
+            score = 0.85 + (0.1 if has_context(text, m.start(), "SSN", words=_SSN_ITIN_WORDS) else 0.0)
         elif has_context(text, m.start(), "SSN", window=32, words=_SSN_ITIN_WORDS):
             score = 0.8
         else:
