@@ -106,6 +106,7 @@ def generate(
     cache: str | Any = "static",
     seed: int | None = None,
     streamer: Streamer | Any | None = None,
+    compile: bool | str = False,
 ) -> Tensor:
     """Continue left-padded prompts ``input_ids`` (B, T); return (B, T + n) with n <= ``max_new_tokens``.
 
@@ -120,6 +121,12 @@ def generate(
     streamer: called with each step's new tokens (B,); a transformers streamer (``put`` / ``end``) gets what
         transformers' ``generate`` gives it: ``put(prompt)`` first (TextStreamer's ``skip_prompt`` drops it),
         then ``put(tokens)`` per step and ``end()``.
+    compile: False (eager), True, or a ``torch.compile`` mode: the prompt is prefilled eagerly, then every decode
+        step runs as one compiled graph over a StaticCache (True = "reduce-overhead", i.e. CUDA graphs, on CUDA;
+        "default" elsewhere, with the weights frozen into the graph). Needs ``cache="static"`` and a model in
+        eval mode; the graph is compiled on the first call (seconds to minutes) and reused by later calls of the
+        same model, batch size and (bucketed) length, or compiled again when the weights changed. See
+        :mod:`mlcore.inference.compiled`.
     """
     mask = check_prompt(model, input_ids, attention_mask, max_new_tokens)
     validate_sampling_args(temperature, top_k, top_p, repetition_penalty)
@@ -128,9 +135,17 @@ def generate(
     if pad_token_id is None:
         pad_token_id = int(eos[0]) if eos is not None else 0
     B, T = input_ids.shape
+    mode = None if compile is False else _compile_mode(compile, cache, model, input_ids.device)
     if max_new_tokens == 0:
         return input_ids.clone()
-    kv = make_cache(cache, model, batch=B, max_len=T + max_new_tokens, device=input_ids.device)
+    decoder = None
+    if mode is None:
+        kv = make_cache(cache, model, batch=B, max_len=T + max_new_tokens, device=input_ids.device)
+    else:
+        from mlcore.inference.compiled import decoder_for
+
+        decoder = decoder_for(model, batch=B, needed=T + max_new_tokens, mode=mode)
+        kv = decoder.start()
     greedy = temperature == 0
     generator = None if greedy else make_generator(seed, input_ids.device)
     vocab = model.config.vocab_size
@@ -145,8 +160,15 @@ def generate(
     padded = attention_mask is not None and not bool(mask.all())
     logits = model(input_ids, attention_mask=mask if padded else None, cache=kv, logits_to_keep=1)  # (B, 1, V)
     positions = mask.sum(dim=1, keepdim=True) - 1 if padded else None  # (B, 1) each row's last prompt position
+    if decoder is not None:
+        if positions is None:  # the compiled step always takes positions as a tensor (no per-step Python int)
+            positions = torch.full((B, 1), T - 1, dtype=torch.long, device=input_ids.device)
+        run_step = decoder.step
+    else:
+        def run_step(token: Tensor, positions: Tensor | None) -> Tensor:
+            return model(token, cache=kv, position_ids=positions, logits_to_keep=1, validate=False)
     if greedy and present is None and eos is None and not stops and streamer is None:
-        return _greedy_loop(model, input_ids, logits, kv, positions, max_new_tokens)
+        return _greedy_loop(run_step, input_ids, logits, positions, max_new_tokens)
     logits = logits[:, -1]  # (B, V)
     unfinished = torch.ones(B, dtype=torch.bool, device=input_ids.device)
     out = [input_ids]
@@ -176,17 +198,31 @@ def generate(
             break
         if positions is not None:
             positions = positions + 1
-        logits = model(token[:, None], cache=kv, position_ids=positions, logits_to_keep=1, validate=False)[:, -1]
+        logits = run_step(token[:, None], positions)[:, -1]
     if hasattr(streamer, "end"):
         streamer.end()
     return torch.cat(out, dim=1)
 
 
-def _greedy_loop(model: nn.Module, input_ids: Tensor, logits: Tensor, kv: Any, positions: Tensor | None,
-                 max_new_tokens: int) -> Tensor:
+def _compile_mode(compile: bool | str, cache: str | Any, model: nn.Module, device: torch.device) -> str:
+    """The torch.compile mode ``generate(compile=...)`` asks for, after checking the request is supported."""
+    from mlcore.inference.compiled import check_compilable, resolve_mode
+
+    mode = resolve_mode(compile, device)
+    if not (isinstance(cache, str) and cache == "static"):
+        shown = f"cache={cache!r}" if isinstance(cache, str) else f"a {type(cache).__name__} object"
+        raise ValueError(f"compile needs cache='static' (the compiled step writes a StaticCache it owns), got "
+                         f"{shown}; use compile=False for other caches")
+    check_compilable(model)
+    return mode
+
+
+def _greedy_loop(run_step: Callable[[Tensor, Tensor | None], Tensor], input_ids: Tensor, logits: Tensor,
+                 positions: Tensor | None, max_new_tokens: int) -> Tensor:
     """Plain greedy decoding (no penalty, EOS, stop or streamer): per token an argmax and one model step.
 
-    ``logits`` (B, 1, V) from the prefill; the argmax over V keeps the (B, 1) shape the next step takes."""
+    ``logits`` (B, 1, V) from the prefill; the argmax over V keeps the (B, 1) shape the next step takes.
+    ``run_step(token (B, 1), positions)`` runs the model on the cache (eagerly, or the compiled step)."""
     out = [input_ids]
     for step in range(max_new_tokens):
         token = logits.argmax(dim=-1)  # (B, 1)
@@ -195,7 +231,7 @@ def _greedy_loop(model: nn.Module, input_ids: Tensor, logits: Tensor, kv: Any, p
             break
         if positions is not None:
             positions = positions + 1
-        logits = model(token, cache=kv, position_ids=positions, logits_to_keep=1, validate=False)
+        logits = run_step(token, positions)
     return torch.cat(out, dim=1)
 
 

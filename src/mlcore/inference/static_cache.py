@@ -11,6 +11,9 @@ A decode step writes one slot per layer and allocates nothing, so its shapes do 
 (with ``full_view=True`` the layers attend over the whole buffer, masked by ``index``): that is what CUDA graphs
 and ``torch.compile(mode="reduce-overhead")`` need. Eagerly, the default ``full_view=False`` hands attention the
 written prefix ``[:, :, :length]`` as a view, which costs no copy and no attention over empty slots.
+A compiled step (:mod:`mlcore.inference.compiled`) writes through :meth:`StaticCache.update_at` instead, at a
+slot given as a device tensor (no Python int that changes per step), and counts the column afterwards with
+:meth:`StaticCache.advance`.
 """
 
 from __future__ import annotations
@@ -86,6 +89,41 @@ class StaticCache:
         if self.full_view:
             return buf_k, buf_v, self._index_view[1]
         return buf_k.narrow(2, 0, end), buf_v.narrow(2, 0, end), self._index_view[1]
+
+    def update_at(self, layer_idx: int, k: Tensor, v: Tensor, index: Tensor,
+                  slots: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Write k, v (B, Hkv, T, D) and index (B, T) at the slots named by the tensor ``slots`` (T,) in place;
+        return the whole buffers (B, Hkv, max_len, D) and the index (B, max_len), whatever ``full_view`` says.
+
+        For compiled decoding (:mod:`mlcore.inference.compiled`): the write position is a device tensor and no
+        Python int changes from step to step, so one traced graph serves every step. The lengths are neither read
+        nor changed here: call :meth:`advance` after the step (it checks the capacity). The layer must already
+        be allocated (:meth:`for_model`, or an earlier :meth:`update`)."""
+        check_update(layer_idx, k, v, index)
+        if layer_idx not in self.keys:
+            raise ValueError(f"StaticCache.update_at: layer {layer_idx} is not allocated (use StaticCache.for_model "
+                             "or a prefill through update first)")
+        if slots.dim() != 1 or slots.shape[0] != k.shape[2] or slots.dtype != torch.long:
+            raise ValueError(f"slots must be a long (T,) = ({k.shape[2]},) tensor, got {tuple(slots.shape)} "
+                             f"{slots.dtype}")
+        buf_k, buf_v = self.keys[layer_idx], self.values[layer_idx]
+        check_buffer(buf_k, layer_idx, k.shape[0], k.shape[1], k.shape[3], "StaticCache")
+        buf_k.index_copy_(2, slots, k if k.dtype == buf_k.dtype else k.to(buf_k.dtype))
+        buf_v.index_copy_(2, slots, v if v.dtype == buf_v.dtype else v.to(buf_v.dtype))
+        assert self.index is not None
+        self.index.index_copy_(1, slots, index)  # the same values from every layer of one step
+        return buf_k, buf_v, self.index
+
+    def advance(self, n: int) -> None:
+        """Count ``n`` more columns as written in every layer (after :meth:`update_at` wrote them)."""
+        if not isinstance(n, int) or isinstance(n, bool) or n < 0:
+            raise ValueError(f"advance takes an int >= 0, got {n!r}")
+        longest = max(self._length.values(), default=0)
+        if longest + n > self.max_len:
+            raise ValueError(f"StaticCache is full: {longest} columns cached + {n} new > max_len={self.max_len}")
+        for layer in self._length:
+            self._length[layer] += n
+        self._index_view = None
 
     def _slots(self, start: int, T: int, device: torch.device) -> Tensor:
         """Slot numbers [start, start + T) as a tensor, made once per step and shared by every layer."""

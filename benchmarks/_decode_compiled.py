@@ -1,0 +1,95 @@
+"""Compiled-decode rows for ``benchmarks/decode.py`` (not a topic: the underscore keeps the suite from running it).
+
+``compiled_rows(ctx, pair, tokenizer, batch, prompt=..., new=..., rounds=...)`` measures
+``generate(..., cache="static", compile=True)`` (prefill eager, every decode step one ``torch.compile``d graph;
+on CUDA ``mode="reduce-overhead"``, i.e. CUDA graphs) against transformers' eager ``generate`` (DynamicCache)
+and mlcore's eager StaticCache ``generate``, with the decode timing of ``decode.py``: per round
+t(generate N) - t(generate 1), the calls interleaved. Tokens must equal transformers' (``valid``).
+
+Cost: the first call compiles (``compile_s`` in the row, prefill and first step included: 22-32 s for the 4M
+target and for llama-25M on the shared 2-core CPU with a cold inductor cache, ~40 s under load; 4-7 s with a
+warm on-disk cache). On CPU the compiled graph has the weights frozen in (see ``mlcore.inference.compiled``).
+Issue 9's CUDA goal (3x transformers' eager generate at batch 1, llama-25M) sits on the CUDA row; the
+reduce-overhead path has not been run on a GPU yet.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+
+from mlcore.bench import Context, Goal, Result
+
+from ._decode_setup import Pair, first_difference, interleaved, paired_difference, prompts
+
+TWIN = "transformers generate (DynamicCache)"
+
+
+def _goal(ctx: Context, key: str, batch: int) -> Goal | None:
+    if ctx.device.type == "cuda" and key == "llama-25M" and batch == 1:
+        return Goal(">=", 3.0, "static + compile vs HF eager generate, CUDA batch 1", metric="speedup_valid")
+    return None
+
+
+def compiled_rows(ctx: Context, pair: Pair, tokenizer: Any, batch: int, *, prompt: int, new: int,
+                  rounds: int) -> Iterator[Result]:
+    """One decode row: mlcore StaticCache + torch.compile vs transformers' generate (and mlcore eager static)."""
+    from mlcore.inference import generate
+    from mlcore.inference.hf import hf_generate
+
+    dev, P, N = ctx.device, prompt, new
+    params = {"task": "decode", "model": pair.key, "batch": batch, "prompt": P, "new": N,
+              "threads": torch.get_num_threads(), "cache": "static+compile"}
+    name = "mlcore static + torch.compile" + (" (CUDA graphs)" if dev.type == "cuda" else "")
+    ids = prompts(pair.key, batch, P, dev, tokenizer)
+    calls = {
+        "hf": lambda n: hf_generate(pair.hf, ids, max_new_tokens=n),
+        "eager": lambda n: generate(pair.mlcore, ids, max_new_tokens=n, cache="static"),
+        "compiled": lambda n: generate(pair.mlcore, ids, max_new_tokens=n, cache="static", compile=True),
+    }
+    with torch.no_grad():
+        start = time.perf_counter()
+        try:
+            calls["compiled"](2)  # compiles the decode step (prefill + one compiled step)
+        except Exception as exc:  # noqa: BLE001 -- a compiler failure becomes a note row, not a crash
+            yield Result("decode", name, params, str(dev), pair.dtype, math.nan, 0.0, unit="tokens/s",
+                         extra={"note": f"not available: {type(exc).__name__}: {str(exc).splitlines()[0][:160]}"},
+                         goal=_goal(ctx, pair.key, batch))
+            return
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        compile_s = time.perf_counter() - start
+        outputs = {k: call(N) for k, call in calls.items()}
+    fns = {}
+    for k, call in calls.items():
+        fns[f"{k}|full"] = lambda call=call: call(N)
+        fns[f"{k}|first"] = lambda call=call: call(1)
+    with torch.no_grad():
+        per = interleaved(fns, device=dev, rounds=rounds, warm=False)
+    rounds_s = {k: [a - b for a, b in zip(per[f"{k}|full"], per[f"{k}|first"])] for k in calls}
+    decode = {k: paired_difference(per[f"{k}|full"], per[f"{k}|first"]) for k in calls}
+    diff = first_difference(outputs["compiled"], outputs["hf"])
+    valid = diff is None
+    paired = statistics.median(h / max(m, 1e-9) for h, m in zip(rounds_s["hf"], rounds_s["compiled"]))
+    vs_eager = statistics.median(e / max(m, 1e-9) for e, m in zip(rounds_s["eager"], rounds_s["compiled"]))
+    extra = {
+        "tpot_ms": round(decode["compiled"].median / (N - 1) * 1e3, 3),
+        "twin_tpot_ms": round(decode["hf"].median / (N - 1) * 1e3, 3),
+        "eager_static_tpot_ms": round(decode["eager"].median / (N - 1) * 1e3, 3),
+        "paired_speedup": round(paired, 3),
+        "speedup_valid": round(paired, 4) if valid else None,
+        "speedup_vs_eager_static": round(vs_eager, 3),
+        "equals_eager_static": torch.equal(outputs["compiled"], outputs["eager"]),
+        "valid": valid,
+        "first_diff_column": diff,
+        "compile_s": round(compile_s, 1),
+        "mode": "reduce-overhead" if dev.type == "cuda" else "default",
+    }
+    yield Result.from_timing("decode", name, params, device=dev, dtype=pair.dtype, timing=decode["compiled"],
+                             twin=TWIN, twin_timing=decode["hf"], work=batch * (N - 1), unit="tokens/s",
+                             extra=extra, goal=_goal(ctx, pair.key, batch))

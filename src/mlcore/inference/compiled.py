@@ -1,0 +1,273 @@
+"""Compiled decoding: the per-token decode step of an mlcore ``Transformer`` through ``torch.compile``.
+
+A decode step runs a few dozen small ops per layer; eagerly each pays Python and dispatch overhead, which is
+most of a small model's step time (and on CUDA, one kernel launch each). Compiled, the step is one graph:
+inductor fuses the element-wise ops (RMSNorm, RoPE, SwiGLU, the mask) into a few kernels, and on CUDA
+``mode="reduce-overhead"`` records it as a CUDA graph replayed with one launch (gpt-fast's recipe).
+
+One graph must serve every step, so nothing a step sees may change shape or Python value between steps:
+
+    prefill (eager):   model(prompt, cache)           -- fills slots [0, T) of a StaticCache
+    step    (graph):   logits = step(token (B, 1), column (1,), positions (B, 1))
+                         - K, V written at slot ``column`` by ``index_copy_`` (StaticCache.update_at)
+                         - attention over the whole (B, Hkv, max_len, D) buffers, masked by the cache's
+                           index tensor (-1 = nothing written: unwritten slots and padding)
+                         - RoPE / learned positions from ``positions``, the mask's query column from ``column``
+    then (eager):      cache.advance(1) (Python lengths); the caller's positions + 1
+
+The write position and positions are device tensors, never Python ints, so dynamo traces the step once per
+(model config, batch, max_len, dtype, device) and does not recompile per step (tested). A
+:class:`CompiledDecoder` owns its StaticCache and its compiled function and is reused by every ``generate``
+call with a matching shape (:func:`decoder_for` keeps them per model, without touching the model). ``max_len``
+is rounded up to a power of two (at most the model's ``max_seq_len``), so calls with different prompt or
+output lengths share a graph; attention then reads the empty slots too, masked.
+
+On a CPU the weights are also *frozen* into the graph by default (inductor's ``freezing``: constants, linear
+weights prepacked for oneDNN / MKL; measured 1.2-1.6x faster per token than the unfrozen graph here). A frozen
+graph would go stale if the weights changed, so each call compares the model's parameters and buffers with the
+ones it was compiled from (object, address and version counter, as ``attention/fused_linear.py`` does) and
+compiles again when they differ (tested). Models whose weights are inference tensors (no version counter)
+are not frozen. The frozen copies cost about one more copy of the weights while the decoder lives.
+
+The step mirrors ``Transformer.forward`` for one token with a cache (embedding, learned positions, the blocks,
+final norm, head): the blocks and attention are the model's own modules, called with
+:class:`~mlcore.attention.AttentionInputs` built from tensors instead of from the cache's Python length.
+Not supported (refused with a message): training mode, dynamic NTK RoPE (its angles depend on a value read on
+the host), the "flash" attention backend, and caches other than a StaticCache made here.
+"""
+
+from __future__ import annotations
+
+import types
+import weakref
+from collections.abc import Callable
+
+import torch
+from torch import Tensor, nn
+
+from mlcore._tensor_state import tensor_state_key
+from mlcore.attention import AttentionInputs
+from mlcore.inference.static_cache import StaticCache
+
+__all__ = ["CompiledDecoder", "decoder_for", "check_compilable", "COMPILE_MODES"]
+
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+_BACKENDS = ("naive", "torch")
+
+
+def _compile_errors() -> tuple[type[Exception], ...]:
+    """What tracing or compiling a step raises for code it cannot capture (a host read, an unsupported op)."""
+    import torch._dynamo.exc
+    from torch.fx.experimental.symbolic_shapes import GuardOnDataDependentSymNode
+
+    return torch._dynamo.exc.TorchDynamoException, GuardOnDataDependentSymNode
+
+
+def resolve_mode(compile: bool | str, device: torch.device) -> str:
+    """``compile`` as a torch.compile mode: True = "reduce-overhead" (CUDA graphs) on CUDA, "default" elsewhere."""
+    if compile is True:
+        return "reduce-overhead" if device.type == "cuda" else "default"
+    if not isinstance(compile, str) or compile not in COMPILE_MODES:
+        raise ValueError(f"compile must be False, True or one of {COMPILE_MODES}, got {compile!r}")
+    return compile
+
+
+def check_compilable(model: nn.Module) -> None:
+    """Raise a ValueError saying why ``model``'s decode step cannot run compiled (see the module docstring)."""
+    from mlcore.model import Transformer
+
+    if not isinstance(model, Transformer):
+        raise ValueError(f"compiled decoding needs an mlcore Transformer, got {type(model).__name__}")
+    if model.training:
+        raise ValueError("compiled decoding runs the model in eval mode only: call model.eval() first")
+    c = model.config
+    if c.attn_backend not in _BACKENDS:
+        raise ValueError(f"compiled decoding supports attn_backend in {_BACKENDS}, got {c.attn_backend!r} "
+                         "(mlcore's tiled flash kernel is a Python loop: use it eagerly)")
+    if model.rope is not None and getattr(model.rope, "rope_type", "default") == "dynamic":
+        raise ValueError("compiled decoding does not support dynamic NTK RoPE scaling: its angles depend on the "
+                         "longest position, read on the host every step (decode without compile)")
+
+
+def bucket_length(needed: int, max_seq_len: int) -> int:
+    """The cache length a request of ``needed`` columns compiles for: the next power of two >= max(needed, 64),
+    at most ``max_seq_len`` (so requests of similar length share one graph)."""
+    return min(max(64, 1 << (needed - 1).bit_length()), max(max_seq_len, needed))
+
+
+class _SlotWriter:
+    """The cache a compiled step hands to the attention layers: ``update`` writes at the tensor ``slots``."""
+
+    __slots__ = ("cache", "slots")
+
+    def __init__(self, cache: StaticCache, slots: Tensor) -> None:
+        self.cache, self.slots = cache, slots
+
+    def update(self, layer_idx: int, k: Tensor, v: Tensor, index: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        return self.cache.update_at(layer_idx, k, v, index, self.slots)
+
+
+def _decode_step(model: nn.Module, cache: StaticCache, token: Tensor, column: Tensor, positions: Tensor) -> Tensor:
+    """One decode step: token (B, 1) at cache column ``column`` (1,), positions (B, 1) -> logits (B, 1, V).
+
+    ``Transformer.forward`` for T = 1 with a cache, with the column as a tensor (traced by torch.compile)."""
+    B = token.shape[0]
+    query_index = column.view(1, 1).expand(B, 1)  # the new token's column; it is a real token, never -1
+    cos = sin = None
+    if model.rope is not None:
+        cos, sin = model.rope(positions)  # (B, 1, rotary_dim) float32
+    inputs = AttentionInputs(positions=positions, index=query_index, query_index=query_index, cos=cos, sin=sin,
+                             queries_are_tokens=True)
+    writer = _SlotWriter(cache, column)
+    x = model.embed(token)  # (B, 1, C)
+    if model.pos_emb is not None:  # its rows read directly: the module's range check reads values on the host
+        x = x + model.pos_emb.weight[positions]  # (positions < max_len <= max_seq_len by construction)
+    for block in model.layers:
+        x = block(x, inputs=inputs, cache=writer)
+    return model.lm_head(model.norm(x))  # (B, 1, V)
+
+
+class CompiledDecoder:
+    """A StaticCache of ``batch`` rows x ``max_len`` columns and the compiled decode step that writes it.
+
+    ``start()`` empties the cache (for a new prompt); an eager prefill then fills it through its ordinary
+    ``update``; ``step(token, positions)`` decodes one token per row through the compiled function.
+    Compilation happens on the first ``step`` (seconds to minutes on a CPU) and serves every later call.
+
+    Args:
+        mode: the ``torch.compile`` mode ("reduce-overhead" = CUDA graphs on CUDA).
+        freeze: fold the weights into the graph as constants (default: on a CPU); ``start()`` recompiles when
+            the weights changed since.
+        dtype, device: of the cache (default: the model's parameters').
+    """
+
+    def __init__(self, model: nn.Module, *, batch: int, max_len: int, mode: str = "default",
+                 freeze: bool | None = None, dtype: torch.dtype | None = None,
+                 device: torch.device | str | None = None) -> None:
+        check_compilable(model)
+        if not isinstance(batch, int) or isinstance(batch, bool) or batch < 1:
+            raise ValueError(f"batch must be a positive int, got {batch!r}")
+        if not isinstance(max_len, int) or isinstance(max_len, bool) or not 1 <= max_len <= model.config.max_seq_len:
+            raise ValueError(f"max_len must be an int in [1, max_seq_len={model.config.max_seq_len}], got {max_len!r}")
+        if mode not in COMPILE_MODES:
+            raise ValueError(f"mode must be one of {COMPILE_MODES}, got {mode!r}")
+        p = next(model.parameters())
+        self.batch, self.max_len, self.mode = batch, max_len, mode
+        self.dtype = dtype or p.dtype
+        self.device = torch.device(device) if device is not None else p.device
+        self._model = weakref.ref(model)  # the decoder is kept per model (decoder_for): no strong cycle
+        self.cache = StaticCache.for_model(model, batch, max_len, dtype=self.dtype, device=self.device)
+        self.cudagraphs = mode == "reduce-overhead" and self.device.type == "cuda"
+        if self.cudagraphs:  # buffers written in place inside a CUDA graph must keep their addresses
+            for t in (*self.cache.keys.values(), *self.cache.values.values(), self.cache.index):
+                torch._dynamo.mark_static_address(t)
+        tensors = [*model.parameters(), *model.buffers()]
+        # inference tensors keep no version counter: a change to frozen weights could not be seen
+        self.freeze = (self.device.type == "cpu" if freeze is None else bool(freeze)) and not any(
+            t.is_inference() for t in tensors)
+        self._fn: Callable[..., Tensor] | None = None
+        self._weights: tuple[int, ...] | None = None  # the weights' state when the frozen graph was made
+        self._traced = False  # the current compiled function has run (was traced) once
+        self._column = torch.zeros(1, dtype=torch.long, device=self.device)
+        self.steps = 0  # compiled steps run (all calls)
+        self.compiles = 0  # compiled functions made (more than one: frozen weights that changed)
+
+    def _compiled(self) -> Callable[..., Tensor]:
+        """The compiled step; with frozen weights, a new one when the model's parameters or buffers changed."""
+        weights = None
+        if self.freeze:
+            model = self.model
+            weights = tensor_state_key([*model.parameters(), *model.buffers()])
+        if self._fn is None or weights != self._weights:
+            self._fn, self._weights, self._traced = self._make(), weights, False
+            self.compiles += 1
+        return self._fn
+
+    def _make(self) -> Callable[..., Tensor]:
+        """``torch.compile`` of a private copy of :func:`_decode_step` (compiled on its first call).
+
+        dynamic=False: every shape is static by design (never turned symbolic after a second shape is seen).
+        Dynamo keeps compiled graphs and their guards on the function's code object; a copy of the code per
+        decoder gives each decoder its own entry: a step checks one set of guards, a new copy really compiles
+        anew (frozen weights that changed), and many decoders never reach dynamo's recompile limit (past
+        which it would run the step eagerly)."""
+        step = types.FunctionType(_decode_step.__code__.replace(), _decode_step.__globals__, "_decode_step")
+        return torch.compile(step, mode=self.mode, fullgraph=True, dynamic=False)
+
+    def _call(self, *args: object) -> Tensor:
+        """Run the compiled step; its first call traces and compiles it, with inductor's freezing switched on
+        for that call when ``freeze`` (dynamo reads the flag while tracing, to make the weights constants)."""
+        fn = self._fn or self._compiled()
+        if self._traced or not self.freeze:
+            return fn(*args)
+        from torch._inductor import config as inductor_config
+
+        with inductor_config.patch(freezing=True):
+            out = fn(*args)
+        self._traced = True
+        return out
+
+    @property
+    def model(self) -> nn.Module:
+        model = self._model()
+        if model is None:
+            raise ValueError("this CompiledDecoder's model no longer exists")
+        return model
+
+    def matches(self, model: nn.Module, batch: int, needed: int, mode: str) -> bool:
+        """True when this decoder can serve ``needed`` columns of ``batch`` rows of ``model`` in ``mode``."""
+        p = next(model.parameters())
+        return (self._model() is model and self.batch == batch and self.max_len >= needed and self.mode == mode
+                and self.dtype == p.dtype and self.device == p.device)
+
+    def start(self) -> StaticCache:
+        """Empty the cache for a new prompt and return it (to prefill eagerly); with frozen weights, check
+        that they are still the model's (else the next step compiles again)."""
+        self._compiled()
+        self.cache.reset()
+        return self.cache
+
+    def step(self, token: Tensor, positions: Tensor) -> Tensor:
+        """Decode token (B, 1) at positions (B, 1), written at the cache's next column; return logits (B, 1, V)."""
+        if token.shape != (self.batch, 1) or positions.shape != (self.batch, 1):
+            raise ValueError(f"token and positions must be ({self.batch}, 1), got {tuple(token.shape)} and "
+                             f"{tuple(positions.shape)}")
+        length = self.cache.get_seq_length()
+        if length >= self.max_len:
+            raise ValueError(f"CompiledDecoder cache is full (max_len={self.max_len})")
+        self._column.fill_(length)  # a write into the same tensor: the graph's inputs keep their identity
+        if self.cudagraphs:
+            torch.compiler.cudagraph_mark_step_begin()
+        try:
+            logits = self._call(self.model, self.cache, token, self._column, positions)
+        except Exception as exc:
+            if isinstance(exc, _compile_errors()):  # the step could not be traced: say what to do instead
+                raise RuntimeError(f"torch.compile could not compile this model's decode step "
+                                   f"({type(exc).__name__}); decode with compile=False") from exc
+            raise
+        self.cache.advance(1)
+        self.steps += 1
+        return logits.clone() if self.cudagraphs else logits  # a CUDA graph's output is overwritten next replay
+
+
+_DECODERS: weakref.WeakKeyDictionary[nn.Module, list[CompiledDecoder]] = weakref.WeakKeyDictionary()
+
+
+def decoder_for(model: nn.Module, *, batch: int, needed: int, mode: str) -> CompiledDecoder:
+    """The :class:`CompiledDecoder` of ``model`` for ``batch`` rows and at least ``needed`` columns in ``mode``:
+    an existing one when one fits (the smallest), else a new one of :func:`bucket_length` columns, kept for
+    later calls (per model, dropped with it)."""
+    check_compilable(model)
+    if needed > model.config.max_seq_len:
+        raise ValueError(f"prompt + max_new_tokens = {needed} exceeds the model's max_seq_len="
+                         f"{model.config.max_seq_len}")
+    p = next(model.parameters())
+    # decoders made before the model moved to another dtype or device can never serve it again: free them
+    held = [d for d in _DECODERS.get(model, []) if d.dtype == p.dtype and d.device == p.device]
+    _DECODERS[model] = held
+    fits = [d for d in held if d.matches(model, batch, needed, mode)]
+    if fits:
+        return min(fits, key=lambda d: d.max_len)
+    decoder = CompiledDecoder(model, batch=batch, max_len=bucket_length(needed, model.config.max_seq_len), mode=mode)
+    held.append(decoder)
+    return decoder

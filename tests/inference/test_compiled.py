@@ -1,0 +1,255 @@
+"""Compiled decoding (``generate(compile=...)``, :mod:`mlcore.inference.compiled`) against eager decoding.
+
+References: the tokens of eager ``generate(cache="static")`` (itself checked against transformers' generate in
+test_generate_hf_parity.py) and of transformers' own ``generate``; for the cache writes, StaticCache's eager
+``update``. Recompilation is watched with dynamo's own counters and ``error_on_recompile``. The compiled tests
+use the 2-layer, hidden-64 test models (a cold compile takes ~10-35 s on 2 CPU cores; inductor's on-disk cache
+makes reruns take seconds), hence ``slow``.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch._dynamo
+import torch._dynamo.utils
+
+from mlcore.inference import StaticCache, generate
+from mlcore.inference.compiled import CompiledDecoder, bucket_length, decoder_for
+from mlcore.inference.hf import hf_generate
+from mlcore.model import Transformer, TransformerConfig
+
+from ._gen_testutils import NEW, batch, pair
+
+
+def _graphs() -> int:
+    return torch._dynamo.utils.counters["stats"]["unique_graphs"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["single", "padded"])
+def test_greedy_matches_eager_and_transformers(kind):
+    hf, model = pair("llama")
+    ids, mask = batch(kind)
+    eager = generate(model, ids, attention_mask=mask, max_new_tokens=NEW, cache="static")
+    compiled = generate(model, ids, attention_mask=mask, max_new_tokens=NEW, cache="static", compile=True)
+    assert torch.equal(compiled, eager)
+    twin = hf_generate(hf, ids, attention_mask=mask, max_new_tokens=NEW)
+    assert torch.equal(compiled[:, -NEW:], twin[:, -NEW:])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", ["gpt2", "mistral"])
+def test_learned_positions_and_sliding_window(arch):
+    """GPT-2 reads learned position rows; Mistral's window (5) is shorter than the context in every step."""
+    _, model = pair(arch)
+    ids, mask = batch("padded")
+    eager = generate(model, ids, attention_mask=mask, max_new_tokens=NEW)
+    assert torch.equal(generate(model, ids, attention_mask=mask, max_new_tokens=NEW, compile=True), eager)
+
+
+@pytest.mark.slow
+def test_sampling_eos_and_stop_match_eager():
+    """The general loop (sampling, EOS padding, stop sequences) runs on the compiled step's logits."""
+    _, model = pair("llama")
+    ids, mask = batch("padded")
+    kw = dict(attention_mask=mask, max_new_tokens=NEW, temperature=0.9, top_k=20, top_p=0.9, seed=7,
+              eos_token_id=[3, 5], repetition_penalty=1.3)
+    assert torch.equal(generate(model, ids, compile=True, **kw), generate(model, ids, **kw))
+    greedy = generate(model, ids, attention_mask=mask, max_new_tokens=NEW)
+    stop = [greedy[0, -NEW + 2: -NEW + 4].tolist()]  # row 0 stops after its 4th new token
+    kw = dict(attention_mask=mask, max_new_tokens=NEW, stop=stop, pad_token_id=0)
+    assert torch.equal(generate(model, ids, compile=True, **kw), generate(model, ids, **kw))
+
+
+@pytest.mark.slow
+def test_one_graph_for_every_step_and_call():
+    """After the first compile, more steps and other lengths in the same bucket compile nothing again."""
+    _, model = pair("llama")
+    ids, _ = batch("single")
+    generate(model, ids, max_new_tokens=3, compile=True)  # compiled here (or by an earlier test)
+    decoder = decoder_for(model, batch=1, needed=ids.shape[1] + 3, mode="default")
+    graphs, steps = _graphs(), decoder.steps
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        eager = generate(model, ids, max_new_tokens=20)
+        assert torch.equal(generate(model, ids, max_new_tokens=20, compile=True), eager)
+        shorter = ids[:, 3:]  # another prompt length, same bucket: the same decoder and graph
+        assert torch.equal(generate(model, shorter, max_new_tokens=25, compile=True),
+                           generate(model, shorter, max_new_tokens=25))
+    assert _graphs() == graphs
+    assert decoder.steps == steps + 19 + 24
+    assert decoder_for(model, batch=1, needed=shorter.shape[1] + 25, mode="default") is decoder
+
+
+def test_bucket_length():
+    assert [bucket_length(n, 512) for n in (1, 64, 65, 192, 300, 512)] == [64, 64, 128, 256, 512, 512]
+    assert bucket_length(100, 96) == 100  # never below what is needed (callers check max_seq_len)
+    assert bucket_length(90, 96) == 96
+
+
+# -- StaticCache's tensor-position writes (eager; no compile) ---------------------------------------------------
+
+def test_update_at_writes_what_update_writes():
+    g = torch.Generator().manual_seed(0)
+    k, v = torch.randn(2, 3, 5, 4, generator=g), torch.randn(2, 3, 5, 4, generator=g)
+    index = torch.tensor([[0, 1, 2, 3, 4], [-1, -1, 2, 3, 4]])
+    ref, got = StaticCache(8), StaticCache(8)
+    ref.update(0, k[:, :, :3], v[:, :, :3], index[:, :3])
+    got.update(0, k[:, :, :3], v[:, :, :3], index[:, :3])
+    ref_k, ref_v, ref_i = ref.update(0, k[:, :, 3:], v[:, :, 3:], index[:, 3:])
+    got_k, got_v, got_i = got.update_at(0, k[:, :, 3:], v[:, :, 3:], index[:, 3:], torch.tensor([3, 4]))
+    assert got_k.shape == (2, 3, 8, 4) and got_i.shape == (2, 8)  # the whole buffers
+    assert got.get_seq_length() == 3  # lengths untouched until advance
+    got.advance(2)
+    assert got.get_seq_length() == ref.get_seq_length() == 5
+    assert torch.equal(got_k[:, :, :5], ref_k) and torch.equal(got_v[:, :, :5], ref_v)
+    assert torch.equal(got_i[:, :5], ref_i) and bool((got_i[:, 5:] == -1).all())
+
+
+def test_update_at_and_advance_refuse_bad_input():
+    cache = StaticCache(4)
+    k = torch.zeros(1, 2, 1, 4)
+    with pytest.raises(ValueError, match="not allocated"):
+        cache.update_at(0, k, k, torch.zeros(1, 1, dtype=torch.long), torch.tensor([0]))
+    cache.update(0, k, k, torch.zeros(1, 1, dtype=torch.long))
+    with pytest.raises(ValueError, match="slots"):
+        cache.update_at(0, k, k, torch.zeros(1, 1, dtype=torch.long), torch.tensor([0.0]))
+    with pytest.raises(ValueError, match="slots"):
+        cache.update_at(0, k, k, torch.zeros(1, 1, dtype=torch.long), torch.tensor([0, 1]))
+    with pytest.raises(ValueError, match="full"):
+        cache.advance(4)
+    with pytest.raises(ValueError, match="advance"):
+        cache.advance(-1)
+
+
+# -- refused requests (all raise before anything is compiled) -----------------------------------------------------
+
+def _config(**kw) -> TransformerConfig:
+    base = dict(vocab_size=64, d_model=32, n_layers=1, n_heads=2, max_seq_len=32)
+    base.update(kw)
+    return TransformerConfig(**base)
+
+
+@pytest.mark.parametrize("compile_arg", ["fast", 1, None, "max_autotune"])
+def test_bad_compile_argument(compile_arg):
+    _, model = pair("llama")
+    ids, _ = batch("single")
+    with pytest.raises(ValueError, match="compile must be"):
+        generate(model, ids, max_new_tokens=2, compile=compile_arg)
+
+
+@pytest.mark.parametrize("cache", ["dynamic", "paged", "object"])
+def test_compile_needs_the_static_cache_it_owns(cache):
+    _, model = pair("llama")
+    ids, _ = batch("single")
+    if cache == "object":
+        cache = StaticCache.for_model(model, 1, 32)
+    with pytest.raises(ValueError, match="compile needs cache='static'"):
+        generate(model, ids, max_new_tokens=2, cache=cache, compile=True)
+
+
+def test_unsupported_models_are_refused():
+    ids = torch.zeros(1, 3, dtype=torch.long)
+    hf, model = pair("llama")
+    with pytest.raises(ValueError, match="mlcore Transformer"):
+        generate(hf, ids, max_new_tokens=2, compile=True)
+    model.train()
+    try:
+        with pytest.raises(ValueError, match="eval"):
+            generate(model, ids, max_new_tokens=2, compile=True)
+    finally:
+        model.eval()
+    flash = Transformer(_config(attn_backend="flash")).eval()
+    with pytest.raises(ValueError, match="attn_backend"):
+        generate(flash, ids, max_new_tokens=2, compile=True)
+    ntk = Transformer(_config(rope_scaling={"rope_type": "dynamic", "factor": 2.0})).eval()
+    with pytest.raises(ValueError, match="dynamic NTK"):
+        generate(ntk, ids, max_new_tokens=2, compile=True)
+    with pytest.raises(ValueError, match="max_seq_len"):
+        generate(Transformer(_config()).eval(), ids, max_new_tokens=40, compile=True)
+
+
+def test_decoder_refuses_bad_arguments_and_a_full_cache():
+    model = Transformer(_config()).eval()
+    for kw, word in ((dict(batch=0, max_len=8), "batch"), (dict(batch=1, max_len=33), "max_len"),
+                     (dict(batch=1, max_len=8, mode="turbo"), "mode")):
+        with pytest.raises(ValueError, match=word):
+            CompiledDecoder(model, **kw)
+    decoder = CompiledDecoder(model, batch=1, max_len=4)
+    tok = torch.zeros(1, 1, dtype=torch.long)
+    with pytest.raises(ValueError, match=r"\(1, 1\)"):
+        decoder.step(torch.zeros(2, 1, dtype=torch.long), tok)
+    with torch.no_grad():
+        model(torch.zeros(1, 4, dtype=torch.long), cache=decoder.start())  # fills all 4 columns eagerly
+    with pytest.raises(ValueError, match="full"):
+        decoder.step(tok, tok)
+    assert decoder.steps == 0
+
+
+@pytest.mark.slow
+def test_a_step_dynamo_cannot_trace_is_refused_with_advice():
+    """A forward hook reading a value on the host breaks the graph: fullgraph refuses, generate says what to do."""
+    model = Transformer(_config()).eval()
+    model.layers[0].register_forward_hook(lambda mod, args, out: float(out.sum().item()) and None)
+    ids = torch.zeros(1, 3, dtype=torch.long)
+    with pytest.raises(RuntimeError, match="compile=False"):
+        generate(model, ids, max_new_tokens=3, compile=True)
+    assert torch.equal(generate(model, ids, max_new_tokens=3)[:, :3], ids)  # eager decoding still works
+
+
+@pytest.mark.slow
+def test_each_decoder_compiles_its_own_graph_once():
+    """A second decoder (another batch size) compiles its own graph: not a recompile of the first one's."""
+    model = Transformer(_config()).eval()
+    ids = torch.randint(0, 64, (1, 5))
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        for rows in (1, 2):
+            prompt = ids.expand(rows, -1)
+            eager = generate(model, prompt, max_new_tokens=6)
+            assert torch.equal(generate(model, prompt, max_new_tokens=6, compile=True), eager)
+
+
+@pytest.mark.slow
+def test_frozen_weights_that_change_are_compiled_again():
+    """On CPU the weights are frozen into the graph; a changed weight must not leave a stale graph behind."""
+    model = Transformer(_config()).eval()
+    ids = torch.randint(0, 64, (1, 5))
+    assert torch.equal(generate(model, ids, max_new_tokens=6, compile=True), generate(model, ids, max_new_tokens=6))
+    decoder = decoder_for(model, batch=1, needed=11, mode="default")
+    assert decoder.freeze and decoder.compiles == 1
+    generate(model, ids, max_new_tokens=6, compile=True)
+    assert decoder.compiles == 1  # unchanged weights: the same graph
+    with torch.no_grad():
+        model.layers[0].mlp.up_proj.weight.mul_(-3.0)
+        model.lm_head.weight.add_(torch.randn_like(model.lm_head.weight))
+    eager = generate(model, ids, max_new_tokens=6)
+    assert torch.equal(generate(model, ids, max_new_tokens=6, compile=True), eager)
+    assert decoder.compiles == 2
+
+
+@pytest.mark.slow
+def test_reduce_overhead_mode_off_cuda_gives_the_same_tokens():
+    """The CUDA-graph mode, asked for by name, still decodes correctly where there are no CUDA graphs (CPU)."""
+    model = Transformer(_config(n_layers=2)).eval()
+    ids = torch.randint(0, 64, (2, 4))
+    eager = generate(model, ids, max_new_tokens=5)
+    assert torch.equal(generate(model, ids, max_new_tokens=5, compile="reduce-overhead"), eager)
+    assert decoder_for(model, batch=2, needed=9, mode="reduce-overhead").mode == "reduce-overhead"
+
+
+@pytest.mark.cuda
+@pytest.mark.slow
+def test_cuda_graphs_match_eager_without_recompiles():
+    """compile=True on CUDA: mode "reduce-overhead" (CUDA graphs over the static-address cache buffers)."""
+    _, cpu_model = pair("llama")
+    model = Transformer(cpu_model.config).cuda().eval()
+    model.load_state_dict(cpu_model.state_dict())
+    ids, mask = (t.cuda() for t in batch("padded"))
+    eager = generate(model, ids, attention_mask=mask, max_new_tokens=NEW)
+    assert torch.equal(generate(model, ids, attention_mask=mask, max_new_tokens=NEW, compile=True), eager)
+    decoder = decoder_for(model, batch=ids.shape[0], needed=ids.shape[1] + NEW, mode="reduce-overhead")
+    assert decoder.cudagraphs and not decoder.freeze
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        for n in (NEW, NEW + 5):
+            eager = generate(model, ids, attention_mask=mask, max_new_tokens=n)
+            assert torch.equal(generate(model, ids, attention_mask=mask, max_new_tokens=n, compile=True), eager)
