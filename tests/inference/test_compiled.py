@@ -253,3 +253,30 @@ def test_cuda_graphs_match_eager_without_recompiles():
         for n in (NEW, NEW + 5):
             eager = generate(model, ids, attention_mask=mask, max_new_tokens=n)
             assert torch.equal(generate(model, ids, attention_mask=mask, max_new_tokens=n, compile=True), eager)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("scheme", ["int8"])
+def test_weight_only_quantized_models_compile_to_the_same_tokens(scheme):
+    """QuantizedLinear traces its CPU int8 kernel as a plain op inside the compiled step (int4 runs
+    dequantize-then-matmul there: inductor could not lower the int4 kernel on a weight repacked in the graph).
+
+    float32 activations with the packed kernel forced (``prefer``): in bfloat16 inductor keeps the fused
+    element-wise ops in float32 between roundings, so a random tiny model's near-tied logits can flip a token."""
+    import copy
+
+    from mlcore.quant import quantize_model
+
+    _, model = pair("llama")
+    options = {"group_size": 32} if scheme == "int4" else {}
+    qmodel = quantize_model(copy.deepcopy(model), scheme, prefer=f"{scheme}pack", **options)
+    ids, mask = batch("padded")
+    eager = generate(qmodel, ids, attention_mask=mask, max_new_tokens=NEW)
+    kernels = {m.last_kernel for m in qmodel.modules() if hasattr(m, "last_kernel")}
+    assert kernels == {f"{scheme}pack"}  # the eager run used the packed kernel the graph must trace too
+    assert torch.equal(generate(qmodel, ids, attention_mask=mask, max_new_tokens=NEW, compile=True), eager)
+    seen = set()
+    for m in qmodel.modules():
+        if hasattr(m, "last_kernel"):
+            seen |= set(m._kernels.values())
+    assert seen == {f"{scheme}pack"}  # the traced layers (q/k/v separately) chose the packed kernel too

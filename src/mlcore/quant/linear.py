@@ -222,6 +222,8 @@ class QuantizedLinear(nn.Module):
         """x (..., in_features) -> (..., out_features)."""
         if x.dim() < 1 or x.shape[-1] != self.in_features:
             raise ValueError(f"x.shape: expected (..., {self.in_features}), got {tuple(x.shape)}")
+        if torch.compiler.is_compiling():
+            return self._forward_traced(x)
         if x.device.type == "cpu" and not (x.requires_grad and torch.is_grad_enabled()):
             fast = self._fast_args(x.dtype)
             if fast is not None:  # the prepared fast kernel: one call between two reshapes
@@ -238,6 +240,23 @@ class QuantizedLinear(nn.Module):
                 y = y.view(*x.shape[:-1], self.out_features)
                 return y if bias is None else y + bias
         return self._forward_general(x)
+
+    def _forward_traced(self, x: torch.Tensor) -> torch.Tensor:
+        """Inside ``torch.compile``: the kernel :meth:`kernel_for` picks for this dtype, as plain tensor ops. The eager caches key on tensor versions, which dynamo cannot read; with
+        inductor's freezing the int8 scales are folded into constants once. int4 runs dequantize-then-matmul
+        here (so a frozen graph holds the dequantized weight): inductor could not lower torch's int4 kernel on
+        a weight repacked inside the graph."""
+        kernel = self.kernel_for(x.dtype) if x.device.type == "cpu" else "dequant"
+        if kernel == "int4pack":  # inductor cannot lower the int4 kernel on a weight repacked in the graph
+            kernel = "dequant"
+        qt = self._view()
+        bias = None if self.bias is None else self.bias.to(x.dtype)
+        if kernel == "dequant":
+            return F.linear(x, dequantize_unchecked(qt).to(x.dtype), bias)
+        x2 = x.reshape(-1, self.in_features)
+        y = int8pack_mm(x2, qt, int8_channel_scales(qt))
+        y = y.reshape(*x.shape[:-1], self.out_features)
+        return y if bias is None else y + bias
 
     def _forward_general(self, x: torch.Tensor) -> torch.Tensor:
         """Any device, dtype and grad mode: picks the kernel per call (the dequantize fallback included)."""
