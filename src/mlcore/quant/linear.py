@@ -245,7 +245,9 @@ class QuantizedLinear(nn.Module):
         """Inside ``torch.compile``: the kernel :meth:`kernel_for` picks for this dtype, as plain tensor ops. The eager caches key on tensor versions, which dynamo cannot read; with
         inductor's freezing the int8 scales are folded into constants once. int4 runs dequantize-then-matmul
         here (so a frozen graph holds the dequantized weight): inductor could not lower torch's int4 kernel on
-        a weight repacked inside the graph."""
+        a weight repacked inside the graph. Known limit: with bfloat16 activations inductor (torch 2.13) failed
+        to lower the int8 kernel in the 27M benchmark model, so ``generate(compile=True)`` raises there and
+        eager decoding (which uses the packed kernels directly) is the fast path; float32 activations compile."""
         kernel = self.kernel_for(x.dtype) if x.device.type == "cpu" else "dequant"
         if kernel == "int4pack":  # inductor cannot lower the int4 kernel on a weight repacked in the graph
             kernel = "dequant"
