@@ -136,7 +136,11 @@ class LinearFusion:
             if self._fn is not None:
                 self.release()  # training: never hold a second copy of weights that are changing
             return None
-        if torch.compiler.is_compiling() or _module._global_forward_hooks or _module._global_forward_pre_hooks:
+        if torch.compiler.is_compiling():
+            # dynamo cannot read the version counters the key is made of; a copy an eager call of this forward
+            # built (the prefill, just before) is current, and a dense one traces as a plain F.linear
+            return self._fn if isinstance(self._fn, _LinearCall) else None
+        if _module._global_forward_hooks or _module._global_forward_pre_hooks:
             return None
         kind = type(modules[0])
         if any(type(m) is not kind or not _plain(m) for m in modules):
