@@ -48,6 +48,7 @@ from .kernels import (
     int4pack_weight,
     int8_channel_scales,
     int8pack_mm,
+    int8pack_mm_op,
     unavailable_reason,
 )
 from .tensor import FLOAT_DTYPES, NestedScales, QuantizedTensor, check_layout
@@ -245,9 +246,8 @@ class QuantizedLinear(nn.Module):
         """Inside ``torch.compile``: the kernel :meth:`kernel_for` picks for this dtype, as plain tensor ops. The eager caches key on tensor versions, which dynamo cannot read; with
         inductor's freezing the int8 scales are folded into constants once. int4 runs dequantize-then-matmul
         here (so a frozen graph holds the dequantized weight): inductor could not lower torch's int4 kernel on
-        a weight repacked inside the graph. Known limit: with bfloat16 activations inductor (torch 2.13) failed
-        to lower the int8 kernel in the 27M benchmark model, so ``generate(compile=True)`` raises there and
-        eager decoding (which uses the packed kernels directly) is the fast path; float32 activations compile."""
+        a weight repacked inside the graph. The int8 kernel is called through the custom op
+        :func:`~mlcore.quant.kernels.int8pack_mm_op` (inductor's lowering of the aten op failed on fused inputs)."""
         kernel = self.kernel_for(x.dtype) if x.device.type == "cpu" else "dequant"
         if kernel == "int4pack":  # inductor cannot lower the int4 kernel on a weight repacked in the graph
             kernel = "dequant"
@@ -256,7 +256,7 @@ class QuantizedLinear(nn.Module):
         if kernel == "dequant":
             return F.linear(x, dequantize_unchecked(qt).to(x.dtype), bias)
         x2 = x.reshape(-1, self.in_features)
-        y = int8pack_mm(x2, qt, int8_channel_scales(qt))
+        y = int8pack_mm_op(x2, qt.data, int8_channel_scales(qt).to(x.dtype))
         y = y.reshape(*x.shape[:-1], self.out_features)
         return y if bias is None else y + bias
 
