@@ -108,9 +108,10 @@ def mlcore_engines(case: Case, *, slow: bool = False) -> list[Engine]:
 
     ids = torch.tensor([case.prompt])
 
-    def engine(fmt: str, bits: str, model: nn.Module, **extra: Any) -> Engine:
-        def run(n: int) -> GreedyTiming:
-            return _timed(lambda clock: generate(model, ids, max_new_tokens=n, cache="static", streamer=clock))
+    def engine(fmt: str, bits: str, model: nn.Module, compile: bool = False, **extra: Any) -> Engine:
+        def run(n: int) -> GreedyTiming:  # a compiled engine compiles in the benchmark's warm-up run
+            return _timed(lambda clock: generate(model, ids, max_new_tokens=n, cache="static", streamer=clock,
+                                                 compile=compile))
 
         def logits() -> torch.Tensor:
             with torch.inference_mode():
@@ -130,7 +131,10 @@ def mlcore_engines(case: Case, *, slow: bool = False) -> list[Engine]:
            engine("bf16", "16", copy.deepcopy(case.model).to(bf16)),
            engine("int8 + bf16 act", "8", quantized(bf16, "int8"), remark=remark),
            engine(f"int4 g{INT4_GROUP} + bf16 act", "4", quantized(bf16, "int4", group_size=INT4_GROUP),
-                  remark=remark)]
+                  remark=remark),
+           # the decode step as one torch.compile graph (weights frozen in; ~15-30 s to compile on 2 cores)
+           engine("fp32, compiled", "32", case.model, compile=True),
+           engine("int8 + bf16 act, compiled", "8", quantized(bf16, "int8"), compile=True, remark=remark)]
     if slow:
         out.insert(2, engine("int8", "8", quantized(torch.float32, "int8"), remark=remark + "; dequantize per call"))
     return out
