@@ -170,12 +170,14 @@ def llamacpp_engine(runner: Any, fmt: str, bits: str, prompt: list[int], weight_
 def profile_decode(model: nn.Module, prompt: list[int], steps: int = 16) -> tuple[float, float, float]:
     """(dense matmul seconds, low-bit matmul seconds, whole-step seconds) over ``steps`` mlcore decode steps under
     ``torch.profiler``, after an unprofiled prefill: the steps ``generate`` runs (one token, StaticCache,
-    ``logits_to_keep=1``). Dense = ``aten::mm`` / ``addmm``; low-bit = ``_weight_int8pack_mm`` / ``int4pack``."""
+    ``logits_to_keep=1``). Dense = ``aten::mm`` / ``addmm`` and oneDNN's packed bf16 linear (the decode copies of
+    ``mlcore.attention.fused_linear``); low-bit = ``_weight_int8pack_mm`` / ``int4pack``."""
     from torch.profiler import ProfilerActivity, profile
 
     from mlcore.inference import StaticCache
 
-    dense, lowbit = ("aten::mm", "aten::addmm"), ("aten::_weight_int8pack_mm", "aten::_weight_int4pack_mm_for_cpu")
+    dense = ("aten::mm", "aten::addmm", "mkldnn::_linear_pointwise")
+    lowbit = ("aten::_weight_int8pack_mm", "aten::_weight_int4pack_mm_for_cpu")
     with torch.inference_mode():
         kv = StaticCache.for_model(model, 1, len(prompt) + steps + 1)
         tok = model(torch.tensor([prompt]), cache=kv, logits_to_keep=1)[:, -1].argmax(-1, keepdim=True)

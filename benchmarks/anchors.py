@@ -220,6 +220,8 @@ def _model_rows(ctx: Context, case: Case, folder: Path, new: int, runs: int, why
         yield result
     yield from _goal_rows(ctx, case, rows, goals, why or (None if gate.get("valid") else gate.get("reason")))
     for e in mlcore:
+        if "compiled" in e.fmt:  # the profiler would time the eager steps of the same model again
+            continue
         prof = _profile(case, e)
         yield Result("anchors", f"mlcore {e.fmt}", {"task": "profile", "model": case.key, "format": e.fmt}, "cpu",
                      e.fmt, prof["ms_per_token"], 0.0, unit="ms", extra=prof)
