@@ -123,13 +123,14 @@ def _gemv_gbs(device: torch.device, dtype: torch.dtype, nbytes: int, quick: bool
     """Weight bytes / time of ``x (1, k) @ W^T`` for the faster of W's two layouts (see the module docstring)."""
     k = 4096
     rows = max(nbytes // (k * dtype.itemsize), k)
-    weight = torch.randn(rows, k, device=device).to(dtype)  # (out, in), row-major
     x = torch.randn(1, k, device=device).to(dtype)
-    best = _measure(lambda: torch.nn.functional.linear(x, weight), device, quick)
-    del weight  # one copy at a time: the buffer is sized against the machine's memory
-    column_major = torch.randn(k, rows, device=device).to(dtype).t()  # (out, in) view of an (in, out) buffer
-    best = min(best, _measure(lambda: torch.nn.functional.linear(x, column_major), device, quick))
-    return rows * k * dtype.itemsize / best / 1e9
+
+    def seconds(weight: torch.Tensor) -> float:  # one weight alive at a time: it is sized against the memory
+        return _measure(lambda: torch.nn.functional.linear(x, weight), device, quick)
+
+    row_major = seconds(torch.randn(rows, k, device=device).to(dtype))  # (out, in)
+    column_major = seconds(torch.randn(k, rows, device=device).to(dtype).t())  # (out, in) view of (in, out)
+    return rows * k * dtype.itemsize / min(row_major, column_major) / 1e9
 
 
 def _matmul_flops(device: torch.device, dtype: torch.dtype, quick: bool) -> float:
