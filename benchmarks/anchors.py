@@ -8,7 +8,7 @@ the issue's 27M config with seeded random weights; the full preset adds ``tiny-4
   (``aten._weight_int8pack_mm``) and int4 in groups of 64 (``_weight_int4pack_mm_for_cpu``), both with bf16
   activations, the case those kernels are fast for (the full preset adds int8 with fp32 activations, which
   ``QuantizedLinear`` serves by dequantizing); the tied ``lm_head`` stays in float (``quantize_model`` never
-  unties it); fp32 and int8 again with ``generate(compile=True)`` (every decode step one ``torch.compile`` graph,
+  unties it); fp32, int8 and int4 again with ``generate(compile=True)`` (every decode step one ``torch.compile`` graph,
   compiled in the warm-up run; the goal's "best int8/int4" row picks the fastest of all of them);
 - llama.cpp (``llama-cpp-python``) on GGUF files written by ``mlcore.model.gguf_export``: f32, f16, bf16,
   q8_0, q4_0, and q4_K_M made by llama.cpp's own quantizer from the f32 file.

@@ -256,10 +256,10 @@ def test_cuda_graphs_match_eager_without_recompiles():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("scheme", ["int8"])
+@pytest.mark.parametrize("scheme", ["int8", "int4"])
 def test_weight_only_quantized_models_compile_to_the_same_tokens(scheme):
-    """QuantizedLinear traces its CPU int8 kernel as a plain op inside the compiled step (int4 runs
-    dequantize-then-matmul there: inductor could not lower the int4 kernel on a weight repacked in the graph).
+    """QuantizedLinear traces its CPU kernels (custom ops ``mlcore::int8pack_mm`` / ``int4pack_mm``) inside the
+    compiled step.
 
     float32 activations with the packed kernel forced (``prefer``): in bfloat16 inductor keeps the fused
     element-wise ops in float32 between roundings, so a random tiny model's near-tied logits can flip a token."""

@@ -99,3 +99,15 @@ def int8pack_mm_op(x2: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor)
 @int8pack_mm_op.register_fake
 def _int8pack_mm_shape(x2: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
     return x2.new_empty((x2.shape[0], weight.shape[0]))
+
+
+@torch.library.custom_op("mlcore::int4pack_mm", mutates_args=())
+def int4pack_mm_op(x2: torch.Tensor, packed: torch.Tensor, group_size: int, sz: torch.Tensor) -> torch.Tensor:
+    """``aten._weight_int4pack_mm_for_cpu`` as an opaque op for ``torch.compile`` (see :func:`int8pack_mm_op`):
+    (M, K) @ int4 (N, K).T with scales-and-zeros ``sz`` (K / g, N, 2) -> (M, N)."""
+    return torch.ops.aten._weight_int4pack_mm_for_cpu(x2.contiguous(), packed, group_size, sz)
+
+
+@int4pack_mm_op.register_fake
+def _int4pack_mm_shape(x2: torch.Tensor, packed: torch.Tensor, group_size: int, sz: torch.Tensor) -> torch.Tensor:
+    return x2.new_empty((x2.shape[0], sz.shape[1]))

@@ -45,6 +45,7 @@ from .kernels import (
     AUTO_FAST_DTYPES,
     KERNELS,
     int4pack_mm,
+    int4pack_mm_op,
     int4pack_weight,
     int8_channel_scales,
     int8pack_mm,
@@ -243,20 +244,23 @@ class QuantizedLinear(nn.Module):
         return self._forward_general(x)
 
     def _forward_traced(self, x: torch.Tensor) -> torch.Tensor:
-        """Inside ``torch.compile``: the kernel :meth:`kernel_for` picks for this dtype, as plain tensor ops. The eager caches key on tensor versions, which dynamo cannot read; with
-        inductor's freezing the int8 scales are folded into constants once. int4 runs dequantize-then-matmul
-        here (so a frozen graph holds the dequantized weight): inductor could not lower torch's int4 kernel on
-        a weight repacked inside the graph. The int8 kernel is called through the custom op
-        :func:`~mlcore.quant.kernels.int8pack_mm_op` (inductor's lowering of the aten op failed on fused inputs)."""
+        """Inside ``torch.compile``: the kernel :meth:`kernel_for` picks for this dtype, as plain tensor ops.
+
+        The eager caches key on tensor versions, which dynamo cannot read; with inductor's freezing the int8
+        scales and the int4 repacking are folded into constants once. The packed kernels are called through
+        the custom ops :func:`~mlcore.quant.kernels.int8pack_mm_op` / ``int4pack_mm_op`` (inductor's lowering
+        of the aten ops failed on inputs a fused element-wise kernel produced)."""
         kernel = self.kernel_for(x.dtype) if x.device.type == "cpu" else "dequant"
-        if kernel == "int4pack":  # inductor cannot lower the int4 kernel on a weight repacked in the graph
-            kernel = "dequant"
         qt = self._view()
         bias = None if self.bias is None else self.bias.to(x.dtype)
         if kernel == "dequant":
             return F.linear(x, dequantize_unchecked(qt).to(x.dtype), bias)
         x2 = x.reshape(-1, self.in_features)
-        y = int8pack_mm_op(x2, qt.data, int8_channel_scales(qt).to(x.dtype))
+        if kernel == "int8pack":
+            y = int8pack_mm_op(x2, qt.data, int8_channel_scales(qt).to(x.dtype))
+        else:  # repacked in the graph: a constant once the weights are frozen
+            packed, sz = int4pack_weight(qt)
+            y = int4pack_mm_op(x2, packed, qt.group_size, sz.to(x.dtype))
         y = y.reshape(*x.shape[:-1], self.out_features)
         return y if bias is None else y + bias
 
