@@ -121,6 +121,11 @@ class LinearFusion:
         """Drop the stacked weight (it is rebuilt on the next eligible call)."""
         self._key, self._refs, self._fn = None, [], None
 
+    def run_layer(self, layer: nn.Module, x: Tensor, owner_training: bool) -> Tensor:
+        """``layer(x)`` for a single layer, through its faster-layout copy when one exists (else the layer)."""
+        fast = self((layer,), owner_training)
+        return fast(x) if fast is not None else layer(x)
+
     def __deepcopy__(self, memo: dict) -> LinearFusion:
         return LinearFusion()  # a cache of derived tensors: a copied model rebuilds its own (and oneDNN's packed
         # tensors cannot be deep-copied)

@@ -267,8 +267,7 @@ class MultiHeadAttention(nn.Module):
                 out = torch.where(sees, out, torch.zeros((), dtype=out.dtype, device=out.device))
 
         out = out.reshape(B, 1, -1) if T == 1 else out.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim)
-        o_fast = self.o_fusion((self.o_proj,), self.training)  # a faster-reading copy at inference, or None
-        out = o_fast(out) if o_fast is not None else self.o_proj(out)  # (B, T, C)
+        out = self.o_fusion.run_layer(self.o_proj, out, self.training)  # (B, T, C)
         return (out, weights) if return_weights else out
 
     def _rope(self, x: Tensor, inputs: AttentionInputs) -> Tensor:

@@ -17,5 +17,6 @@ from mlcore.inference.static_cache import StaticCache
 
 __all__ = [
     "generate", "generate_no_cache", "make_cache", "speculative_generate", "SpeculativeStats",
-    "CompiledDecoder", "DynamicCache", "StaticCache", "PagedCache", "PagedSequence", "SlidingWindowCache", "QuantizedCache",
+    "CompiledDecoder", "DynamicCache", "StaticCache", "PagedCache", "PagedSequence", "SlidingWindowCache",
+    "QuantizedCache",
 ]

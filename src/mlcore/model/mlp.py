@@ -93,9 +93,7 @@ class SwiGLU(nn.Module):
             gate, up = stacked(x).chunk(2, dim=-1)
         else:
             gate, up = self.gate_proj(x), self.up_proj(x)
-        down = self.down_fusion((self.down_proj,), self.training)  # a faster-reading copy at inference, or None
-        hidden = self.act(gate) * up  # (B, T, d_ff)
-        out = down(hidden) if down is not None else self.down_proj(hidden)
+        out = self.down_fusion.run_layer(self.down_proj, self.act(gate) * up, self.training)
         return self.dropout(out) if self.training and self.dropout.p > 0 else out
 
 

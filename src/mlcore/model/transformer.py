@@ -165,9 +165,7 @@ class Transformer(nn.Module):
                 x = block(x, inputs=inputs, cache=cache)
         if logits_to_keep:
             x = x[:, -logits_to_keep:]
-        x = self.norm(x)
-        head = self.head_layout((self.lm_head,), self.training)  # a faster-reading copy at inference, or None
-        return head(x) if head is not None else self.lm_head(x)  # (B, T, V)
+        return self.head_layout.run_layer(self.lm_head, self.norm(x), self.training)  # (B, T, V)
 
     # --- Hugging Face interop (the code lives in hf_convert.py and pretrained.py) ---
 

@@ -70,9 +70,34 @@ def int8_channel_scales(qt: QuantizedTensor) -> torch.Tensor:
     return qt.scales.reshape(-1).expand(qt.shape[0]).contiguous()
 
 
+# The kernels run as custom ops: eagerly one extra dispatch, and under ``torch.compile`` an opaque external call
+# with materialised inputs (inductor's own lowering of the two aten ops asserted on an activation that a fused
+# element-wise kernel produced, torch 2.13).
+@torch.library.custom_op("mlcore::int8pack_mm", mutates_args=())
+def int8pack_mm_op(x2: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+    """``aten._weight_int8pack_mm``: (M, K) @ int8 (N, K).T * scales (N,) -> (M, N)."""
+    return torch.ops.aten._weight_int8pack_mm(x2.contiguous(), weight, scales)
+
+
+@int8pack_mm_op.register_fake
+def _int8pack_mm_shape(x2: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+    return x2.new_empty((x2.shape[0], weight.shape[0]))
+
+
+@torch.library.custom_op("mlcore::int4pack_mm", mutates_args=())
+def int4pack_mm_op(x2: torch.Tensor, packed: torch.Tensor, group_size: int, sz: torch.Tensor) -> torch.Tensor:
+    """``aten._weight_int4pack_mm_for_cpu``: (M, K) @ int4 (N, K).T with scales-and-zeros ``sz`` (K / g, N, 2)."""
+    return torch.ops.aten._weight_int4pack_mm_for_cpu(x2.contiguous(), packed, group_size, sz)
+
+
+@int4pack_mm_op.register_fake
+def _int4pack_mm_shape(x2: torch.Tensor, packed: torch.Tensor, group_size: int, sz: torch.Tensor) -> torch.Tensor:
+    return x2.new_empty((x2.shape[0], sz.shape[1]))
+
+
 def int8pack_mm(x2: torch.Tensor, qt: QuantizedTensor, scales: torch.Tensor) -> torch.Tensor:
     """(M, K) @ int8 (N, K).T -> (M, N) with ``scales`` (N,) float32."""
-    return torch.ops.aten._weight_int8pack_mm(x2.contiguous(), qt.data, scales.to(x2.dtype))
+    return int8pack_mm_op(x2, qt.data, scales.to(x2.dtype))
 
 
 def int4pack_weight(qt: QuantizedTensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -85,29 +110,4 @@ def int4pack_weight(qt: QuantizedTensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 def int4pack_mm(x2: torch.Tensor, packed: torch.Tensor, group_size: int, sz: torch.Tensor) -> torch.Tensor:
     """(M, K) @ int4 (N, K).T -> (M, N)."""
-    return torch.ops.aten._weight_int4pack_mm_for_cpu(x2.contiguous(), packed, group_size, sz.to(x2.dtype))
-
-
-@torch.library.custom_op("mlcore::int8pack_mm", mutates_args=())
-def int8pack_mm_op(x2: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
-    """``aten._weight_int8pack_mm`` as an opaque op for ``torch.compile``: inductor's own lowering of the aten op
-    asserted on an activation that a fused element-wise kernel produced (torch 2.13); a custom op is called as an
-    external kernel with its inputs materialised first. (M, K) @ int8 (N, K).T * scales (N,) -> (M, N)."""
-    return torch.ops.aten._weight_int8pack_mm(x2.contiguous(), weight, scales)
-
-
-@int8pack_mm_op.register_fake
-def _int8pack_mm_shape(x2: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
-    return x2.new_empty((x2.shape[0], weight.shape[0]))
-
-
-@torch.library.custom_op("mlcore::int4pack_mm", mutates_args=())
-def int4pack_mm_op(x2: torch.Tensor, packed: torch.Tensor, group_size: int, sz: torch.Tensor) -> torch.Tensor:
-    """``aten._weight_int4pack_mm_for_cpu`` as an opaque op for ``torch.compile`` (see :func:`int8pack_mm_op`):
-    (M, K) @ int4 (N, K).T with scales-and-zeros ``sz`` (K / g, N, 2) -> (M, N)."""
-    return torch.ops.aten._weight_int4pack_mm_for_cpu(x2.contiguous(), packed, group_size, sz)
-
-
-@int4pack_mm_op.register_fake
-def _int4pack_mm_shape(x2: torch.Tensor, packed: torch.Tensor, group_size: int, sz: torch.Tensor) -> torch.Tensor:
-    return x2.new_empty((x2.shape[0], sz.shape[1]))
+    return int4pack_mm_op(x2, packed, group_size, sz.to(x2.dtype))

@@ -32,6 +32,7 @@ int8 / int4 layers that share an input (q, k, v; gate, up) into one layer whose 
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -45,11 +46,9 @@ from .kernels import (
     AUTO_FAST_DTYPES,
     KERNELS,
     int4pack_mm,
-    int4pack_mm_op,
     int4pack_weight,
     int8_channel_scales,
     int8pack_mm,
-    int8pack_mm_op,
     unavailable_reason,
 )
 from .tensor import FLOAT_DTYPES, NestedScales, QuantizedTensor, check_layout
@@ -244,25 +243,11 @@ class QuantizedLinear(nn.Module):
         return self._forward_general(x)
 
     def _forward_traced(self, x: torch.Tensor) -> torch.Tensor:
-        """Inside ``torch.compile``: the kernel :meth:`kernel_for` picks for this dtype, as plain tensor ops.
-
-        The eager caches key on tensor versions, which dynamo cannot read; with inductor's freezing the int8
-        scales and the int4 repacking are folded into constants once. The packed kernels are called through
-        the custom ops :func:`~mlcore.quant.kernels.int8pack_mm_op` / ``int4pack_mm_op`` (inductor's lowering
-        of the aten ops failed on inputs a fused element-wise kernel produced)."""
+        """Inside ``torch.compile``: the kernel :meth:`kernel_for` picks for this dtype, without the eager caches
+        (they key on tensor versions, which dynamo cannot read). With inductor's freezing the int8 scales and
+        the int4 repacking are folded into constants once."""
         kernel = self.kernel_for(x.dtype) if x.device.type == "cpu" else "dequant"
-        qt = self._view()
-        bias = None if self.bias is None else self.bias.to(x.dtype)
-        if kernel == "dequant":
-            return F.linear(x, dequantize_unchecked(qt).to(x.dtype), bias)
-        x2 = x.reshape(-1, self.in_features)
-        if kernel == "int8pack":
-            y = int8pack_mm_op(x2, qt.data, int8_channel_scales(qt).to(x.dtype))
-        else:  # repacked in the graph: a constant once the weights are frozen
-            packed, sz = int4pack_weight(qt)
-            y = int4pack_mm_op(x2, packed, qt.group_size, sz.to(x.dtype))
-        y = y.reshape(*x.shape[:-1], self.out_features)
-        return y if bias is None else y + bias
+        return self._run(x, kernel, int4pack_weight)
 
     def _forward_general(self, x: torch.Tensor) -> torch.Tensor:
         """Any device, dtype and grad mode: picks the kernel per call (the dequantize fallback included)."""
@@ -277,6 +262,11 @@ class QuantizedLinear(nn.Module):
         self.last_kernel = kernel
         for src in self._stacked_from:
             src.__dict__["last_kernel"] = kernel
+        return self._run(x, kernel, self._int4_cache)
+
+    def _run(self, x: torch.Tensor, kernel: str,
+             int4_weight: Callable[[QuantizedTensor], tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+        """``kernel`` on x (..., in) -> (..., out); ``int4_weight(qt)`` gives the int4 kernel's repacked weight."""
         bias = None if self.bias is None else self.bias.to(x.dtype)
         qt = self._view()
         if kernel == "dequant":
@@ -285,7 +275,7 @@ class QuantizedLinear(nn.Module):
         if kernel == "int8pack":
             y = int8pack_mm(x2, qt, int8_channel_scales(qt))
         else:
-            packed, sz = self._int4_cache(qt)
+            packed, sz = int4_weight(qt)
             y = int4pack_mm(x2, packed, qt.group_size, sz)
         y = y.reshape(*x.shape[:-1], self.out_features)
         return y if bias is None else y + bias

@@ -226,10 +226,5 @@ def pack_nibbles(codes: torch.Tensor) -> torch.Tensor:
 
 
 def unpack_nibbles(packed: torch.Tensor) -> torch.Tensor:
-    """Inverse of ``pack_nibbles``: bytes (..., m) -> codes (..., 2m) uint8."""
-    if torch.compiler.is_compiling():  # dynamo cannot write into strided ``out=`` views: interleave by stacking
-        return torch.stack((packed >> 4, packed & 0xF), dim=-1).reshape(*packed.shape[:-1], -1)
-    out = torch.empty(*packed.shape[:-1], packed.shape[-1] * 2, dtype=torch.uint8, device=packed.device)
-    torch.bitwise_right_shift(packed, 4, out=out[..., 0::2])
-    torch.bitwise_and(packed, 0xF, out=out[..., 1::2])
-    return out
+    """Inverse of ``pack_nibbles``: bytes (..., m) -> codes (..., 2m) uint8 (high nibble first)."""
+    return torch.stack((packed >> 4, packed & 0xF), dim=-1).reshape(*packed.shape[:-1], -1)
