@@ -18,6 +18,9 @@ import torch
 import torch.utils.benchmark as tbench
 
 
+MIN_RUNS = 5  # measurements behind every median and IQR, on CPU and CUDA alike
+
+
 @dataclass(frozen=True)
 class Timing:
     """Median and interquartile range of one call, in seconds, over ``runs`` measurements."""
@@ -43,7 +46,7 @@ def _time_cuda(fn: Callable[[], object], warmup: int, min_run_time: float, devic
         torch.cuda.synchronize()
         times: list[float] = []
         total = 0.0
-        while total < min_run_time or len(times) < 5:
+        while total < min_run_time or len(times) < MIN_RUNS:
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             start.record()
             fn()
@@ -79,4 +82,10 @@ def time_fn(
         fn()
     timer = tbench.Timer(stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
     m = timer.blocked_autorange(min_run_time=min_run_time)
-    return Timing(m.median, m.iqr, len(m.times))
+    times = list(m.times)  # seconds per call, one entry per block of m.number_per_run calls
+    # The Timer sizes its blocks from a noisy overhead estimate: on a loaded machine one block can
+    # fill min_run_time alone, and an IQR over one block says nothing. Top up to MIN_RUNS blocks.
+    while len(times) < MIN_RUNS:
+        times.append(timer.timeit(m.number_per_run).median)
+    times.sort()
+    return Timing(statistics.median(times), _quantile(times, 0.75) - _quantile(times, 0.25), len(times))
