@@ -179,6 +179,8 @@ def test_decoder_refuses_bad_arguments_and_a_full_cache():
     tok = torch.zeros(1, 1, dtype=torch.long)
     with pytest.raises(ValueError, match=r"\(1, 1\)"):
         decoder.step(torch.zeros(2, 1, dtype=torch.long), tok)
+    with pytest.raises(ValueError, match="int64"):  # later steps skip dynamo's guards: step checks dtypes itself
+        decoder.step(tok.float(), tok)
     with torch.no_grad():
         model(torch.zeros(1, 4, dtype=torch.long), cache=decoder.start())  # fills all 4 columns eagerly
     with pytest.raises(ValueError, match="full"):
@@ -284,10 +286,13 @@ def test_weight_only_quantized_models_compile_to_the_same_tokens(scheme):
 
 @pytest.mark.slow
 def test_int8_model_with_bfloat16_activations_compiles():
-    """The fast CPU case (int8 weights, bf16 activations) compiles: the kernel runs as the custom op
-    ``mlcore::int8pack_mm`` (inductor's lowering of the aten op failed on fused inputs). Token equality is the
-    float32 test's job: in bf16 the fused graph rounds less often than eager, which can flip near-ties."""
+    """The fast CPU case (int8 weights, bf16 activations) compiles, and the graph calls the aten kernel itself,
+    not the ``mlcore::int8pack_mm`` custom op (QuantizedLinear.prepare_traced gives it bf16 scales). Token
+    equality is the float32 test's job: in bf16 the fused graph rounds less often than eager, which can flip
+    near-ties; the first step's logits are compared with eager's at bf16 tolerance instead."""
     import copy
+
+    from torch.profiler import profile
 
     from mlcore.quant import quantize_model
 
@@ -297,3 +302,39 @@ def test_int8_model_with_bfloat16_activations_compiles():
     out = generate(qmodel, ids, attention_mask=mask, max_new_tokens=NEW, compile=True)
     assert out.shape == (ids.shape[0], ids.shape[1] + NEW)
     assert {m.kernel_for(torch.bfloat16) for m in qmodel.modules() if hasattr(m, "kernel_for")} == {"int8pack"}
+    with profile() as prof:
+        generate(qmodel, ids, attention_mask=mask, max_new_tokens=3, compile=True)
+    calls = {e.key: e.count for e in prof.key_averages()}
+    layers = sum(1 for m in qmodel.modules() if hasattr(m, "kernel_for"))
+    assert "mlcore::int8pack_mm" not in calls and calls["aten::_weight_int8pack_mm"] >= 2 * layers
+
+    decoder = decoder_for(qmodel, batch=ids.shape[0], needed=ids.shape[1] + NEW, mode="default")
+    with torch.no_grad():
+        token = out[:, ids.shape[1]:ids.shape[1] + 1]
+        positions = mask.long().sum(-1, keepdim=True)  # each row's next position
+        cache = StaticCache.for_model(qmodel, ids.shape[0], decoder.max_len, dtype=torch.bfloat16)
+        qmodel(ids, attention_mask=mask, cache=cache)
+        eager = qmodel(token, attention_mask=torch.cat([mask, torch.ones_like(token)], 1), cache=cache)
+        qmodel(ids, attention_mask=mask, cache=decoder.start())
+        compiled = decoder.step(token, positions)
+    torch.testing.assert_close(compiled.float(), eager[:, -1:].float(), atol=0.1, rtol=0.05)
+
+
+@pytest.mark.slow
+def test_int8_scales_edited_in_place_reach_the_compiled_graph():
+    """prepare_traced rebuilds the graph's scale buffer when weight_scales changed: no stale compiled step."""
+    import copy
+
+    from mlcore.quant import quantize_model
+
+    _, model = pair("llama")
+    qmodel = quantize_model(copy.deepcopy(model), "int8", prefer="int8pack")
+    ids = torch.randint(0, 64, (1, 5), generator=torch.Generator().manual_seed(3))
+    assert torch.equal(generate(qmodel, ids, max_new_tokens=6, compile=True), generate(qmodel, ids, max_new_tokens=6))
+    layers = [m for m in qmodel.modules() if hasattr(m, "prepare_traced")]
+    assert all(m._traced_scales is not None for m in layers)  # the graph reads them (the direct aten path)
+    with torch.no_grad():
+        for m in layers:
+            if hasattr(m, "prepare_traced"):
+                m.weight_scales.mul_(torch.linspace(0.5, 2.0, m.weight_scales.numel()).view_as(m.weight_scales))
+    assert torch.equal(generate(qmodel, ids, max_new_tokens=6, compile=True), generate(qmodel, ids, max_new_tokens=6))

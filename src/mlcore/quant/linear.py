@@ -92,6 +92,9 @@ class QuantizedLinear(nn.Module):
         # an empty float tensor whose dtype follows model.to(dtype): the activation dtype the layer expects
         self.register_buffer("_compute_probe", torch.empty(0, dtype=weight.dtype, device=weight.device),
                              persistent=False)
+        # int8pack's scales in the activation dtype, for traced graphs (see prepare_traced)
+        self.register_buffer("_traced_scales", None, persistent=False)
+        self._traced_key: tuple[Any, ...] | None = None
         self._warned = False
         self._prepared: dict[torch.dtype, tuple[tuple[int, ...], list[Any], Any]] = {}
         self._stacked_from: list[QuantizedLinear] = []  # the layers this one stacks (concat_out_features)
@@ -207,6 +210,7 @@ class QuantizedLinear(nn.Module):
         if hit is not None and hit[0] == key:
             return hit[2]
         kernel = self.kernel_for(dtype)
+        self.prepare_traced()
         args: Any = None
         if kernel != "dequant":
             qt = self._view()
@@ -242,11 +246,38 @@ class QuantizedLinear(nn.Module):
                 return y if bias is None else y + bias
         return self._forward_general(x)
 
+    def prepare_traced(self) -> None:
+        """Make the buffers a traced graph reads current (call before tracing and before running a graph).
+
+        int8pack takes its scales in the activation dtype. Converted inside a graph, they reach the kernel as
+        an unmaterialised element-wise node, which inductor's lowering of ``aten._weight_int8pack_mm`` refuses
+        (torch 2.13), so the graph would call the kernel through the ``mlcore::int8pack_mm`` custom op, at about
+        20 us of Python dispatch per call. This keeps the converted scales as the buffer ``_traced_scales``
+        (N values), rebuilt when ``weight_scales`` or the compute dtype changed; a graph whose activations have
+        that dtype calls the aten kernel directly. ``CompiledDecoder.start`` and every eager fast-path call
+        refresh it; a graph you compile yourself sees in-place edits of ``weight_scales`` after one of those."""
+        dtype = self.compute_dtype
+        if self.kernel_for(dtype) != "int8pack":
+            self._buffers["_traced_scales"], self._traced_key = None, None
+            return
+        scales = self._buffers["weight_scales"]
+        key = (dtype, *tensor_state_key([scales]))
+        if key != self._traced_key:
+            self._buffers["_traced_scales"] = int8_channel_scales(self._view()).to(dtype)
+            self._traced_key = key
+
     def _forward_traced(self, x: torch.Tensor) -> torch.Tensor:
         """Inside ``torch.compile``: the kernel :meth:`kernel_for` picks for this dtype, without the eager caches
-        (they key on tensor versions, which dynamo cannot read). With inductor's freezing the int8 scales and
-        the int4 repacking are folded into constants once."""
+        (they key on tensor versions, which dynamo cannot read); int8pack reads ``_traced_scales`` when they
+        have the activation dtype (see :meth:`prepare_traced`). With inductor's freezing, the int4 repacking is
+        folded into constants once."""
         kernel = self.kernel_for(x.dtype) if x.device.type == "cpu" else "dequant"
+        scales = self._buffers["_traced_scales"]
+        if kernel == "int8pack" and scales is not None and scales.dtype == x.dtype:
+            x2 = x.reshape(-1, self.in_features)
+            y = torch.ops.aten._weight_int8pack_mm(x2, self._buffers["weight_data"], scales)
+            y = y.reshape(*x.shape[:-1], self.out_features)
+            return y if self.bias is None else y + self.bias.to(x.dtype)
         return self._run(x, kernel, int4pack_weight)
 
     def _forward_general(self, x: torch.Tensor) -> torch.Tensor:
@@ -284,6 +315,7 @@ class QuantizedLinear(nn.Module):
         """Let ``.to(device)`` move the quantized buffers but keep their dtypes (``.to(dtype)`` must not
         round float32 scales to bf16 or turn codes into floats)."""
         stored = {k: v for k, v in self._buffers.items() if v is not None and k != "_compute_probe"}
+        # _traced_scales keeps its dtype too: prepare_traced rebuilds it from weight_scales for the new dtype
         super()._apply(fn, recurse)
         for name, old in stored.items():
             new = self._buffers[name]
