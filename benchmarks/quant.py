@@ -18,7 +18,9 @@ bitsandbytes and transformers + bitsandbytes on the same weights.
    in full, and bitsandbytes 8-bit = LLM.int8() and NF4 + double quant through ``BitsAndBytesConfig``);
    ``agree`` = share of new tokens equal to the twin's. ``speedup_vs_fp32`` compares with mlcore's own fp32
    decode; ``weights_mb`` = bytes of all parameters and buffers after decoding (caches such as the int4
-   kernel's repacked weight included).
+   kernel's repacked weight included). The 27M config is also decoded through ``generate(compile=True)``
+   (``path`` = compiled: one ``torch.compile`` graph per decode step, compiled before the timing) in fp32,
+   int8 and int4, where ``speedup_vs_fp32`` compares with the compiled fp32 row.
 3. **quality** of the trained target: held-out perplexity (``mlcore.training.evaluate`` on the blocks
    ``pretrain`` evaluates; 8 of 28 in quick) per scheme, RTN int8 / int4 g128 and g64 (``d_ff`` 704 is not a
    multiple of 128: ``down_proj`` stays fp32 at g128) / NF4 / NF4 + DQ / GPTQ and AWQ g64 (+ g128, act-order
@@ -33,7 +35,8 @@ bitsandbytes and transformers + bitsandbytes on the same weights.
    subprocess (``python -m benchmarks.quant --profile-int8``) so the suite's thread setting stays untouched:
    the top ops by self time, and the time outside any op (Python, module calls).
 
-Goals (issue 10): int8 weight-only decode >= 2.5x mlcore's fp32 decode (CPU, batch 1, 27M config); NF4 with
+Goals (issue 10): int8 weight-only decode >= 2.5x mlcore's fp32 decode (CPU, batch 1, 27M config; checked on
+the compiled pair, like against like; the eager pair's ratio is in the same table); NF4 with
 double quant <= 4.13 bits per parameter; GPTQ int4 perplexity closer to fp32 than RTN int4 (``gap_vs_rtn`` =
 |GPTQ - fp32| / |RTN - fp32| < 1, at each group size measured).
 
@@ -66,7 +69,7 @@ TABLES = [
     Table("matmul, 16 tokens", where={"task": "matmul", "M": 16}, params=("format",),
           columns=("kernel", "gbs", "frac_gemv", "vs_torch_kernel")),
     Table("decode, 27M Llama config (seeded weights)", where={"task": "decode", "model": "llama-27M"},
-          params=("weights",), columns=("kernel", "speedup_vs_fp32", "vs", "agree", "weights_mb")),
+          params=("weights", "path"), columns=("kernel", "speedup_vs_fp32", "vs", "agree", "weights_mb")),
     Table("decode, trained tiny target", where={"task": "decode", "model": "tiny-target"},
           params=("weights",), columns=("kernel", "speedup_vs_fp32", "vs", "agree", "weights_mb")),
     Table("quality: held-out perplexity of the trained target", where={"task": "quality"},

@@ -17,7 +17,6 @@ from dataclasses import dataclass
 import torch
 import torch.utils.benchmark as tbench
 
-
 MIN_RUNS = 5  # measurements behind every median and IQR, on CPU and CUDA alike
 
 
