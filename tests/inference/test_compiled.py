@@ -260,7 +260,7 @@ def test_cuda_graphs_match_eager_without_recompiles():
 @pytest.mark.slow
 @pytest.mark.parametrize("scheme", ["int8", "int4"])
 def test_weight_only_quantized_models_compile_to_the_same_tokens(scheme):
-    """QuantizedLinear traces its CPU kernels (custom ops ``mlcore::int8pack_mm`` / ``int4pack_mm``) inside the
+    """QuantizedLinear traces its CPU kernels (aten's, with the buffers ``prepare_traced`` keeps) inside the
     compiled step.
 
     float32 activations with the packed kernel forced (``prefer``): in bfloat16 inductor keeps the fused
@@ -321,14 +321,16 @@ def test_int8_model_with_bfloat16_activations_compiles():
 
 
 @pytest.mark.slow
-def test_int8_scales_edited_in_place_reach_the_compiled_graph():
-    """prepare_traced rebuilds the graph's scale buffer when weight_scales changed: no stale compiled step."""
+@pytest.mark.parametrize("scheme", ["int8", "int4"])
+def test_scales_edited_in_place_reach_the_compiled_graph(scheme):
+    """prepare_traced rebuilds the graph's kernel buffers when weight_scales changed: no stale compiled step."""
     import copy
 
     from mlcore.quant import quantize_model
 
     _, model = pair("llama")
-    qmodel = quantize_model(copy.deepcopy(model), "int8", prefer="int8pack")
+    options = {"group_size": 32} if scheme == "int4" else {}
+    qmodel = quantize_model(copy.deepcopy(model), scheme, prefer=f"{scheme}pack", **options)
     ids = torch.randint(0, 64, (1, 5), generator=torch.Generator().manual_seed(3))
     assert torch.equal(generate(qmodel, ids, max_new_tokens=6, compile=True), generate(qmodel, ids, max_new_tokens=6))
     layers = [m for m in qmodel.modules() if hasattr(m, "prepare_traced")]

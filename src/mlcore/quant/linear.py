@@ -92,7 +92,7 @@ class QuantizedLinear(nn.Module):
         # an empty float tensor whose dtype follows model.to(dtype): the activation dtype the layer expects
         self.register_buffer("_compute_probe", torch.empty(0, dtype=weight.dtype, device=weight.device),
                              persistent=False)
-        # int8pack's scales in the activation dtype, for traced graphs (see prepare_traced)
+        # the fast kernel's scales (int8) or scales-and-zeros (int4) in the activation dtype, for traced graphs
         self.register_buffer("_traced_scales", None, persistent=False)
         self._traced_key: tuple[Any, ...] | None = None
         self._warned = False
@@ -249,21 +249,27 @@ class QuantizedLinear(nn.Module):
     def prepare_traced(self) -> None:
         """Make the buffers a traced graph reads current (call before tracing and before running a graph).
 
-        int8pack takes its scales in the activation dtype. Converted inside a graph, they reach the kernel as
-        an unmaterialised element-wise node, which inductor's lowering of ``aten._weight_int8pack_mm`` refuses
-        (torch 2.13), so the graph would call the kernel through the ``mlcore::int8pack_mm`` custom op, at about
-        20 us of Python dispatch per call. This keeps the converted scales as the buffer ``_traced_scales``
-        (N values), rebuilt when ``weight_scales`` or the compute dtype changed; a graph whose activations have
-        that dtype calls the aten kernel directly. ``CompiledDecoder.start`` and every eager fast-path call
-        refresh it; a graph you compile yourself sees in-place edits of ``weight_scales`` after one of those."""
+        The CPU kernels take their scales (int8: (N,); int4: scales-and-zeros (K / g, N, 2), with codes
+        repacked by ``aten._convert_weight_to_int4pack_for_cpu``) in the activation dtype. Made inside a graph,
+        they reach the kernel as unmaterialised nodes, which inductor's lowerings of ``aten._weight_int8pack_mm``
+        and ``_weight_int4pack_mm_for_cpu`` refuse (torch 2.13), so the graph would call the kernel through the
+        ``mlcore::int8pack_mm`` / ``int4pack_mm`` custom ops, at about 20 us of Python dispatch per call. This
+        keeps them as buffers (``_traced_scales``; int4's repacked codes are the eager cache's
+        ``_int4_packed``), rebuilt when a weight buffer or the compute dtype changed; a graph whose activations
+        have that dtype calls the aten kernel directly. ``CompiledDecoder.start`` and every eager fast-path call
+        refresh them; a graph you compile yourself sees in-place edits of the weight buffers after one of those."""
         dtype = self.compute_dtype
-        if self.kernel_for(dtype) != "int8pack":
+        kernel = self.kernel_for(dtype)
+        if kernel not in _FAST:
             self._buffers["_traced_scales"], self._traced_key = None, None
             return
-        scales = self._buffers["weight_scales"]
-        key = (dtype, *tensor_state_key([scales]))
+        qt = self._view()
+        key = (dtype, *tensor_state_key(qt.tensors().values()))
         if key != self._traced_key:
-            self._buffers["_traced_scales"] = int8_channel_scales(self._view()).to(dtype)
+            if kernel == "int8pack":
+                self._buffers["_traced_scales"] = int8_channel_scales(qt).to(dtype)
+            else:  # int4pack: the repacked codes (the eager cache's buffer) and scales-and-zeros in ``dtype``
+                self._buffers["_traced_scales"] = self._int4_cache(qt)[1].to(dtype)
             self._traced_key = key
 
     def _forward_traced(self, x: torch.Tensor) -> torch.Tensor:
@@ -273,9 +279,13 @@ class QuantizedLinear(nn.Module):
         folded into constants once."""
         kernel = self.kernel_for(x.dtype) if x.device.type == "cpu" else "dequant"
         scales = self._buffers["_traced_scales"]
-        if kernel == "int8pack" and scales is not None and scales.dtype == x.dtype:
+        if kernel in _FAST and scales is not None and scales.dtype == x.dtype:
             x2 = x.reshape(-1, self.in_features)
-            y = torch.ops.aten._weight_int8pack_mm(x2, self._buffers["weight_data"], scales)
+            if kernel == "int8pack":
+                y = torch.ops.aten._weight_int8pack_mm(x2, self._buffers["weight_data"], scales)
+            else:
+                y = torch.ops.aten._weight_int4pack_mm_for_cpu(x2, self._buffers["_int4_packed"],
+                                                              self._meta["group_size"], scales)
             y = y.reshape(*x.shape[:-1], self.out_features)
             return y if self.bias is None else y + self.bias.to(x.dtype)
         return self._run(x, kernel, int4pack_weight)
