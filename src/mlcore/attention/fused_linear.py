@@ -143,8 +143,9 @@ class LinearFusion:
             return None
         if torch.compiler.is_compiling():
             # dynamo cannot read the version counters the key is made of; a copy an eager call of this forward
-            # built (the prefill, just before) is current, and a dense one traces as a plain F.linear
-            return self._fn if isinstance(self._fn, _LinearCall) else None
+            # built (the prefill, just before) is current. A dense one traces as a plain F.linear, a stacked
+            # QuantizedLinear as its own traced forward; oneDNN's packed tensor cannot be traced
+            return self._fn if isinstance(self._fn, (_LinearCall, nn.Module)) else None
         if _module._global_forward_hooks or _module._global_forward_pre_hooks:
             return None
         kind = type(modules[0])
