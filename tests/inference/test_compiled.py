@@ -340,3 +340,24 @@ def test_scales_edited_in_place_reach_the_compiled_graph(scheme):
             if hasattr(m, "prepare_traced"):
                 m.weight_scales.mul_(torch.linspace(0.5, 2.0, m.weight_scales.numel()).view_as(m.weight_scales))
     assert torch.equal(generate(qmodel, ids, max_new_tokens=6, compile=True), generate(qmodel, ids, max_new_tokens=6))
+
+
+@pytest.mark.slow
+def test_bfloat16_dense_model_compiles_with_stacked_projections():
+    """In bf16 the eager step reads oneDNN-packed stacked weights, which a graph cannot trace: the graph gets the
+    plain stacked weight instead (inductor packs it again). Its first step matches eager at bf16 tolerance."""
+    import copy
+
+    _, model = pair("llama")
+    model = copy.deepcopy(model).to(torch.bfloat16)
+    ids = torch.randint(0, model.config.vocab_size, (1, 5), generator=torch.Generator().manual_seed(4))
+    out = generate(model, ids, max_new_tokens=3, compile=True)
+    decoder = decoder_for(model, batch=1, needed=8, mode="default")
+    with torch.no_grad():
+        token, positions = out[:, 5:6], torch.full((1, 1), 5)
+        cache = StaticCache.for_model(model, 1, decoder.max_len, dtype=torch.bfloat16)
+        model(ids, cache=cache)
+        eager = model(token, cache=cache)
+        model(ids, cache=decoder.start())
+        compiled = decoder.step(token, positions)
+    torch.testing.assert_close(compiled.float(), eager[:, -1:].float(), atol=0.05, rtol=0.05)

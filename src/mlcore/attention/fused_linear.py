@@ -144,7 +144,10 @@ class LinearFusion:
         if torch.compiler.is_compiling():
             # dynamo cannot read the version counters the key is made of; a copy an eager call of this forward
             # built (the prefill, just before) is current. A dense one traces as a plain F.linear, a stacked
-            # QuantizedLinear as its own traced forward; oneDNN's packed tensor cannot be traced
+            # QuantizedLinear as its own traced forward; oneDNN's packed tensor cannot be traced, so its plain
+            # (stacked) weight is handed over instead, which inductor's freezing packs again
+            if isinstance(self._fn, _OneDnnBf16Call):
+                return self._fn.plain
             return self._fn if isinstance(self._fn, (_LinearCall, nn.Module)) else None
         if _module._global_forward_hooks or _module._global_forward_pre_hooks:
             return None
@@ -202,11 +205,12 @@ class _OneDnnBf16Call:
     Falls back to ``F.linear`` on the plain weight for any input it was not checked on (another dtype, or a
     non-contiguous view, where ``F.linear`` itself may take another kernel)."""
 
-    __slots__ = ("weight", "bias", "packed")
+    __slots__ = ("weight", "bias", "packed", "plain")
 
     def __init__(self, weight: Tensor, bias: Tensor | None) -> None:
         self.weight, self.bias = weight, bias
         self.packed = torch.ops.mkldnn._reorder_linear_weight(weight, 1)  # batch-size hint 1: decoding
+        self.plain = _LinearCall(weight, bias)  # what a traced graph calls (see LinearFusion.__call__)
 
     def __call__(self, x: Tensor) -> Tensor:
         if x.dtype != torch.bfloat16 or not x.is_contiguous() or (

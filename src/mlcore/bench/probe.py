@@ -9,6 +9,8 @@ The ceilings are the denominators of every roofline fraction in the report:
   timed in both memory layouts, row-major ``(out, in)`` (``nn.Linear``'s) and column-major, and the faster
   counts: on CPU float32 the column-major one reads ~1.7x faster (MKL's sgemv "N" path), and mlcore's decode
   uses it (``mlcore.attention.fused_linear.decode_layout``), so a row-major-only figure would not be a ceiling;
+  on CPU bfloat16 oneDNN's packed layout (``mkldnn._reorder_linear_weight``, which mlcore's eager decode and
+  inductor's frozen graphs both use) is timed as a third candidate, for the same reason;
 - matmul throughput (FLOP/s) per dtype, ``2 n^3`` FLOPs for an ``n x n`` product.
 """
 
@@ -130,7 +132,20 @@ def _gemv_gbs(device: torch.device, dtype: torch.dtype, nbytes: int, quick: bool
 
     row_major = seconds(torch.randn(rows, k, device=device).to(dtype))  # (out, in)
     column_major = seconds(torch.randn(k, rows, device=device).to(dtype).t())  # (out, in) view of (in, out)
-    return rows * k * dtype.itemsize / min(row_major, column_major) / 1e9
+    best = min(row_major, column_major)
+    if device.type == "cpu" and dtype == torch.bfloat16 and _onednn_bf16():
+        packed = torch.ops.mkldnn._reorder_linear_weight(torch.randn(rows, k).to(dtype), 1)  # batch hint 1
+        best = min(best, _measure(lambda: torch.ops.mkldnn._linear_pointwise(x, packed, None, "none", [], ""),
+                                  device, quick))
+    return rows * k * dtype.itemsize / best / 1e9
+
+
+def _onednn_bf16() -> bool:
+    """oneDNN's packed bfloat16 linear ops exist and this CPU supports bf16 in oneDNN."""
+    try:
+        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
 
 
 def _matmul_flops(device: torch.device, dtype: torch.dtype, quick: bool) -> float:
