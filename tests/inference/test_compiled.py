@@ -361,3 +361,16 @@ def test_bfloat16_dense_model_compiles_with_stacked_projections():
         model(ids, cache=decoder.start())
         compiled = decoder.step(token, positions)
     torch.testing.assert_close(compiled.float(), eager[:, -1:].float(), atol=0.05, rtol=0.05)
+
+
+@pytest.mark.slow
+def test_steps_without_the_guard_skipping_stance_give_the_same_tokens(monkeypatch):
+    """torch < 2.6 has no skip_guard_eval_unsafe: every step then runs with its guards, with the same result."""
+    import mlcore.inference.compiled as compiled
+
+    model = Transformer(_config()).eval()
+    ids = torch.randint(0, 64, (1, 5), generator=torch.Generator().manual_seed(5))
+    fast = generate(model, ids, max_new_tokens=6, compile=True)
+    monkeypatch.setattr(compiled, "_can_skip_guards", lambda: False)
+    assert torch.equal(generate(model, ids, max_new_tokens=6, compile=True), fast)
+    assert torch.equal(fast, generate(model, ids, max_new_tokens=6))

@@ -38,6 +38,9 @@ the host), the "flash" attention backend, and caches other than a StaticCache ma
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import inspect
 import types
 import weakref
 from collections.abc import Callable
@@ -141,6 +144,19 @@ _INDUCTOR_OPTIONS = {"size_asserts": False, "alignment_asserts": False}
 # skip_guard_eval_unsafe=True)``, scoped to the call), and ``start()`` re-checks the weights for the next one.
 
 
+@functools.cache
+def _can_skip_guards() -> bool:
+    set_stance = getattr(torch.compiler, "set_stance", None)
+    return set_stance is not None and "skip_guard_eval_unsafe" in inspect.signature(set_stance).parameters
+
+
+def _without_guards() -> contextlib.AbstractContextManager:
+    """The stance that skips guard evaluation (see _GUARDS_ONCE); torch < 2.6 has none: guards run every step."""
+    if not _can_skip_guards():
+        return contextlib.nullcontext()
+    return torch.compiler.set_stance(skip_guard_eval_unsafe=True)
+
+
 class CompiledDecoder:
     """A StaticCache of ``batch`` rows x ``max_len`` columns and the compiled decode step that writes it.
 
@@ -217,7 +233,8 @@ class CompiledDecoder:
             return fn(*args)
         from torch._inductor import config as inductor_config
 
-        with inductor_config.patch(freezing=self.freeze, **_INDUCTOR_OPTIONS):
+        options = {k: v for k, v in _INDUCTOR_OPTIONS.items() if hasattr(inductor_config, k)}  # older torch
+        with inductor_config.patch(freezing=self.freeze, **options):
             out = fn(*args)
         self._traced = True
         return out
@@ -264,7 +281,7 @@ class CompiledDecoder:
             torch.compiler.cudagraph_mark_step_begin()
         try:
             if self._guarded:  # see _GUARDS_ONCE
-                with torch.compiler.set_stance(skip_guard_eval_unsafe=True):
+                with _without_guards():
                     logits = self._call(self.model, self.cache, token, self._column, positions)
             else:
                 logits = self._call(self.model, self.cache, token, self._column, positions)
