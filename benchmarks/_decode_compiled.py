@@ -25,15 +25,7 @@ import torch
 
 from mlcore.bench import Context, Goal, Result
 
-from ._decode_setup import (
-    Pair,
-    first_difference,
-    interleaved,
-    kv_bytes_read,
-    paired_difference,
-    prompts,
-    weight_bytes,
-)
+from ._decode_setup import Pair, first_difference, interleaved, paired_difference, prompts, roofline_step
 
 TWIN = "transformers generate (DynamicCache)"
 
@@ -107,10 +99,9 @@ def compiled_rows(ctx: Context, pair: Pair, tokenizer: Any, batch: int, *, promp
         "mode": "reduce-overhead" if dev.type == "cuda" else "default",
     }
     ceiling = (gemv or {}).get(pair.dtype) or ctx.probe.read_gbs
-    if ceiling:  # the eager rows' roofline: ideal bytes (weights + the K/V a step needs) at the GEMV ceiling
-        item = torch.empty((), dtype=next(pair.mlcore.parameters()).dtype).element_size()
-        step_bytes = weight_bytes(pair.mlcore) + kv_bytes_read(pair.mlcore, batch, P + N / 2, item)
-        extra["frac_roofline"] = round(step_bytes / (ceiling * 1e9) / (decode["compiled"].median / (N - 1)), 3)
+    if ceiling:  # the eager rows' roofline (decode.py): the ideal step over the measured one
+        _, ideal_step = roofline_step(pair.mlcore, batch, P + N / 2, ceiling)
+        extra["frac_roofline"] = round(ideal_step / (decode["compiled"].median / (N - 1)), 3)
         extra["gemv_gbs"] = round(ceiling, 2)
     yield Result.from_timing("decode", name, params, device=dev, dtype=pair.dtype, timing=decode["compiled"],
                              twin=TWIN, twin_timing=decode["hf"], work=batch * (N - 1), unit="tokens/s",

@@ -162,6 +162,14 @@ def kv_bytes_read(model: nn.Module, batch: int, context: float, itemsize: int) -
     return 2.0 * c.n_layers * batch * c.n_kv_heads * context * c.head_dim * itemsize
 
 
+def roofline_step(model: nn.Module, batch: int, context: float, gemv_gbs: float) -> tuple[float, float]:
+    """(bytes, seconds) of the ideal decode step: the weights and the K/V at ``context`` tokens, read once at
+    ``gemv_gbs`` (the probe's batch-1 GEMV bandwidth for the model's dtype)."""
+    item = torch.empty((), dtype=next(model.parameters()).dtype).element_size()
+    step_bytes = weight_bytes(model) + kv_bytes_read(model, batch, context, item)
+    return step_bytes, step_bytes / (gemv_gbs * 1e9)
+
+
 def hf_cache_bytes(past: Any) -> int:
     """Bytes of the K / V tensors a transformers cache object holds (its ``layers[i].keys / .values``)."""
     total = 0

@@ -54,13 +54,12 @@ from ._decode_setup import (
     first_difference,
     hf_cache_bytes,
     interleaved,
-    kv_bytes_read,
     make_pair,
     missing,
     paired_difference,
     prompts,
+    roofline_step,
     to_timing,
-    weight_bytes,
 )
 
 DESCRIPTION = ("greedy decoding, mlcore generate (each KV cache) vs transformers generate on the same weights; "
@@ -174,9 +173,7 @@ def _headline(ctx: Context, s: Settings, pair: Pair, tokenizer, batch: int,
     first = {name: to_timing(per[f"{name}|first"]) for name in calls}
 
     gemv = gemv_gbs.get(pair.dtype) or ctx.probe.read_gbs
-    item = torch.empty((), dtype=next(pair.mlcore.parameters()).dtype).element_size()
-    step_bytes = weight_bytes(pair.mlcore) + kv_bytes_read(pair.mlcore, batch, P + N / 2, item)
-    ideal_step = step_bytes / (gemv * 1e9)
+    step_bytes, ideal_step = roofline_step(pair.mlcore, batch, P + N / 2, gemv)
     hf_step = decode["hf dynamic"].median / (N - 1)
     for kind in kinds:
         name = f"mlcore {kind}"

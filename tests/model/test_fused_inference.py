@@ -188,9 +188,10 @@ def test_head_copy_is_column_major_at_inference_and_dropped_in_grad_mode() -> No
 
 
 def test_bfloat16_decode_through_onednn_packed_weights_is_bit_identical() -> None:
-    from mlcore.attention.fused_linear import _onednn_bf16, _OneDnnBf16Call
+    from mlcore._onednn import onednn_bf16_available
+    from mlcore.attention.fused_linear import _OneDnnBf16Call
 
-    if not _onednn_bf16():
+    if not onednn_bf16_available():
         pytest.skip("this CPU / torch build has no oneDNN bfloat16 linear")
     model, ids = _model().to(torch.bfloat16), _ids()
     kv, kv_ref = StaticCache(16), StaticCache(16)

@@ -48,6 +48,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.modules import module as _module
 
+from mlcore._onednn import onednn_bf16_available
 from mlcore._tensor_state import tensor_state_key
 
 __all__ = ["LinearFusion", "decode_layout", "prepare_linear"]
@@ -64,14 +65,6 @@ def decode_layout(weight: Tensor) -> Tensor:
     return weight
 
 
-def _onednn_bf16() -> bool:
-    """oneDNN can run bfloat16 linears on this CPU (its packed-weight ops are present and bf16 is supported)."""
-    try:
-        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
-
-
 def prepare_linear(weight: Tensor, bias: Tensor | None, *, single: bool = False) -> Callable[[Tensor], Tensor] | None:
     """``x -> F.linear(x, weight, bias)`` with ``weight`` (out, in) held in its fastest decode layout.
 
@@ -80,7 +73,7 @@ def prepare_linear(weight: Tensor, bias: Tensor | None, *, single: bool = False)
     """
     weight = weight.detach()
     bias = None if bias is None else bias.detach()
-    if weight.device.type == "cpu" and weight.dtype == torch.bfloat16 and _onednn_bf16():
+    if weight.device.type == "cpu" and weight.dtype == torch.bfloat16 and onednn_bf16_available():
         try:
             return _OneDnnBf16Call(weight, bias)
         except RuntimeError:  # an older or unusual oneDNN build: the plain path is always right

@@ -23,6 +23,8 @@ from pathlib import Path
 
 import torch
 
+from mlcore._onednn import onednn_bf16_available
+
 from .timing import time_fn
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -133,19 +135,11 @@ def _gemv_gbs(device: torch.device, dtype: torch.dtype, nbytes: int, quick: bool
     row_major = seconds(torch.randn(rows, k, device=device).to(dtype))  # (out, in)
     column_major = seconds(torch.randn(k, rows, device=device).to(dtype).t())  # (out, in) view of (in, out)
     best = min(row_major, column_major)
-    if device.type == "cpu" and dtype == torch.bfloat16 and _onednn_bf16():
+    if device.type == "cpu" and dtype == torch.bfloat16 and onednn_bf16_available():
         packed = torch.ops.mkldnn._reorder_linear_weight(torch.randn(rows, k).to(dtype), 1)  # batch hint 1
         best = min(best, _measure(lambda: torch.ops.mkldnn._linear_pointwise(x, packed, None, "none", [], ""),
                                   device, quick))
     return rows * k * dtype.itemsize / best / 1e9
-
-
-def _onednn_bf16() -> bool:
-    """oneDNN's packed bfloat16 linear ops exist and this CPU supports bf16 in oneDNN."""
-    try:
-        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
 
 
 def _matmul_flops(device: torch.device, dtype: torch.dtype, quick: bool) -> float:

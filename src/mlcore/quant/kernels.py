@@ -70,9 +70,10 @@ def int8_channel_scales(qt: QuantizedTensor) -> torch.Tensor:
     return qt.scales.reshape(-1).expand(qt.shape[0]).contiguous()
 
 
-# The kernels run as custom ops: eagerly one extra dispatch, and under ``torch.compile`` an opaque external call
-# with materialised inputs (inductor's own lowering of the two aten ops asserted on an activation that a fused
-# element-wise kernel produced, torch 2.13).
+# The kernels as custom ops: under ``torch.compile`` an opaque external call with materialised inputs. Only a graph
+# that computes the kernel's scales itself needs them: inductor's own lowerings of the two aten ops assert on a
+# scale tensor an element-wise node produced (torch 2.13). QuantizedLinear.prepare_traced keeps the scales
+# ready, so a compiled decode step calls the aten ops directly; eager code always does.
 @torch.library.custom_op("mlcore::int8pack_mm", mutates_args=())
 def int8pack_mm_op(x2: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
     """``aten._weight_int8pack_mm``: (M, K) @ int8 (N, K).T * scales (N,) -> (M, N)."""
@@ -95,19 +96,9 @@ def _int4pack_mm_shape(x2: torch.Tensor, packed: torch.Tensor, group_size: int, 
     return x2.new_empty((x2.shape[0], sz.shape[1]))
 
 
-def int8pack_mm(x2: torch.Tensor, qt: QuantizedTensor, scales: torch.Tensor) -> torch.Tensor:
-    """(M, K) @ int8 (N, K).T -> (M, N) with ``scales`` (N,) float32."""
-    return int8pack_mm_op(x2, qt.data, scales.to(x2.dtype))
-
-
 def int4pack_weight(qt: QuantizedTensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(repacked codes for the CPU kernel, scales-and-zeros (K / g, N, 2) float32 in torch's convention)."""
     packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(int4_codes(qt).to(torch.int32).contiguous(), 1)
     zero_point = (8.0 - qt.zeros.float()) * qt.scales  # (q - z) s = (q - 8) s + (8 - z) s
     sz = torch.stack([qt.scales, zero_point], dim=-1).transpose(0, 1).contiguous()
     return packed, sz
-
-
-def int4pack_mm(x2: torch.Tensor, packed: torch.Tensor, group_size: int, sz: torch.Tensor) -> torch.Tensor:
-    """(M, K) @ int4 (N, K).T -> (M, N)."""
-    return int4pack_mm_op(x2, packed, group_size, sz.to(x2.dtype))

@@ -45,10 +45,10 @@ from .api import dequantize, dequantize_unchecked, quantize
 from .kernels import (
     AUTO_FAST_DTYPES,
     KERNELS,
-    int4pack_mm,
+    int4pack_mm_op,
     int4pack_weight,
     int8_channel_scales,
-    int8pack_mm,
+    int8pack_mm_op,
     unavailable_reason,
 )
 from .tensor import FLOAT_DTYPES, NestedScales, QuantizedTensor, check_layout
@@ -201,9 +201,10 @@ class QuantizedLinear(nn.Module):
             self._int4_key = key
         return self._int4_packed, self._int4_sz
 
-    def _fast_args(self, dtype: torch.dtype) -> tuple[str, torch.Tensor, Any, torch.Tensor | None] | None:
-        """(kernel, weight, scales or (group, sz), bias) for a CPU fast kernel with ``dtype`` activations, made
-        once and reused while the buffers are unchanged; None when the fallback runs."""
+    def _fast_args(self, dtype: torch.dtype) -> tuple[str, torch.Tensor, torch.Tensor, torch.Tensor | None] | None:
+        """(kernel, weight, scales (int8) or scales-and-zeros (int4) in ``dtype``, bias) for a CPU fast kernel
+        with ``dtype`` activations, made once and reused while the buffers are unchanged; None when the
+        fallback runs."""
         srcs = [self._buffers["weight_" + k] for k in self._keys] + [self.bias]
         key = tensor_state_key(srcs)
         hit = self._prepared.get(dtype)
@@ -215,11 +216,15 @@ class QuantizedLinear(nn.Module):
         if kernel != "dequant":
             qt = self._view()
             bias = None if self.bias is None else self.bias.detach().to(dtype)
+            scales = self._buffers["_traced_scales"]  # current for the compute dtype (prepared just above)
             if kernel == "int8pack":
-                args = (kernel, qt.data.contiguous(), int8_channel_scales(qt).to(dtype), bias)
+                if scales is None or scales.dtype != dtype:
+                    scales = int8_channel_scales(qt).to(dtype)
+                args = (kernel, qt.data.contiguous(), scales, bias)
             else:
                 packed, sz = self._int4_cache(qt)
-                args = (kernel, packed, (qt.group_size, sz.to(dtype)), bias)
+                args = (kernel, packed, scales if scales is not None and scales.dtype == dtype else sz.to(dtype),
+                        bias)
         self._prepared[dtype] = (key, srcs, args)  # srcs: keeps the ids in the key from being reused
         return args
 
@@ -237,13 +242,7 @@ class QuantizedLinear(nn.Module):
                     self.last_kernel = kernel
                 for src in self._stacked_from:  # a plain attribute: write it without Module.__setattr__
                     src.__dict__["last_kernel"] = kernel
-                x2 = x.view(-1, self.in_features) if x.is_contiguous() else x.reshape(-1, self.in_features).contiguous()
-                if kernel == "int8pack":
-                    y = torch.ops.aten._weight_int8pack_mm(x2, w, aux)
-                else:
-                    y = torch.ops.aten._weight_int4pack_mm_for_cpu(x2, w, aux[0], aux[1])
-                y = y.view(*x.shape[:-1], self.out_features)
-                return y if bias is None else y + bias
+                return self._packed_matmul(x, kernel, w, aux, bias)
         return self._forward_general(x)
 
     def prepare_traced(self) -> None:
@@ -274,20 +273,14 @@ class QuantizedLinear(nn.Module):
 
     def _forward_traced(self, x: torch.Tensor) -> torch.Tensor:
         """Inside ``torch.compile``: the kernel :meth:`kernel_for` picks for this dtype, without the eager caches
-        (they key on tensor versions, which dynamo cannot read); int8pack reads ``_traced_scales`` when they
-        have the activation dtype (see :meth:`prepare_traced`). With inductor's freezing, the int4 repacking is
-        folded into constants once."""
+        (they key on tensor versions, which dynamo cannot read); the packed kernels read ``_traced_scales`` when
+        they have the activation dtype (see :meth:`prepare_traced`), else the graph computes them and calls the
+        kernels through the custom ops."""
         kernel = self.kernel_for(x.dtype) if x.device.type == "cpu" else "dequant"
         scales = self._buffers["_traced_scales"]
         if kernel in _FAST and scales is not None and scales.dtype == x.dtype:
-            x2 = x.reshape(-1, self.in_features)
-            if kernel == "int8pack":
-                y = torch.ops.aten._weight_int8pack_mm(x2, self._buffers["weight_data"], scales)
-            else:
-                y = torch.ops.aten._weight_int4pack_mm_for_cpu(x2, self._buffers["_int4_packed"],
-                                                              self._meta["group_size"], scales)
-            y = y.reshape(*x.shape[:-1], self.out_features)
-            return y if self.bias is None else y + self.bias.to(x.dtype)
+            weight = self._buffers["weight_data" if kernel == "int8pack" else "_int4_packed"]
+            return self._packed_matmul(x, kernel, weight, scales, None if self.bias is None else self.bias.to(x.dtype))
         return self._run(x, kernel, int4pack_weight)
 
     def _forward_general(self, x: torch.Tensor) -> torch.Tensor:
@@ -312,12 +305,24 @@ class QuantizedLinear(nn.Module):
         qt = self._view()
         if kernel == "dequant":
             return F.linear(x, dequantize_unchecked(qt).to(x.dtype), bias)
-        x2 = x.reshape(-1, self.in_features)
         if kernel == "int8pack":
-            y = int8pack_mm(x2, qt, int8_channel_scales(qt))
+            weight, aux = qt.data, int8_channel_scales(qt)
         else:
-            packed, sz = int4_weight(qt)
-            y = int4pack_mm(x2, packed, qt.group_size, sz)
+            weight, aux = int4_weight(qt)
+        # traced, the scales computed here would reach inductor's lowering unmaterialised: go through custom ops
+        return self._packed_matmul(x, kernel, weight, aux.to(x.dtype), bias, opaque=torch.compiler.is_compiling())
+
+    def _packed_matmul(self, x: torch.Tensor, kernel: str, weight: torch.Tensor, aux: torch.Tensor,
+                       bias: torch.Tensor | None, *, opaque: bool = False) -> torch.Tensor:
+        """x (..., in) -> (..., out) through torch's CPU kernel ``kernel`` on the packed ``weight``, with ``aux``
+        the int8 scales (N,) or int4 scales-and-zeros (K / g, N, 2) in x's dtype; ``opaque``: through the
+        ``mlcore::`` custom ops (see ``kernels.py``)."""
+        x2 = x.reshape(-1, self.in_features).contiguous()
+        if kernel == "int8pack":
+            y = (int8pack_mm_op if opaque else torch.ops.aten._weight_int8pack_mm)(x2, weight, aux)
+        else:
+            y = (int4pack_mm_op if opaque else torch.ops.aten._weight_int4pack_mm_for_cpu)(
+                x2, weight, self._meta["group_size"], aux)
         y = y.reshape(*x.shape[:-1], self.out_features)
         return y if bias is None else y + bias
 
