@@ -8,7 +8,8 @@ t(generate N) - t(generate 1), the calls interleaved. Tokens must equal transfor
 
 Cost: the first call compiles (``compile_s`` in the row, prefill and first step included: 22-32 s for the 4M
 target and for llama-25M on the shared 2-core CPU with a cold inductor cache, ~40 s under load; 4-7 s with a
-warm on-disk cache). On CPU the compiled graph has the weights frozen in (see ``mlcore.inference.compiled``).
+warm on-disk cache). On CPU the batch-1 graph computes its linear layers as row dot products (see
+``mlcore.inference.compiled``); ``frac_roofline`` pairs each round with a timing of the probe's GEMV (decode.py).
 Issue 9's CUDA goal (3x transformers' eager generate at batch 1, llama-25M) sits on the CUDA row; the
 reduce-overhead path has not been run on a GPU yet.
 """
@@ -25,7 +26,16 @@ import torch
 
 from mlcore.bench import Context, Goal, Result
 
-from ._decode_setup import Pair, first_difference, interleaved, paired_difference, prompts, roofline_step
+from ._decode_setup import (
+    Ceiling,
+    Pair,
+    first_difference,
+    interleaved,
+    paired_difference,
+    paired_roofline,
+    prompts,
+    roofline_step,
+)
 
 TWIN = "transformers generate (DynamicCache)"
 
@@ -45,7 +55,7 @@ def _goal(ctx: Context, key: str, batch: int, dtype: str) -> Goal | list[Goal] |
 
 
 def compiled_rows(ctx: Context, pair: Pair, tokenizer: Any, batch: int, *, prompt: int, new: int,
-                  rounds: int, gemv: dict[str, float] | None = None) -> Iterator[Result]:
+                  rounds: int, ceiling: Ceiling | None = None) -> Iterator[Result]:
     """One decode row: mlcore StaticCache + torch.compile vs transformers' generate (and mlcore eager static)."""
     from mlcore.inference import generate
     from mlcore.inference.hf import hf_generate
@@ -73,7 +83,7 @@ def compiled_rows(ctx: Context, pair: Pair, tokenizer: Any, batch: int, *, promp
             torch.cuda.synchronize()
         compile_s = time.perf_counter() - start
         outputs = {k: call(N) for k, call in calls.items()}
-    fns = {}
+    fns = {} if ceiling is None else {"ceiling": ceiling.kernel.fn}  # the roofline's GEMV, in the same rounds
     for k, call in calls.items():
         fns[f"{k}|full"] = lambda call=call: call(N)
         fns[f"{k}|first"] = lambda call=call: call(1)
@@ -98,11 +108,13 @@ def compiled_rows(ctx: Context, pair: Pair, tokenizer: Any, batch: int, *, promp
         "compile_s": round(compile_s, 1),
         "mode": "reduce-overhead" if dev.type == "cuda" else "default",
     }
-    ceiling = (gemv or {}).get(pair.dtype) or ctx.probe.read_gbs
-    if ceiling:  # the eager rows' roofline (decode.py): the ideal step over the measured one
-        _, ideal_step = roofline_step(pair.mlcore, batch, P + N / 2, ceiling)
-        extra["frac_roofline"] = round(ideal_step / (decode["compiled"].median / (N - 1)), 3)
-        extra["gemv_gbs"] = round(ceiling, 2)
+    if ceiling is not None:  # the eager rows' roofline (decode.py): per round, the ideal step over the measured one
+        step_bytes, _ = roofline_step(pair.mlcore, batch, P + N / 2, ceiling.gbs)
+        gbs = ceiling.rounds_gbs(per["ceiling"])
+        frac, median_gbs = paired_roofline(step_bytes, [r / (N - 1) for r in rounds_s["compiled"]], gbs)
+        eager_frac, _ = paired_roofline(step_bytes, [r / (N - 1) for r in rounds_s["eager"]], gbs)
+        extra.update(frac_roofline=round(frac, 3), eager_frac_roofline=round(eager_frac, 3),
+                     gemv_gbs=round(median_gbs, 2), gemv_kernel=ceiling.kernel.name)
     yield Result.from_timing("decode", name, params, device=dev, dtype=pair.dtype, timing=decode["compiled"],
                              twin=TWIN, twin_timing=decode["hf"], work=batch * (N - 1), unit="tokens/s",
                              extra=extra, goal=_goal(ctx, pair.key, batch, pair.dtype))

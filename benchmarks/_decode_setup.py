@@ -170,6 +170,26 @@ def roofline_step(model: nn.Module, batch: int, context: float, gemv_gbs: float)
     return step_bytes, step_bytes / (gemv_gbs * 1e9)
 
 
+@dataclass
+class Ceiling:
+    """The decode roofline's denominator: the probe's fastest batch-1 GEMV for one dtype
+    (:func:`mlcore.bench.probe.fastest_gemv`), kept so it can be timed again beside each measured step."""
+
+    gbs: float  # measured when the topic started
+    kernel: Any  # mlcore.bench.probe.GemvKernel: .fn() runs it, .weight_bytes it reads, .name
+
+    def rounds_gbs(self, seconds: list[float]) -> list[float]:
+        """GB/s of each round's timing of :attr:`kernel`."""
+        return [self.kernel.weight_bytes / max(t, 1e-12) / 1e9 for t in seconds]
+
+
+def paired_roofline(step_bytes: float, steps: list[float], ceiling_gbs: list[float]) -> tuple[float, float]:
+    """(median fraction, median GB/s): per round, the ideal step (``step_bytes`` at that round's GEMV bandwidth)
+    over the measured step. Pairing the two within a round keeps a VM's drifting speed out of the fraction."""
+    fracs = [step_bytes / (gbs * 1e9) / max(t, 1e-12) for t, gbs in zip(steps, ceiling_gbs)]
+    return statistics.median(fracs), statistics.median(ceiling_gbs)
+
+
 def hf_cache_bytes(past: Any) -> int:
     """Bytes of the K / V tensors a transformers cache object holds (its ``layers[i].keys / .values``)."""
     total = 0

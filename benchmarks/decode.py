@@ -10,9 +10,12 @@ batch, every call continues the same prompt greedily; the benchmark **asserts to
   the twin is transformers' ``generate`` with its default DynamicCache (its StaticCache in ``speedup_vs_hf_static``).
   ``tpot_ms`` = time per output token. ``paired_speedup``: the median over rounds of that round's twin / mlcore
   decode time (measured seconds apart, so robust to a shared machine's load drifting between rounds); the
-  speed-up goals use it, and count only rows whose tokens equal the twin's. ``frac_roofline``: the decode roofline, (weight bytes + K/V bytes read per
-  step) / the probe's batch-1 GEMV bandwidth for this dtype (measured at the start of the same run), divided by
-  the measured step time.
+  speed-up goals use it, and count only rows whose tokens equal the twin's. ``frac_roofline``: the decode
+  roofline, (weight bytes + K/V bytes read per step) / the probe's batch-1 GEMV bandwidth for this dtype, divided
+  by the measured step time. The probe's fastest GEMV kernel (``gemv_kernel``: the faster library layout or the
+  compiled row dots of ``mlcore._row_dot``) is picked when the topic starts and then timed again in every round
+  beside the steps; the fraction is the median of the per-round fractions (``gemv_gbs``: the median ceiling), so
+  a VM whose speed drifts by 1.5x between the probe and a row no longer moves the fraction with it.
 - ``task=prefill``: prompt tokens/s of t(generate 1) (time to first token: prefill + one argmax).
 - ``task=context``: time per generated token at context T without a cache (``generate_no_cache``: the whole
   prefix again, O(T) matmul work per token and O(T^2) attention) against one StaticCache decode step.
@@ -23,10 +26,10 @@ batch, every call continues the same prompt greedily; the benchmark **asserts to
   transformers' DynamicCache and the formula 2 L Hkv T D bytes.
 
 On CPU the topic runs on ``CPU_THREADS`` = 1 thread (restored afterwards), mlcore and transformers alike, and
-re-measures the probe's GEMV ceiling on that thread for the roofline.
+measures the probe's GEMV ceiling on that thread for the roofline.
 
 ``task=decode, cache=static+compile`` (``_decode_compiled.py``): ``generate(..., compile=True)``, every decode
-step one ``torch.compile`` graph (CUDA graphs on CUDA; weights frozen into the graph on CPU), batch 1, with its
+step one ``torch.compile`` graph (CUDA graphs on CUDA; on CPU row-dot linears, ``mlcore._row_dot``), batch 1, with its
 compile time (~15-50 s per model and dtype on the 2-core CPU) and the same roofline fraction. Both models are
 compiled in every preset. The CUDA goal (3x transformers' eager generate, llama-25M, batch 1) sits on that row,
 and so does the CPU roofline goal (85% for llama-25M): the compiled step is mlcore's StaticCache decode with the
@@ -48,6 +51,7 @@ from ._decode_compiled import compiled_rows
 from ._decode_setup import (
     CACHE_KINDS,
     DTYPES,
+    Ceiling,
     Pair,
     build_models,
     cache_missing,
@@ -57,6 +61,7 @@ from ._decode_setup import (
     make_pair,
     missing,
     paired_difference,
+    paired_roofline,
     prompts,
     roofline_step,
     to_timing,
@@ -136,7 +141,7 @@ def _goals(ctx: Context, key: str, dtype: str, kind: str, batch: int) -> list[Go
 
 
 def _headline(ctx: Context, s: Settings, pair: Pair, tokenizer, batch: int,
-              gemv_gbs: dict[str, float]) -> Iterator[Result]:
+              ceilings: dict[str, Ceiling]) -> Iterator[Result]:
     """Prefill and decode rows of one model, dtype and batch: every available mlcore cache vs HF generate."""
     from mlcore.inference import generate
 
@@ -163,18 +168,20 @@ def _headline(ctx: Context, s: Settings, pair: Pair, tokenizer, batch: int,
     with torch.no_grad():
         outputs = {name: call(N) for name, call in calls.items()}  # the tokens, and a warm-up of each path
     reference = outputs["hf dynamic"]
-    fns = {}
+    ceiling = ceilings[pair.dtype]
+    fns = {"ceiling": ceiling.kernel.fn}  # the roofline's GEMV, timed in the same rounds
     for name, call in calls.items():
         fns[f"{name}|full"] = lambda call=call: call(N)
         fns[f"{name}|first"] = lambda call=call: call(1)
     per = interleaved(fns, device=dev, rounds=s.rounds, warm=False)  # warmed up above
+    ceiling_gbs = ceiling.rounds_gbs(per["ceiling"])
     rounds = {name: [a - b for a, b in zip(per[f"{name}|full"], per[f"{name}|first"])] for name in calls}
     decode = {name: paired_difference(per[f"{name}|full"], per[f"{name}|first"]) for name in calls}
     first = {name: to_timing(per[f"{name}|first"]) for name in calls}
 
-    gemv = gemv_gbs.get(pair.dtype) or ctx.probe.read_gbs
-    step_bytes, ideal_step = roofline_step(pair.mlcore, batch, P + N / 2, gemv)
+    step_bytes, _ = roofline_step(pair.mlcore, batch, P + N / 2, ceiling.gbs)
     hf_step = decode["hf dynamic"].median / (N - 1)
+    hf_frac, gemv = paired_roofline(step_bytes, [r / (N - 1) for r in rounds["hf dynamic"]], ceiling_gbs)
     for kind in kinds:
         name = f"mlcore {kind}"
         diff = first_difference(outputs[name], reference)
@@ -187,10 +194,12 @@ def _headline(ctx: Context, s: Settings, pair: Pair, tokenizer, batch: int,
             "tpot_ms": round(step * 1e3, 3),
             "twin_tpot_ms": round(hf_step * 1e3, 3),
             "speedup_vs_hf_static": round(decode["hf static"].median / t.median, 3),
-            "frac_roofline": round(ideal_step / step, 3),
-            "twin_frac_roofline": round(ideal_step / hf_step, 3),
+            "frac_roofline": round(paired_roofline(step_bytes, [r / (N - 1) for r in rounds[name]],
+                                                   ceiling_gbs)[0], 3),
+            "twin_frac_roofline": round(hf_frac, 3),
             "roofline_bytes_per_step": int(step_bytes),
             "gemv_gbs": round(gemv, 2),
+            "gemv_kernel": ceiling.kernel.name,
             "valid": valid,
             "first_diff_column": diff,
             "paired_speedup": round(paired, 3),
@@ -322,14 +331,13 @@ def _memory(ctx: Context, s: Settings) -> Iterator[Result]:
                      str(ctx.device), "float32", formula / mib, 0.0, unit="MiB")
 
 
-def _gemv_ceilings(ctx: Context) -> dict[str, float]:
-    """The probe's batch-1 GEMV bandwidth per dtype (GB/s), re-measured at this topic's thread count on CPU."""
-    if ctx.device.type != "cpu" or torch.get_num_threads() == ctx.probe.torch_threads:
-        return dict(ctx.probe.gemv_gbs)
-    from mlcore.bench.probe import _buffer_bytes, _gemv_gbs  # the probe's own routine, on CPU_THREADS threads
+def _gemv_ceilings(ctx: Context, dtypes: tuple[str, ...]) -> dict[str, Ceiling]:
+    """The probe's fastest batch-1 GEMV per dtype, measured again at this topic's thread count (the probe's own
+    routine), and kept: every decode row times it again in its own rounds (see ``paired_roofline``)."""
+    from mlcore.bench.probe import _buffer_bytes, fastest_gemv
 
     nbytes = _buffer_bytes(ctx.probe, ctx.quick)
-    return {name: _gemv_gbs(ctx.device, DTYPES[name], nbytes, ctx.quick) for name in ctx.probe.gemv_gbs}
+    return {name: Ceiling(*fastest_gemv(ctx.device, DTYPES[name], nbytes, ctx.quick)) for name in dtypes}
 
 
 def run(ctx: Context) -> Iterator[Result]:
@@ -338,7 +346,7 @@ def run(ctx: Context) -> Iterator[Result]:
     if ctx.device.type == "cpu":
         torch.set_num_threads(CPU_THREADS)
     try:
-        gemv = _gemv_ceilings(ctx)
+        gemv = _gemv_ceilings(ctx, s.dtypes)
         for key in s.models:
             base, tokenizer = build_models(key)
             for dtype in s.dtypes:
@@ -347,7 +355,7 @@ def run(ctx: Context) -> Iterator[Result]:
                     yield from _headline(ctx, s, pair, tokenizer, batch, gemv)
                 if key in s.compiled:
                     yield from compiled_rows(ctx, pair, tokenizer, 1, prompt=s.prompt, new=s.new, rounds=s.rounds,
-                                             gemv=gemv)
+                                             ceiling=gemv[dtype])
                 del pair
         yield from _no_cache_curve(ctx, s)
         yield from _speculative(ctx, s)

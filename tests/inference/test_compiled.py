@@ -213,11 +213,12 @@ def test_each_decoder_compiles_its_own_graph_once():
 
 @pytest.mark.slow
 def test_frozen_weights_that_change_are_compiled_again():
-    """On CPU the weights are frozen into the graph; a changed weight must not leave a stale graph behind."""
+    """On CPU a batched step has the weights frozen into the graph; a changed weight must not leave a stale graph
+    behind."""
     model = Transformer(_config()).eval()
-    ids = torch.randint(0, 64, (1, 5))
+    ids = torch.randint(0, 64, (2, 5), generator=torch.Generator().manual_seed(5))
     assert torch.equal(generate(model, ids, max_new_tokens=6, compile=True), generate(model, ids, max_new_tokens=6))
-    decoder = decoder_for(model, batch=1, needed=11, mode="default")
+    decoder = decoder_for(model, batch=2, needed=11, mode="default")
     assert decoder.freeze and decoder.compiles == 1
     generate(model, ids, max_new_tokens=6, compile=True)
     assert decoder.compiles == 1  # unchanged weights: the same graph
@@ -227,6 +228,23 @@ def test_frozen_weights_that_change_are_compiled_again():
     eager = generate(model, ids, max_new_tokens=6)
     assert torch.equal(generate(model, ids, max_new_tokens=6, compile=True), eager)
     assert decoder.compiles == 2
+
+
+@pytest.mark.slow
+def test_batch_one_cpu_steps_read_the_weights_as_inputs_and_see_in_place_edits():
+    """A batch-1 CPU step is not frozen (constant folding would widen bf16 / int8 weights to float32, see
+    _ROW_DOT_OPTIONS): an edited weight reaches the next generation through the same graph."""
+    model = Transformer(_config()).eval()
+    ids = torch.randint(0, 64, (1, 5), generator=torch.Generator().manual_seed(6))
+    assert torch.equal(generate(model, ids, max_new_tokens=6, compile=True), generate(model, ids, max_new_tokens=6))
+    decoder = decoder_for(model, batch=1, needed=11, mode="default")
+    assert decoder.row_dots and not decoder.freeze and decoder.compiles == 1
+    with torch.no_grad():
+        model.layers[0].mlp.up_proj.weight.mul_(-3.0)
+        model.lm_head.weight.add_(torch.randn_like(model.lm_head.weight))
+    eager = generate(model, ids, max_new_tokens=6)
+    assert torch.equal(generate(model, ids, max_new_tokens=6, compile=True), eager)
+    assert decoder.compiles == 1
 
 
 @pytest.mark.slow
@@ -343,9 +361,42 @@ def test_scales_edited_in_place_reach_the_compiled_graph(scheme):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("scheme", ["dense", "int8"])
+@pytest.mark.parametrize("kind", ["single", "padded"])
+def test_single_row_steps_run_row_dots_and_batched_steps_the_library_matmul(kind, scheme):
+    """A batch-1 CPU step computes every linear layer as row dot products (mlcore._row_dot): the compiled graph
+    calls no library matmul at all; with more rows it calls MKL's packed GEMM (frozen dense weights) or torch's
+    int8 kernel. The tokens stay those of eager decoding."""
+    import copy
+
+    from torch.profiler import profile
+
+    from mlcore.quant import quantize_model
+
+    _, model = pair("llama")
+    if scheme == "int8":
+        model = quantize_model(copy.deepcopy(model), "int8", prefer="int8pack")
+    ids, mask = batch(kind)
+    rows = ids.shape[0]
+    compiled = generate(model, ids, attention_mask=mask, max_new_tokens=NEW, compile=True)
+    assert torch.equal(compiled, generate(model, ids, attention_mask=mask, max_new_tokens=NEW))
+    decoder = decoder_for(model, batch=rows, needed=ids.shape[1] + NEW, mode="default")
+    with torch.no_grad():
+        model(ids, attention_mask=mask, cache=decoder.start())
+        token, positions = ids[:, -1:], mask.long().sum(-1, keepdim=True)  # each row's next position
+        with profile() as prof:
+            decoder.step(token, positions)
+    names = {e.key for e in prof.key_averages()}
+    matmuls = {"aten::mm", "aten::addmm", "aten::linear", "mkl::_mkl_linear", "mkldnn::_linear_pointwise",
+               "aten::_weight_int8pack_mm", "mlcore::int8pack_mm"}
+    assert bool(names & matmuls) is (rows > 1), sorted(names)
+
+
+@pytest.mark.slow
 def test_bfloat16_dense_model_compiles_with_stacked_projections():
-    """In bf16 the eager step reads oneDNN-packed stacked weights, which a graph cannot trace: the graph gets the
-    plain stacked weight instead (inductor packs it again). Its first step matches eager at bf16 tolerance."""
+    """In bf16 the eager step reads oneDNN-packed stacked weights, which a graph cannot trace: a batch-1 graph
+    computes row dot products on the layers' own weights instead, a batched one gets the plain stacked weight
+    (inductor packs it again). Its first step matches eager at bf16 tolerance."""
     import copy
 
     _, model = pair("llama")

@@ -36,6 +36,10 @@ float32 GEMV may sum them in another order: float32 rounding level).
 
 Cost: the copy doubles the memory of those weights while it is held; :meth:`LinearFusion.release` frees it, and
 it is dropped as soon as the owner runs in training or grad mode.
+
+While ``torch.compile`` traces, plain ``nn.Linear`` groups are handed out as a
+:class:`~mlcore._row_dot.RowDotLinear` over the layers' own weights: a single-row CPU step becomes
+inductor-generated row dot products (faster than any library GEMV on these shapes), other traces the copy above.
 """
 
 from __future__ import annotations
@@ -49,6 +53,7 @@ from torch import Tensor, nn
 from torch.nn.modules import module as _module
 
 from mlcore._onednn import onednn_bf16_available
+from mlcore._row_dot import RowDotLinear
 from mlcore._tensor_state import tensor_state_key
 
 __all__ = ["LinearFusion", "decode_layout", "prepare_linear"]
@@ -139,9 +144,11 @@ class LinearFusion:
             # built (the prefill, just before) is current. A dense one traces as a plain F.linear, a stacked
             # QuantizedLinear as its own traced forward; oneDNN's packed tensor cannot be traced, so its plain
             # (stacked) weight is handed over instead, which inductor's freezing packs again
-            if isinstance(self._fn, _OneDnnBf16Call):
-                return self._fn.plain
-            return self._fn if isinstance(self._fn, (_LinearCall, nn.Module)) else None
+            fallback = self._fn.plain if isinstance(self._fn, _OneDnnBf16Call) else (
+                self._fn if isinstance(self._fn, (_LinearCall, nn.Module)) else None)
+            if all(type(m) is nn.Linear and _plain(m) for m in modules):  # single-row CPU steps: row dots
+                return RowDotLinear([m.weight for m in modules], [m.bias for m in modules], fallback)
+            return fallback
         if _module._global_forward_hooks or _module._global_forward_pre_hooks:
             return None
         kind = type(modules[0])

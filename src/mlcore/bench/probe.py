@@ -10,7 +10,9 @@ The ceilings are the denominators of every roofline fraction in the report:
   counts: on CPU float32 the column-major one reads ~1.7x faster (MKL's sgemv "N" path), and mlcore's decode
   uses it (``mlcore.attention.fused_linear.decode_layout``), so a row-major-only figure would not be a ceiling;
   on CPU bfloat16 oneDNN's packed layout (``mkldnn._reorder_linear_weight``, which mlcore's eager decode and
-  inductor's frozen graphs both use) is timed as a third candidate, for the same reason;
+  inductor's frozen graphs both use) is timed as a third candidate, for the same reason; and on CPU the
+  compiled row-dot GEMV (``mlcore._row_dot``, inductor's own reduction kernel, which a compiled decode
+  step runs) is a candidate too: it reads small models' weights 1.5x faster than MKL or oneDNN here;
 - matmul throughput (FLOP/s) per dtype, ``2 n^3`` FLOPs for an ``n x n`` product.
 """
 
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import os
 import platform
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -123,23 +126,73 @@ def _bandwidths(device: torch.device, nbytes: int, quick: bool) -> tuple[float, 
     return read, copy
 
 
-def _gemv_gbs(device: torch.device, dtype: torch.dtype, nbytes: int, quick: bool) -> float:
-    """Weight bytes / time of ``x (1, k) @ W^T`` for the faster of W's two layouts (see the module docstring)."""
+@dataclass
+class GemvKernel:
+    """One batch-1 GEMV candidate: ``fn()`` multiplies one row by a weight of ``weight_bytes`` that it holds."""
+
+    name: str
+    fn: Callable[[], object]
+    weight_bytes: int
+
+
+def gemv_kernels(device: torch.device, dtype: torch.dtype, nbytes: int) -> Iterator[GemvKernel]:
+    """The GEMV candidates for ``dtype`` on ``device`` (see the module docstring), each with a weight of about
+    ``nbytes``, made one at a time (each is sized against the memory: keep only the ones you need)."""
     k = 4096
     rows = max(nbytes // (k * dtype.itemsize), k)
+    size = rows * k * dtype.itemsize
     x = torch.randn(1, k, device=device).to(dtype)
+    F = torch.nn.functional
 
-    def seconds(weight: torch.Tensor) -> float:  # one weight alive at a time: it is sized against the memory
-        return _measure(lambda: torch.nn.functional.linear(x, weight), device, quick)
+    def linear(weight: torch.Tensor) -> Callable[[], object]:
+        return lambda: F.linear(x, weight)
 
-    row_major = seconds(torch.randn(rows, k, device=device).to(dtype))  # (out, in)
-    column_major = seconds(torch.randn(k, rows, device=device).to(dtype).t())  # (out, in) view of (in, out)
-    best = min(row_major, column_major)
+    yield GemvKernel("row-major", linear(torch.randn(rows, k, device=device).to(dtype)), size)  # (out, in)
+    yield GemvKernel("column-major", linear(torch.randn(k, rows, device=device).to(dtype).t()), size)
     if device.type == "cpu" and dtype == torch.bfloat16 and onednn_bf16_available():
         packed = torch.ops.mkldnn._reorder_linear_weight(torch.randn(rows, k).to(dtype), 1)  # batch hint 1
-        best = min(best, _measure(lambda: torch.ops.mkldnn._linear_pointwise(x, packed, None, "none", [], ""),
-                                  device, quick))
-    return rows * k * dtype.itemsize / best / 1e9
+        yield GemvKernel("onednn-packed", lambda: torch.ops.mkldnn._linear_pointwise(x, packed, None, "none", [], ""),
+                         size)
+    if device.type == "cpu":
+        row_dots = _compiled_row_dots(x, torch.randn(rows, k).to(dtype))
+        if row_dots is not None:
+            yield GemvKernel("row-dots (compiled)", row_dots, size)
+
+
+def fastest_gemv(device: torch.device, dtype: torch.dtype, nbytes: int, quick: bool) -> tuple[float, GemvKernel]:
+    """(GB/s, kernel) of the fastest :func:`gemv_kernels` candidate: weight bytes / time of ``x (1, k) @ W^T``."""
+    best: tuple[float, GemvKernel] | None = None
+    for kernel in gemv_kernels(device, dtype, nbytes):
+        seconds = _measure(kernel.fn, device, quick)
+        if best is None or seconds < best[0]:
+            best = (seconds, kernel)
+    assert best is not None  # the two plain layouts always exist
+    return best[1].weight_bytes / best[0] / 1e9, best[1]
+
+
+def _gemv_gbs(device: torch.device, dtype: torch.dtype, nbytes: int, quick: bool) -> float:
+    return fastest_gemv(device, dtype, nbytes, quick)[0]
+
+
+def _compiled_row_dots(x: torch.Tensor, weight: torch.Tensor) -> Callable[[], object] | None:
+    """The compiled row-dot GEMV (``mlcore._row_dot``, what a compiled CPU decode step runs) on ``weight``, or
+    None where ``torch.compile`` cannot build it (no C++ compiler): then it is no candidate."""
+    from mlcore._row_dot import row_dot_linear
+
+    def gemv(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        return row_dot_linear(x, weight)
+
+    compiled = torch.compile(gemv, dynamic=False, fullgraph=True)
+
+    def run() -> torch.Tensor:
+        with torch.no_grad():  # one grad mode for every call: dynamo guards on it
+            return compiled(x, weight)
+
+    try:
+        run()
+    except Exception:  # noqa: BLE001 -- any compiler failure only removes this candidate
+        return None
+    return run
 
 
 def _matmul_flops(device: torch.device, dtype: torch.dtype, quick: bool) -> float:

@@ -22,8 +22,12 @@ call with a matching shape (:func:`decoder_for` keeps them per model, without to
 is rounded up to a power of two (at most the model's ``max_seq_len``), so calls with different prompt or
 output lengths share a graph; attention then reads the empty slots too, masked.
 
-On a CPU the weights are also *frozen* into the graph by default (inductor's ``freezing``: constants, linear
-weights prepacked for oneDNN / MKL; measured 1.2-1.6x faster per token than the unfrozen graph here). A frozen
+On a CPU a batch-1 step computes its float32 / bfloat16 / int8 linear layers as row dot products that inductor
+generates itself (:mod:`mlcore._row_dot`: 1.4-1.7x the weight-read rate of MKL, oneDNN or torch's int8 GEMV on
+a small model's matrices); see :data:`_ROW_DOT_OPTIONS` for the two compiler settings that graph needs. A batched
+CPU step keeps the library matmuls, and there the weights are *frozen* into the graph (inductor's
+``freezing``: constants, linear weights prepacked for oneDNN / MKL; measured 1.2-1.6x faster per token than the
+unfrozen graph). A frozen
 graph would go stale if the weights changed, so each call compares the model's parameters and buffers with the
 ones it was compiled from (object, address and version counter, as ``attention/fused_linear.py`` does) and
 compiles again when they differ (tested). Models whose weights are inference tensors (no version counter)
@@ -127,13 +131,23 @@ def _decode_step(model: nn.Module, cache: StaticCache, token: Tensor, column: Te
         x = x + model.pos_emb.weight[positions]  # (positions < max_len <= max_seq_len by construction)
     for block in model.layers:
         x = block(x, inputs=inputs, cache=writer)
-    return model.lm_head(model.norm(x))  # (B, 1, V)
+    return model.head_layout.run_layer(model.lm_head, model.norm(x), model.training)  # (B, 1, V)
 
 
 # Inductor options for the step's graph. The generated wrapper checks every external kernel's output size and
 # stride, and the alignment of every input (~140 checks per step of an 8-layer model, ~75 us on this CPU): with
 # static shapes traced from these very tensors they can only fail on an inductor bug, so they are left out.
 _INDUCTOR_OPTIONS = {"size_asserts": False, "alignment_asserts": False}
+
+# _ROW_DOT_OPTIONS: what a batch-1 CPU step (row-dot linears, see mlcore/_row_dot.py) needs on top.
+# - No freezing: constant folding would turn ``weight.float()`` of a frozen bf16 or int8 weight into a float32
+#   copy, which the step then reads (2x / 4x the bytes: measured 1.3x / 1.9x slower steps); and no library
+#   matmul is left to prepack. The weights stay graph inputs, so in-place edits are seen without recompiling.
+# - realize_opcount_threshold=0: inductor otherwise inlines the producer of a row-dot's input (RMSNorm, the
+#   embedding lookup, SiLU(gate) * up) into the reduction's inner loop, recomputing it once per weight row;
+#   realizing every element-wise result computes each once (buffers of one token: a few KB). Measured on the
+#   27M int8 step: 4.3 -> 2.5 ms; float32 and bfloat16 steps 5-15% faster.
+_ROW_DOT_OPTIONS = {"realize_opcount_threshold": 0}
 
 # _GUARDS_ONCE: before running a compiled graph, dynamo checks its guards: that every module attribute, parameter,
 # buffer and cache tensor the trace read is still what it was (type, identity, dtype, shape, flags) -- about 3,500
@@ -166,8 +180,9 @@ class CompiledDecoder:
 
     Args:
         mode: the ``torch.compile`` mode ("reduce-overhead" = CUDA graphs on CUDA).
-        freeze: fold the weights into the graph as constants (default: on a CPU); ``start()`` recompiles when
-            the weights changed since.
+        freeze: fold the weights into the graph as constants (default: on a CPU for batch > 1; a batch-1 CPU
+            step reads them as inputs, see :data:`_ROW_DOT_OPTIONS`); ``start()`` recompiles when the frozen
+            weights changed since.
         dtype, device: of the cache (default: the model's parameters').
     """
 
@@ -193,7 +208,9 @@ class CompiledDecoder:
                 torch._dynamo.mark_static_address(t)
         tensors = [*model.parameters(), *model.buffers()]
         # inference tensors keep no version counter: a change to frozen weights could not be seen
-        self.freeze = (self.device.type == "cpu" if freeze is None else bool(freeze)) and not any(
+        self.row_dots = self.device.type == "cpu" and batch == 1  # see _ROW_DOT_OPTIONS
+        default_freeze = self.device.type == "cpu" and not self.row_dots
+        self.freeze = (default_freeze if freeze is None else bool(freeze)) and not any(
             t.is_inference() for t in tensors)
         self._fn: Callable[..., Tensor] | None = None
         self._weights: tuple[int, ...] | None = None  # the weights' state when the frozen graph was made
@@ -233,7 +250,8 @@ class CompiledDecoder:
             return fn(*args)
         from torch._inductor import config as inductor_config
 
-        options = {k: v for k, v in _INDUCTOR_OPTIONS.items() if hasattr(inductor_config, k)}  # older torch
+        wanted = {**_INDUCTOR_OPTIONS, **(_ROW_DOT_OPTIONS if self.row_dots else {})}
+        options = {k: v for k, v in wanted.items() if hasattr(inductor_config, k)}  # older torch lacks some
         with inductor_config.patch(freezing=self.freeze, **options):
             out = fn(*args)
         self._traced = True

@@ -39,6 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mlcore._row_dot import row_dot_linear, traced_single_row
 from mlcore._tensor_state import tensor_state_key
 
 from .api import dequantize, dequantize_unchecked, quantize
@@ -279,6 +280,8 @@ class QuantizedLinear(nn.Module):
         kernel = self.kernel_for(x.dtype) if x.device.type == "cpu" else "dequant"
         scales = self._buffers["_traced_scales"]
         if kernel in _FAST and scales is not None and scales.dtype == x.dtype:
+            if kernel == "int8pack" and traced_single_row(x):  # one decode row: inductor's own int8 reduction
+                return row_dot_linear(x, self._buffers["weight_data"], self.bias, scales)
             weight = self._buffers["weight_data" if kernel == "int8pack" else "_int4_packed"]
             return self._packed_matmul(x, kernel, weight, scales, None if self.bias is None else self.bias.to(x.dtype))
         return self._run(x, kernel, int4pack_weight)

@@ -1,0 +1,32 @@
+"""The probe's GEMV ceiling candidates and the decode benchmark's paired roofline fraction."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from benchmarks._decode_setup import Ceiling, paired_roofline
+from mlcore.bench.probe import fastest_gemv, gemv_kernels
+
+
+@pytest.mark.slow
+def test_gemv_candidates_include_the_compiled_row_dots_and_the_fastest_is_one_of_them():
+    names = [k.name for k in gemv_kernels(torch.device("cpu"), torch.float32, 1 << 20)]
+    assert names == ["row-major", "column-major", "row-dots (compiled)"]
+    gbs, kernel = fastest_gemv(torch.device("cpu"), torch.float32, 1 << 20, quick=True)
+    assert kernel.name in names and kernel.weight_bytes == 4096 * 4096 * 4 and gbs > 0
+
+
+def test_paired_roofline_divides_each_round_by_its_own_ceiling():
+    # round 1: ceiling 10 GB/s, ideal 0.1 s, step 0.2 s -> 0.5; round 2: 20 GB/s, ideal 0.05 s, step 0.1 s -> 0.5
+    frac, gbs = paired_roofline(1e9, [0.2, 0.1], [10.0, 20.0])
+    assert frac == pytest.approx(0.5) and gbs == pytest.approx(15.0)
+    frac, _ = paired_roofline(1e9, [0.2, 0.1, 0.1], [10.0, 10.0, 10.0])  # a drifting step is not averaged away
+    assert frac == pytest.approx(1.0)
+
+
+def test_ceiling_turns_kernel_timings_into_bandwidth():
+    class Kernel:
+        weight_bytes = 2_000_000_000
+
+    assert Ceiling(10.0, Kernel()).rounds_gbs([0.1, 0.2]) == pytest.approx([20.0, 10.0])
