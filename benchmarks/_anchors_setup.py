@@ -132,7 +132,7 @@ def mlcore_engines(case: Case, *, slow: bool = False) -> list[Engine]:
            engine("int8 + bf16 act", "8", quantized(bf16, "int8"), remark=remark),
            engine(f"int4 g{INT4_GROUP} + bf16 act", "4", quantized(bf16, "int4", group_size=INT4_GROUP),
                   remark=remark),
-           # the decode step as one torch.compile graph (weights frozen in; ~15-30 s to compile on 2 cores)
+           # the decode step as one torch.compile graph (row-dot linears at batch 1; ~15-30 s to compile on 2 cores)
            engine("fp32, compiled", "32", case.model, compile=True),
            engine("int8 + bf16 act, compiled", "8", quantized(bf16, "int8"), compile=True, remark=remark),
            engine(f"int4 g{INT4_GROUP} + bf16 act, compiled", "4", quantized(bf16, "int4", group_size=INT4_GROUP),
