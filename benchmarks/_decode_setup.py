@@ -162,30 +162,15 @@ def kv_bytes_read(model: nn.Module, batch: int, context: float, itemsize: int) -
     return 2.0 * c.n_layers * batch * c.n_kv_heads * context * c.head_dim * itemsize
 
 
-def roofline_step(model: nn.Module, batch: int, context: float, gemv_gbs: float) -> tuple[float, float]:
-    """(bytes, seconds) of the ideal decode step: the weights and the K/V at ``context`` tokens, read once at
-    ``gemv_gbs`` (the probe's batch-1 GEMV bandwidth for the model's dtype)."""
+def roofline_bytes(model: nn.Module, batch: int, context: float) -> float:
+    """Bytes the ideal decode step reads: the weights and the K/V at ``context`` tokens, once each."""
     item = torch.empty((), dtype=next(model.parameters()).dtype).element_size()
-    step_bytes = weight_bytes(model) + kv_bytes_read(model, batch, context, item)
-    return step_bytes, step_bytes / (gemv_gbs * 1e9)
-
-
-@dataclass
-class Ceiling:
-    """The decode roofline's denominator: the probe's fastest batch-1 GEMV for one dtype
-    (:func:`mlcore.bench.probe.fastest_gemv`), kept so it can be timed again beside each measured step."""
-
-    gbs: float  # measured when the topic started
-    kernel: Any  # mlcore.bench.probe.GemvKernel: .fn() runs it, .weight_bytes it reads, .name
-
-    def rounds_gbs(self, seconds: list[float]) -> list[float]:
-        """GB/s of each round's timing of :attr:`kernel`."""
-        return [self.kernel.weight_bytes / max(t, 1e-12) / 1e9 for t in seconds]
+    return weight_bytes(model) + kv_bytes_read(model, batch, context, item)
 
 
 def paired_roofline(step_bytes: float, steps: list[float], ceiling_gbs: list[float]) -> tuple[float, float]:
-    """(median fraction, median GB/s): per round, the ideal step (``step_bytes`` at that round's GEMV bandwidth)
-    over the measured step. Pairing the two within a round keeps a VM's drifting speed out of the fraction."""
+    """(median fraction, median GB/s): per round, the ideal step (``step_bytes`` at that round's bandwidth of the
+    probe's fastest GEMV, ``mlcore.bench.probe.GemvKernel``) over the measured step. Pairing the two within a round keeps a VM's drifting speed out of the fraction."""
     fracs = [step_bytes / (gbs * 1e9) / max(t, 1e-12) for t, gbs in zip(steps, ceiling_gbs)]
     return statistics.median(fracs), statistics.median(ceiling_gbs)
 

@@ -46,12 +46,12 @@ from dataclasses import dataclass
 import torch
 
 from mlcore.bench import Context, Goal, Plot, Result, Table
+from mlcore.bench.probe import GemvKernel, _buffer_bytes, fastest_gemv
 
 from ._decode_compiled import compiled_rows
 from ._decode_setup import (
     CACHE_KINDS,
     DTYPES,
-    Ceiling,
     Pair,
     build_models,
     cache_missing,
@@ -63,7 +63,7 @@ from ._decode_setup import (
     paired_difference,
     paired_roofline,
     prompts,
-    roofline_step,
+    roofline_bytes,
     to_timing,
 )
 
@@ -141,7 +141,7 @@ def _goals(ctx: Context, key: str, dtype: str, kind: str, batch: int) -> list[Go
 
 
 def _headline(ctx: Context, s: Settings, pair: Pair, tokenizer, batch: int,
-              ceilings: dict[str, Ceiling]) -> Iterator[Result]:
+              ceilings: dict[str, GemvKernel]) -> Iterator[Result]:
     """Prefill and decode rows of one model, dtype and batch: every available mlcore cache vs HF generate."""
     from mlcore.inference import generate
 
@@ -169,17 +169,17 @@ def _headline(ctx: Context, s: Settings, pair: Pair, tokenizer, batch: int,
         outputs = {name: call(N) for name, call in calls.items()}  # the tokens, and a warm-up of each path
     reference = outputs["hf dynamic"]
     ceiling = ceilings[pair.dtype]
-    fns = {"ceiling": ceiling.kernel.fn}  # the roofline's GEMV, timed in the same rounds
+    fns = {"ceiling": ceiling.fn}  # the roofline's GEMV, timed in the same rounds
     for name, call in calls.items():
         fns[f"{name}|full"] = lambda call=call: call(N)
         fns[f"{name}|first"] = lambda call=call: call(1)
     per = interleaved(fns, device=dev, rounds=s.rounds, warm=False)  # warmed up above
-    ceiling_gbs = ceiling.rounds_gbs(per["ceiling"])
+    ceiling_gbs = [ceiling.gbs(t) for t in per["ceiling"]]
     rounds = {name: [a - b for a, b in zip(per[f"{name}|full"], per[f"{name}|first"])] for name in calls}
     decode = {name: paired_difference(per[f"{name}|full"], per[f"{name}|first"]) for name in calls}
     first = {name: to_timing(per[f"{name}|first"]) for name in calls}
 
-    step_bytes, _ = roofline_step(pair.mlcore, batch, P + N / 2, ceiling.gbs)
+    step_bytes = roofline_bytes(pair.mlcore, batch, P + N / 2)
     hf_step = decode["hf dynamic"].median / (N - 1)
     hf_frac, gemv = paired_roofline(step_bytes, [r / (N - 1) for r in rounds["hf dynamic"]], ceiling_gbs)
     for kind in kinds:
@@ -199,7 +199,7 @@ def _headline(ctx: Context, s: Settings, pair: Pair, tokenizer, batch: int,
             "twin_frac_roofline": round(hf_frac, 3),
             "roofline_bytes_per_step": int(step_bytes),
             "gemv_gbs": round(gemv, 2),
-            "gemv_kernel": ceiling.kernel.name,
+            "gemv_kernel": ceiling.name,
             "valid": valid,
             "first_diff_column": diff,
             "paired_speedup": round(paired, 3),
@@ -331,13 +331,11 @@ def _memory(ctx: Context, s: Settings) -> Iterator[Result]:
                      str(ctx.device), "float32", formula / mib, 0.0, unit="MiB")
 
 
-def _gemv_ceilings(ctx: Context, dtypes: tuple[str, ...]) -> dict[str, Ceiling]:
+def _gemv_ceilings(ctx: Context, dtypes: tuple[str, ...]) -> dict[str, GemvKernel]:
     """The probe's fastest batch-1 GEMV per dtype, measured again at this topic's thread count (the probe's own
     routine), and kept: every decode row times it again in its own rounds (see ``paired_roofline``)."""
-    from mlcore.bench.probe import _buffer_bytes, fastest_gemv
-
     nbytes = _buffer_bytes(ctx.probe, ctx.quick)
-    return {name: Ceiling(*fastest_gemv(ctx.device, DTYPES[name], nbytes, ctx.quick)) for name in dtypes}
+    return {name: fastest_gemv(ctx.device, DTYPES[name], nbytes, ctx.quick)[1] for name in dtypes}
 
 
 def run(ctx: Context) -> Iterator[Result]:

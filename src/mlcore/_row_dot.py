@@ -24,7 +24,7 @@ bfloat16 one rounding of the float32 sum, as oneDNN does.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -66,13 +66,14 @@ class RowDotLinear:
     """Several linear layers that read the same input, called as one: ``x -> [x W_1^T + b_1 | x W_2^T + b_2 | ...]``.
 
     In a traced single-row CPU step each layer is a :func:`row_dot_linear` (no stacked copy of the weights is
-    needed: inductor reads each layer's own, frozen, weight); otherwise ``fallback`` (a stacked copy's call) or
+    needed: inductor reads each layer's own weight); otherwise ``fallback`` (a stacked copy's call) or
     one ``F.linear`` per layer, concatenated.
     """
 
     __slots__ = ("weights", "biases", "fallback")
 
-    def __init__(self, weights: Sequence[Tensor], biases: Sequence[Tensor | None], fallback=None) -> None:
+    def __init__(self, weights: Sequence[Tensor], biases: Sequence[Tensor | None],
+                 fallback: Callable[[Tensor], Tensor] | None = None) -> None:
         self.weights, self.biases, self.fallback = list(weights), list(biases), fallback
 
     def __call__(self, x: Tensor) -> Tensor:

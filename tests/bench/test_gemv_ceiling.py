@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from benchmarks._decode_setup import Ceiling, paired_roofline
-from mlcore.bench.probe import fastest_gemv, gemv_kernels
+from benchmarks._decode_setup import paired_roofline
+from mlcore.bench.probe import GemvKernel, fastest_gemv, gemv_kernels
 
 
 @pytest.mark.slow
@@ -26,7 +26,5 @@ def test_paired_roofline_divides_each_round_by_its_own_ceiling():
 
 
 def test_ceiling_turns_kernel_timings_into_bandwidth():
-    class Kernel:
-        weight_bytes = 2_000_000_000
-
-    assert Ceiling(10.0, Kernel()).rounds_gbs([0.1, 0.2]) == pytest.approx([20.0, 10.0])
+    kernel = GemvKernel("any", lambda: None, 2_000_000_000)
+    assert [kernel.gbs(t) for t in (0.1, 0.2)] == pytest.approx([20.0, 10.0])

@@ -134,6 +134,10 @@ class GemvKernel:
     fn: Callable[[], object]
     weight_bytes: int
 
+    def gbs(self, seconds: float) -> float:
+        """Weight-read bandwidth (GB/s) of one call that took ``seconds``."""
+        return self.weight_bytes / max(seconds, 1e-12) / 1e9
+
 
 def gemv_kernels(device: torch.device, dtype: torch.dtype, nbytes: int) -> Iterator[GemvKernel]:
     """The GEMV candidates for ``dtype`` on ``device`` (see the module docstring), each with a weight of about
@@ -167,11 +171,7 @@ def fastest_gemv(device: torch.device, dtype: torch.dtype, nbytes: int, quick: b
         if best is None or seconds < best[0]:
             best = (seconds, kernel)
     assert best is not None  # the two plain layouts always exist
-    return best[1].weight_bytes / best[0] / 1e9, best[1]
-
-
-def _gemv_gbs(device: torch.device, dtype: torch.dtype, nbytes: int, quick: bool) -> float:
-    return fastest_gemv(device, dtype, nbytes, quick)[0]
+    return best[1].gbs(best[0]), best[1]
 
 
 def _compiled_row_dots(x: torch.Tensor, weight: torch.Tensor) -> Callable[[], object] | None:
@@ -210,6 +210,6 @@ def probe_machine(device: torch.device | str = "cpu", *, quick: bool = True) -> 
     probe.read_gbs, probe.copy_gbs = _bandwidths(device, nbytes, quick)
     dtypes = ["float32", "bfloat16"] + (["float16"] if device.type == "cuda" else [])
     for name in dtypes:
-        probe.gemv_gbs[name] = _gemv_gbs(device, _DTYPES[name], nbytes, quick)
+        probe.gemv_gbs[name] = fastest_gemv(device, _DTYPES[name], nbytes, quick)[0]
         probe.matmul_flops[name] = _matmul_flops(device, _DTYPES[name], quick)
     return probe
