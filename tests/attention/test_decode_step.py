@@ -49,3 +49,24 @@ def test_a_padding_query_in_a_step_still_gives_zeros() -> None:
         out = m(torch.randn(1, 1, 16), attention_mask=torch.zeros(1, 4, dtype=torch.long), cache=cache)
     assert torch.isfinite(out).all()
     torch.testing.assert_close(out, m.o_proj.bias.expand_as(out))  # attention output 0, then the bias only
+
+
+@pytest.mark.parametrize("H,Hkv", [(4, 4), (8, 2), (6, 1)], ids=["mha", "gqa", "mqa"])
+@pytest.mark.parametrize("mask_shape", [None, "shared", "per-row", "per-head"])
+def test_single_query_attention_matches_torch_sdpa(H: int, Hkv: int, mask_shape: str | None) -> None:
+    """The compiled CPU step's attention (two batched matmuls) against torch's SDPA, GQA expanded by torch."""
+    from mlcore.attention.naive import single_query_attention
+
+    g = torch.Generator().manual_seed(7)
+    B, Tk, D, Dv = 3, 11, 16, 12
+    q, k, v = (torch.randn(B, H, 1, D, generator=g), torch.randn(B, Hkv, Tk, D, generator=g),
+               torch.randn(B, Hkv, Tk, Dv, generator=g))
+    shape = {None: None, "shared": (1, 1, 1, Tk), "per-row": (B, 1, 1, Tk), "per-head": (B, H, 1, Tk)}[mask_shape]
+    mask = None
+    if shape is not None:  # additive: random biases (ALiBi-like) with some keys hidden, never a row's last key
+        mask = torch.randn(shape, generator=g)
+        mask[..., :-1] = mask[..., :-1].masked_fill(torch.rand(shape[:-1] + (Tk - 1,), generator=g) < 0.3,
+                                                    float("-inf"))
+    ref = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=H != Hkv)
+    torch.testing.assert_close(single_query_attention(q, k, v, mask), ref, atol=1e-6, rtol=1e-5)
+

@@ -410,3 +410,21 @@ def test_steps_without_the_guard_skipping_stance_give_the_same_tokens(monkeypatc
     monkeypatch.setattr(compiled, "_can_skip_guards", lambda: False)
     assert torch.equal(generate(model, ids, max_new_tokens=6, compile=True), fast)
     assert torch.equal(fast, generate(model, ids, max_new_tokens=6))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kw", [dict(n_kv_heads=1, position="rope"), dict(n_heads=4, position="alibi"),
+                                dict(position="rope", sliding_window=3), dict(position="learned")],
+                         ids=["mqa-rope", "alibi", "window", "learned"])
+def test_compiled_step_logits_equal_the_full_forward(kw):
+    """Every compiled step's logits (attention through naive.single_query_attention inside the CPU graph, the
+    graph called directly after the first step) against one forward over the whole sequence without a cache."""
+    model = Transformer(_config(n_layers=2, **kw)).eval()
+    ids = torch.randint(0, 64, (1, 11), generator=torch.Generator().manual_seed(9))
+    decoder = CompiledDecoder(model, batch=1, max_len=16)
+    with torch.no_grad():
+        full = model(ids)  # (1, 11, V)
+        model(ids[:, :4], cache=decoder.start())
+        steps = [decoder.step(ids[:, t: t + 1], torch.full((1, 1), t)) for t in range(4, 11)]
+    assert decoder._direct is not None  # steps after the first ran the captured graph
+    torch.testing.assert_close(torch.cat(steps, dim=1), full[:, 4:], atol=1e-4, rtol=1e-4)

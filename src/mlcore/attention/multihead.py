@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from .fused_linear import LinearFusion
 from .inputs import AttentionInputs
 from .kv_cache import check_cache
-from .naive import scaled_dot_product_attention
+from .naive import scaled_dot_product_attention, single_query_attention
 
 __all__ = ["MultiHeadAttention"]
 
@@ -246,8 +246,11 @@ class MultiHeadAttention(nn.Module):
 
         if fused_step:  # in float32 like the written-out kernel (half inputs are upcast, the output rounded once)
             f32 = [t if t.dtype == torch.float32 else t.float() for t in (q, k, v)]
-            out = F.scaled_dot_product_attention(*f32, attn_mask=mask, is_causal=is_causal,
-                                                 enable_gqa=self.n_kv_heads != self.n_heads)
+            if torch.compiler.is_compiling() and q.device.type == "cpu" and not is_causal:
+                out = single_query_attention(*f32, mask)  # cheaper than SDPA's call in a CPU graph (docstring)
+            else:
+                out = F.scaled_dot_product_attention(*f32, attn_mask=mask, is_causal=is_causal,
+                                                     enable_gqa=self.n_kv_heads != self.n_heads)
             out = out if out.dtype == q.dtype else out.to(q.dtype)
         elif self.backend == "naive":
             res = scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal, dropout_p=p,

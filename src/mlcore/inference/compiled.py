@@ -22,6 +22,9 @@ call with a matching shape (:func:`decoder_for` keeps them per model, without to
 is rounded up to a power of two (at most the model's ``max_seq_len``), so calls with different prompt or
 output lengths share a graph; attention then reads the empty slots too, masked.
 
+After the first step of a generation (dynamo's guards checked), CPU steps call the compiled graph directly
+(:mod:`mlcore.inference.direct_graph`), without dynamo's per-call entry.
+
 On a CPU a batch-1 step computes its float32 / bfloat16 / int8 linear layers as row dot products that inductor
 generates itself (:mod:`mlcore._row_dot`: 1.4-1.7x the weight-read rate of MKL, oneDNN or torch's int8 GEMV on
 a small model's matrices); see :data:`_ROW_DOT_OPTIONS` for the two compiler settings that graph needs. A batched
@@ -54,6 +57,7 @@ from torch import Tensor, nn
 
 from mlcore._tensor_state import tensor_state_key
 from mlcore.attention import AttentionInputs
+from mlcore.inference.direct_graph import DirectCall, GraphCapture
 from mlcore.inference.static_cache import StaticCache
 
 __all__ = ["CompiledDecoder", "decoder_for", "check_compilable", "COMPILE_MODES"]
@@ -156,6 +160,13 @@ _ROW_DOT_OPTIONS = {"realize_opcount_threshold": 0}
 # cache, tokens and positions of the shapes, dtypes and device ``step`` checks. So the first step after
 # ``start()`` runs with every guard; later ones skip them (``torch.compiler.set_stance(
 # skip_guard_eval_unsafe=True)``, scoped to the call), and ``start()`` re-checks the weights for the next one.
+# Where the graph was compiled through GraphCapture (every mode but CUDA graphs), those later steps do not enter
+# dynamo at all: see inference/direct_graph.py.
+
+
+def _grad_mode() -> tuple[bool, bool]:
+    """What a compiled graph depends on beyond its inputs' metadata: grad mode and inference mode."""
+    return torch.is_grad_enabled(), torch.is_inference_mode_enabled()
 
 
 @functools.cache
@@ -217,6 +228,9 @@ class CompiledDecoder:
         self._traced = False  # the current compiled function has run (was traced) once
         self._column = torch.zeros(1, dtype=torch.long, device=self.device)
         self._guarded = False  # a step since start() ran with dynamo's guards checked
+        self._capture: GraphCapture | None = None  # the backend that keeps the graph dynamo ran (not on CUDA graphs)
+        self._direct: DirectCall | None = None  # the graph and its inputs for steps after the guarded one
+        self._guarded_mode = _grad_mode()  # (grad, inference) of that guarded step
         self.steps = 0  # compiled steps run (all calls)
         self.compiles = 0  # compiled functions made (more than one: frozen weights that changed)
 
@@ -240,7 +254,11 @@ class CompiledDecoder:
         anew (frozen weights that changed), and many decoders never reach dynamo's recompile limit (past
         which it would run the step eagerly)."""
         step = types.FunctionType(_decode_step.__code__.replace(), _decode_step.__globals__, "_decode_step")
-        return torch.compile(step, mode=self.mode, fullgraph=True, dynamic=False)
+        if self.cudagraphs:  # the CUDA graph is replayed with one launch already: dynamo's entry stays
+            self._capture = None
+            return torch.compile(step, mode=self.mode, fullgraph=True, dynamic=False)
+        self._capture = GraphCapture(self.mode)  # see mlcore/inference/direct_graph.py
+        return torch.compile(step, backend=self._capture, fullgraph=True, dynamic=False)
 
     def _call(self, *args: object) -> Tensor:
         """Run the compiled step; its first call traces and compiles it under :data:`_INDUCTOR_OPTIONS`, with
@@ -256,6 +274,17 @@ class CompiledDecoder:
             out = fn(*args)
         self._traced = True
         return out
+
+    def _plan(self, token: Tensor, positions: Tensor) -> DirectCall | None:
+        """After a guarded step: the graph it ran with its inputs, for direct calls until the next start()."""
+        if self._capture is None:
+            return None
+        model = self.model
+        persistent = [*model.parameters(), *model.buffers(), *self.cache.keys.values(), *self.cache.values.values(),
+                      self._column]
+        if self.cache.index is not None:
+            persistent.append(self.cache.index)
+        return self._capture.plan(token, positions, persistent)
 
     @property
     def model(self) -> nn.Module:
@@ -280,6 +309,7 @@ class CompiledDecoder:
         self._compiled()
         self.cache.reset()
         self._guarded = False
+        self._direct = None
         return self.cache
 
     def step(self, token: Tensor, positions: Tensor) -> Tensor:
@@ -297,13 +327,21 @@ class CompiledDecoder:
         self._column.fill_(length)  # a write into the same tensor: the graph's inputs keep their identity
         if self.cudagraphs:
             torch.compiler.cudagraph_mark_step_begin()
+        # After the first step since start() (every guard checked), later steps under the same grad mode skip
+        # the guards (_GUARDS_ONCE) or, better, dynamo altogether (direct_graph.py); another grad mode is
+        # another graph: those steps go through dynamo with their guards.
+        same_mode = self._guarded and _grad_mode() == self._guarded_mode
         try:
-            if self._guarded:  # see _GUARDS_ONCE
+            if same_mode and self._direct is not None:
+                logits = self._direct.call(token, positions)
+            elif same_mode:
                 with _without_guards():
                     logits = self._call(self.model, self.cache, token, self._column, positions)
             else:
                 logits = self._call(self.model, self.cache, token, self._column, positions)
-                self._guarded = True
+                if not self._guarded:
+                    self._guarded, self._guarded_mode = True, _grad_mode()
+                    self._direct = self._plan(token, positions)
         except Exception as exc:
             if isinstance(exc, _compile_errors()):  # the step could not be traced: say what to do instead
                 raise RuntimeError(f"torch.compile could not compile this model's decode step "
