@@ -280,6 +280,10 @@ def test_weight_only_quantized_models_compile_to_the_same_tokens(scheme):
     kernels = {m.last_kernel for m in qmodel.modules() if hasattr(m, "last_kernel")}
     assert kernels == {f"{scheme}pack"}  # the eager run used the packed kernel the graph must trace too
     assert torch.equal(generate(qmodel, ids, attention_mask=mask, max_new_tokens=NEW, compile=True), eager)
+    single = ids[:1, -4:]  # one row: the stacked copies' buffers are graph inputs the direct plan must know
+    assert torch.equal(generate(qmodel, single, max_new_tokens=NEW, compile=True),
+                       generate(qmodel, single, max_new_tokens=NEW))
+    assert decoder_for(qmodel, batch=1, needed=4 + NEW, mode="default")._direct is not None
     seen = set()
     for m in qmodel.modules():
         if hasattr(m, "last_kernel"):

@@ -119,6 +119,16 @@ class LinearFusion:
         """Drop the stacked weight (it is rebuilt on the next eligible call)."""
         self._key, self._refs, self._fn = None, [], None
 
+    def tensors(self) -> list[Tensor]:
+        """The tensors of the current copy, which a traced graph may read as inputs (the copy is rebuilt only
+        by an eager call, so they keep their identity between a compiled model's decode steps)."""
+        fn = self._fn
+        if isinstance(fn, nn.Module):
+            return [*fn.parameters(), *fn.buffers()]
+        if isinstance(fn, (_LinearCall, _OneDnnBf16Call)):
+            return [t for t in (fn.weight, fn.bias) if t is not None]
+        return []
+
     def run_layer(self, layer: nn.Module, x: Tensor, owner_training: bool) -> Tensor:
         """``layer(x)`` for a single layer, through its faster-layout copy when one exists (else the layer)."""
         fast = self((layer,), owner_training)

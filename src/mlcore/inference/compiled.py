@@ -57,6 +57,7 @@ from torch import Tensor, nn
 
 from mlcore._tensor_state import tensor_state_key
 from mlcore.attention import AttentionInputs
+from mlcore.attention.fused_linear import LinearFusion
 from mlcore.inference.direct_graph import DirectCall, GraphCapture
 from mlcore.inference.static_cache import StaticCache
 
@@ -284,6 +285,8 @@ class CompiledDecoder:
                       self._column]
         if self.cache.index is not None:
             persistent.append(self.cache.index)
+        for module in model.modules():  # stacked copies (q | k | v, gate | up) a traced layer reads instead
+            persistent += [t for v in vars(module).values() if isinstance(v, LinearFusion) for t in v.tensors()]
         return self._capture.plan(token, positions, persistent)
 
     @property
