@@ -254,9 +254,16 @@ def weight_error(original: Mapping[str, Tensor], model: nn.Module,
 # ---------------------------------------------------------------------------------------------- kernels
 
 
-def kernel_summary(model: nn.Module) -> str:
+# what a batch-1 compiled CPU step runs instead of a path (mlcore._row_dot: float and int8 layers become
+# row dot products that inductor generates; int4 keeps torch's kernel)
+_ROW_DOT_PATHS = {"fp": "fp row dots", "int8pack": "int8 row dots"}
+
+
+def kernel_summary(model: nn.Module, *, compiled_single_row: bool = False) -> str:
     """Which matmul path the model's linears run, e.g. ``"int8pack x28, fp x1"`` (``QuantizedLinear.last_kernel``,
-    the path its latest forward took, else ``.kernel``; ``llm.int8`` for Int8MixedLinear, ``fp`` for nn.Linear)."""
+    the path its latest forward took, else ``.kernel``; ``llm.int8`` for Int8MixedLinear, ``fp`` for nn.Linear).
+    ``compiled_single_row``: the paths of a batch-1 compiled CPU decode step (``"int8 row dots x28, fp row dots
+    x1"``)."""
     counts: Counter[str] = Counter()
     for m in model.modules():
         if isinstance(m, QuantizedLinear):
@@ -265,6 +272,8 @@ def kernel_summary(model: nn.Module) -> str:
             counts["llm.int8"] += 1
         elif type(m) is nn.Linear:
             counts["fp"] += 1
+    if compiled_single_row:
+        counts = Counter({_ROW_DOT_PATHS.get(k, k): v for k, v in counts.items()})
     return ", ".join(f"{k} x{v}" for k, v in counts.most_common())
 
 

@@ -129,6 +129,8 @@ def test_kernel_summary_names_the_path_each_layer_takes():
     expected = "int8pack" if all(m.kernel == "int8pack" for m in model.modules() if isinstance(m, QuantizedLinear)) \
         else "dequant"
     assert qh.kernel_summary(model) == f"{expected} x{n}, fp x1"
+    row_dots = "int8 row dots" if expected == "int8pack" else expected
+    assert qh.kernel_summary(model, compiled_single_row=True) == f"{row_dots} x{n}, fp row dots x1"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         mixed = quantize_like_bnb(_tiny_model(), "llm_int8")
