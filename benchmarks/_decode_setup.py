@@ -170,7 +170,8 @@ def roofline_bytes(model: nn.Module, batch: int, context: float) -> float:
 
 def paired_roofline(step_bytes: float, steps: list[float], ceiling_gbs: list[float]) -> tuple[float, float]:
     """(median fraction, median GB/s): per round, the ideal step (``step_bytes`` at that round's bandwidth of the
-    probe's fastest GEMV, ``mlcore.bench.probe.GemvKernel``) over the measured step. Pairing the two within a round keeps a VM's drifting speed out of the fraction."""
+    probe's fastest GEMV, ``mlcore.bench.probe.GemvKernel``) over the measured step. Pairing the two within a
+    round keeps a VM's drifting speed out of the fraction."""
     fracs = [step_bytes / (gbs * 1e9) / max(t, 1e-12) for t, gbs in zip(steps, ceiling_gbs)]
     return statistics.median(fracs), statistics.median(ceiling_gbs)
 

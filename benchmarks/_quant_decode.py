@@ -149,8 +149,8 @@ def _decode_variant(ctx: Context, label: str, weights: str, model: nn.Module, tw
     if "hf" in out:
         agree = round(float((out["hf"][0, -n_new:] == out["mlcore"][0, -n_new:]).float().mean()), 3)
     row_dots = compiled and ctx.device.type == "cpu" and prompt.shape[0] == 1
-    extra = {"kernel": qh.kernel_summary(model, compiled_single_row=row_dots), "speedup_vs_fp32": round(rate / (fp32_rate or rate), 3),
-             "vs": twin_name, "agree": agree, "weights_mb": round(qh.tensor_bytes(model) / 1e6, 2)}
+    extra = {"kernel": qh.kernel_summary(model, compiled_single_row=row_dots),
+             "speedup_vs_fp32": round(rate / (fp32_rate or rate), 3), "vs": twin_name, "agree": agree, "weights_mb": round(qh.tensor_bytes(model) / 1e6, 2)}
     g = None
     if goal and weights == "int8" and ctx.device.type == "cpu" and compiled:
         # the goal compares like with like: both compiled (the eager pair is reported beside it)

@@ -46,7 +46,7 @@ class DirectCall:
         self.token_slots, self.position_slots = token_slots, position_slots
 
     def call(self, token: Tensor, positions: Tensor) -> Tensor:
-        args = list(self.inputs)  # the graph's wrapper empties the list it is given
+        args = self.inputs  # our own list: the graph receives the values unpacked
         for i in self.token_slots:
             args[i] = token
         for i in self.position_slots:
