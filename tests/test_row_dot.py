@@ -12,7 +12,14 @@ import torch
 import torch.nn.functional as F
 from torch._inductor.utils import run_and_get_code
 
-from mlcore._row_dot import RowDotLinear, row_dot_linear, use_row_dots
+from mlcore._row_dot import (
+    RowDotLinear,
+    row_dot_linear,
+    tile_rows,
+    tiled_row_dot_linear,
+    tiled_weight,
+    use_row_dots,
+)
 
 _LIBRARY_MATMULS = ("extern_kernels.mm", "extern_kernels.addmm", "aten.mm", "aten.addmm", "mkl_linear",
                     "_linear_pointwise")
@@ -89,3 +96,46 @@ def test_int8_codes_with_row_scales_equal_torchs_int8_kernel(dtype):
     reference = torch.ops.aten._weight_int8pack_mm(x, codes, scales)
     tol = {"atol": 1e-5, "rtol": 1e-5} if dtype == torch.float32 else {"atol": 1e-3, "rtol": 2**-7}
     torch.testing.assert_close(row_dot_linear(x, codes, scales=scales), reference, **tol)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_tiled_weight_holds_each_tile_of_rows_column_by_column(dtype):
+    r = tile_rows(dtype)
+    assert r * dtype.itemsize == 64  # one cache line of a column per tile row
+    w = torch.randn(3 * r, 40).to(dtype)
+    tiles = tiled_weight(w)
+    assert tiles.shape == (3, 40, r) and tiles.is_contiguous()
+    for t in range(3):
+        assert torch.equal(tiles[t], w[t * r:(t + 1) * r].t())
+    assert tiled_weight(torch.randn(r + 1, 40).to(dtype)) is None  # rows not a multiple of a tile
+    assert tiled_weight(torch.randn(r, 40, dtype=torch.float64)) is None
+    assert tiled_weight(torch.randint(-5, 5, (r, 40), dtype=torch.int8)) is None
+
+
+@pytest.mark.parametrize("shape", [(40,), (1, 40), (1, 1, 40)])
+@pytest.mark.parametrize("bias", [False, True])
+def test_tiled_row_dot_linear_equals_f_linear_in_float32(shape, bias):
+    gen = torch.Generator().manual_seed(3)
+    w, b = torch.randn(32, 40, generator=gen), torch.randn(32, generator=gen)
+    x = torch.randn(*shape, generator=gen)
+    out = tiled_row_dot_linear(x, tiled_weight(w), b if bias else None)
+    torch.testing.assert_close(out, F.linear(x, w, b if bias else None), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_compiled_tiled_layers_equal_f_linear_and_keep_untiled_ones_as_row_dots(dtype):
+    """RowDotLinear reads a layer's tiles where it has them and its weight where not; no library matmul."""
+    gen = torch.Generator().manual_seed(4)
+    r = tile_rows(dtype)
+    w1, w2 = torch.randn(2 * r, 40, generator=gen).to(dtype), torch.randn(7, 40, generator=gen).to(dtype)
+    b1 = torch.randn(2 * r, generator=gen).to(dtype)
+    layers = RowDotLinear([w1, w2], [b1, None], tiles=[tiled_weight(w1), tiled_weight(w2)])
+    compiled = torch.compile(lambda x: layers(x), dynamic=False, fullgraph=True)
+    x = torch.randn(1, 1, 40, generator=gen).to(dtype)
+    with torch.no_grad():
+        out, code = run_and_get_code(compiled, x)
+    reference = torch.cat([F.linear(x.float(), w1.float(), b1.float()), F.linear(x.float(), w2.float())], -1)
+    tol = {"atol": 1e-5, "rtol": 1e-5} if dtype == torch.float32 else {"atol": 0.05, "rtol": 2**-7}
+    torch.testing.assert_close(out.float(), reference, **tol)
+    assert not any(name in "\n".join(code) for name in _LIBRARY_MATMULS)

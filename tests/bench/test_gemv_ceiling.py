@@ -11,8 +11,12 @@ from mlcore.bench.probe import GemvKernel, fastest_gemv, gemv_kernels
 
 @pytest.mark.slow
 def test_gemv_candidates_include_the_compiled_row_dots_and_the_fastest_is_one_of_them():
-    names = [k.name for k in gemv_kernels(torch.device("cpu"), torch.float32, 1 << 20)]
-    assert names == ["row-major", "column-major", "row-dots (compiled)"]
+    kernels = list(gemv_kernels(torch.device("cpu"), torch.float32, 1 << 20))
+    names = [k.name for k in kernels]
+    assert names == ["row-major", "column-major", "row-dots (compiled)", "tiled row-dots (compiled)"]
+    with torch.no_grad():
+        results = [k.fn() for k in kernels]  # one (1, rows) output each: every weight holds the same bytes
+    assert {tuple(r.shape) for r in results} == {(1, 4096)} and {k.weight_bytes for k in kernels} == {4096 * 4096 * 4}
     gbs, kernel = fastest_gemv(torch.device("cpu"), torch.float32, 1 << 20, quick=True)
     assert kernel.name in names and kernel.weight_bytes == 4096 * 4096 * 4 and gbs > 0
 

@@ -433,3 +433,32 @@ def test_compiled_step_logits_equal_the_full_forward(kw):
         steps = [decoder.step(ids[:, t: t + 1], torch.full((1, 1), t)) for t in range(4, 11)]
     assert decoder._direct is not None  # steps after the first ran the captured graph
     torch.testing.assert_close(torch.cat(steps, dim=1), full[:, 4:], atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("d_ff", [64, 40], ids=["all-tiled", "one-untiled"])
+def test_batch1_cpu_step_reads_tiled_weights_refreshed_each_generation(d_ff):
+    """A batch-1 CPU step reads each linear layer's weight as tiles (mlcore._row_dot.tiled_weight) that the
+    prefill keeps current: an in-place edit between two generations reaches the second one. With d_ff=40 (not a
+    multiple of a tile) gate_proj and up_proj have none and stay row dots, compiled with
+    realize_opcount_threshold=0."""
+    from mlcore.attention.fused_linear import LinearFusion
+    from mlcore.inference.compiled import _tiled_everywhere
+
+    model = Transformer(_config(n_layers=2, d_ff=d_ff, tie_embeddings=False)).eval()
+    ids = torch.randint(0, 64, (1, 6), generator=torch.Generator().manual_seed(8))
+    first = generate(model, ids, max_new_tokens=6, compile=True)
+    assert torch.equal(first, generate(model, ids, max_new_tokens=6))
+    fusions = [v for m in model.modules() for v in vars(m).values() if isinstance(v, LinearFusion)]
+    tiled = sum(f.tiled_layers() for f in fusions)
+    linears = sum(type(m) is torch.nn.Linear for m in model.modules())
+    assert tiled == (linears if d_ff == 64 else linears - 4)  # gate and up (40 rows) of both layers untiled
+    assert _tiled_everywhere(model) is (d_ff == 64)
+    with torch.no_grad():
+        model.lm_head.weight.mul_(-1)  # in place: same tensor, new version
+        model.layers[0].mlp.up_proj.weight.mul_(0.5)
+    tiles = [id(t) for f in fusions for t in (f._tiles or ())]
+    second = generate(model, ids, max_new_tokens=6, compile=True)
+    assert torch.equal(second, generate(model, ids, max_new_tokens=6))
+    assert [id(t) for f in fusions for t in (f._tiles or ())] == tiles  # refilled in place: the same graph inputs
+    assert decoder_for(model, batch=1, needed=12, mode="default")._direct is not None

@@ -53,7 +53,7 @@ from torch import Tensor, nn
 from torch.nn.modules import module as _module
 
 from mlcore._onednn import onednn_bf16_available
-from mlcore._row_dot import RowDotLinear
+from mlcore._row_dot import RowDotLinear, tiled_weight
 from mlcore._tensor_state import tensor_state_key
 
 __all__ = ["LinearFusion", "decode_layout", "prepare_linear"]
@@ -114,20 +114,31 @@ class LinearFusion:
         self._key: tuple[int, ...] | None = None
         self._refs: list[Tensor | None] = []  # keeps the sources alive, so their ids stay theirs
         self._fn: Callable[[Tensor], Tensor] | None = None
+        # trace_tiles: set by a batch-1 CPU CompiledDecoder (inference/compiled.py); eager calls then also keep
+        # each plain layer's weight as mlcore._row_dot.tiled_weight tiles, which its traced step reads
+        self.trace_tiles = False
+        self._tiles: list[Tensor | None] | None = None
+        self._tiles_key: tuple[int, ...] | None = None
 
     def release(self) -> None:
-        """Drop the stacked weight (it is rebuilt on the next eligible call)."""
+        """Drop the stacked weight and the tiles (rebuilt on the next eligible call)."""
         self._key, self._refs, self._fn = None, [], None
+        self._tiles, self._tiles_key = None, None
 
     def tensors(self) -> list[Tensor]:
         """The tensors of the current copy, which a traced graph may read as inputs (the copy is rebuilt only
         by an eager call, so they keep their identity between a compiled model's decode steps)."""
+        tiles = [t for t in self._tiles or () if t is not None]
         fn = self._fn
         if isinstance(fn, nn.Module):
-            return [*fn.parameters(), *fn.buffers()]
+            return [*fn.parameters(), *fn.buffers(), *tiles]
         if isinstance(fn, (_LinearCall, _OneDnnBf16Call)):
-            return [t for t in (fn.weight, fn.bias) if t is not None]
-        return []
+            return [t for t in (fn.weight, fn.bias) if t is not None] + tiles
+        return tiles
+
+    def tiled_layers(self) -> int:
+        """How many of the group's layers hold tiles for a traced step (see ``trace_tiles``)."""
+        return sum(t is not None for t in self._tiles or ())
 
     def run_layer(self, layer: nn.Module, x: Tensor, owner_training: bool) -> Tensor:
         """``layer(x)`` for a single layer, through its faster-layout copy when one exists (else the layer)."""
@@ -157,7 +168,8 @@ class LinearFusion:
             fallback = self._fn.plain if isinstance(self._fn, _OneDnnBf16Call) else (
                 self._fn if isinstance(self._fn, (_LinearCall, nn.Module)) else None)
             if all(type(m) is nn.Linear and _plain(m) for m in modules):  # single-row CPU steps: row dots
-                return RowDotLinear([m.weight for m in modules], [m.bias for m in modules], fallback)
+                tiles = self._tiles if self._tiles is not None and len(self._tiles) == len(modules) else None
+                return RowDotLinear([m.weight for m in modules], [m.bias for m in modules], fallback, tiles)
             return fallback
         if _module._global_forward_hooks or _module._global_forward_pre_hooks:
             return None
@@ -172,7 +184,26 @@ class LinearFusion:
         if key != self._key:
             self._build(modules, srcs, linear)
             self._key = key
+        if self.trace_tiles and linear and key != self._tiles_key:
+            self._build_tiles(srcs)
+            self._tiles_key = key
         return self._fn
+
+    def _build_tiles(self, srcs: list[Tensor | None]) -> None:
+        """Each layer's weight as ``tiled_weight`` tiles for a traced batch-1 CPU step (None where it has none).
+        The step reads the weights as they were at this (eager) call: the prefill of each generation."""
+        old, self._tiles = self._tiles, None
+        if any(t is not None and t.is_inference() for t in srcs):
+            return  # no version counter: a change could not be seen
+        tiles = [tiled_weight(w) for w in srcs[0::2] if w is not None]
+        if old is not None and len(old) == len(tiles) and all(
+                (a is None and b is None) or (a is not None and b is not None and a.shape == b.shape
+                                              and a.dtype == b.dtype) for a, b in zip(old, tiles)):
+            for a, b in zip(old, tiles):  # edited weights: refill the same tensors, which a compiled graph reads
+                if a is not None:
+                    a.copy_(b)
+            tiles = old
+        self._tiles = tiles if any(t is not None for t in tiles) else None
 
     def _build(self, modules: Sequence[nn.Module], srcs: list[Tensor | None], linear: bool) -> None:
         self._refs, self._fn = srcs, None
