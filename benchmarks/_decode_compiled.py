@@ -25,9 +25,9 @@ from typing import Any
 import torch
 
 from mlcore.bench import Context, Goal, Result
-from mlcore.bench.probe import GemvKernel
 
 from ._decode_setup import (
+    GemvCeiling,
     Pair,
     first_difference,
     interleaved,
@@ -55,7 +55,7 @@ def _goal(ctx: Context, key: str, batch: int, dtype: str) -> Goal | list[Goal] |
 
 
 def compiled_rows(ctx: Context, pair: Pair, tokenizer: Any, batch: int, *, prompt: int, new: int,
-                  rounds: int, ceiling: GemvKernel | None = None) -> Iterator[Result]:
+                  rounds: int, ceiling: GemvCeiling | None = None) -> Iterator[Result]:
     """One decode row: mlcore StaticCache + torch.compile vs transformers' generate (and mlcore eager static)."""
     from mlcore.inference import generate
     from mlcore.inference.hf import hf_generate
@@ -83,7 +83,7 @@ def compiled_rows(ctx: Context, pair: Pair, tokenizer: Any, batch: int, *, promp
             torch.cuda.synchronize()
         compile_s = time.perf_counter() - start
         outputs = {k: call(N) for k, call in calls.items()}
-    fns = {} if ceiling is None else {"ceiling": ceiling.fn}  # the roofline's GEMV, in the same rounds
+    fns = {} if ceiling is None else ceiling.fns()  # the roofline's GEMV candidates, in the same rounds
     for k, call in calls.items():
         fns[f"{k}|full"] = lambda call=call: call(N)
         fns[f"{k}|first"] = lambda call=call: call(1)
@@ -110,11 +110,11 @@ def compiled_rows(ctx: Context, pair: Pair, tokenizer: Any, batch: int, *, promp
     }
     if ceiling is not None:  # the eager rows' roofline (decode.py): per round, the ideal step over the measured one
         step_bytes = roofline_bytes(pair.mlcore, batch, P + N / 2)
-        gbs = [ceiling.gbs(t) for t in per["ceiling"]]
+        gbs, ceiling_name = ceiling.per_round(per)
         frac, median_gbs = paired_roofline(step_bytes, [r / (N - 1) for r in rounds_s["compiled"]], gbs)
         eager_frac, _ = paired_roofline(step_bytes, [r / (N - 1) for r in rounds_s["eager"]], gbs)
         extra.update(frac_roofline=round(frac, 3), eager_frac_roofline=round(eager_frac, 3),
-                     gemv_gbs=round(median_gbs, 2), gemv_kernel=ceiling.name)
+                     gemv_gbs=round(median_gbs, 2), gemv_kernel=ceiling_name)
     yield Result.from_timing("decode", name, params, device=dev, dtype=pair.dtype, timing=decode["compiled"],
                              twin=TWIN, twin_timing=decode["hf"], work=batch * (N - 1), unit="tokens/s",
                              extra=extra, goal=_goal(ctx, pair.key, batch, pair.dtype))

@@ -24,6 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from mlcore.bench import Timing, time_fn
+from mlcore.bench.probe import GemvKernel
 
 CACHE_KINDS = ("static", "dynamic", "paged", "sliding", "int8")
 _CACHE_MODULES = {"paged": "paged_cache", "sliding": "sliding_cache", "int8": "quantized_cache"}
@@ -166,6 +167,25 @@ def roofline_bytes(model: nn.Module, batch: int, context: float) -> float:
     """Bytes the ideal decode step reads: the weights and the K/V at ``context`` tokens, once each."""
     item = torch.empty((), dtype=next(model.parameters()).dtype).element_size()
     return weight_bytes(model) + kv_bytes_read(model, batch, context, item)
+
+
+@dataclass
+class GemvCeiling:
+    """Every batch-1 GEMV candidate of the probe (``mlcore.bench.probe.gemv_kernels``) for one dtype, timed in
+    each round beside the steps; a round's ceiling is the fastest of them *in that round*, so neither a drifting
+    VM nor a candidate that happened to lose the probe's one-off comparison can leave a faster kernel out."""
+
+    kernels: list[GemvKernel]
+
+    def fns(self) -> dict[str, Callable[[], Any]]:
+        return {f"ceiling|{k.name}": k.fn for k in self.kernels}
+
+    def per_round(self, per: dict[str, list[float]]) -> tuple[list[float], str]:
+        """(GB/s of the fastest candidate in each round, the name of the one fastest most often)."""
+        rates = {k.name: [k.gbs(t) for t in per[f"ceiling|{k.name}"]] for k in self.kernels}
+        rounds = len(next(iter(rates.values())))
+        winners = [max(rates, key=lambda name, r=r: rates[name][r]) for r in range(rounds)]
+        return [rates[w][r] for r, w in enumerate(winners)], max(set(winners), key=winners.count)
 
 
 def paired_roofline(step_bytes: float, steps: list[float], ceiling_gbs: list[float]) -> tuple[float, float]:

@@ -12,10 +12,11 @@ batch, every call continues the same prompt greedily; the benchmark **asserts to
   decode time (measured seconds apart, so robust to a shared machine's load drifting between rounds); the
   speed-up goals use it, and count only rows whose tokens equal the twin's. ``frac_roofline``: the decode
   roofline, (weight bytes + K/V bytes read per step) / the probe's batch-1 GEMV bandwidth for this dtype, divided
-  by the measured step time. The probe's fastest GEMV kernel (``gemv_kernel``: the faster library layout or the
-  compiled row dots of ``mlcore._row_dot``) is picked when the topic starts and then timed again in every round
-  beside the steps; the fraction is the median of the per-round fractions (``gemv_gbs``: the median ceiling), so
-  a VM whose speed drifts by 1.5x between the probe and a row no longer moves the fraction with it.
+  by the measured step time. Every GEMV candidate of the probe (library layouts, the compiled row dots of
+  ``mlcore._row_dot`` on the plain and the tiled weight) is timed in every round beside the steps, and a round's
+  ceiling is the fastest of them in that round (``gemv_kernel``: the one fastest most often); the fraction is the
+  median of the per-round fractions (``gemv_gbs``: the median ceiling), so a VM whose speed drifts by 1.5x
+  between the probe and a row does not move the fraction with it.
 - ``task=prefill``: prompt tokens/s of t(generate 1) (time to first token: prefill + one argmax).
 - ``task=context``: time per generated token at context T without a cache (``generate_no_cache``: the whole
   prefix again, O(T) matmul work per token and O(T^2) attention) against one StaticCache decode step.
@@ -46,12 +47,13 @@ from dataclasses import dataclass
 import torch
 
 from mlcore.bench import Context, Goal, Plot, Result, Table
-from mlcore.bench.probe import GemvKernel, _buffer_bytes, fastest_gemv
+from mlcore.bench.probe import _buffer_bytes, gemv_kernels
 
 from ._decode_compiled import compiled_rows
 from ._decode_setup import (
     CACHE_KINDS,
     DTYPES,
+    GemvCeiling,
     Pair,
     build_models,
     cache_missing,
@@ -141,7 +143,7 @@ def _goals(ctx: Context, key: str, dtype: str, kind: str, batch: int) -> list[Go
 
 
 def _headline(ctx: Context, s: Settings, pair: Pair, tokenizer, batch: int,
-              ceilings: dict[str, GemvKernel]) -> Iterator[Result]:
+              ceilings: dict[str, GemvCeiling]) -> Iterator[Result]:
     """Prefill and decode rows of one model, dtype and batch: every available mlcore cache vs HF generate."""
     from mlcore.inference import generate
 
@@ -169,12 +171,12 @@ def _headline(ctx: Context, s: Settings, pair: Pair, tokenizer, batch: int,
         outputs = {name: call(N) for name, call in calls.items()}  # the tokens, and a warm-up of each path
     reference = outputs["hf dynamic"]
     ceiling = ceilings[pair.dtype]
-    fns = {"ceiling": ceiling.fn}  # the roofline's GEMV, timed in the same rounds
+    fns = ceiling.fns()  # the roofline's GEMV candidates, timed in the same rounds
     for name, call in calls.items():
         fns[f"{name}|full"] = lambda call=call: call(N)
         fns[f"{name}|first"] = lambda call=call: call(1)
     per = interleaved(fns, device=dev, rounds=s.rounds, warm=False)  # warmed up above
-    ceiling_gbs = [ceiling.gbs(t) for t in per["ceiling"]]
+    ceiling_gbs, ceiling_name = ceiling.per_round(per)
     rounds = {name: [a - b for a, b in zip(per[f"{name}|full"], per[f"{name}|first"])] for name in calls}
     decode = {name: paired_difference(per[f"{name}|full"], per[f"{name}|first"]) for name in calls}
     first = {name: to_timing(per[f"{name}|first"]) for name in calls}
@@ -199,7 +201,7 @@ def _headline(ctx: Context, s: Settings, pair: Pair, tokenizer, batch: int,
             "twin_frac_roofline": round(hf_frac, 3),
             "roofline_bytes_per_step": int(step_bytes),
             "gemv_gbs": round(gemv, 2),
-            "gemv_kernel": ceiling.name,
+            "gemv_kernel": ceiling_name,
             "valid": valid,
             "first_diff_column": diff,
             "paired_speedup": round(paired, 3),
@@ -331,11 +333,11 @@ def _memory(ctx: Context, s: Settings) -> Iterator[Result]:
                      str(ctx.device), "float32", formula / mib, 0.0, unit="MiB")
 
 
-def _gemv_ceilings(ctx: Context, dtypes: tuple[str, ...]) -> dict[str, GemvKernel]:
-    """The probe's fastest batch-1 GEMV per dtype, measured again at this topic's thread count (the probe's own
-    routine), and kept: every decode row times it again in its own rounds (see ``paired_roofline``)."""
+def _gemv_ceilings(ctx: Context, dtypes: tuple[str, ...]) -> dict[str, GemvCeiling]:
+    """The probe's batch-1 GEMV candidates per dtype (the probe's own kernels and weight size), kept: every decode
+    row times all of them in its own rounds, at this topic's thread count (see ``GemvCeiling``)."""
     nbytes = _buffer_bytes(ctx.probe, ctx.quick)
-    return {name: fastest_gemv(ctx.device, DTYPES[name], nbytes, ctx.quick)[1] for name in dtypes}
+    return {name: GemvCeiling(list(gemv_kernels(ctx.device, DTYPES[name], nbytes))) for name in dtypes}
 
 
 def run(ctx: Context) -> Iterator[Result]:

@@ -32,3 +32,14 @@ def test_paired_roofline_divides_each_round_by_its_own_ceiling():
 def test_ceiling_turns_kernel_timings_into_bandwidth():
     kernel = GemvKernel("any", lambda: None, 2_000_000_000)
     assert [kernel.gbs(t) for t in (0.1, 0.2)] == pytest.approx([20.0, 10.0])
+
+
+def test_gemv_ceiling_takes_the_fastest_candidate_of_each_round():
+    from benchmarks._decode_setup import GemvCeiling
+
+    a, b = GemvKernel("a", lambda: None, 1_000_000_000), GemvKernel("b", lambda: None, 1_000_000_000)
+    ceiling = GemvCeiling([a, b])
+    assert set(ceiling.fns()) == {"ceiling|a", "ceiling|b"}
+    per = {"ceiling|a": [0.1, 0.1, 0.1], "ceiling|b": [0.05, 0.2, 0.08]}  # b faster in rounds 1 and 3
+    gbs, name = ceiling.per_round(per)
+    assert gbs == pytest.approx([20.0, 10.0, 12.5]) and name == "b"

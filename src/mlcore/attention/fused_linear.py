@@ -40,6 +40,9 @@ it is dropped as soon as the owner runs in training or grad mode.
 While ``torch.compile`` traces, plain ``nn.Linear`` groups are handed out as a
 :class:`~mlcore._row_dot.RowDotLinear` over the layers' own weights: a single-row CPU step becomes
 inductor-generated row dot products (faster than any library GEMV on these shapes), other traces the copy above.
+Once a batch-1 CPU ``CompiledDecoder`` has started on the model (``trace_tiles``), every eager call also keeps
+each layer's weight as :func:`~mlcore._row_dot.tiled_weight` tiles, which those row dots read instead (faster
+again; one more copy of the weights, dropped with the rest by :meth:`LinearFusion.release` or training).
 """
 
 from __future__ import annotations
