@@ -139,6 +139,12 @@ class LinearFusion:
             return [t for t in (fn.weight, fn.bias) if t is not None] + tiles
         return tiles
 
+    def set_trace_tiles(self, on: bool) -> None:
+        """Keep tiles from eager calls from now on (``on``), or stop and drop the ones held."""
+        self.trace_tiles = on
+        if not on:
+            self._tiles, self._tiles_key = None, None
+
     def tiled_layers(self) -> int:
         """How many of the group's layers hold tiles for a traced step (see ``trace_tiles``)."""
         return sum(t is not None for t in self._tiles or ())

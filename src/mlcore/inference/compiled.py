@@ -178,11 +178,24 @@ def _tiled_everywhere(model: nn.Module) -> bool:
     reduction's -- as a float32 buffer 2-4x the weight's size (measured 17x slower). A tile recomputes an
     inlined input (RMSNorm, SiLU(gate) * up) once per tile of R rows, not once per row, so nothing is lost.
     Measured per generated token of the 27M Llama, one thread, against row dots: bfloat16 1.15x, float32
-    1.04x faster, the same tokens."""
+    1.04x faster, the same tokens.
+
+    Otherwise (a quantized layer, or a layer whose output count is no multiple of a tile) the step reads no tiles
+    at all (``_set_trace_tiles(model, False)`` drops them before the trace): at threshold 0 a tiled layer would be
+    that 17x slower kernel.
+    """
     linears = [m for m in model.modules() if type(m) is nn.Linear]
     tiled = sum(v.tiled_layers() for m in model.modules() for v in vars(m).values() if isinstance(v, LinearFusion))
     others = any(hasattr(m, "prepare_traced") for m in model.modules())  # e.g. QuantizedLinear's row dots
     return bool(linears) and tiled == len(linears) and not others
+
+
+def _set_trace_tiles(model: nn.Module, on: bool) -> None:
+    """Switch every ``LinearFusion`` of ``model`` to keep tiles from its eager calls, or off (tiles dropped)."""
+    for module in model.modules():
+        for value in vars(module).values():
+            if isinstance(value, LinearFusion):
+                value.set_trace_tiles(on)
 
 # _GUARDS_ONCE: before running a compiled graph, dynamo checks its guards: that every module attribute, parameter,
 # buffer and cache tensor the trace read is still what it was (type, identity, dtype, shape, flags) -- about 3,500
@@ -251,6 +264,7 @@ class CompiledDecoder:
         tensors = [*model.parameters(), *model.buffers()]
         # inference tensors keep no version counter: a change to frozen weights could not be seen
         self.row_dots = self.device.type == "cpu" and batch == 1  # see _ROW_DOT_OPTIONS
+        self.tiles: bool | None = None if self.row_dots else False  # decided at the first trace (_tiled_everywhere)
         default_freeze = self.device.type == "cpu" and not self.row_dots
         self.freeze = (default_freeze if freeze is None else bool(freeze)) and not any(
             t.is_inference() for t in tensors)
@@ -299,7 +313,11 @@ class CompiledDecoder:
             return fn(*args)
         from torch._inductor import config as inductor_config
 
-        row_dot_options = _ROW_DOT_OPTIONS if self.row_dots and not _tiled_everywhere(self.model) else {}
+        if self.row_dots:  # tiles for every linear layer, or for none (see _tiled_everywhere)
+            self.tiles = _tiled_everywhere(self.model)
+            if not self.tiles:
+                _set_trace_tiles(self.model, False)
+        row_dot_options = _ROW_DOT_OPTIONS if self.row_dots and not self.tiles else {}
         wanted = {**_INDUCTOR_OPTIONS, **(_CPU_OPTIONS if self.device.type == "cpu" else {}), **row_dot_options}
         options = {k: v for k, v in wanted.items() if hasattr(inductor_config, k)}  # older torch lacks some
         with inductor_config.patch(freezing=self.freeze, **options):
@@ -340,10 +358,8 @@ class CompiledDecoder:
             prepare = getattr(module, "prepare_traced", None)
             if prepare is not None:
                 prepare()
-            if self.row_dots:  # the prefill keeps tiled weights for the step (see _ROW_DOT_OPTIONS)
-                for value in vars(module).values():
-                    if isinstance(value, LinearFusion):
-                        value.trace_tiles = True
+        if self.tiles is not False:  # the prefill keeps tiled weights for the step (see _tiled_everywhere)
+            _set_trace_tiles(self.model, True)
         self._compiled()
         self.cache.reset()
         self._guarded = False
