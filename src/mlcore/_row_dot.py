@@ -122,7 +122,7 @@ class RowDotLinear:
 
     def __call__(self, x: Tensor) -> Tensor:
         if use_row_dots(x, self.weights[0]):
-            outs = [row_dot_linear(x, w, b) if t is None or t.dtype != x.dtype else tiled_row_dot_linear(x, t, b)
+            outs = [row_dot_linear(x, w, b) if t is None else tiled_row_dot_linear(x, t, b)
                     for w, b, t in zip(self.weights, self.biases, self.tiles)]
         elif self.fallback is not None:
             return self.fallback(x)

@@ -92,6 +92,11 @@ def prepare_linear(weight: Tensor, bias: Tensor | None, *, single: bool = False)
     return _LinearCall(laid, bias)
 
 
+def _layout(tensors: Sequence[Tensor | None]) -> list[tuple | None]:
+    """Shape and dtype of each tensor (None for a missing one): whether one list can be refilled from another."""
+    return [None if t is None else (tuple(t.shape), t.dtype) for t in tensors]
+
+
 def _plain(m: nn.Module) -> bool:
     """No hooks and no patched forward: calling the module would run only its class's forward."""
     return not (m._forward_hooks or m._forward_pre_hooks or "forward" in m.__dict__)
@@ -205,9 +210,7 @@ class LinearFusion:
         if any(t is not None and t.is_inference() for t in srcs):
             return  # no version counter: a change could not be seen
         tiles = [tiled_weight(w) for w in srcs[0::2] if w is not None]
-        if old is not None and len(old) == len(tiles) and all(
-                (a is None and b is None) or (a is not None and b is not None and a.shape == b.shape
-                                              and a.dtype == b.dtype) for a, b in zip(old, tiles)):
+        if old is not None and _layout(old) == _layout(tiles):
             for a, b in zip(old, tiles):  # edited weights: refill the same tensors, which a compiled graph reads
                 if a is not None:
                     a.copy_(b)

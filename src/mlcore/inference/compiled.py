@@ -54,7 +54,7 @@ import functools
 import inspect
 import types
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import Tensor, nn
@@ -184,18 +184,24 @@ def _tiled_everywhere(model: nn.Module) -> bool:
     at all (``_set_trace_tiles(model, False)`` drops them before the trace): at threshold 0 a tiled layer would be
     that 17x slower kernel.
     """
-    linears = [m for m in model.modules() if type(m) is nn.Linear]
-    tiled = sum(v.tiled_layers() for m in model.modules() for v in vars(m).values() if isinstance(v, LinearFusion))
+    linears = sum(type(m) is nn.Linear for m in model.modules())
+    tiled = sum(fusion.tiled_layers() for fusion in _fusions(model))
     others = any(hasattr(m, "prepare_traced") for m in model.modules())  # e.g. QuantizedLinear's row dots
-    return bool(linears) and tiled == len(linears) and not others
+    return linears > 0 and tiled == linears and not others
+
+
+def _fusions(model: nn.Module) -> Iterator[LinearFusion]:
+    """Every ``LinearFusion`` the model's modules hold (plain attributes, not submodules)."""
+    for module in model.modules():
+        for value in vars(module).values():
+            if isinstance(value, LinearFusion):
+                yield value
 
 
 def _set_trace_tiles(model: nn.Module, on: bool) -> None:
     """Switch every ``LinearFusion`` of ``model`` to keep tiles from its eager calls, or off (tiles dropped)."""
-    for module in model.modules():
-        for value in vars(module).values():
-            if isinstance(value, LinearFusion):
-                value.set_trace_tiles(on)
+    for fusion in _fusions(model):
+        fusion.set_trace_tiles(on)
 
 # _GUARDS_ONCE: before running a compiled graph, dynamo checks its guards: that every module attribute, parameter,
 # buffer and cache tensor the trace read is still what it was (type, identity, dtype, shape, flags) -- about 3,500
@@ -334,8 +340,8 @@ class CompiledDecoder:
                       self._column]
         if self.cache.index is not None:
             persistent.append(self.cache.index)
-        for module in model.modules():  # stacked copies (q | k | v, gate | up) a traced layer reads instead
-            persistent += [t for v in vars(module).values() if isinstance(v, LinearFusion) for t in v.tensors()]
+        for fusion in _fusions(model):  # stacked copies (q | k | v, gate | up) and tiles a traced layer reads
+            persistent += fusion.tensors()
         return self._capture.plan(token, positions, persistent)
 
     @property
