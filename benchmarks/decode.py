@@ -27,7 +27,7 @@ batch, every call continues the same prompt greedily; the benchmark **asserts to
   transformers' DynamicCache and the formula 2 L Hkv T D bytes.
 
 On CPU the topic runs on ``CPU_THREADS`` = 1 thread (restored afterwards), mlcore and transformers alike, and
-measures the probe's GEMV ceiling on that thread for the roofline.
+measures the probe's GEMV ceiling on that thread, on a weight the size of the largest model's, for the roofline.
 
 ``task=decode, cache=static+compile`` (``_decode_compiled.py``): ``generate(..., compile=True)``, every decode
 step one ``torch.compile`` graph (CUDA graphs on CUDA; on CPU row-dot linears, ``mlcore._row_dot``), batch 1, with its
@@ -47,7 +47,7 @@ from dataclasses import dataclass
 import torch
 
 from mlcore.bench import Context, Goal, Plot, Result, Table
-from mlcore.bench.probe import _buffer_bytes, gemv_kernels
+from mlcore.bench.probe import gemv_kernels
 
 from ._decode_compiled import compiled_rows
 from ._decode_setup import (
@@ -67,6 +67,7 @@ from ._decode_setup import (
     prompts,
     roofline_bytes,
     to_timing,
+    weight_bytes,
 )
 
 DESCRIPTION = ("greedy decoding, mlcore generate (each KV cache) vs transformers generate on the same weights; "
@@ -333,11 +334,18 @@ def _memory(ctx: Context, s: Settings) -> Iterator[Result]:
                      str(ctx.device), "float32", formula / mib, 0.0, unit="MiB")
 
 
-def _gemv_ceilings(ctx: Context, dtypes: tuple[str, ...]) -> dict[str, GemvCeiling]:
-    """The probe's batch-1 GEMV candidates per dtype (the probe's own kernels and weight size), kept: every decode
-    row times all of them in its own rounds, at this topic's thread count (see ``GemvCeiling``)."""
-    nbytes = _buffer_bytes(ctx.probe, ctx.quick)
-    return {name: GemvCeiling(list(gemv_kernels(ctx.device, DTYPES[name], nbytes))) for name in dtypes}
+def _gemv_ceilings(ctx: Context, dtypes: tuple[str, ...], models: list[torch.nn.Module]) -> dict[str, GemvCeiling]:
+    """The probe's batch-1 GEMV candidates per dtype, kept: every decode row times all of them in its own rounds,
+    at this topic's thread count (see ``GemvCeiling``).
+
+    Their weight is as large as the largest model's decode-step weights in that dtype (at least the probe's
+    4096 x 4096), not the probe's 4x-last-level-cache buffer: the ceiling then reads from where the step reads.
+    On a CPU whose last-level cache holds the whole model (480 MiB of L3 on one of this project's machines) a
+    DRAM-sized ceiling would be slower than the step it bounds, and nine candidates of 4 x 480 MiB would not
+    fit in memory; where the model exceeds the cache, both stream from DRAM as before."""
+    elements = max(weight_bytes(m) // next(m.parameters()).element_size() for m in models)
+    return {name: GemvCeiling(list(gemv_kernels(ctx.device, DTYPES[name], elements * DTYPES[name].itemsize)))
+            for name in dtypes}
 
 
 def run(ctx: Context) -> Iterator[Result]:
@@ -346,9 +354,10 @@ def run(ctx: Context) -> Iterator[Result]:
     if ctx.device.type == "cpu":
         torch.set_num_threads(CPU_THREADS)
     try:
-        gemv = _gemv_ceilings(ctx, s.dtypes)
+        bases = {key: build_models(key) for key in s.models}
+        gemv = _gemv_ceilings(ctx, s.dtypes, [base for base, _ in bases.values()])
         for key in s.models:
-            base, tokenizer = build_models(key)
+            base, tokenizer = bases.pop(key)
             for dtype in s.dtypes:
                 pair = make_pair(key, dtype, ctx.device, base)
                 for batch in s.batches:

@@ -246,3 +246,24 @@ def test_lora_linear_equals_peft_linear(n_in: int, n_out: int, r: int, alpha: fl
         holder.proj.lora_B["default"].weight.copy_(layer.lora_B.weight)
     x = torch.randn(3, n_in, generator=g)
     torch.testing.assert_close(layer(x), holder(x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_merge_into_a_half_precision_weight_rounds_once_as_peft(dtype) -> None:
+    """The float32 delta is added to a bf16 / fp16 weight in place: W0 + s B A rounded once, element for element
+    PEFT's merge_and_unload (rounding the delta to the weight's dtype first differs in ~30% of the elements)."""
+    torch.manual_seed(0)
+    base = nn.Sequential()
+    base.add_module("proj", nn.Linear(64, 64))
+    base = base.to(dtype)
+    ours = apply_lora(copy.deepcopy(base), LoraConfig(4, 8, ["proj"]), verbose=False)
+    with torch.no_grad():
+        ours.proj.lora_B.weight.normal_(0, 0.2)
+    theirs = peft.get_peft_model(copy.deepcopy(base), peft.LoraConfig(r=4, lora_alpha=8, target_modules=["proj"]))
+    with torch.no_grad():
+        theirs.base_model.model.proj.lora_A["default"].weight.copy_(ours.proj.lora_A.weight)
+        theirs.base_model.model.proj.lora_B["default"].weight.copy_(ours.proj.lora_B.weight)
+    exact = (base.proj.weight.float() + ours.proj.delta_weight()).to(dtype)
+    mine = merge_lora(copy.deepcopy(ours), unload=True).proj.weight
+    assert torch.equal(mine, theirs.merge_and_unload().proj.weight)
+    assert torch.equal(mine, exact)

@@ -56,6 +56,10 @@ SAMPLING = [
     (dict(attention_mask=torch.cat([torch.zeros(2, 9, dtype=torch.long)])), "attention_mask"),
     (dict(eos_token_id=-1), "eos_token_id"),
     (dict(seed="7"), "seed"),
+    (dict(attention_mask=MASK.flip(1), input_ids=IDS.flip(1)), "left-padded"),
+    (dict(pad_token_id=128, eos_token_id=3), "pad_token_id"),
+    (dict(pad_token_id=-1, eos_token_id=3), "pad_token_id"),
+    (dict(pad_token_id=2.5, eos_token_id=3), "pad_token_id"),
 ]
 
 
@@ -80,6 +84,7 @@ def test_bad_argument_is_named(fn, kw: dict, named: str) -> None:
 @pytest.mark.parametrize(("kw", "named"), [
     (dict(repetition_penalty=0.0), "repetition_penalty"),
     (dict(stop=[[]]), "stop"),
+    (dict(stop=[1, 2]), "stop"),
     (dict(cache="bogus"), "cache"),
     (dict(cache=transformers.DynamicCache()), "transformers"),
 ])
@@ -91,9 +96,7 @@ def test_generate_only_arguments(kw: dict, named: str) -> None:
 @pytest.mark.parametrize(("kw", "named"), [
     (dict(num_draft_tokens=0), "num_draft_tokens"),
     (dict(num_draft_tokens=True), "num_draft_tokens"),
-    (dict(attention_mask=MASK.flip(1), input_ids=IDS.flip(1)), "left-padded"),
     (dict(cache=("dynamic",)), "cache"),
-    (dict(pad_token_id=128), "pad_token_id"),
 ])
 def test_speculative_only_arguments(kw: dict, named: str) -> None:
     with pytest.raises(ValueError, match=named):
@@ -172,3 +175,12 @@ def test_exhausted_paged_pool_spares_the_other_sequences() -> None:
     out = generate(model, ONE, max_new_tokens=8, cache=pool)  # 16 columns: 4 blocks
     torch.testing.assert_close(out, generate(model, ONE, max_new_tokens=8), rtol=0, atol=0)
     assert pool.block_table[other] == table
+
+
+def test_eos_token_id_may_be_a_tensor() -> None:
+    """transformers' generate takes EOS ids as a tensor too; so does generate, with the same result as a list."""
+    as_list = generate(_model(), IDS, attention_mask=MASK, max_new_tokens=6, eos_token_id=[5, 7])
+    as_tensor = generate(_model(), IDS, attention_mask=MASK, max_new_tokens=6, eos_token_id=torch.tensor([5, 7]))
+    assert torch.equal(as_list, as_tensor)
+    assert torch.equal(generate(_model(), IDS, attention_mask=MASK, max_new_tokens=6, eos_token_id=torch.tensor(5)),
+                       generate(_model(), IDS, attention_mask=MASK, max_new_tokens=6, eos_token_id=5))

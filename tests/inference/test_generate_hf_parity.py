@@ -150,3 +150,22 @@ def test_each_decode_step_equals_a_full_forward(arch: str, cache: str) -> None:
     err = (stepped - reference).abs().max().item()
     tol = ATOL if cache in EXACT_KINDS else INT8_REL * reference.std().item()
     assert err <= tol, f"{cache}: max |logit error| {err:.2e} > {tol:.2e}"
+
+
+@pytest.mark.parametrize("cache", ["dynamic", "static"])
+def test_longrope_generation_crosses_the_original_length_as_transformers(cache: str) -> None:
+    """LongRoPE switches to its long factors once a call's positions pass L0 = 16: a 12-token prompt with 16 new
+    tokens crosses it mid-decode, token for token as transformers' generate (which switches per call too)."""
+    from ..model._model_testutils import left_padded_batch, llama_family
+
+    g = torch.Generator().manual_seed(0)
+    rope = {"rope_type": "longrope", "rope_theta": 10000.0, "original_max_position_embeddings": 16,
+            "short_factor": (1 + torch.rand(8, generator=g)).tolist(),
+            "long_factor": (1 + 8 * torch.rand(8, generator=g)).tolist()}
+    hf = llama_family("llama", rope_parameters=rope, head_dim=16)
+    model = Transformer.from_hf(hf)
+    ids, mask = left_padded_batch([12, 7], 12)
+    ref = hf.generate(ids, attention_mask=mask, max_new_tokens=16, do_sample=False, pad_token_id=0)
+    assert torch.equal(generate(model, ids, attention_mask=mask, max_new_tokens=16, cache=cache), ref)
+    with torch.no_grad():
+        assert (model(ids[:1]) - hf(ids[:1]).logits).abs().max() < 1e-4

@@ -96,6 +96,36 @@ def test_greedy_equals_transformers_mistral(mistral, lengths):
                                     eos_token_id=eos, pad_token_id=0), ref)
 
 
+@pytest.mark.parametrize("lengths", [[10], [10, 6]])
+def test_greedy_equals_transformers_qwen2_sliding_some_layers(lengths):
+    """Qwen2 sliding only its second layer (max_window_layers=1, window 4): the full-attention layer keeps every
+    column, so cache="sliding" -- and speculative decoding on it -- equals transformers' generate token for token,
+    and each step the full forward."""
+    from mlcore.inference import speculative_generate
+
+    hf = llama_family("qwen2", use_sliding_window=True, sliding_window=4, max_window_layers=1)
+    model = Transformer.from_hf(hf)
+    assert model.config.layer_types == ["full_attention", "sliding_attention"]
+    ids, mask = left_padded_batch(lengths, 10)
+    ref = hf.generate(ids, attention_mask=mask, max_new_tokens=14, do_sample=False, pad_token_id=0)
+    out = generate(model, ids, attention_mask=mask, max_new_tokens=14, cache="sliding")
+    assert torch.equal(out, ref)
+    draft = Transformer.from_hf(llama_family("qwen2", seed=7, num_hidden_layers=1))
+    spec = speculative_generate(model, draft, ids, attention_mask=mask, max_new_tokens=14, cache="sliding")
+    assert torch.equal(spec, ref)
+    cache = SlidingWindowCache.for_model(model, len(lengths), 24, rollback=5)
+    assert cache.full_layers == {0} and 0 not in cache.keys and not cache.streaming
+    full_mask = torch.cat([mask, torch.ones(len(lengths), 14, dtype=mask.dtype)], dim=1)
+    with torch.no_grad():
+        full = model(ref, attention_mask=full_mask)
+    inc = _stepwise(model, ref, full_mask, cache, prefill=10)
+    keep = full_mask.bool()
+    assert (inc[keep] - full[keep]).abs().max() < 1e-4
+    assert cache.keys[1].shape[2] == 4 + 4 and cache.get_seq_length(0) == cache.get_seq_length(1) == 24
+    cache.crop(20)
+    assert cache.get_seq_length(0) == cache.get_seq_length(1) == 20
+
+
 def _streaming_reference(model: Transformer, row: list[int], t: int, sinks: int, window: int) -> torch.Tensor:
     """StreamingLLM from scratch: the first ``sinks`` tokens and the last ``window`` columns up to ``t``,
     re-run as one contiguous sequence (positions 0..n-1): the logits of its last token."""

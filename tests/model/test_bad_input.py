@@ -23,8 +23,6 @@ def test_unsupported_architecture_names_supported_ones():
 
 
 @pytest.mark.parametrize("kind,overrides,match", [
-    ("llama", dict(rope_scaling={"rope_type": "longrope", "long_factor": [1.0] * 8, "short_factor": [1.0] * 8,
-                                 "original_max_position_embeddings": 16}), "longrope"),
     ("llama", dict(hidden_act="gelu_10"), "hidden_act"),
     ("gpt2", dict(add_cross_attention=True), "add_cross_attention"),
 ])

@@ -131,3 +131,49 @@ def test_old_config_json_with_generation_defaults(tmp_path):
     ids = torch.randint(0, VOCAB, (1, 12))
     with torch.no_grad():
         torch.testing.assert_close(Transformer.from_pretrained(tmp_path)(ids), back(ids).logits, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("kind", ["llama", "gpt2"])
+def test_tied_config_with_a_different_stored_head_keeps_it(tmp_path, kind):
+    """config.json says tie_word_embeddings, but the file's lm_head.weight differs from the embedding: transformers
+    keeps both (and warns); so do from_pretrained and from_hf, with the same logits."""
+    src = llama_family("llama", tie_word_embeddings=False) if kind == "llama" else gpt2(tie_word_embeddings=False)
+    src.save_pretrained(tmp_path)
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    cfg["tie_word_embeddings"] = True
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    assert torch.equal(hf.lm_head.weight, src.lm_head.weight)  # the reference kept the stored head
+    with pytest.warns(UserWarning, match="lm_head.weight differs"):
+        mine = Transformer.from_pretrained(tmp_path)
+    assert not mine.config.tie_embeddings
+    _assert_same_logits(hf, mine)
+    with pytest.warns(UserWarning, match="lm_head.weight differs"):
+        _assert_same_logits(hf, Transformer.from_hf(hf))
+    tied = llama_family("llama", tie_word_embeddings=True) if kind == "llama" else gpt2()
+    assert Transformer.from_hf(tied).config.tie_embeddings  # a really tied model stays tied
+
+
+def test_config_json_defaults_are_transformers(tmp_path):
+    """Fields a config.json may leave out get transformers' defaults: Mistral's 4096-token window, the maximum
+    positions of each family."""
+    src = llama_family("mistral", sliding_window=4096, max_position_embeddings=8192)
+    src.save_pretrained(tmp_path)
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    del cfg["sliding_window"], cfg["max_position_embeddings"]
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path)
+    mine = Transformer.from_pretrained(tmp_path)
+    assert mine.config.sliding_window == hf.config.sliding_window == 4096
+    assert mine.config.max_seq_len == hf.config.max_position_embeddings
+
+
+def test_mistral_ignores_layer_types_as_transformers_does():
+    """MistralForCausalLM slides every layer when sliding_window is set, even if its config lists layer_types."""
+    ids = torch.randint(0, VOCAB, (1, 16), generator=torch.Generator().manual_seed(0))
+    for types in (["sliding_attention", "full_attention"], ["full_attention", "full_attention"]):
+        hf = llama_family("mistral", sliding_window=3, layer_types=types)
+        mine = Transformer.from_hf(hf)
+        assert mine.config.sliding_window == 3 and mine.config.layer_types is None
+        with torch.no_grad():
+            assert (mine(ids) - hf(ids).logits).abs().max() < 1e-4

@@ -132,14 +132,22 @@ def test_tied_head_stays_full_precision_and_tied(tied_dir):
     assert isinstance(model.layers[0].mlp.up_proj, QuantizedLinear)
 
 
-def test_tied_config_ignores_a_stored_lm_head(tied_dir, tmp_path):
+def test_tied_config_with_a_stored_lm_head(tied_dir, tmp_path):
+    """A stored lm_head.weight equal to the embedding changes nothing (still tied); one with other values is kept,
+    untied, with a warning, as transformers 5 loads such a folder."""
     sd = load_file(tied_dir / "model.safetensors")
     assert "lm_head.weight" not in sd  # tied: written once
-    sd["lm_head.weight"] = torch.zeros_like(sd["model.embed_tokens.weight"])
-    save_file(sd, tmp_path / "model.safetensors")
     (tmp_path / "config.json").write_text((tied_dir / "config.json").read_text())
+    sd["lm_head.weight"] = sd["model.embed_tokens.weight"].clone()
+    save_file(sd, tmp_path / "model.safetensors")
     model = Transformer.from_pretrained(tmp_path)
     assert model.lm_head.weight is model.embed.weight
+    sd["lm_head.weight"] = torch.zeros_like(sd["model.embed_tokens.weight"])
+    save_file(sd, tmp_path / "model.safetensors")
+    with pytest.warns(UserWarning, match="lm_head.weight differs"):
+        model = Transformer.from_pretrained(tmp_path)
+    assert not model.config.tie_embeddings and model.lm_head.weight is not model.embed.weight
+    assert not model.lm_head.weight.any()
     torch.testing.assert_close(model.embed.weight, sd["model.embed_tokens.weight"], rtol=0, atol=0)
 
 

@@ -148,3 +148,34 @@ def test_from_hf_config_accepts_a_config_json_dict() -> None:
     ref_cos, _ = GPTNeoXRotaryEmbedding(GPTNeoXConfig(**neox))(torch.zeros(1), pos)
     cos, _ = RotaryEmbedding.from_hf_config(neox)(pos)
     torch.testing.assert_close(cos, ref_cos, rtol=0, atol=0)
+
+
+def _longrope(head_dim: int, **extra) -> dict:
+    g = torch.Generator().manual_seed(head_dim)
+    return {"rope_type": "longrope", "original_max_position_embeddings": 16,
+            "short_factor": (1 + torch.rand(head_dim // 2, generator=g)).tolist(),
+            "long_factor": (1 + 8 * torch.rand(head_dim // 2, generator=g)).tolist(), **extra}
+
+
+@pytest.mark.parametrize("head_dim", [16, 64])
+@pytest.mark.parametrize("extra", [{}, {"factor": 4.0}, {"attention_factor": 1.25}], ids=["ratio", "factor", "af"])
+def test_longrope_matches_hf(head_dim: int, extra: dict) -> None:
+    """LongRoPE (Phi-3): short factors while the call's longest position is within L0 = 16, long ones past it;
+    the attention factor from ``factor`` or, without it, max_position_embeddings / L0."""
+    params = _longrope(head_dim, **extra)
+    config = llama_config(params, head_dim=head_dim)
+    for seq_len in (None, 16, 17, 64):
+        ref, ref_af = _hf(config, seq_len=seq_len)
+        ours, af = rope_inv_freq(head_dim, scaling=scaling_of(params), max_position_embeddings=MAX_POS,
+                                 seq_len=seq_len)
+        torch.testing.assert_close(ours, ref, rtol=0, atol=0)
+        assert af == pytest.approx(ref_af, rel=1e-12)
+    hf_rope, rope = LlamaRotaryEmbedding(config), RotaryEmbedding.from_hf_config(config)
+    for stop in (10, 16, 17, 40):  # one call per length, as a forward sees it: switches at L0 + 1
+        position_ids = torch.arange(stop)[None]
+        ref_cos, ref_sin = hf_rope(torch.zeros(1), position_ids)
+        cos, sin = rope(position_ids)
+        torch.testing.assert_close(cos, ref_cos, rtol=0, atol=0)
+        torch.testing.assert_close(sin, ref_sin, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="long_factor"):
+        RotaryEmbedding(head_dim, scaling={**params, "long_factor": params["long_factor"][:-1]})

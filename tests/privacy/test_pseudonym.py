@@ -90,3 +90,20 @@ def test_property_pseudonyms_valid_and_deterministic(key, seed, card_type):
         fake_value = pseudonym_for(kind, value, key)
         assert valid(fake_value) and fake_value != value
         assert pseudonym_for(kind, value, key) == fake_value
+
+
+@pytest.mark.parametrize("sep", [" ", "-", "."])
+def test_grouped_iban_spellings_share_hash_and_keep_their_separators(sep):
+    """detect_pii accepts IBANs grouped by spaces, dashes or dots; hashing reads one canonical value for all of
+    them, and a pseudonym is a valid IBAN written with the same separators."""
+    from mlcore.privacy import mask_pii
+
+    key = b"0123456789abcdef-key"
+    grouped = sep.join(["DE89", "3704", "0044", "0532", "0130", "00"])
+    text = f"IBAN {grouped} ok"
+    assert [s.text for s in detect_pii(text)] == [grouped]
+    assert mask_pii(text, strategy="hash", key=key) == mask_pii("IBAN DE89370400440532013000 ok", strategy="hash",
+                                                                 key=key)
+    fake = Pseudonymizer(key).pseudonymize(text)[len("IBAN "):-len(" ok")]
+    assert [c for c in fake if not c.isalnum()] == [c for c in grouped if not c.isalnum()]
+    assert fake != grouped and iban_valid(fake.replace(sep, ""))

@@ -35,6 +35,17 @@ def test_unknown_scheme_and_options():
         quantize(W, "nf4", symmetric=False)
 
 
+@pytest.mark.parametrize(("scheme", "option", "value"), [
+    ("nf4", "blocksize", 64.0), ("fp4", "blocksize", True), ("nf4", "double_quant", "no"),
+    ("fp4", "double_quant", 0), ("int8", "symmetric", "no"),
+])
+def test_option_types_are_checked(scheme, option, value):
+    """A float block size, or a string where a bool belongs, is refused by name (not a TypeError deep inside,
+    and not read as truthy)."""
+    with pytest.raises(ValueError, match=option):
+        quantize(W, scheme, **{option: value})
+
+
 def test_group_sizes():
     with pytest.raises(ValueError, match="group_size: expected a divisor of the input dimension 64, got 48"):
         quantize(W, "int4", group_size=48)

@@ -138,3 +138,15 @@ def test_state_dict_round_trip_and_to():
         assert torch.equal(dequantize(back), dequantize(qt))
         moved = qt.to("cpu")
         assert torch.equal(dequantize(moved), dequantize(qt)) and moved.nbytes == qt.nbytes
+
+
+@pytest.mark.parametrize(("scheme", "options"), [("int8", dict(symmetric=False)), ("int8", {}),
+                                                 ("int4", dict(group_size=32))])
+def test_float16_extremes_stay_finite(scheme, options):
+    """A float16 weight at +-65504: the dequantized code may round a step past the largest float16 (65760 in
+    float32); it is clamped to the finite range rather than cast to inf, and stays within half a step."""
+    w = torch.tensor([[-65504.0, 65504.0, 1.0, -3.0] * 8], dtype=torch.float16)
+    back = dequantize(quantize(w, scheme, **options))
+    assert back.dtype == torch.float16 and torch.isfinite(back).all()
+    step = 131008 / (255 if scheme == "int8" else 15)
+    assert (back.float() - w.float()).abs().max() <= step / 2 + 1

@@ -121,3 +121,21 @@ def test_bits_per_parameter_with_double_quant(quant_type):
     assert qt.bits_per_parameter <= 4.13
     no_dq = quantize(torch.randn(1024, 1024), quant_type, double_quant=False)
     assert no_dq.bits_per_parameter == pytest.approx(4.5)
+
+
+@pytest.mark.parametrize("quant_type", ["nf4", "fp4"])
+def test_shorter_last_block_scaled_as_bitsandbytes(quant_type):
+    """bitsandbytes scales a shorter last block by x / absmax (full blocks by x * (1 / absmax)), and stores
+    max(absmax, 1e-38) for it: the 1-ulp difference moves values that sit on a boundary between two codes
+    (fp16 fp4 seed 887: one byte differed when every block was scaled by the reciprocal)."""
+    for seed in (887, *range(40)):
+        w = torch.randn(64 + 8, generator=torch.Generator().manual_seed(seed)).to(torch.float16)
+        packed, state = bnb_quantize(w, quant_type, 64, False)
+        qt = quantize(w, quant_type, blocksize=64, double_quant=False)
+        assert torch.equal(qt.data, packed.reshape(-1)), seed
+        assert torch.equal(qt.scales, state.absmax)
+    tail_zero = torch.cat([torch.linspace(-1, 1, 64), torch.zeros(10)])
+    packed, state = bnb_quantize(tail_zero, quant_type, 64, False)
+    qt = quantize(tail_zero, quant_type, blocksize=64, double_quant=False)
+    assert torch.equal(qt.scales, state.absmax) and qt.scales[-1] > 0  # the clamped 1e-38
+    assert torch.equal(qt.data, packed.reshape(-1))

@@ -7,6 +7,7 @@ import torch
 
 from mlcore.rag import (
     BM25,
+    DenseIndex,
     dedupe,
     hybrid_search,
     mrr,
@@ -58,3 +59,46 @@ def test_hybrid_search_finds_sections(embedder, small_corpus, small_retriever):
     assert "Coroutine" in heading[passages[top[0][0]].section]
     with pytest.raises(ValueError, match="same corpus"):
         hybrid_search("x y", bm25=BM25.from_texts(texts[:3]), dense=dense, embedder=embedder)
+
+
+class _OneVector:
+    """An embedder stand-in whose query vector is fixed: the dense ranking is known by construction."""
+
+    def __init__(self, vector: list[float]) -> None:
+        self.vector = torch.tensor([vector])
+
+    def encode(self, texts):
+        return self.vector
+
+
+def test_documents_without_a_query_term_get_no_lexical_rank():
+    """RRF: a document absent from a ranking adds 0. BM25 scores 0 for a document that holds no query term, so
+    it is absent, not ranked last (it had tied the dense winner before)."""
+    bm25 = BM25.from_texts(["alpha beta", "gamma delta", "epsilon zeta", "eta theta"])
+    dense = DenseIndex(torch.eye(4))
+    emb = _OneVector([0.0, 0.0, 0.0, 1.0])  # dense order: 3, then 0, 1, 2 (ties by id)
+    nothing = hybrid_search("no such words", bm25=bm25, dense=dense, embedder=emb, k=4)
+    assert nothing == [(d, pytest.approx(1 / (60 + r))) for r, d in enumerate([3, 0, 1, 2], start=1)]
+    zeta = hybrid_search("zeta", bm25=bm25, dense=dense, embedder=emb, k=4)
+    assert zeta[0] == (2, pytest.approx(1 / 61 + 1 / 64))  # the only lexical match, first by both rankings
+    assert [d for d, _ in zeta[1:]] == [3, 0, 1]
+    for bad in (dict(depth=0), dict(depth=2.5), dict(rrf_k=-1.0)):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            hybrid_search("zeta", bm25=bm25, dense=dense, embedder=emb, **bad)
+
+
+def test_equal_scores_rank_by_id():
+    """Duplicate passages score the same: the exact index and BM25 return them lowest id first."""
+    index = DenseIndex(torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [1.0, 0.0]]))
+    assert index.search(torch.tensor([[1.0, 0.0]]), 3)[1].tolist() == [[0, 1, 3]]
+    bm25 = BM25.from_texts(["a b", "c", "a b", "a b"])
+    assert bm25.search("a", 3)[1].tolist() == [0, 2, 3]
+    with pytest.raises(ValueError, match="query"):
+        bm25.search(None)
+    with pytest.raises(ValueError, match="texts"):
+        BM25.from_texts(["a", None])
+
+
+def test_embedder_reads_a_generator_once(embedder):
+    texts = ["alpha beta", "a second text"]
+    torch.testing.assert_close(embedder.encode(t for t in texts), embedder.encode(texts))

@@ -82,3 +82,25 @@ def test_a_huge_whitespace_run_is_fast(tok):
     ids = tok.encode(text)
     assert time.perf_counter() - start < 5.0  # the quadratic loop would take minutes
     assert ids == tok.to_tiktoken().encode(text)
+
+
+@pytest.mark.parametrize("pattern", ["gpt4", "gpt2"])
+def test_letters_and_numbers_new_in_unicode_17_split_as_tiktoken(pattern):
+    """The `regex` package knows Unicode 17.0, tiktoken's engine 16.0 tables: a character 17.0 added (e.g. U+0558,
+    Tangut, CJK Extension J, U+11DE0 digits) is no letter or number for tiktoken. With merges of a context byte
+    and every byte, a chunk boundary after the context character shows in the ids."""
+    from mlcore.tokenizer import GPT4_PATTERN
+    from mlcore.tokenizer.unicode_version import UNICODE17_LETTERS, UNICODE17_NUMBERS
+
+    merges, nid = [], 256
+    for ctx in "a1":
+        for b in range(256):
+            merges.append(((ord(ctx), b), nid))
+            nid += 1
+    tok = BPETokenizer(merges, pattern=GPT4_PATTERN if pattern == "gpt4" else GPT2_PATTERN)
+    enc = tok.to_tiktoken()
+    points = [cp for a, b in UNICODE17_LETTERS + UNICODE17_NUMBERS for cp in (a, (a + b) // 2, b)]
+    for cp in points:
+        for text in (f"a{chr(cp)}a", f"1{chr(cp)}1", f"x {chr(cp)}!", f"{chr(cp)}{chr(cp)} 12"):
+            assert tok.encode(text) == enc.encode_ordinary(text), hex(cp)
+    assert tok.encode("plain text, no new characters") == enc.encode_ordinary("plain text, no new characters")

@@ -9,8 +9,8 @@ while the values for position ``m`` never change. :class:`RotaryTableCache` comp
 
 Each row is computed by the same element-wise ops as ``rope(position_ids)`` would compute it, so the slice equals
 a per-forward table exactly (tested). The tables are rebuilt when the ``rope`` module, its ``inv_freq`` buffer
-(identity, address or version) or the device changes; dynamic NTK scaling, whose angles depend on the longest
-position of a call, always takes the per-forward path.
+(identity, address or version) or the device changes; dynamic NTK and LongRoPE scaling, whose angles depend on
+the longest position of a call, always take the per-forward path.
 """
 
 from __future__ import annotations
@@ -37,10 +37,10 @@ class RotaryTableCache:
     max_positions = 8192  # beyond this (a streaming cache running on), tables are made per forward again
 
     def usable(self, rope: nn.Module | None, stop: int) -> bool:
-        """True when positions alone determine this rope's angles (not dynamic NTK) and [0, stop) is small
+        """True when positions alone determine this rope's angles (not dynamic NTK / LongRoPE) and [0, stop) is small
         enough to keep as a table (at most ``max_positions`` rows, 2 * 8192 * rotary_dim floats)."""
         return (rope is not None and stop <= self.max_positions and hasattr(rope, "inv_freq")
-                and getattr(rope, "rope_type", "default") != "dynamic")
+                and not getattr(rope, "per_call", False))
 
     def rows(self, rope: nn.Module, dtype: torch.dtype, interleaved: bool, start: int,
              stop: int) -> tuple[Tensor, Tensor]:

@@ -106,11 +106,14 @@ def describe_machine(device: torch.device) -> Probe:
 
 
 def _buffer_bytes(probe: Probe, quick: bool) -> int:
-    """A working set well past the last-level cache (4x), so we measure DRAM, not cache."""
+    """A working set well past the last-level cache (4x), so we measure DRAM, not cache; in the quick preset at
+    most 1 GiB (still 2x a 480 MiB L3, the largest this project has met: 4x would be 1.9 GB per buffer, and the
+    probe's nine GEMV weights would take minutes to fill)."""
     floor = 64 * 2**20 if quick else 256 * 2**20
     if probe.device.startswith("cuda"):
         floor = 1 * 2**30  # GPU L2 is tens of MB; 1 GiB is safely DRAM/HBM
-    return max(floor, 4 * probe.last_level_cache)
+    size = max(floor, 4 * probe.last_level_cache)
+    return min(size, max(floor, 2**30)) if quick else size
 
 
 def _measure(fn, device: torch.device, quick: bool, repeats: int = 3) -> float:
@@ -150,20 +153,23 @@ def gemv_kernels(device: torch.device, dtype: torch.dtype, nbytes: int) -> Itera
     x = torch.randn(1, k, device=device).to(dtype)
     F = torch.nn.functional
 
-    def linear(weight: torch.Tensor) -> Callable[[], object]:
-        return lambda: F.linear(x, weight)
+    def weight(*shape: int) -> torch.Tensor:  # filled in its own dtype: no float32 copy of a 1 GiB weight
+        return torch.empty(*shape, dtype=dtype, device=device).uniform_(-1.0, 1.0)
 
-    yield GemvKernel("row-major", linear(torch.randn(rows, k, device=device).to(dtype)), size)  # (out, in)
-    yield GemvKernel("column-major", linear(torch.randn(k, rows, device=device).to(dtype).t()), size)
+    def linear(w: torch.Tensor) -> Callable[[], object]:
+        return lambda: F.linear(x, w)
+
+    yield GemvKernel("row-major", linear(weight(rows, k)), size)  # (out, in)
+    yield GemvKernel("column-major", linear(weight(k, rows).t()), size)
     if device.type == "cpu" and dtype == torch.bfloat16 and onednn_bf16_available():
-        packed = torch.ops.mkldnn._reorder_linear_weight(torch.randn(rows, k).to(dtype), 1)  # batch hint 1
+        packed = torch.ops.mkldnn._reorder_linear_weight(weight(rows, k), 1)  # batch hint 1
         yield GemvKernel("onednn-packed", lambda: torch.ops.mkldnn._linear_pointwise(x, packed, None, "none", [], ""),
                          size)
     if device.type == "cpu":
-        row_dots = _compiled_row_dots(x, torch.randn(rows, k).to(dtype))
+        row_dots = _compiled_row_dots(x, weight(rows, k))
         if row_dots is not None:
             yield GemvKernel("row-dots (compiled)", row_dots, size)
-        tiled = _compiled_row_dots(x, torch.randn(rows, k).to(dtype), tiled=True)
+        tiled = _compiled_row_dots(x, weight(rows, k), tiled=True)
         if tiled is not None:
             yield GemvKernel("tiled row-dots (compiled)", tiled, size)
 

@@ -67,8 +67,11 @@ def adapter_state_dict(model: nn.Module, *, rename: Callable[[str], str] | None 
         for pname, p in model.get_submodule(module_name).named_parameters():
             out[f"{PREFIX}{module_name}.{pname}"] = p.detach()
     if config is not None and config.bias != "none":  # PEFT's keys: wrapped layers keep ".base_layer."
+        # chosen by name, as PEFT does, not by requires_grad: a loaded (frozen) adapter saves its biases again
+        wrapped = {f"{name}.base_layer.bias" for name in layers}
         for pname, p in model.named_parameters():
-            if p.requires_grad and (pname == "bias" or pname.endswith(".bias")) and ".lora_" not in pname:
+            is_bias = (pname == "bias" or pname.endswith(".bias")) and ".lora_" not in pname
+            if is_bias and (config.bias == "all" or pname in wrapped):
                 out[f"{PREFIX}{pname}"] = p.detach()
     rename = rename or (lambda n: n)
     return {PREFIX + rename(k.removeprefix(PREFIX)): v.contiguous().cpu() for k, v in out.items()}

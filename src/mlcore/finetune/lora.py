@@ -141,7 +141,7 @@ class LoraLinear(nn.Module):
         if self.merged:
             return
         weight = self._dense_weight()
-        weight.add_(self.delta_weight().to(weight.dtype))
+        weight.add_(self.delta_weight())  # the float32 delta added in place: one rounding to W's dtype, as PEFT
         self.merged = True
 
     @torch.no_grad()
@@ -150,5 +150,5 @@ class LoraLinear(nn.Module):
         if not self.merged:
             return
         weight = self._dense_weight()
-        weight.sub_(self.delta_weight().to(weight.dtype))
+        weight.sub_(self.delta_weight())
         self.merged = False

@@ -55,12 +55,26 @@ def check_prompt(model: nn.Module, input_ids: Tensor, attention_mask: Tensor | N
         raise ValueError("attention_mask must hold only 0 (pad) and 1 (token)")
     if bool((attention_mask.sum(dim=1) == 0).any()):
         raise ValueError("attention_mask has a row with no token: every prompt needs at least one")
+    if not bool(attention_mask[:, -1].all()):
+        raise ValueError("attention_mask must be left-padded (every row's last column a token), got a row "
+                         "ending in padding")
     return attention_mask.to(input_ids.device).long()
 
 
-def _eos_tensor(eos_token_id: int | Sequence[int] | None, device: torch.device) -> Tensor | None:
+def pad_token(pad_token_id: int | None, eos: Tensor | None, vocab: int) -> int:
+    """The id a finished row is padded with: ``pad_token_id``, else the first EOS id, else 0 (as transformers)."""
+    if pad_token_id is None:
+        return int(eos[0]) if eos is not None else 0
+    if not isinstance(pad_token_id, int) or isinstance(pad_token_id, bool) or not 0 <= pad_token_id < vocab:
+        raise ValueError(f"pad_token_id must be an int in [0, vocab_size={vocab}), got {pad_token_id!r}")
+    return pad_token_id
+
+
+def _eos_tensor(eos_token_id: int | Sequence[int] | Tensor | None, device: torch.device) -> Tensor | None:
     if eos_token_id is None:
         return None
+    if isinstance(eos_token_id, Tensor) and not eos_token_id.is_floating_point() and eos_token_id.dim() <= 1:
+        eos_token_id = eos_token_id.tolist()  # transformers accepts a tensor of ids too
     ids = [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id)
     if not ids or not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in ids):
         raise ValueError(f"eos_token_id must be an int >= 0 or a non-empty list of them, got {eos_token_id!r}")
@@ -70,7 +84,7 @@ def _eos_tensor(eos_token_id: int | Sequence[int] | None, device: torch.device) 
 def _stop_sequences(stop: Sequence[Sequence[int]] | None) -> list[list[int]]:
     if stop is None:
         return []
-    seqs = [list(s) for s in stop]
+    seqs = [list(s) if isinstance(s, Sequence) and not isinstance(s, str) else None for s in stop]
     if not all(s and all(isinstance(i, int) and i >= 0 for i in s) for s in seqs):
         raise ValueError(f"stop must be a list of non-empty token-id lists, e.g. [[13, 13]], got {stop!r}")
     return seqs
@@ -132,8 +146,7 @@ def generate(
     validate_sampling_args(temperature, top_k, top_p, repetition_penalty)
     eos = _eos_tensor(eos_token_id, input_ids.device)
     stops = _stop_sequences(stop)
-    if pad_token_id is None:
-        pad_token_id = int(eos[0]) if eos is not None else 0
+    pad_token_id = pad_token(pad_token_id, eos, model.config.vocab_size)
     B, T = input_ids.shape
     mode = None if compile is False else _compile_mode(compile, cache, model, input_ids.device)
     if max_new_tokens == 0:

@@ -16,9 +16,12 @@ Memory layout, per layer (allocated once; nothing grows):
 The sinks of a row are its first ``sinks`` real tokens (left padding skipped); they do not enter the ring.
 
 **Exact** (equal to a full forward): a model whose own sliding window equals ``window`` (sinks = 0), e.g.
-Mistral; any model while the sequence is no longer than ``window``. ``update`` returns the ring plus the
-new tokens, so a T-token update (a prefill longer than the window) still sees ``window - 1 + T`` keys; the
-model's own mask then picks each query's window. **Not exact**: without its own window, a model attends, in a
+Mistral; any model while the sequence is no longer than ``window``. A model that slides only some layers
+(``config.layer_types``, e.g. Qwen2 with ``max_window_layers``) keeps every column of its full-attention layers
+(``full_layers``, a growing :class:`~mlcore.inference.DynamicCache`, as transformers' hybrid caches do), so it is
+exact too; its memory is then bounded only in the sliding layers, and it does not stream past ``max_seq_len``.
+``update`` returns the ring plus the new tokens, so a T-token update (a prefill longer than the window) still
+sees ``window - 1 + T`` keys; the model's own mask then picks each query's window. **Not exact**: without its own window, a model attends, in a
 T-token update, to up to ``T - 1`` keys older than the window (each query sees the window of the first
 query), as StreamingLLM's prefill; decode steps (T = 1) see exactly the sinks and the last ``window`` tokens.
 
@@ -38,12 +41,14 @@ model may run past ``max_seq_len`` with bounded memory and offsets it saw in tra
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
 from mlcore.inference.cache_utils import check_buffer, check_update, crop_length
+from mlcore.inference.dynamic_cache import DynamicCache
 from mlcore.positional import apply_rotary
 
 
@@ -77,10 +82,11 @@ class SlidingWindowCache:
         rollback: ``crop`` can always drop the last ``rollback`` columns (the ring keeps ``rollback - 1``
             spare slots); speculative decoding needs its number of draft tokens + 1.
         streaming: let a model run past ``max_seq_len`` (see the module docstring).
+        full_layers: layers that keep every column (full attention in a model that slides only some layers).
     """
 
     def __init__(self, window: int, sinks: int = 0, *, rope: nn.Module | None = None, rollback: int = 0,
-                 streaming: bool = True) -> None:
+                 streaming: bool = True, full_layers: Iterable[int] = ()) -> None:
         self.window = _int("window", window, 1)
         self.sinks = _int("sinks", sinks, 0)
         self.rollback = _int("rollback", rollback, 0)
@@ -96,6 +102,8 @@ class SlidingWindowCache:
         self.n_sinks: Tensor | None = None  # (B,) sinks filled per row
         self._length: dict[int, int] = {}
         self._step: _Step | None = None
+        self.full_layers = frozenset(full_layers)
+        self._full = DynamicCache()  # the full_layers' keys and values, every column
 
     @classmethod
     def for_model(cls, model: nn.Module, batch: int, max_len: int, *, device: torch.device | str | None = None,
@@ -103,7 +111,8 @@ class SlidingWindowCache:
                   rollback: int = 0) -> SlidingWindowCache:
         """A cache for an mlcore ``Transformer``, allocated up front (``max_len`` does not bound it).
 
-        ``window`` defaults to the model's ``sliding_window`` minus ``sinks`` (else ``max_seq_len - sinks``).
+        ``window`` defaults to the model's ``sliding_window`` minus ``sinks`` (else ``max_seq_len - sinks``). In a
+        model that slides only some layers, the others keep every column (``full_layers``).
         """
         c = model.config
         _int("sinks", sinks, 0)
@@ -116,12 +125,15 @@ class SlidingWindowCache:
         if own is not None and sinks and window + sinks > own:
             raise ValueError(f"window + sinks = {window} + {sinks} exceeds the model's sliding_window={own}: its "
                              f"own mask would hide the sinks; use window <= {own - sinks}")
-        streaming = c.position != "learned" and window + sinks <= c.max_seq_len
-        cache = cls(window, sinks, rope=getattr(model, "rope", None), rollback=rollback, streaming=streaming)
+        full = [i for i in range(c.n_layers) if c.layer_window(i) is None] if own is not None else []
+        streaming = c.position != "learned" and window + sinks <= c.max_seq_len and not full
+        cache = cls(window, sinks, rope=getattr(model, "rope", None), rollback=rollback, streaming=streaming,
+                    full_layers=full)
         p = next(model.parameters())
         dev = torch.device(device) if device is not None else p.device
         for layer in range(c.n_layers):
-            cache._allocate(layer, batch, c.n_kv_heads, c.head_dim, dtype or p.dtype, dev)
+            if layer not in cache.full_layers:
+                cache._allocate(layer, batch, c.n_kv_heads, c.head_dim, dtype or p.dtype, dev)
         return cache
 
     def _allocate(self, layer_idx: int, B: int, Hkv: int, D: int, dtype: torch.dtype, device: torch.device) -> None:
@@ -182,6 +194,8 @@ class SlidingWindowCache:
     def update(self, layer_idx: int, k: Tensor, v: Tensor, index: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Store k, v (B, Hkv, T, D) and index (B, T); return sinks + visible ring (+ new) keys and indices."""
         check_update(layer_idx, k, v, index)
+        if layer_idx in self.full_layers:
+            return self._full.update(layer_idx, k, v, index)
         B, Hkv, T, D = k.shape
         if layer_idx not in self.keys:
             self._allocate(layer_idx, B, Hkv, D, k.dtype, k.device)
@@ -214,11 +228,13 @@ class SlidingWindowCache:
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
         """Columns seen so far by ``layer_idx`` (all of them, not only those still held)."""
+        if layer_idx in self.full_layers:
+            return self._full.get_seq_length(layer_idx)
         return self._length.get(layer_idx, 0)
 
     def crop(self, n: int) -> None:
         """Forget columns from ``n`` on; possible while the window before ``n`` is still in the ring."""
-        length = max(self._length.values(), default=0)
+        length = max([*self._length.values(), self._full.get_seq_length(min(self.full_layers, default=0))])
         n = crop_length(n, length)
         lost = length - self.capacity  # columns < lost have been overwritten
         if lost > 0 and n - self.window + 1 < lost:
@@ -232,14 +248,17 @@ class SlidingWindowCache:
             self.ring_index.masked_fill_(self.ring_index >= n, -1)
             self.sink_index = self.sink_index.masked_fill(self.sink_index >= n, -1)
             self.n_sinks = (self.sink_index >= 0).sum(dim=1)
+        if self._full.keys:
+            self._full.crop(n)
         self._step = None
 
     def nbytes(self) -> int:
-        """Bytes held (fixed once allocated: the ring, the sinks and their indices)."""
+        """Bytes held: the ring, the sinks and their indices (fixed once allocated), and the full layers' columns."""
         tensors = [*self.keys.values(), *self.values.values(), *self.sink_keys.values()]
         tensors += [t for t in (self.ring_index, self.sink_index, self.n_sinks) if t is not None]
-        return sum(t.numel() * t.element_size() for t in tensors)
+        return sum(t.numel() * t.element_size() for t in tensors) + self._full.nbytes()
 
     def __repr__(self) -> str:
-        return (f"SlidingWindowCache(window={self.window}, sinks={self.sinks}, layers={len(self.keys)}, "
+        full = f", full_layers={sorted(self.full_layers)}" if self.full_layers else ""
+        return (f"SlidingWindowCache(window={self.window}, sinks={self.sinks}, layers={len(self.keys)}{full}, "
                 f"seq_len={self.get_seq_length()}, streaming={self.streaming})")

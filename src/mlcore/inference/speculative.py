@@ -35,7 +35,7 @@ import torch
 from torch import Tensor, nn
 
 from mlcore.inference.cache_factory import make_cache
-from mlcore.inference.generate import _eos_tensor, check_prompt
+from mlcore.inference.generate import _eos_tensor, check_prompt, pad_token
 from mlcore.inference.sampling import make_generator, process_logits, validate_sampling_args
 from mlcore.inference.speculative_sampling import AcceptanceStats, verify_draft
 
@@ -149,15 +149,9 @@ def speculative_generate(
     _check_pair(target, draft, input_ids)
     if not isinstance(num_draft_tokens, int) or isinstance(num_draft_tokens, bool) or num_draft_tokens < 1:
         raise ValueError(f"num_draft_tokens must be an int >= 1, got {num_draft_tokens!r}")
-    if not bool(mask[:, -1].all()):
-        raise ValueError("attention_mask must be left-padded (every row's last column a token), got a row "
-                         "ending in padding")
     eos = _eos_tensor(eos_token_id, input_ids.device)
     vocab = target.config.vocab_size
-    if pad_token_id is None:
-        pad_token_id = int(eos[0]) if eos is not None else 0
-    if not isinstance(pad_token_id, int) or not 0 <= pad_token_id < vocab:
-        raise ValueError(f"pad_token_id must be an int in [0, vocab_size={vocab}), got {pad_token_id!r}")
+    pad_token_id = pad_token(pad_token_id, eos, vocab)
     stats = SpeculativeStats()
     B, T = input_ids.shape
     seq = input_ids.long()

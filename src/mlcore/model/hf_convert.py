@@ -22,12 +22,15 @@ tensor-by-tensor fill that ``from_hf`` and ``from_pretrained`` share live in ``s
 
 from __future__ import annotations
 
+import dataclasses
+import warnings
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from torch import nn
 
 from mlcore.model.config import TransformerConfig
-from mlcore.model.hf_weights import import_plan
+from mlcore.model.hf_weights import import_plan, stored_head_differs
 
 SUPPORTED_ARCHITECTURES = {
     "LlamaForCausalLM": "llama",
@@ -35,7 +38,7 @@ SUPPORTED_ARCHITECTURES = {
     "Qwen2ForCausalLM": "qwen2",
     "GPT2LMHeadModel": "gpt2",
 }
-SUPPORTED_ROPE_TYPES = ("default", "linear", "dynamic", "yarn", "llama3")
+SUPPORTED_ROPE_TYPES = ("default", "linear", "dynamic", "yarn", "llama3", "longrope")
 _DYNAMIC_HEADROOM = 8  # max_seq_len of a dynamic-NTK model, in multiples of max_position_embeddings * factor
 
 # Fields of every transformers config that do not change the forward pass of a causal LM.
@@ -69,6 +72,14 @@ _ARCH_KEYS = {
         "scale_attn_by_inverse_layer_idx", "reorder_and_upcast_attn", "add_cross_attention",
         "tie_word_embeddings",
     },
+}
+# What transformers' config classes fill in for a field a config.json leaves out, where it changes the forward:
+# a file without "sliding_window" is a Mistral with a 4096-token window (MistralConfig's default), not one without.
+_HF_DEFAULTS = {
+    "llama": {"max_position_embeddings": 2048},
+    "mistral": {"max_position_embeddings": 4096 * 32, "sliding_window": 4096},
+    "qwen2": {"max_position_embeddings": 32768, "max_window_layers": 28},
+    "gpt2": {"n_positions": 1024},
 }
 # transformers activation names -> mlcore activation names
 # (gelu_fast and gelu_accurate are the tanh formula written differently: equal to float rounding)
@@ -108,7 +119,7 @@ def _rope_parameters(d: dict[str, Any], arch: str) -> dict[str, Any]:
     if rope.get("partial_rotary_factor", 1.0) != 1.0:
         raise _refuse(arch, f"partial_rotary_factor={rope['partial_rotary_factor']}")
     rope.pop("partial_rotary_factor", None)
-    if rope["rope_type"] in ("yarn", "llama3"):
+    if rope["rope_type"] in ("yarn", "llama3", "longrope"):
         rope.setdefault("original_max_position_embeddings", d["max_position_embeddings"])
     return rope
 
@@ -116,6 +127,7 @@ def _rope_parameters(d: dict[str, Any], arch: str) -> dict[str, Any]:
 def config_from_hf(d: dict[str, Any]) -> TransformerConfig:
     """Translate an HF config dict (``config.to_dict()`` or a ``config.json``) to a ``TransformerConfig``."""
     arch = architecture_of(d)
+    d = {**_HF_DEFAULTS[arch], **d}
     unknown = sorted(k for k in set(d) - _GENERIC_KEYS - _ARCH_KEYS[arch]
                      if d[k] is not None and d[k] != {} and d[k] != [])  # null / empty = absent (pruned_heads={})
     if unknown:
@@ -140,11 +152,11 @@ def config_from_hf(d: dict[str, Any]) -> TransformerConfig:
         if arch == "qwen2":
             qkv_bias, out_bias = True, False
             sliding_window = d.get("sliding_window") if d.get("use_sliding_window") else None
-        else:
-            sliding_window = d.get("sliding_window")
-        types = d.get("layer_types")
+            types = d.get("layer_types")
+        else:  # MistralForCausalLM slides every layer when sliding_window is set, whatever layer_types says
+            sliding_window, types = d.get("sliding_window"), None
         if types is None and arch == "qwen2":  # what Qwen2Config derives when config.json has no layer_types
-            types = ["sliding_attention" if sliding_window is not None and i >= d.get("max_window_layers", 28)
+            types = ["sliding_attention" if sliding_window is not None and i >= d["max_window_layers"]
                      else "full_attention" for i in range(int(d["num_hidden_layers"]))]
         if types is not None:
             if len(types) != int(d["num_hidden_layers"]) or not set(types) <= {"full_attention", "sliding_attention"}:
@@ -207,6 +219,17 @@ def gpt2_query_scales(d: dict[str, Any]) -> list[float] | None:
     return None if all(x == 1.0 for x in scales) else scales
 
 
+def untie_if_stored_head_differs(config: TransformerConfig, keys: Iterable[str], arch: str,
+                                 read: Callable[[str], Any]) -> TransformerConfig:
+    """``config`` untied when it says ``tie_embeddings`` but the checkpoint's ``lm_head.weight`` holds other values
+    than the embedding (``hf_weights.stored_head_differs``); transformers 5 keeps that head too, and warns."""
+    if config.tie_embeddings and stored_head_differs(keys, arch, read):
+        warnings.warn("tie_word_embeddings=True, but the checkpoint's lm_head.weight differs from the input "
+                      "embedding: keeping both (untied), as transformers does", stacklevel=4)
+        return dataclasses.replace(config, tie_embeddings=False)
+    return config
+
+
 def from_hf(hf_model: nn.Module) -> nn.Module:
     """A transformers causal LM (Llama, Mistral, Qwen2, GPT-2) -> mlcore ``Transformer`` with the same weights
     (copied, in the HF model's dtype), built on the meta device and filled tensor by tensor."""
@@ -220,6 +243,7 @@ def from_hf(hf_model: nn.Module) -> nn.Module:
     d["architectures"] = [cls_name]
     config = config_from_hf(d)
     sd = hf_model.state_dict()
+    config = untie_if_stored_head_differs(config, sd.keys(), SUPPORTED_ARCHITECTURES[cls_name], sd.__getitem__)
     plan = import_plan(sd.keys(), SUPPORTED_ARCHITECTURES[cls_name], tie_embeddings=config.tie_embeddings,
                        query_scales=gpt2_query_scales(d))
     model = build_on_meta(Transformer, config)

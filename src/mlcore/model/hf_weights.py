@@ -23,9 +23,10 @@ with output columns [q | k | v]; the optional score scalings are folded into the
 ``transform``, so that a loader can stream tensor by tensor.
 
 **Tied embeddings (the rule).** With ``tie_embeddings`` (HF ``tie_word_embeddings``) the vocabulary matrix is
-one tensor, ``embed.weight``; ``lm_head.weight`` is the same object. On import an ``lm_head.weight`` in the file is
-ignored, as transformers ignores it (it re-ties after loading); on export only ``model.embed_tokens.weight`` is
-written. Untied, both are separate tensors and both must be present.
+one tensor, ``embed.weight``; ``lm_head.weight`` is the same object. On import an ``lm_head.weight`` in the file
+equal to the embedding is ignored; one with other values means the model is not tied, whatever the config says
+(transformers 5 keeps both then, with a warning, and so does :func:`stored_head_differs`'s caller). On export only
+``model.embed_tokens.weight`` is written. Untied, both are separate tensors and both must be present.
 """
 
 from __future__ import annotations
@@ -192,6 +193,18 @@ def import_plan(keys: Iterable[str], arch: str, *, tie_embeddings: bool,
                 if name in sources:
                     sources[name] = _scaled(sources[name], scale)
     return ImportPlan(sources, ignored, unknown)
+
+
+def stored_head_differs(keys: Iterable[str], arch: str, read: Callable[[str], torch.Tensor]) -> bool:
+    """True when a checkpoint holding ``keys`` has a vocabulary head (``lm_head.weight``) whose values differ from its
+    input embedding's, read through ``read(key)``: then the model is untied, even where ``tie_word_embeddings``
+    says otherwise (transformers 5 keeps the stored head in that case too)."""
+    sources = import_plan(keys, arch, tie_embeddings=False).sources
+    embed, head = sources.get("embed.weight"), sources.get("lm_head.weight")
+    if embed is None or head is None:
+        return False
+    a, b = read(embed.key), read(head.key)
+    return not (a.data_ptr() == b.data_ptr() or (a.shape == b.shape and torch.equal(a, b)))
 
 
 def state_dict_from_hf(sd: Mapping[str, torch.Tensor], arch: str, *, tie_embeddings: bool = False,

@@ -28,7 +28,13 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from mlcore.model.hf_convert import architecture_of, config_from_hf, config_to_hf, gpt2_query_scales
+from mlcore.model.hf_convert import (
+    architecture_of,
+    config_from_hf,
+    config_to_hf,
+    gpt2_query_scales,
+    untie_if_stored_head_differs,
+)
 from mlcore.model.hf_weights import hf_state_dict, import_plan
 from mlcore.model.streaming import build_on_meta, check_quantize, stream_into
 
@@ -159,6 +165,7 @@ def from_pretrained(folder: str | Path, *, dtype: torch.dtype = torch.float32, q
     except (RuntimeError, TypeError) as e:
         raise ValueError(f"device: expected a torch device such as 'cpu' or 'cuda', got {device!r}") from e
     source = SafetensorsFolder(folder, device)
+    config = untie_if_stored_head_differs(config, source.keys(), architecture_of(d), source.read)
     plan = import_plan(source.keys(), architecture_of(d), tie_embeddings=config.tie_embeddings,
                        query_scales=gpt2_query_scales(d))
     model = build_on_meta(Transformer, config)

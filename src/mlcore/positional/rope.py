@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .rope_scaling import rope_inv_freq, validate_scaling
+from .rope_scaling import PER_CALL_TYPES, rope_inv_freq, validate_scaling
 
 
 class RotaryEmbedding(nn.Module):
@@ -92,6 +92,9 @@ class RotaryEmbedding(nn.Module):
         )
         self.register_buffer("inv_freq", inv_freq, persistent=False)  # (rotary_dim/2,)
         self.attention_factor = float(attention_factor)
+        self.per_call = self.rope_type in PER_CALL_TYPES  # angles depend on the call's longest position
+        if self.rope_type == "longrope":  # the long factors' frequencies, for calls reaching past L0
+            self.register_buffer("long_inv_freq", self._long_inv_freq(), persistent=False)
 
     def _apply(self, fn: Callable[[torch.Tensor], torch.Tensor], recurse: bool = True) -> RotaryEmbedding:
         # ``module.to(torch.bfloat16)`` would round the frequencies (and every angle m * theta_i with them);
@@ -101,7 +104,14 @@ class RotaryEmbedding(nn.Module):
             inv_freq, _ = rope_inv_freq(self.rotary_dim, base=self.base, scaling=self.scaling,
                                         max_position_embeddings=self.max_position_embeddings, warn=False)
             self.inv_freq = inv_freq.to(self.inv_freq.device)
+        if self.rope_type == "longrope" and self.long_inv_freq.dtype != torch.float32:
+            self.long_inv_freq = self._long_inv_freq().to(self.long_inv_freq.device)
         return self
+
+    def _long_inv_freq(self) -> torch.Tensor:
+        orig = self.scaling["original_max_position_embeddings"]
+        return rope_inv_freq(self.rotary_dim, base=self.base, scaling=self.scaling,
+                             max_position_embeddings=self.max_position_embeddings, seq_len=orig + 1, warn=False)[0]
 
     @classmethod
     def from_hf_config(cls, config: Any, *, interleaved: bool = False) -> RotaryEmbedding:
@@ -125,7 +135,7 @@ class RotaryEmbedding(nn.Module):
         scaling: dict[str, Any] | None = None
         if rope_type != "default":
             scaling = {"rope_type": rope_type, **params}
-            if rope_type in ("yarn", "llama3"):  # transformers fills this in the same way (Phi-3 keeps it outside)
+            if rope_type in ("yarn", "llama3", "longrope"):  # as transformers fills it (Phi-3 keeps it outside)
                 orig = getattr(config, "original_max_position_embeddings", None)
                 if orig is not None:
                     scaling["original_max_position_embeddings"] = orig
@@ -136,6 +146,12 @@ class RotaryEmbedding(nn.Module):
         )
 
     def _inv_freq_for(self, position_ids: torch.Tensor) -> torch.Tensor:
+        if self.rope_type == "longrope":  # long factors once the call reaches past L0 (a select: no host read)
+            if not position_ids.numel():
+                return self.inv_freq
+            orig = self.scaling["original_max_position_embeddings"]
+            return torch.where(position_ids.max() + 1 > orig, self.long_inv_freq.to(position_ids.device),
+                               self.inv_freq.to(position_ids.device))
         if self.rope_type != "dynamic":
             return self.inv_freq
         # Dynamic NTK is built for the longest position this call sees (stateless; see the class docstring).

@@ -23,6 +23,11 @@ below change ``theta_i`` so that a longer context maps onto angles the model kno
   frequency, those longer than ``L0 / low_freq_factor`` are divided by ``s``, and in between
   ``theta_i' = (1 - a) theta_i / s + a theta_i`` with ``a = (L0 / wavelen - low) / (high - low)``.
 
+* ``longrope`` -- LongRoPE (Ding et al., 2024; Phi-3): per-pair rescale factors found by search,
+  ``theta_i' = theta_i / lambda_i``, with ``lambda = short_factor`` while the longest position of a call is within
+  ``L0`` and ``long_factor`` past it; cos/sin are scaled by ``sqrt(1 + ln(s) / ln(L0))``, ``s`` the context
+  ratio (``factor``, else ``max_position_embeddings / L0``).
+
 ``rope_inv_freq`` returns ``(inv_freq, attention_factor)`` as Hugging Face's ``ROPE_INIT_FUNCTIONS`` do; the
 tests hold every type to transformers' own functions.
 """
@@ -35,7 +40,7 @@ from typing import Any
 
 import torch
 
-ROPE_TYPES = ("default", "linear", "dynamic", "yarn", "llama3")
+ROPE_TYPES = ("default", "linear", "dynamic", "yarn", "llama3", "longrope")
 
 # Keys each type needs in the scaling dict ("factor" is checked separately; YaRN may infer it).
 _REQUIRED: dict[str, tuple[str, ...]] = {
@@ -44,7 +49,10 @@ _REQUIRED: dict[str, tuple[str, ...]] = {
     "dynamic": ("factor",),
     "yarn": ("factor", "original_max_position_embeddings"),
     "llama3": ("factor", "original_max_position_embeddings", "low_freq_factor", "high_freq_factor"),
+    "longrope": ("short_factor", "long_factor", "original_max_position_embeddings"),
 }
+# Types whose angles depend on the longest position of the forward call, not on the position alone.
+PER_CALL_TYPES = ("dynamic", "longrope")
 
 
 def rope_type_of(scaling: dict[str, Any] | None) -> str:
@@ -74,7 +82,7 @@ def validate_scaling(scaling: dict[str, Any] | None, *, warn: bool = True) -> st
             f"scaling with rope_type={rope_type!r} needs keys {list(_REQUIRED[rope_type])}; missing {missing}"
         )
     factor = scaling.get("factor")
-    if rope_type != "default" and not (rope_type == "yarn" and factor is None):
+    if rope_type != "default" and not (rope_type in ("yarn", "longrope") and factor is None):
         if isinstance(factor, bool) or not isinstance(factor, (int, float)) or factor <= 0:
             raise ValueError(f"scaling['factor'] must be a positive number, got {factor!r}")
         if factor < 1.0 and warn:  # transformers only warns here and runs, so we do the same
@@ -169,6 +177,22 @@ def _llama3(dim: int, base: float, s: dict[str, Any]) -> tuple[torch.Tensor, flo
     return inv_freq, 1.0
 
 
+def _longrope(dim: int, base: float, s: dict[str, Any], max_pos: int,
+              seq_len: int | None) -> tuple[torch.Tensor, float]:
+    orig = s["original_max_position_embeddings"]
+    for key in ("short_factor", "long_factor"):
+        if not isinstance(s[key], (list, tuple)) or len(s[key]) != dim // 2:
+            raise ValueError(f"scaling[{key!r}] must list one factor per rotary pair ({dim // 2}), got {s[key]!r}")
+    factor = s.get("factor") or max_pos / orig  # Phi-3 gives the ratio of context lengths instead
+    attention_factor = s.get("attention_factor")
+    if attention_factor is None:
+        attention_factor = 1.0 if factor <= 1 else math.sqrt(1 + math.log(factor) / math.log(orig))
+    ext = torch.tensor(s["long_factor"] if seq_len is not None and seq_len > orig else s["short_factor"],
+                       dtype=torch.float32)
+    exponents = torch.arange(0, dim, 2, dtype=torch.int64).float() / dim
+    return 1.0 / (ext * base**exponents), float(attention_factor)
+
+
 def rope_inv_freq(
     head_dim: int,
     *,
@@ -183,7 +207,8 @@ def rope_inv_freq(
     ``head_dim`` is the rotary dimension (even). ``scaling`` is an HF-style dict (see module docstring);
     ``max_position_embeddings`` is ``L0`` for ``dynamic`` (as transformers uses it) and YaRN's fallback for a
     missing ``factor``. ``seq_len`` only matters for ``dynamic``: the length the frequencies are built for (an int,
-    or a 0-d integer tensor to get transformers' float32 forward-pass arithmetic). ``warn=False`` silences the
+    or a 0-d integer tensor to get transformers' float32 forward-pass arithmetic), and for ``longrope``: past
+    ``original_max_position_embeddings`` the long factors apply. ``warn=False`` silences the
     ``factor < 1`` warning (for callers that validated ``scaling`` already, see :func:`validate_scaling`).
     """
     if not isinstance(head_dim, int) or head_dim < 2 or head_dim % 2:
@@ -203,4 +228,7 @@ def rope_inv_freq(
         return _dynamic(head_dim, base, scaling, max_position_embeddings, seq_len)
     if rope_type == "yarn":
         return _yarn(head_dim, base, scaling, max_position_embeddings)
+    if rope_type == "longrope":
+        return _longrope(head_dim, base, scaling, max_position_embeddings,
+                         None if seq_len is None else int(seq_len))
     return _llama3(head_dim, base, scaling)

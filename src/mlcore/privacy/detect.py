@@ -135,8 +135,8 @@ def detect_pii(
     if callable(recognizers) or isinstance(recognizers, str):
         raise TypeError("recognizers must be a sequence of recognizer functions, got a single "
                         f"{type(recognizers).__name__}; pass recognizers=(*RECOGNIZERS, mine)")
-    if not 0.0 <= min_score <= 1.0:
-        raise ValueError(f"min_score must be in [0, 1], got {min_score}")
+    if isinstance(min_score, bool) or not isinstance(min_score, (int, float)) or not 0.0 <= min_score <= 1.0:
+        raise ValueError(f"min_score must be a number in [0, 1], got {min_score!r}")
     if len(text) > MAX_CHARS:
         raise ValueError(
             f"text has {len(text)} characters, more than {MAX_CHARS}; stream it with mask_stream or StreamScanner"

@@ -43,8 +43,8 @@ def normalise(kind: str, value: str) -> str:
     if kind in ("CARD", "SSN", "ITIN", "ABA_ROUTING", "ACCOUNT_NUMBER", "PHONE", "CARD_CVV", "UK_SORT_CODE",
                 "CA_SIN"):
         return "".join(str(unicodedata.decimal(c)) for c in value if c.isdecimal())
-    if kind == "IBAN":
-        return "".join(value.split()).upper()
+    if kind == "IBAN":  # grouped by spaces, dashes or dots alike: letters and digits only
+        return "".join(str(unicodedata.decimal(c)) if c.isdecimal() else c for c in value if c.isalnum()).upper()
     if kind == "EMAIL":
         return value.lower()
     return value

@@ -17,7 +17,15 @@ from __future__ import annotations
 
 import torch
 
-from .tensor import QuantizedTensor, check_layout, check_weight, pack_nibbles, rows_cols, unpack_nibbles
+from .tensor import (
+    QuantizedTensor,
+    check_layout,
+    check_weight,
+    pack_nibbles,
+    rows_cols,
+    to_weight_dtype,
+    unpack_nibbles,
+)
 
 
 def check_group_size(group_size: object, k: int, name: str = "group_size") -> int:
@@ -100,4 +108,4 @@ def dequantize_int4(qt: QuantizedTensor) -> torch.Tensor:
     g = qt.group_size
     w = int4_codes(qt).float().reshape(r, k // g, g)  # one float32 buffer, updated in place
     w.sub_(qt.zeros.unsqueeze(-1)).mul_(qt.scales.unsqueeze(-1))
-    return w.reshape(qt.shape).to(qt.dtype)
+    return to_weight_dtype(w.reshape(qt.shape), qt.dtype)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from .tensor import QuantizedTensor, check_layout, check_weight, rows_cols
+from .tensor import QuantizedTensor, check_layout, check_weight, rows_cols, to_weight_dtype
 
 
 def _grouped(w2: torch.Tensor, granularity: str, group_size: int | None) -> torch.Tensor:
@@ -33,6 +33,8 @@ def quantize_int8(w: torch.Tensor, *, symmetric: bool = True, granularity: str =
                   group_size: int | None = None) -> QuantizedTensor:
     """Quantize ``w`` (..., K) to int8 codes with one scale per tensor / output row / group of K."""
     check_weight(w)
+    if not isinstance(symmetric, bool):
+        raise ValueError(f"symmetric: expected True or False, got {symmetric!r}")
     if granularity not in ("tensor", "channel", "group"):
         raise ValueError(f"granularity: expected 'tensor', 'channel' or 'group', got {granularity!r}")
     r, k = rows_cols(tuple(w.shape))
@@ -70,4 +72,4 @@ def dequantize_int8(qt: QuantizedTensor) -> torch.Tensor:
     if qt.zeros is not None:
         w.sub_(qt.zeros.unsqueeze(-1))
     w.mul_(qt.scales.unsqueeze(-1))
-    return w.reshape(qt.shape).to(qt.dtype)
+    return to_weight_dtype(w.reshape(qt.shape), qt.dtype)

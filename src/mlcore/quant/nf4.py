@@ -6,7 +6,7 @@ consecutive elements (64 by default; the last block may be shorter). For block `
     absmax_b = max_i |w_i|,   code_i = argmin_c |w_i / absmax_b - C[c]|,   w_i ~ C[code_i] * absmax_b
 
 with ``C`` the 16-value NF4 or FP4 code book (``codebooks.py``), computed in float32 (the scaled value is
-``w * (1 / absmax)``). Two codes share a byte, the first element in the high nibble.
+``w * (1 / absmax)``, in a shorter last block ``w / absmax``, as bitsandbytes computes them). Two codes share a byte, the first element in the high nibble.
 
 **Double quantization** (sec. 3, "Double Quantization"): the float32 absmax values cost 32 / blocksize bits
 per parameter (0.5 at 64). Subtract their mean ``c``, quantize ``absmax - c`` in blocks of 256 with the
@@ -39,13 +39,22 @@ def _blocks(flat: torch.Tensor, blocksize: int) -> torch.Tensor:
 def blockwise_absmax_codes(x: torch.Tensor, code: torch.Tensor, blocksize: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Block-wise absmax quantization of ``x`` (n,) float32 with code book ``code`` (K,).
 
-    Returns (codes (n,) int64, absmax (ceil(n / blocksize),) float32).
+    Returns (codes (n,) int64, absmax (ceil(n / blocksize),) float32). The arithmetic is bitsandbytes' to the
+    last bit, so that a value on a boundary between two codes falls the same way: full blocks are scaled by
+    ``x * (1 / max(absmax, 1e-38))``; a shorter last block by ``x / max(absmax, 1e-38)``, and that clamped
+    absmax is the one stored for it (an all-zero last block keeps 1e-38, a full one 0).
     """
     n = x.numel()
-    blocks = _blocks(x, blocksize)
+    rem = n % blocksize
+    full = n - rem
+    blocks = x[:full].reshape(-1, blocksize)
     absmax = blocks.abs().amax(dim=-1)
-    scaled = torch.clamp(blocks * (1.0 / absmax.clamp(min=1e-38)).unsqueeze(-1), -1.0, 1.0)
-    return nearest_code(scaled.reshape(-1)[:n], code), absmax
+    scaled = torch.clamp(blocks * (1.0 / absmax.clamp(min=1e-38)).unsqueeze(-1), -1.0, 1.0).reshape(-1)
+    if rem:
+        last = x[full:].abs().amax().clamp(min=1e-38)
+        absmax = torch.cat([absmax, last.reshape(1)])
+        scaled = torch.cat([scaled, torch.clamp(x[full:] / last, -1.0, 1.0)])
+    return nearest_code(scaled, code), absmax
 
 
 def double_quantize(absmax: torch.Tensor, blocksize: int = NESTED_BLOCKSIZE) -> tuple[torch.Tensor, NestedScales]:
@@ -68,8 +77,10 @@ def quantize_4bit(w: torch.Tensor, quant_type: str = "nf4", *, blocksize: int = 
     check_weight(w)
     if quant_type not in ("nf4", "fp4"):
         raise ValueError(f"quant_type: expected 'nf4' or 'fp4', got {quant_type!r}")
-    if blocksize not in BLOCKSIZES:
+    if not isinstance(blocksize, int) or isinstance(blocksize, bool) or blocksize not in BLOCKSIZES:
         raise ValueError(f"blocksize: expected one of {BLOCKSIZES}, got {blocksize!r}")
+    if not isinstance(double_quant, bool):
+        raise ValueError(f"double_quant: expected True or False, got {double_quant!r}")
     flat = w.detach().reshape(-1).float()
     codes, absmax = blockwise_absmax_codes(flat, code_tensor(quant_type, flat.device), blocksize)
     if codes.numel() % 2:

@@ -219,6 +219,15 @@ def check_weight(w: object, name: str = "w") -> torch.Tensor:
     return w
 
 
+def to_weight_dtype(w: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """A float32 dequantized weight cast to ``dtype``; for float16 first clamped to its finite range: a code times
+    its scale may land a rounding step past the largest weight (65504 -> 65760), which float16 would make inf."""
+    if dtype == torch.float16:
+        limit = torch.finfo(torch.float16).max
+        w = w.clamp(-limit, limit)
+    return w.to(dtype)
+
+
 def pack_nibbles(codes: torch.Tensor) -> torch.Tensor:
     """Pack 4-bit codes (..., 2m) into bytes (..., m): element 2j in the high nibble, 2j + 1 in the low."""
     c = codes.to(torch.uint8)

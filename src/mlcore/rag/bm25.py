@@ -45,9 +45,11 @@ class BM25:
         if not all(isinstance(d, (list, tuple)) for d in corpus_tokens):
             raise ValueError("corpus_tokens must hold token lists (list[str] per document), not raw strings; "
                              "tokenize first, e.g. with simple_tokenize")
-        if not (isinstance(k1, (int, float)) and k1 >= 0 and math.isfinite(k1)):
+        if not all(isinstance(t, str) for d in corpus_tokens for t in d):
+            raise ValueError("corpus_tokens must hold str tokens")
+        if isinstance(k1, bool) or not (isinstance(k1, (int, float)) and k1 >= 0 and math.isfinite(k1)):
             raise ValueError(f"k1 must be a finite number >= 0, got {k1!r}")
-        if not (isinstance(b, (int, float)) and 0 <= b <= 1):
+        if isinstance(b, bool) or not (isinstance(b, (int, float)) and 0 <= b <= 1):
             raise ValueError(f"b must be in [0, 1], got {b!r}")
         self.k1, self.b, self.n_docs = float(k1), float(b), len(corpus_tokens)
         lengths = torch.tensor([len(d) for d in corpus_tokens], dtype=torch.float64)
@@ -74,12 +76,16 @@ class BM25:
         """Index raw texts with :func:`simple_tokenize`."""
         if isinstance(texts, str):
             raise ValueError("texts must be a list of str, got a single str")
+        if not all(isinstance(t, str) for t in texts):
+            raise ValueError("texts must be a list of str, got non-str items")
         return cls([simple_tokenize(t) for t in texts], k1=k1, b=b)
 
     def scores(self, query_tokens: Sequence[str]) -> Tensor:
         """``(N,)`` BM25 score of every document for the query's tokens (0 where no term matches)."""
         if isinstance(query_tokens, str):
             raise ValueError("query_tokens must be a list of str tokens, got a str; use search() for raw text")
+        if not isinstance(query_tokens, (list, tuple)) or not all(isinstance(t, str) for t in query_tokens):
+            raise ValueError(f"query_tokens must be a list of str tokens, got {query_tokens!r:.80}")
         out = torch.zeros(self.n_docs, dtype=torch.float64)
         for term in query_tokens:
             if term in self.postings:
@@ -91,6 +97,8 @@ class BM25:
         """Top ``k`` documents for a raw-text query: ``(scores (k,), indices (k,))``, best first."""
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
             raise ValueError(f"k must be a positive int, got {k!r}")
+        if not isinstance(query, str):
+            raise ValueError(f"query must be a str, got {type(query).__name__}")
         s = self.scores(simple_tokenize(query))
-        top = torch.topk(s, min(k, self.n_docs))
-        return top.values, top.indices
+        top = torch.sort(s, descending=True, stable=True)  # equal scores: lower id first
+        return top.values[:k], top.indices[:k]

@@ -72,8 +72,9 @@ class DenseIndex:
             raise ValueError(f"k must be a positive int, got {k!r}")
         q = check_vectors(queries, "queries", self.dim).to(self.embeddings.device)
         q = torch.nn.functional.normalize(q, dim=-1)
-        top = torch.topk(q @ self.embeddings.T, min(k, len(self)), dim=-1)   # (B, N) -> (B, k')
-        return top.values.cpu(), top.indices.cpu()
+        scores = q @ self.embeddings.T  # (B, N)
+        top = torch.sort(scores, dim=-1, descending=True, stable=True)  # equal scores (duplicates): lower id first
+        return top.values[:, :k].cpu(), top.indices[:, :k].cpu()  # (B, k')
 
     def save(self, folder: str | os.PathLike) -> None:
         """``folder/index.safetensors`` + ``folder/manifest.json`` (embedder, dim, count, texts)."""

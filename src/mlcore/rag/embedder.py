@@ -25,7 +25,7 @@ import hashlib
 import json
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -87,6 +87,8 @@ class Embedder:
         self.model = AutoModel.from_pretrained(folder).to(self.device).eval()
         st_config = folder / "sentence_bert_config.json"
         trained = json.loads(st_config.read_text())["max_seq_length"] if st_config.exists() else 512
+        if max_length is not None and (isinstance(max_length, bool) or not isinstance(max_length, int)):
+            raise ValueError(f"max_length must be an int, got {max_length!r}")
         self.max_length = int(max_length if max_length is not None else trained)
         if not 2 < self.max_length <= self.model.config.max_position_embeddings:
             raise ValueError(f"max_length must be in (2, {self.model.config.max_position_embeddings}], "
@@ -108,10 +110,11 @@ class Embedder:
 
         Texts longer than ``max_length`` tokens are truncated with a ``UserWarning`` (see the module docstring).
         """
-        if isinstance(texts, str) or not all(isinstance(t, str) for t in texts):
-            raise ValueError(f"texts must be a list of str, got {type(texts).__name__}"
-                             + ("" if isinstance(texts, str) else " with non-str items"))
-        texts = list(texts)
+        if isinstance(texts, str) or not isinstance(texts, Iterable):
+            raise ValueError(f"texts must be a list of str, got {type(texts).__name__}")
+        texts = list(texts)  # a generator is read once, here
+        if not all(isinstance(t, str) for t in texts):
+            raise ValueError("texts must be a list of str, got non-str items")
         if not texts:
             return torch.empty(0, self.dim)
         lengths = self.count_tokens(texts)

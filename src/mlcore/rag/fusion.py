@@ -18,14 +18,25 @@ import torch
 from torch import Tensor
 
 
-def ranking_from_scores(scores: Tensor, depth: int) -> list[int]:
-    """Indices of the ``depth`` highest ``scores (N,)``, best first; NaN scores are refused."""
+def _positive_int(name: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    return value
+
+
+def ranking_from_scores(scores: Tensor, depth: int, *, above: float | None = None) -> list[int]:
+    """Indices of the ``depth`` highest ``scores (N,)``, best first (ties by index); NaN scores are refused.
+    ``above``: only documents scoring more than this are ranked (BM25: 0 = no query term in the document)."""
     if not isinstance(scores, Tensor) or scores.dim() != 1:
         raise ValueError(f"scores must be a 1-D tensor (N,), got {getattr(scores, 'shape', type(scores))}")
+    _positive_int("depth", depth)
     if bool(torch.isnan(scores).any()):
         raise ValueError(f"scores holds {int(torch.isnan(scores).sum())} NaN values; a ranking needs "
                          "comparable numbers")
-    return torch.topk(scores, min(depth, scores.numel())).indices.tolist()
+    order = torch.sort(scores, descending=True, stable=True).indices[:depth]
+    if above is not None:
+        order = order[scores[order] > above]
+    return order.tolist()
 
 
 def reciprocal_rank_fusion(rankings: Sequence[Sequence[int]], *, k: float = 60.0) -> list[tuple[int, float]]:
@@ -36,6 +47,8 @@ def reciprocal_rank_fusion(rankings: Sequence[Sequence[int]], *, k: float = 60.0
         raise ValueError(f"k must be a finite number >= 0, got {k!r}")
     fused: dict[int, float] = {}
     for ranking in rankings:
+        if any(isinstance(doc, bool) or not isinstance(doc, int) for doc in ranking):
+            raise ValueError(f"a ranking must list int document ids, got {list(ranking)[:20]}")
         if len(set(ranking)) != len(ranking):
             raise ValueError(f"a ranking lists a document twice: {list(ranking)[:20]}")
         for rank, doc in enumerate(ranking, start=1):
@@ -51,11 +64,14 @@ def hybrid_search(query: str, *, bm25: Any, dense: Any, embedder: Any, k: int = 
 
     if not isinstance(query, str) or not query.strip():
         raise ValueError(f"query must be a non-empty str, got {query!r}")
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise ValueError(f"k must be a positive int, got {k!r}")
+    _positive_int("k", k)
+    _positive_int("depth", depth)
+    if not (isinstance(rrf_k, (int, float)) and not isinstance(rrf_k, bool) and math.isfinite(rrf_k) and rrf_k >= 0):
+        raise ValueError(f"rrf_k must be a finite number >= 0, got {rrf_k!r}")
     if bm25.n_docs != len(dense):
         raise ValueError(f"bm25 indexes {bm25.n_docs} documents but dense indexes {len(dense)}: they must index "
                          "the same corpus in the same order")
-    lexical = ranking_from_scores(bm25.scores(simple_tokenize(query)), depth)
+    # a document with no query term (BM25 score 0) is absent from the lexical ranking, not ranked last
+    lexical = ranking_from_scores(bm25.scores(simple_tokenize(query)), depth, above=0.0)
     _, ids = dense.search(embedder.encode([query]), depth)
     return reciprocal_rank_fusion([lexical, ids[0].tolist()], k=rrf_k)[:k]

@@ -38,7 +38,8 @@ class Retriever:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         if isinstance(queries, str) or not queries:
             raise ValueError("queries must be a non-empty list of str")
-        lexical = [ranking_from_scores(self.bm25.scores(simple_tokenize(q)), depth) for q in queries] \
+        above = 0.0 if mode == "hybrid" else None  # fused: a document with no query term adds no lexical rank
+        lexical = [ranking_from_scores(self.bm25.scores(simple_tokenize(q)), depth, above=above) for q in queries] \
             if mode != "dense" else None
         dense = self.dense.search(self.embedder.encode(list(queries)), depth)[1].tolist() if mode != "bm25" else None
         if mode == "bm25":

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import heapq
 
-import regex
+from .patterns import SplitPattern
 
 LONG_PIECE = 64  # bytes; longer pieces use the heap version
 
@@ -85,7 +85,7 @@ class ChunkEncoder:
     The cache holds at most ``cache_size`` chunks and is emptied when full (simple and bounded).
     """
 
-    def __init__(self, compiled_pattern: regex.Pattern[str], ranks: dict[bytes, int], cache_size: int = 1 << 17):
+    def __init__(self, compiled_pattern: SplitPattern, ranks: dict[bytes, int], cache_size: int = 1 << 17):
         self.pattern = compiled_pattern
         self.ranks = ranks
         self.cache: dict[str, list[int]] = {}

@@ -79,6 +79,8 @@ def iban_mod97(iban: str) -> int:
 
 def iban_checksum_valid(iban: str) -> bool:
     """True if the IBAN's check digits are right (the per-country length is checked in `banking`)."""
+    if not isinstance(iban, str):
+        raise TypeError(f"iban must be a str, got {type(iban).__name__}")
     try:
         return iban[2:4].isdigit() and iban_mod97(iban) == 1
     except ValueError:

@@ -97,6 +97,13 @@ def mask_pii(
     replace = make_replacer(strategy, key)
     if spans is None:
         spans = detect_pii(text, kinds=check_kinds(kinds), min_score=min_score)
+    elif isinstance(spans, str) or not all(isinstance(s, PiiSpan) for s in spans):
+        raise TypeError(f"spans must be a list of PiiSpan (as detect_pii returns), got {spans!r:.80}")
+    else:
+        spans = list(spans)
+        bad = [s for s in spans if not 0 <= s.start < s.end <= len(text)]
+        if bad:
+            raise ValueError(f"spans must lie inside text (length {len(text)}), got {bad[0]}")
     return replace_spans(text, spans, replace)
 
 

@@ -87,13 +87,13 @@ def _ssn(value: str, rng: random.Random, itin: bool) -> str:
 
 
 def _iban(value: str, rng: random.Random) -> str:
-    compact = "".join(value.split())
+    compact = "".join(c for c in value if c.isalnum())  # grouped by spaces, dashes or dots: separators kept
     bban = _fill(compact[4:].upper(), rng)
     new = compact[:2].upper() + iban_check_digits(compact[:2].upper(), bban) + bban
     if not value.isupper():
         new = new.lower()  # written in lowercase, pseudonymized in lowercase
     it = iter(new)
-    return "".join(next(it) if not c.isspace() else c for c in value)
+    return "".join(next(it) if c.isalnum() else c for c in value)
 
 
 def _aba(value: str, rng: random.Random) -> str:
