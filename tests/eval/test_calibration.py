@@ -57,3 +57,10 @@ def test_bad_input():
         expected_calibration_error(np.zeros((0, 2)), np.zeros(0))
     with pytest.raises(ValueError, match="n_bins"):
         expected_calibration_error(np.array([0.2]), np.array([0]), n_bins=0)
+
+
+@pytest.mark.parametrize("labels", [[5, 7], [-1, 1], ["a", "b"], [float("nan"), 1.0], [0.5, 1.0]])
+def test_labels_outside_the_classes_are_refused(labels):
+    """A label that is no class index is an error, not a wrong prediction (ECE was scored on it silently)."""
+    with pytest.raises(ValueError, match="labels"):
+        expected_calibration_error(np.array([[0.9, 0.1], [0.2, 0.8]]), np.array(labels))

@@ -34,9 +34,11 @@ def test_epsilon_matches_opacus_over_grid():
 
 
 def test_epsilon_other_delta_and_full_batch():
-    for sigma, q, steps, delta in ((1.0, 1.0, 10, 1e-3), (1.3, 0.05, 700, 1e-6), (0.7, 0.003, 3, 0.1)):
+    for sigma, q, steps, delta in ((1.0, 1.0, 10, 1e-3), (1.3, 0.05, 700, 1e-6), (0.7, 0.003, 3, 0.02)):
         ref = opacus_epsilon(sigma, q, steps, delta)
         assert abs(epsilon(sigma, q, steps, delta) - ref) <= 1e-6 * abs(ref)
+    # at a large delta the conversion falls below 0, which Opacus reports as it is; epsilon >= 0 by definition
+    assert opacus_epsilon(0.7, 0.003, 3, 0.1) < 0 and epsilon(0.7, 0.003, 3, 0.1) == 0.0
 
 
 def test_accountant_composes_like_opacus():
@@ -92,3 +94,13 @@ def test_noise_search_bad_input(kwargs, match):
     args = dict(target_epsilon=1.0, sample_rate=0.01, steps=10, delta=1e-5) | kwargs
     with pytest.raises(ValueError, match=match):
         noise_multiplier_for(**args)
+
+
+def test_infinite_noise_and_degenerate_search_arguments():
+    """Infinite noise spends only the conversion's floor (it hung in the series before); a target needing a
+    multiplier between the last doubling and the cap is found; rtol <= 0 is refused (it never stopped)."""
+    assert epsilon(math.inf, 0.01, 10, 1e-5) == epsilon(math.inf, 1.0, 10, 1e-5) == epsilon_floor(1e-5)
+    sigma = noise_multiplier_for(5.6475, 1.0, 10**8, 1e-5)
+    assert 8192 < sigma < 10_000 and epsilon(sigma, 1.0, 10**8, 1e-5) <= 5.6475
+    with pytest.raises(ValueError, match="rtol"):
+        noise_multiplier_for(1.0, 0.01, 100, 1e-5, rtol=0)

@@ -25,6 +25,12 @@ def _confidences(probs: Any, labels: Any) -> tuple[np.ndarray, np.ndarray]:
         raise ValueError(f"labels must have shape (N,) = ({p.shape[0]},) to match probs, got {y.shape}")
     if ((p < 0) | (p > 1)).any():
         raise ValueError(f"probs must lie in [0, 1], got values in [{p.min():.3g}, {p.max():.3g}]")
+    classes = 2 if p.ndim == 1 else p.shape[1]
+    integral = y.dtype.kind in "iu" or (y.dtype.kind == "f" and bool(np.all(np.isfinite(y) & (y == np.round(y)))))
+    if y.dtype.kind == "b" or not integral or (y.size and (y.min() < 0 or y.max() >= classes)):
+        raise ValueError(f"labels must be integer classes in [0, {classes}), got {y[:10].tolist()}"
+                         + (" ..." if y.size > 10 else ""))
+    y = y.astype(np.int64)
     if p.ndim == 1:  # binary: p is P(class 1); the prediction is the likelier class
         conf, pred = np.maximum(p, 1 - p), (p >= 0.5).astype(np.int64)
     else:

@@ -15,8 +15,10 @@ approaches the true perplexity.
 ``valid labels - batch``, which is one token per row too few for every window after the first (that window's
 first scored label has a predecessor inside it, so all ``end - prev_end`` of its labels are scored). The
 difference is small (about 1e-4 relative on a few hundred tokens) and vanishes as windows grow; it is kept as
-the default so the figure equals the one a reader computes from the docs. ``weighting="token"`` weighs every
-scored token the same: the exact ``exp(mean NLL)`` over the scored tokens.
+the default so the figure equals the one a reader computes from the docs. One exception: where the last window
+holds a single token (``stride == max_length`` and ``T = k * stride + 1``) the snippet's mean loss is NaN (no
+label to score) and its weight 0, so it returns NaN; that window scores nothing and is skipped here.
+``weighting="token"`` weighs every scored token the same: the exact ``exp(mean NLL)`` over the scored tokens.
 
 Works with an mlcore ``Transformer`` and with a transformers causal LM (anything returning logits, or an
 object with ``.logits``). Shapes: ``input_ids`` (T,) or (B, T); rows are scored together, window by window.

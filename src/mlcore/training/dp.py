@@ -1,7 +1,7 @@
 """Differentially private training (DP-SGD, Abadi et al. 2016) in mlcore's loop, and its privacy arithmetic.
 
     from mlcore.training.dp import epsilon, noise_multiplier_for
-    epsilon(noise_multiplier=1.0, sample_rate=0.01, steps=1000, delta=1e-5)        # -> 1.08
+    epsilon(noise_multiplier=1.0, sample_rate=0.01, steps=1000, delta=1e-5)        # -> 2.10
     noise_multiplier_for(target_epsilon=3.0, sample_rate=0.01, steps=1000, delta=1e-5)
 
     train(model, data, TrainConfig(dp=True, dp_target_epsilon=3.0, dp_delta=1e-5, dp_max_grad_norm=1.0,

@@ -98,6 +98,8 @@ def _log_a_fractional(q: float, sigma: float, alpha: float) -> float:
         if small.size:
             break
         start += block
+        if start > 1_000_000 or not (np.isfinite(log_s0).any() or np.isfinite(log_s1).any()):
+            raise ValueError(f"the RDP series at order {alpha} did not converge (sigma={sigma}, q={q})")
     log_pos = float(special.logsumexp(np.concatenate(positive)))
     neg = np.concatenate(negative)
     if neg.size == 0:
@@ -116,6 +118,8 @@ def rdp_sampled_gaussian(noise_multiplier: float, sample_rate: float,
             raise ValueError(f"orders must all be > 1, got {alpha}")
         if sigma == 0:
             out[k] = math.inf
+        elif math.isinf(sigma):  # infinite noise: the output says nothing about any example
+            out[k] = 0.0
         elif q == 1.0:  # no subsampling: the Gaussian mechanism's alpha / (2 sigma^2)
             out[k] = alpha / (2 * sigma**2)
         elif float(alpha).is_integer():
@@ -137,14 +141,15 @@ def rdp_to_epsilon(rdp: np.ndarray, delta: float, orders: Sequence[float] = DEFA
     if np.isnan(eps).all():
         return math.inf, math.nan
     best = int(np.nanargmin(eps))
-    return float(eps[best]), float(a[best])
+    # at a large delta the bound can fall below 0 (Opacus reports it so); epsilon >= 0 by definition
+    return max(float(eps[best]), 0.0), float(a[best])
 
 
 def epsilon(noise_multiplier: float, sample_rate: float, steps: int, delta: float) -> float:
     """Epsilon spent by ``steps`` DP-SGD steps with noise ``sigma = noise_multiplier`` at Poisson rate ``q``.
 
-    >>> round(epsilon(1.0, 0.01, 1000, 1e-5), 3)   # the classic CIFAR-scale setting
-    1.082
+    >>> round(epsilon(1.0, 0.01, 1000, 1e-5), 3)   # the classic CIFAR-scale setting (Opacus: 2.101 too)
+    2.101
     """
     delta = _check_delta(delta)
     steps = _check_steps(steps)
@@ -171,6 +176,8 @@ def noise_multiplier_for(target_epsilon: float, sample_rate: float, steps: int, 
             or math.isnan(target_epsilon) or target_epsilon <= 0):
         raise ValueError(f"target_epsilon must be a number > 0 (or inf for no privacy), got {target_epsilon!r}")
     q, delta, steps = _check_sample_rate(sample_rate), _check_delta(delta), _check_steps(steps)
+    if isinstance(rtol, bool) or not isinstance(rtol, (int, float)) or not 0 < rtol < 1:
+        raise ValueError(f"rtol must be a number in (0, 1), got {rtol!r}")
     if math.isinf(target_epsilon) or steps == 0:
         return 0.0
     floor = epsilon_floor(delta)
@@ -180,11 +187,11 @@ def noise_multiplier_for(target_epsilon: float, sample_rate: float, steps: int, 
                          "raise target_epsilon or delta")
     hi = 1.0
     while epsilon(hi, q, steps, delta) > target_epsilon:
-        hi *= 2
-        if hi > MAX_NOISE_MULTIPLIER:
+        if hi >= MAX_NOISE_MULTIPLIER:
             raise ValueError(f"target_epsilon={target_epsilon} is unreachable: noise_multiplier > "
                              f"{MAX_NOISE_MULTIPLIER:g} would be needed for sample_rate={q}, steps={steps}, "
                              f"delta={delta}")
+        hi = min(2 * hi, MAX_NOISE_MULTIPLIER)  # the last bracket tries the largest allowed value itself
     lo = 0.0
     while hi - lo > rtol * hi:
         mid = (lo + hi) / 2
