@@ -139,3 +139,24 @@ def test_compiled_tiled_layers_equal_f_linear_and_keep_untiled_ones_as_row_dots(
     tol = {"atol": 1e-5, "rtol": 1e-5} if dtype == torch.float32 else {"atol": 0.05, "rtol": 2**-7}
     torch.testing.assert_close(out.float(), reference, **tol)
     assert not any(name in "\n".join(code) for name in _LIBRARY_MATMULS)
+
+
+def test_a_tiled_layers_input_is_computed_once_not_per_tile():
+    """The input of tiled layers (here an RMSNorm) is realized into a buffer before the GEMV, so its rsqrt is
+    not recomputed inside the GEMV's loop over tiles; the result is unchanged."""
+    gen = torch.Generator().manual_seed(5)
+    r = tile_rows(torch.float32)
+    w = torch.randn(4 * r, 64, generator=gen)
+    gain = torch.rand(64, generator=gen) + 0.5
+    layers = RowDotLinear([w], [None], tiles=[tiled_weight(w)])
+
+    def step(x):
+        return layers(x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6) * gain)
+
+    x = torch.randn(1, 1, 64, generator=gen)
+    with torch.no_grad():
+        out, code = run_and_get_code(torch.compile(step, dynamic=False, fullgraph=True), x)
+    torch.testing.assert_close(out, step(x), atol=1e-5, rtol=1e-5)
+    source = "\n".join(code)
+    # the norm's 1/sqrt is computed before the GEMV's reduction loop over the input (x2), not inside it
+    assert source.count("std::sqrt") == 1 and source.index("std::sqrt") < source.index("for(int64_t x2")

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 __all__ = ["row_dot_linear", "use_row_dots", "traced_single_row", "RowDotLinear", "tile_rows", "tiled_weight",
-           "tiled_row_dot_linear"]
+           "tiled_row_dot_linear", "realized"]
 
 _DTYPES = (torch.float32, torch.bfloat16)
 
@@ -103,6 +103,15 @@ def tiled_row_dot_linear(x: Tensor, tiles: Tensor, bias: Tensor | None = None) -
     return y.to(x.dtype)
 
 
+def realized(x: Tensor) -> Tensor:
+    """``x`` itself, computed once into a buffer in a traced graph: inductor realizes the input of an
+    ``as_strided`` view. A tiled layer's graph keeps inductor's default fusion (see ``inference/compiled.py``),
+    which would inline the producer of ``x`` (RMSNorm, SiLU(gate) * up) into the GEMV and recompute it once per
+    tile of R rows; computed once instead, the 27M Llama's float32 step ran 1.13-1.16x faster per token (bf16,
+    with half as many tiles: 1.00-1.05x; paired A/B, one thread)."""
+    return x.as_strided(x.shape, x.stride())
+
+
 class RowDotLinear:
     """Several linear layers that read the same input, called as one: ``x -> [x W_1^T + b_1 | x W_2^T + b_2 | ...]``.
 
@@ -122,6 +131,8 @@ class RowDotLinear:
 
     def __call__(self, x: Tensor) -> Tensor:
         if use_row_dots(x, self.weights[0]):
+            if any(t is not None for t in self.tiles):
+                x = realized(x)
             outs = [row_dot_linear(x, w, b) if t is None else tiled_row_dot_linear(x, t, b)
                     for w, b, t in zip(self.weights, self.biases, self.tiles)]
         elif self.fallback is not None:
