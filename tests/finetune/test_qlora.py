@@ -175,3 +175,17 @@ def test_prepare_qlora_bad_input() -> None:
     model = prepare_qlora(tiny_llama(), LoraConfig(4, 8, TARGETS), verbose=False)
     with pytest.raises(ValueError, match="cannot merge LoRA into a QuantizedLinear"):
         merge_lora(model)
+
+
+def test_merge_route_of_a_bf16_qlora_model_keeps_its_compute_dtype():
+    """dequantize_lora_bases rebuilds each base in the layer's compute dtype (bf16 here, like the rest of the
+    model), so the merged model runs and gives the unmerged QLoRA logits (float32 bases broke its forward)."""
+    model = prepare_qlora(tiny_llama(), LoraConfig(4, 8, ["q_proj", "v_proj"]), compute_dtype=torch.bfloat16,
+                          verbose=False)
+    randomize_lora_(model)
+    with torch.no_grad():
+        before = logits_of(model, token_ids()).float()
+        merged = merge_lora(dequantize_lora_bases(model), unload=True)
+        assert merged.model.layers[0].self_attn.q_proj.weight.dtype == torch.bfloat16
+        after = logits_of(merged, token_ids()).float()
+    torch.testing.assert_close(after, before, atol=0.1, rtol=0.05)  # bf16 rounding of the merged weights

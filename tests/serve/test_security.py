@@ -52,17 +52,28 @@ def test_oversized_body_is_413(served):
     assert r.status_code == 413
 
 
-def test_malformed_json_and_unknown_fields_are_422_with_a_clear_message(served):
+def test_malformed_json_unknown_fields_and_wrong_types_are_400_with_a_clear_message(served):
+    """As OpenAI's API: 400 invalid_request_error naming the problem; values of the wrong type are refused, not
+    coerced; max_tokens past the context is refused, not clipped; /v1/models/{id} exists."""
     r = post(served, content=b'{"model": "tiny-target", "prompt": ', headers={"Content-Type": "application/json"})
-    assert r.status_code == 422 and r.json()["error"]["message"].startswith("malformed JSON body")
+    assert r.status_code == 400 and r.json()["error"]["message"].startswith("malformed JSON body")
     r = post(served, {**BODY, "max_token": 5})
-    assert r.status_code == 422 and "unknown field 'max_token'" in r.json()["error"]["message"]
+    assert r.status_code == 400 and "unknown field 'max_token'" in r.json()["error"]["message"]
     r = post(served, {**BODY, "temperature": -1})
-    assert r.status_code == 422 and "temperature" in r.json()["error"]["message"]
+    assert r.status_code == 400 and "temperature" in r.json()["error"]["message"]
+    for field, value in (("max_tokens", "5"), ("max_tokens", True), ("stream", "yes"), ("temperature", "0")):
+        r = post(served, {**BODY, field: value})
+        assert r.status_code == 400 and field in r.json()["error"]["message"], (field, value)
+    r = post(served, {**BODY, "max_tokens": 5000})
+    assert r.status_code == 400 and r.json()["error"]["code"] == "context_length_exceeded"
     r = post(served, {**BODY, "model": "gpt-4"})
     assert r.status_code == 404 and "tiny-target" in r.json()["error"]["message"]
     r = post(served, content=b"[1, 2]", headers={"Content-Type": "application/json"})
-    assert r.status_code == 422 and "object" in r.json()["error"]["message"]
+    assert r.status_code == 400 and "object" in r.json()["error"]["message"]
+    headers = {"Authorization": f"Bearer {MAIN_KEY}"}
+    r = httpx.get(served.url + "/v1/models/tiny-target", headers=headers, timeout=30)
+    assert r.status_code == 200 and r.json()["id"] == "tiny-target"
+    assert httpx.get(served.url + "/v1/models/gpt-4", headers=headers, timeout=30).status_code == 404
 
 
 def test_pii_prompt_masked_and_injection_blocked(served):

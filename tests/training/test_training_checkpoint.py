@@ -109,3 +109,21 @@ def test_checkpoint_with_damaged_metadata(toy_factory, token_data, tmp_path):
     save_file(state, str(path / "training_state.safetensors"), metadata={"mlcore_checkpoint": json.dumps({"x": 1})})
     with pytest.raises(ValueError, match="corrupt"):  # valid JSON, but no step
         load_checkpoint(path, model=toy_factory(), optimizer=opt)
+
+
+def test_a_transposed_view_is_not_stored_as_an_alias(tmp_path):
+    """Shared tensors are stored once, but a transposed view of a square weight shares storage, offset, shape and
+    dtype with it, not its strides: it is a tensor of its own (it came back un-transposed before)."""
+
+    class Both(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.arange(9.0).reshape(3, 3))
+            self.register_buffer("wt", self.w.data.t())
+
+    saved = Both()
+    save_checkpoint(tmp_path, model=saved, step=0)
+    loaded = Both()
+    loaded.wt = torch.zeros(3, 3)
+    load_checkpoint(tmp_path, model=loaded)
+    assert torch.equal(loaded.wt, saved.wt) and torch.equal(loaded.w, saved.w)

@@ -46,10 +46,21 @@ def test_warmup_longer_than_training_is_refused():
 
 
 def test_default_warmup_fits_short_runs():
+    """At most half the run warms up: a one-step run trains at its peak rate (a one-step warm-up trained at 0)."""
     assert TrainConfig().warmup_steps == DEFAULT_WARMUP_STEPS
-    assert TrainConfig(max_steps=3).warmup_steps == 3
+    assert TrainConfig(max_steps=3).warmup_steps == 1
+    assert TrainConfig(max_steps=1).warmup_steps == 0
     cfg = TrainConfig(max_steps=3)
     assert TrainConfig.from_dict(cfg.to_dict()) == cfg
+
+
+@pytest.mark.parametrize(("field", "value"), [
+    ("seed", "1"), ("seed", 1.5), ("dp", "false"), ("cpu", "no"), ("progress", 0), ("dp_poisson", "no"),
+    ("lr", float("inf")), ("eps", float("inf")), ("weight_decay", float("inf")), ("out_dir", 5),
+])
+def test_types_and_infinities_are_refused_by_name(field, value):
+    with pytest.raises(ValueError, match=f"TrainConfig.{field}"):
+        TrainConfig(**{field: value})
 
 
 def test_valid_config_builds_the_reference_optimizer():

@@ -55,14 +55,15 @@ def prepare_qlora(model: nn.Module, config: LoraConfig, *, blocksize: int = 64, 
 
 def dequantize_lora_bases(model: nn.Module, dtype: torch.dtype | None = None) -> nn.Module:
     """Replace each LoRA layer's ``QuantizedLinear`` base by an ``nn.Linear`` holding the dequantized weight
-    (in ``dtype``, default the weight's original dtype), so that ``merge_lora`` can fold the adapters in:
+    (in ``dtype``, default the layer's compute dtype: the dtype the rest of the model runs in, e.g. bfloat16
+    after ``prepare_qlora(compute_dtype=torch.bfloat16)``), so that ``merge_lora`` can fold the adapters in:
     ``W = dequant(W_nf4) + (alpha / r) B A``. Returns ``model``."""
     for layer in lora_layers(model).values():
         base = layer.base_layer
         if not isinstance(base, QuantizedLinear):
             continue
         weight = base.dequantized_weight()
-        weight = weight.to(dtype) if dtype is not None else weight
+        weight = weight.to(dtype if dtype is not None else base.compute_dtype)
         dense = nn.Linear(base.in_features, base.out_features, bias=base.bias is not None,
                           device=weight.device, dtype=weight.dtype)
         with torch.no_grad():

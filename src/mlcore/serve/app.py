@@ -1,10 +1,10 @@
 """The OpenAI-compatible HTTP API (FastAPI), with keys, limits, guardrails, audit log and metrics in the path.
 
     POST /v1/completions, POST /v1/chat/completions   (``stream: true`` = server-sent events, ``data: [DONE]``)
-    GET /v1/models, GET /healthz, GET /metrics
+    GET /v1/models, GET /v1/models/{id}, GET /healthz, GET /metrics
 
 Every generation request passes, in this order: draining check (503) -> API key (401) -> per-key rate limit
-(429) -> body size (413, checked before the body is read in full) -> JSON and schema (422 naming the problem)
+(429) -> body size (413, checked before the body is read in full) -> JSON and schema (400 naming the problem)
 -> model name (404) -> input guardrail (400 naming the rule) -> prompt length (400) -> the engine, whose tokens
 stream back through the output guardrail (:class:`~mlcore.serve.guard.GuardedText`) -> an audit-log line with
 PII masked. Errors use OpenAI's shape ``{"error": {"message", "type", "param", "code"}}`` so the ``openai``
@@ -113,11 +113,21 @@ def create_app(engine: Engine, tokenizer: Any, config: ServeConfig | None = None
                            "rate_limit_error", "rate_limit_exceeded", {"Retry-After": f"{max(1, round(retry))}"})
         return record
 
+    def model_card() -> dict[str, Any]:
+        return {"id": config.model_name, "object": "model", "created": 0, "owned_by": "mlcore"}
+
     @app.get("/v1/models")
     async def models(request: Request) -> dict[str, Any]:
         authenticate(request)
-        return {"object": "list", "data": [{"id": config.model_name, "object": "model", "created": 0,
-                                            "owned_by": "mlcore"}]}
+        return {"object": "list", "data": [model_card()]}
+
+    @app.get("/v1/models/{model_id}")
+    async def model(model_id: str, request: Request) -> dict[str, Any]:
+        authenticate(request)
+        if model_id != config.model_name:
+            raise ApiError(404, f"model '{model_id}' does not exist; this server serves '{config.model_name}'",
+                           code="model_not_found")
+        return model_card()
 
     async def read_json(request: Request) -> dict[str, Any]:
         declared = request.headers.get("content-length")
@@ -133,9 +143,9 @@ def create_app(engine: Engine, tokenizer: Any, config: ServeConfig | None = None
         try:
             data = json.loads(body)
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise ApiError(422, f"malformed JSON body: {err}", code="invalid_json") from None
+            raise ApiError(400, f"malformed JSON body: {err}", code="invalid_json") from None
         if not isinstance(data, dict):
-            raise ApiError(422, f"the JSON body must be an object, got {type(data).__name__}", code="invalid_json")
+            raise ApiError(400, f"the JSON body must be an object, got {type(data).__name__}", code="invalid_json")
         return data
 
     async def handle(request: Request, chat: bool) -> Response:
@@ -146,7 +156,7 @@ def create_app(engine: Engine, tokenizer: Any, config: ServeConfig | None = None
         try:
             req = ChatRequest.model_validate(data) if chat else CompletionRequest.model_validate(data)
         except ValidationError as err:
-            raise ApiError(422, _describe(err), code="invalid_request") from None
+            raise ApiError(400, _describe(err), code="invalid_request") from None
         if req.model != config.model_name:
             raise ApiError(404, f"model '{req.model}' does not exist; this server serves '{config.model_name}'",
                            code="model_not_found")
@@ -163,7 +173,7 @@ def create_app(engine: Engine, tokenizer: Any, config: ServeConfig | None = None
         else:
             prompts = [req.prompt] if isinstance(req.prompt, str) else req.prompt
             if len(prompts) != 1:
-                raise ApiError(422, f"prompt must be one string (batched prompts are not served), got {len(prompts)}")
+                raise ApiError(400, f"prompt must be one string (batched prompts are not served), got {len(prompts)}")
             verdict = guard_input(prompts[0], pii_policy=config.pii_policy, blocklist=config.blocklist)
             reasons, text = verdict.reasons, verdict.text
         metrics.guard("input", reasons)
@@ -176,7 +186,12 @@ def create_app(engine: Engine, tokenizer: Any, config: ServeConfig | None = None
         if not ids or len(ids) > max_prompt:
             raise ApiError(400, f"prompt has {len(ids)} tokens; it must have 1 to {max_prompt}",
                            code="context_length_exceeded")
-        max_tokens = min(req.max_tokens or config.default_max_tokens, engine.max_seq_len - len(ids))
+        room = engine.max_seq_len - len(ids)
+        if req.max_tokens is not None and req.max_tokens > room:  # as OpenAI: refused, not silently clipped
+            raise ApiError(400, f"prompt ({len(ids)} tokens) + max_tokens ({req.max_tokens}) exceeds the model's "
+                           f"context of {engine.max_seq_len} tokens", code="context_length_exceeded")
+        # without max_tokens: completions stop at OpenAI's legacy default (16), chat runs to the context's end
+        max_tokens = req.max_tokens or (room if chat else min(config.default_max_tokens, room))
         params = SamplingParams(max_tokens=max_tokens, temperature=req.temperature,
                                 top_p=req.top_p if req.top_p < 1 else None, seed=req.seed, stop_token_ids=stop_ids)
         loop = asyncio.get_running_loop()

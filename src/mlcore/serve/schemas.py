@@ -1,7 +1,8 @@
 """Request bodies of the OpenAI-compatible API (the subset served), validated strictly.
 
 Unknown fields are refused (``extra="forbid"``) rather than silently ignored: a client that sends
-``logprobs`` or a typo such as ``max_token`` learns it at once (HTTP 422 naming the field).
+``logprobs`` or a typo such as ``max_token`` learns it at once (HTTP 400 naming the field). Values are not
+coerced (``strict=True``): ``"max_tokens": "5"``, ``true`` for a number or ``"yes"`` for ``stream`` are refused.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class _Common(_Strict):

@@ -37,7 +37,8 @@ def _model_tensors(model: torch.nn.Module) -> tuple[dict[str, torch.Tensor], dic
     aliases: dict[str, str] = {}
     seen: dict[tuple, str] = {}
     for name, tensor in model.state_dict().items():
-        key = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape), tensor.dtype)
+        key = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape), tensor.stride(),
+               tensor.dtype)  # a transposed view of a square weight is not the weight
         if tensor.numel() > 0 and key in seen:
             aliases[name] = seen[key]
             continue

@@ -8,6 +8,7 @@ and weight decay 0.1 on matrices only, a linear warm-up followed by a cosine dec
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -21,7 +22,7 @@ def _is_int(value: Any) -> bool:
 
 def _check_real(name: str, value: Any, expected: str) -> float:
     """``value`` as a float, or a ``ValueError`` naming ``TrainConfig.<name>`` when it is not a real number."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise ValueError(f"TrainConfig.{name} must be {expected}, got {value!r} ({type(value).__name__})")
     return float(value)
 
@@ -39,7 +40,7 @@ class TrainConfig:
     ``eval_every`` / ``checkpoint_every`` / ``log_every`` are in optimizer steps (0 turns the action off);
     an evaluation also runs after the last step whenever eval data is given.
 
-    ``warmup_steps`` defaults to ``min(10, max_steps)``; an explicit value must not exceed ``max_steps`` (the
+    ``warmup_steps`` defaults to ``min(10, max_steps // 2)``; an explicit value must not exceed ``max_steps`` (the
     learning rate would never reach its peak). Numbers are checked for type as well as range, so a string such
     as ``lr="3e-4"`` (read from a YAML or command line without conversion) is refused with a ``ValueError``.
 
@@ -55,7 +56,7 @@ class TrainConfig:
     grad_accum_steps: int = 1
     lr: float = 3e-4
     min_lr_ratio: float = 0.0
-    warmup_steps: int | None = None  # None: min(DEFAULT_WARMUP_STEPS, max_steps)
+    warmup_steps: int | None = None  # None: min(DEFAULT_WARMUP_STEPS, max_steps // 2)
     weight_decay: float = 0.1
     betas: tuple[float, float] = (0.9, 0.95)
     eps: float = 1e-8
@@ -84,7 +85,9 @@ class TrainConfig:
             if not _is_int(value) or value <= 0:
                 raise ValueError(f"TrainConfig.{name} must be a positive int, got {value!r}")
         if self.warmup_steps is None:
-            self.warmup_steps = min(DEFAULT_WARMUP_STEPS, self.max_steps)
+            # at most half the run: a short run still trains at its peak rate (max_steps=1: no warm-up, where
+            # a one-step warm-up would train at lr 0)
+            self.warmup_steps = min(DEFAULT_WARMUP_STEPS, self.max_steps // 2)
         for name in ("warmup_steps", "eval_every", "log_every", "checkpoint_every"):
             value = getattr(self, name)
             if not _is_int(value) or value < 0:
@@ -111,6 +114,13 @@ class TrainConfig:
         betas = tuple(_check_real("betas", b, "a pair of numbers in [0, 1)") for b in self.betas)
         if not all(0.0 <= b < 1.0 for b in betas):
             raise ValueError(f"TrainConfig.betas must be a pair of numbers in [0, 1), got {self.betas!r}")
+        if not _is_int(self.seed):
+            raise ValueError(f"TrainConfig.seed must be an int, got {self.seed!r}")
+        for name in ("cpu", "progress", "dp", "dp_poisson"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"TrainConfig.{name} must be True or False, got {getattr(self, name)!r}")
+        if self.out_dir is not None and not isinstance(self.out_dir, (str, os.PathLike)):
+            raise ValueError(f"TrainConfig.out_dir must be a path (str) or None, got {self.out_dir!r}")
         if self.mixed_precision not in MIXED_PRECISION:
             raise ValueError(f"TrainConfig.mixed_precision must be one of {MIXED_PRECISION}, "
                              f"got {self.mixed_precision!r}")
