@@ -118,3 +118,58 @@ def test_health_models_and_metrics(served):
                  "mlcore_requests_total", "mlcore_guardrail_hits_total"):
         assert name in text, name
     assert httpx.get(served.url + "/v1/models").status_code == 401
+
+
+def test_tokens_made_after_a_stop_string_are_not_counted(served):
+    """The engine may make a few tokens before the abort that follows a stop string reaches it (more under load):
+    usage counts the tokens up to the stop, whatever the engine made after. A stub engine makes 5 extra."""
+    import threading
+
+    from mlcore.serve.app import create_app
+    from mlcore.serve.config import ServeConfig
+    from mlcore.serve.runner import ServerThread
+    from mlcore.serve.security import ApiKeys
+
+    tok = served.tokenizer
+    answer = tok.encode_ordinary(" is a list of things")
+    stop_at = next(i for i in range(len(answer)) if "list" in tok.decode(answer[: i + 1]))
+
+    class LateAbortEngine:
+        max_seq_len = 256
+
+        def start(self):
+            return self
+
+        def shutdown(self, drain=True, timeout=None):
+            pass
+
+        def stats(self):
+            return {"waiting": 0, "running": 0}
+
+        def abort(self, rid):
+            pass  # arrives too late: the loop below has already made its tokens
+
+        def submit(self, ids, params, emit=None, request_id=None):
+            def run():
+                for t in answer + answer[:5]:
+                    emit(t, None)
+                emit(None, "length")
+            threading.Thread(target=run, daemon=True).start()
+
+    app = create_app(LateAbortEngine(), tok, ServeConfig(), keys=ApiKeys({MAIN_KEY: 1e6}), eos_token_id=EOS)
+    server = ServerThread(app).start()
+    try:
+        for stream in (False, True):
+            body = {"model": "tiny-target", "prompt": "The list type", "max_tokens": 40, "stop": ["list"],
+                    "stream": stream, **({"stream_options": {"include_usage": True}} if stream else {})}
+            r = httpx.post(server.url + "/v1/completions", json=body, timeout=30,
+                           headers={"Authorization": f"Bearer {MAIN_KEY}"})
+            assert r.status_code == 200
+            if stream:
+                chunks = [json.loads(line[6:]) for line in r.text.splitlines() if line.startswith("data: {")]
+                usage = chunks[-1]["usage"]
+            else:
+                usage = r.json()["usage"]
+            assert usage["completion_tokens"] == stop_at + 1, stream
+    finally:
+        server.stop()

@@ -230,6 +230,8 @@ def create_app(engine: Engine, tokenizer: Any, config: ServeConfig | None = None
                     token, reason = await queue.get()
                     if token is None:
                         break
+                    if out.stopped or out.blocked:
+                        continue  # made before the abort below reached the engine: not part of the answer
                     n += 1
                     first = first or time.perf_counter()
                     if token in stop_ids:
