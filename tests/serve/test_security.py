@@ -74,6 +74,13 @@ def test_malformed_json_unknown_fields_and_wrong_types_are_400_with_a_clear_mess
     r = httpx.get(served.url + "/v1/models/tiny-target", headers=headers, timeout=30)
     assert r.status_code == 200 and r.json()["id"] == "tiny-target"
     assert httpx.get(served.url + "/v1/models/gpt-4", headers=headers, timeout=30).status_code == 404
+    for bad in ({"stop": ["a", "b", "c", "d", "e"]}, {"stream_options": {"include_usage": True}}):
+        r = post(served, {**BODY, **bad})
+        assert r.status_code == 400 and next(iter(bad)) in r.json()["error"]["message"], bad
+    r = httpx.get(served.url + "/v1/no-such-route", headers=headers, timeout=30)
+    assert r.status_code == 404 and r.json()["error"]["code"] == "unknown_url"
+    r = httpx.get(served.url + "/v1/completions", headers=headers, timeout=30)
+    assert r.status_code == 405 and r.json()["error"]["code"] == "method_not_allowed"
 
 
 def test_pii_prompt_masked_and_injection_blocked(served):

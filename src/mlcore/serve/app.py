@@ -24,6 +24,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from mlcore.serve.audit_log import AuditLog
 from mlcore.serve.config import ServeConfig
@@ -86,6 +87,13 @@ def create_app(engine: Engine, tokenizer: Any, config: ServeConfig | None = None
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, err: ApiError) -> JSONResponse:
         return _error(err)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, err: StarletteHTTPException) -> JSONResponse:
+        """An unknown route (404) or method (405) in OpenAI's error shape, as every other error."""
+        code = {404: "unknown_url", 405: "method_not_allowed"}.get(err.status_code)
+        return _error(ApiError(err.status_code, f"{request.method} {request.url.path}: {err.detail}", code=code,
+                               headers=getattr(err, "headers", None)))
 
     @app.get("/healthz")
     async def healthz() -> dict[str, Any]:
