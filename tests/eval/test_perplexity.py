@@ -87,3 +87,29 @@ def test_bad_input(models):
         perplexity(ours, random_ids(10), max_length=8, weighting="mean")
     with pytest.raises(ValueError, match="max_length"):
         perplexity(ours, random_ids(10), max_length=1)
+
+
+def test_a_transformers_model_gets_the_same_clear_errors():
+    """Out-of-vocabulary ids and a window past the context are named for a transformers model too (it raised a
+    bare IndexError from its embedding)."""
+    hf, _ = tiny_pair()
+    vocab = hf.config.vocab_size
+    with pytest.raises(ValueError, match="vocab_size"):
+        perplexity(hf, torch.full((1, 8), vocab))
+    with pytest.raises(ValueError, match="context"):
+        perplexity(hf, random_ids(100), max_length=100)
+
+
+def test_metric_arguments_are_named():
+    from mlcore.eval import psi, token_f1
+    from mlcore.eval.embedding_drift import mmd_permutation_test
+    from mlcore.training.dp_accountant import RDPAccountant
+
+    with pytest.raises(ValueError, match="gold"):
+        token_f1("a", 5)
+    with pytest.raises(ValueError, match="eps"):
+        psi([1.0, 2.0, 3.0], [1.0, 2.0, 3.0], eps=2.0)
+    with pytest.raises(ValueError, match="chunk"):
+        mmd_permutation_test(torch.randn(8, 3), torch.randn(8, 3), chunk=0)
+    with pytest.raises(ValueError, match="orders"):
+        RDPAccountant(orders=())

@@ -33,6 +33,8 @@ def normalize_answer(text: str) -> str:
 
 
 def _golds(gold: str | Sequence[str]) -> list[str]:
+    if not isinstance(gold, str) and not (isinstance(gold, Sequence) and all(isinstance(g, str) for g in gold)):
+        raise ValueError(f"gold must be a str or a non-empty sequence of str, got {gold!r:.80}")
     golds = [gold] if isinstance(gold, str) else list(gold)
     if not golds:
         raise ValueError("gold must be a str or a non-empty sequence of str, got an empty sequence")

@@ -125,7 +125,7 @@ def psi(reference: Any, current: Any, *, bins: int = 10, categorical: bool = Fal
     ``reference``, ``current``: 1-D samples (numbers, or category labels with ``categorical=True``).
     ``min_samples``: refuse samples smaller than this (a monitor's guard against noisy small windows).
     """
-    if not eps > 0:
-        raise ValueError(f"eps must be > 0 (it floors empty bins), got {eps}")
+    if not 0 < eps < 1:
+        raise ValueError(f"eps must be in (0, 1) (it floors the share of an empty bin), got {eps}")
     r, c, _ = histograms(reference, current, bins=bins, categorical=categorical, min_samples=min_samples)
     return psi_from_shares(r, c, eps=eps)

@@ -92,6 +92,8 @@ def mmd_permutation_test(reference: Any, current: Any, *, bandwidth: float | Non
     x, y = _pair(reference, current, 2)
     if isinstance(n_permutations, bool) or not isinstance(n_permutations, int) or n_permutations < 0:
         raise ValueError(f"n_permutations must be an int >= 0, got {n_permutations!r}")
+    if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
+        raise ValueError(f"chunk must be a positive int (permutations per batch), got {chunk!r}")
     pooled = torch.cat([x, y])  # (P, D)
     sigma = median_bandwidth(pooled) if bandwidth is None else float(bandwidth)
     if not sigma > 0:

@@ -79,6 +79,15 @@ def token_nll(model: nn.Module, input_ids: torch.Tensor, *, stride: int | None =
     stride = max_length if stride is None else stride
     if isinstance(stride, bool) or not isinstance(stride, int) or not 1 <= stride <= max_length:
         raise ValueError(f"stride must be an int in [1, max_length={max_length}], got {stride!r}")
+    cfg = getattr(model, "config", None)
+    vocab = getattr(cfg, "vocab_size", None)
+    if isinstance(vocab, int) and ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= vocab):
+        raise ValueError(f"input_ids must lie in [0, vocab_size={vocab}), got values in "
+                         f"[{int(ids.min())}, {int(ids.max())}]")
+    context = next((getattr(cfg, a) for a in ("max_seq_len", "max_position_embeddings", "n_positions")
+                    if isinstance(getattr(cfg, a, None), int)), None)
+    if context is not None and max_length > context and ids.shape[1] > context:
+        raise ValueError(f"max_length={max_length} exceeds the model's context of {context} positions")
     device = next(model.parameters()).device
     B, T = ids.shape
     nll = torch.full((B, T - 1), float("nan"))

@@ -209,6 +209,8 @@ class RDPAccountant:
 
     def __init__(self, orders: Sequence[float] = DEFAULT_ORDERS) -> None:
         self.orders = tuple(float(a) for a in orders)
+        if not self.orders or not all(a > 1 for a in self.orders):
+            raise ValueError(f"orders must be a non-empty sequence of RDP orders > 1, got {tuple(orders)!r}")
         self.history: list[tuple[float, float, int]] = []
         self._rdp_cache: dict[tuple[float, float], np.ndarray] = {}
 
