@@ -228,3 +228,16 @@ def test_random_configs_match_torch_twin(Hkv, G, D, T, prefill, window, causal, 
             outs[name] = m(x, attention_mask=am)
     for name in ("naive", "flash"):
         torch.testing.assert_close(outs[name], outs["torch"], atol=2e-5, rtol=1e-5)
+
+
+def test_bool_sizes_and_a_rope_wider_than_a_head_are_refused():
+    from mlcore.positional import RotaryEmbedding, alibi_bias
+
+    for kw in (dict(n_heads=True), dict(n_heads=4, head_dim=True), dict(n_heads=4, sliding_window=True),
+               dict(n_heads=4, dropout="0.1")):
+        with pytest.raises(ValueError, match=next(k for k in kw if k != "n_heads" or len(kw) == 1)):
+            MultiHeadAttention(16, **kw)
+    with pytest.raises(ValueError, match="rope rotates 8 dims"):
+        MultiHeadAttention(16, 4, rope=RotaryEmbedding(8))
+    with pytest.raises(ValueError, match="dtype"):
+        alibi_bias(2, 3, 3, dtype=torch.int64)  # the fractional slopes would truncate to 0

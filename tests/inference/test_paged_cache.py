@@ -214,3 +214,21 @@ def test_cuda_decode_equals_full_forward():
     assert cache.k_pool[0].is_cuda
     inc = _stepwise(model, ids, mask, cache, prefill=10)
     assert (inc[mask.bool()] - full[mask.bool()]).abs().max() < 1e-4
+
+
+def test_a_refused_first_update_leaves_nothing_behind():
+    """Pool exhausted on a batch's first update: the ValueError comes before any sequence is made (the docstring's
+    promise); a StaticCache refusing an over-long first update allocates nothing; integer k / v are refused."""
+    from mlcore.inference import StaticCache
+
+    cache = PagedCache(num_blocks=2, block_size=4)
+    k = torch.randn(3, 2, 4, 8)
+    with pytest.raises(ValueError, match="num_blocks=2"):
+        cache.update(0, k, k, torch.arange(4).expand(3, 4))
+    assert cache.rows is None and not cache.sequences and len(cache.free_list) == 2
+    static = StaticCache(max_len=3)
+    with pytest.raises(ValueError, match="max_len=3"):
+        static.update(0, k, k, torch.arange(4).expand(3, 4))
+    assert not static.keys
+    with pytest.raises(ValueError, match="floating-point"):
+        DynamicCache().update(0, k.long(), k.long(), torch.arange(4).expand(3, 4))

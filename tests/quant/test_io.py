@@ -161,3 +161,18 @@ def test_unknown_scheme_in_metadata(saved):
     _rewrite(saved, meta_fn=change)
     with pytest.raises(ValueError, match="layers.0.attn.q_proj.*scheme"):
         load_quantized(_fresh_mlcore(), saved)
+
+
+def test_a_plain_tensor_of_another_kind_is_refused(saved):
+    """A norm weight stored as int32 bytes in the file (float in the model) is refused, not cast into garbage."""
+    with safe_open(str(saved), "pt") as f:
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+        meta = f.metadata()
+    name = next(k for k in tensors if k.endswith("norm.weight"))
+    tensors[name] = tensors[name].view(torch.int32)
+    save_file(tensors, str(saved), metadata=meta)
+    model = _fresh_mlcore()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ValueError, match="dtype"):
+        load_quantized(model, saved)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())

@@ -68,7 +68,7 @@ class MultiHeadAttention(nn.Module):
     ) -> None:
         super().__init__()
         for name, n in (("d_model", d_model), ("n_heads", n_heads)):
-            if not isinstance(n, int) or n < 1:
+            if not isinstance(n, int) or isinstance(n, bool) or n < 1:
                 raise ValueError(f"{name} must be a positive int, got {n!r}")
         n_kv_heads = n_heads if n_kv_heads is None else n_kv_heads
         if not isinstance(n_kv_heads, int) or n_kv_heads < 1 or n_heads % n_kv_heads != 0:
@@ -77,18 +77,22 @@ class MultiHeadAttention(nn.Module):
             if d_model % n_heads != 0:
                 raise ValueError(f"d_model={d_model} is not divisible by n_heads={n_heads}; pass head_dim")
             head_dim = d_model // n_heads
-        if not isinstance(head_dim, int) or head_dim < 1:
+        if not isinstance(head_dim, int) or isinstance(head_dim, bool) or head_dim < 1:
             raise ValueError(f"head_dim must be a positive int, got {head_dim!r}")
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-        if not 0.0 <= dropout < 1.0:
+        if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
-        if sliding_window is not None and (not isinstance(sliding_window, int) or sliding_window < 1):
+        if sliding_window is not None and (not isinstance(sliding_window, int) or isinstance(sliding_window, bool)
+                                           or sliding_window < 1):
             raise ValueError(f"sliding_window must be a positive int or None, got {sliding_window!r}")
         if sliding_window is not None and not causal:
             raise ValueError("sliding_window needs causal=True (a Mistral-style window looks back only)")
         if rope is not None and alibi:
             raise ValueError("choose one of rope and alibi, not both")
+        rotary = getattr(rope, "rotary_dim", None)
+        if isinstance(rotary, int) and rotary > head_dim:
+            raise ValueError(f"rope rotates {rotary} dims per head, more than head_dim={head_dim}")
         self.d_model, self.n_heads, self.n_kv_heads, self.head_dim = d_model, n_heads, n_kv_heads, head_dim
         self.fused_qkv, self.dropout, self.causal, self.backend = fused_qkv, dropout, causal, backend
         self.sliding_window = sliding_window

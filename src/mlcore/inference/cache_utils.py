@@ -19,6 +19,8 @@ def check_update(layer_idx: int, k: Tensor, v: Tensor, index: Tensor, *, n_layer
     if k.dim() != 4 or k.shape != v.shape:
         raise ValueError(f"k and v must both be (B, Hkv, T, D) of one shape, got {tuple(k.shape)} and "
                          f"{tuple(v.shape)}")
+    if not (k.is_floating_point() and v.is_floating_point()):  # a float cache of another precision casts them
+        raise ValueError(f"k and v must be floating-point tensors, got {k.dtype} and {v.dtype}")
     if index.dim() != 2 or tuple(index.shape) != (k.shape[0], k.shape[2]) or index.dtype.is_floating_point:
         raise ValueError(f"index must be an integer (B, T) = ({k.shape[0]}, {k.shape[2]}) tensor, got "
                          f"{tuple(index.shape)} {index.dtype}")

@@ -242,12 +242,18 @@ class PagedCache:
         """Append k, v (B, Hkv, T, D) and index (B, T) to the row sequences; return (k, v, key_index) of all."""
         check_update(layer_idx, k, v, index)
         B = k.shape[0]
-        if self.rows is None:
+        created = self.rows is None
+        if created:
             self.rows = [self.add_sequence() for _ in range(B)]
         if len(self.rows) != B:
             raise ValueError(f"this PagedCache has {len(self.rows)} batch rows, got k with batch {B} (use "
                              "free_rows() to start a new batch, or append() per sequence)")
-        return self._write(tuple(self.rows), layer_idx, k, v, index)
+        try:
+            return self._write(tuple(self.rows), layer_idx, k, v, index)
+        except ValueError:
+            if created:  # a refused first update leaves no sequences behind (nothing was written)
+                self.free_rows()
+            raise
 
     def _write(self, ids: tuple[int, ...], layer_idx: int, k: Tensor, v: Tensor,
                index: Tensor) -> tuple[Tensor, Tensor, Tensor]:

@@ -69,15 +69,15 @@ class StaticCache:
         """Write k, v (B, Hkv, T, D) and index (B, T) at slots [length, length + T) in place; return the view."""
         check_update(layer_idx, k, v, index)
         B, Hkv, T, D = k.shape
+        start = self._length.get(layer_idx, 0)
+        end = start + T
+        if end > self.max_len:  # before allocating: a refused update changes nothing
+            raise ValueError(f"StaticCache is full: {start} columns cached + {T} new > max_len={self.max_len}; "
+                             "allocate a longer cache (max_len = prompt length + max_new_tokens)")
         if layer_idx not in self.keys:
             self._allocate(layer_idx, B, Hkv, D, k.dtype, k.device)
         buf_k, buf_v = self.keys[layer_idx], self.values[layer_idx]
         check_buffer(buf_k, layer_idx, B, Hkv, D, "StaticCache")
-        start = self._length[layer_idx]
-        end = start + T
-        if end > self.max_len:
-            raise ValueError(f"StaticCache is full: {start} columns cached + {T} new > max_len={self.max_len}; "
-                             "allocate a longer cache (max_len = prompt length + max_new_tokens)")
         slot = self._slots(start, T, k.device)
         buf_k.index_copy_(2, slot, k if k.dtype == buf_k.dtype else k.to(buf_k.dtype))  # one op writes T slots
         buf_v.index_copy_(2, slot, v if v.dtype == buf_v.dtype else v.to(buf_v.dtype))

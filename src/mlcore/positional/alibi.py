@@ -64,8 +64,10 @@ def alibi_bias(
     Softmax ignores a constant per row, so this equals BLOOM's ``slope * j`` under a causal mask.
     """
     for name, v in (("Tq", Tq), ("Tk", Tk)):
-        if not isinstance(v, int) or v < 1:
+        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
             raise ValueError(f"{name} must be an int >= 1, got {v!r}")
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise ValueError(f"dtype must be a floating-point dtype (slopes are fractions), got {dtype!r}")
     if Tq > Tk:
         raise ValueError(f"Tq must be <= Tk (queries are the last Tq of the Tk positions), got Tq={Tq}, Tk={Tk}")
     slopes = alibi_slopes(n_heads).to(device=device)

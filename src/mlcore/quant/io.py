@@ -133,6 +133,10 @@ def load_quantized(model_skeleton: nn.Module, path: str | os.PathLike[str]) -> n
         if tuple(t.shape) != tuple(expected[k].shape):
             raise ValueError(f"path: {spath!r}: {k!r} has shape {tuple(t.shape)} in the file, "
                              f"{tuple(expected[k].shape)} in the model")
+        want = expected[k].dtype
+        if t.is_floating_point() != want.is_floating_point or (not t.is_floating_point() and t.dtype != want):
+            raise ValueError(f"path: {spath!r}: {k!r} has dtype {t.dtype} in the file, {want} in the model "
+                             "(a float tensor may change precision, not kind)")
     for name, layer in new_layers.items():  # everything checked: now change the model
         parent_name, _, child = name.rpartition(".")
         parent = model_skeleton.get_submodule(parent_name) if parent_name else model_skeleton
