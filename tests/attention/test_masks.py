@@ -123,3 +123,14 @@ def test_bad_mask_arguments():
         padding_mask(lengths=torch.tensor([1.0, 2.0]))
     with pytest.raises(ValueError, match=r"masks\[1\]"):
         combine_masks(causal_mask(2), torch.ones(2, 2, dtype=torch.int64))
+
+
+@pytest.mark.parametrize(("kw", "named"), [
+    (dict(lengths=torch.tensor([], dtype=torch.long)), "lengths"),
+    (dict(lengths=torch.tensor([True, False])), "lengths"),
+    (dict(lengths=torch.tensor([2, 1]), T=2.5), "T must"),
+    (dict(lengths=torch.tensor([2, 1]), T=-1), "T must"),
+])
+def test_padding_mask_lengths_edge_cases_are_named(kw, named):
+    with pytest.raises(ValueError, match=named):
+        padding_mask(**kw)

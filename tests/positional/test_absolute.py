@@ -76,3 +76,13 @@ def test_sinusoidal_bad_input() -> None:
         SinusoidalEncoding(8)(torch.tensor([0.5]))
     with pytest.raises(ValueError, match="positions"):
         SinusoidalEncoding(8)(torch.tensor([-2]))
+
+
+def test_sinusoidal_dtype_does_not_depend_on_the_positions():
+    """After .half(), positions past the table come back in float16 too (they came back float32)."""
+    enc = SinusoidalEncoding(8, max_len=4).half()
+    inside, past = enc(torch.arange(3)), enc(torch.arange(6))
+    assert inside.dtype == past.dtype == torch.float16
+    torch.testing.assert_close(past[:3], inside)
+    with pytest.raises(ValueError, match="max_len"):
+        SinusoidalEncoding(4, max_len=True)

@@ -148,3 +148,20 @@ def test_cli_refuses_to_start_without_keys(monkeypatch, capsys):
     monkeypatch.setenv("MLCORE_API_KEYS", "")
     assert main(["--model", "tiny-target"]) == 2
     assert "no API keys" in capsys.readouterr().err
+
+
+def test_current_openai_chat_fields_are_understood(served):
+    """max_completion_tokens (OpenAI's current name for max_tokens), the "developer" role and the no-op values of
+    fields this server does not implement are accepted; asking for them is refused by name."""
+    headers = {"Authorization": f"Bearer {MAIN_KEY}"}
+    base = {"model": "tiny-target", "temperature": 0, "messages": [{"role": "developer", "content": "Be brief."},
+                                                                    {"role": "user", "content": "The list type"}]}
+    a = httpx.post(served.url + "/v1/chat/completions", headers=headers, timeout=30,
+                   json={**base, "max_completion_tokens": 3, "presence_penalty": 0, "logprobs": None})
+    b = httpx.post(served.url + "/v1/chat/completions", headers=headers, timeout=30, json={**base, "max_tokens": 3})
+    assert a.status_code == b.status_code == 200
+    assert a.json()["choices"][0]["message"] == b.json()["choices"][0]["message"]
+    assert a.json()["usage"]["completion_tokens"] <= 3
+    r = httpx.post(served.url + "/v1/chat/completions", headers=headers, timeout=30,
+                   json={**base, "frequency_penalty": 0.5})
+    assert r.status_code == 400 and "frequency_penalty" in r.json()["error"]["message"]

@@ -72,8 +72,11 @@ def padding_mask(
         if T is not None and attention_mask.shape[1] != T:
             raise ValueError(f"attention_mask has T={attention_mask.shape[1]}, but T={T} was given")
         return attention_mask.bool()[:, None, None, :]
-    if not isinstance(lengths, Tensor) or lengths.dim() != 1 or lengths.dtype.is_floating_point:
-        raise ValueError(f"lengths must be a 1-D integer tensor (B,), got {lengths!r}")
+    if (not isinstance(lengths, Tensor) or lengths.dim() != 1 or lengths.numel() == 0
+            or lengths.dtype.is_floating_point or lengths.dtype == torch.bool):
+        raise ValueError(f"lengths must be a non-empty 1-D integer tensor (B,), got {lengths!r}")
+    if T is not None and (not isinstance(T, int) or isinstance(T, bool) or T < 0):
+        raise ValueError(f"T must be an int >= 0, got {T!r}")
     T = int(lengths.max()) if T is None else T
     if int(lengths.max()) > T or int(lengths.min()) < 0:
         raise ValueError(f"lengths must lie in [0, T={T}], got {lengths.tolist()}")

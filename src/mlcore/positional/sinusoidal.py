@@ -28,9 +28,9 @@ class SinusoidalEncoding(nn.Module):
         super().__init__()
         if not isinstance(dim, int) or isinstance(dim, bool) or dim < 1:
             raise ValueError(f"dim must be a positive int, got {dim!r}")
-        if not isinstance(max_len, int) or max_len < 1:
+        if not isinstance(max_len, int) or isinstance(max_len, bool) or max_len < 1:
             raise ValueError(f"max_len must be an int >= 1, got {max_len!r}")
-        if not base > 1:
+        if isinstance(base, bool) or not isinstance(base, (int, float)) or not base > 1:
             raise ValueError(f"base must be > 1, got {base!r}")
         self.dim, self.max_len, self.base = dim, max_len, float(base)
         self.register_buffer("inv_freq", self._inv_freq().float(), persistent=False)  # (ceil(dim/2),): w_i
@@ -54,4 +54,5 @@ class SinusoidalEncoding(nn.Module):
             raise ValueError(f"positions must be >= 0, got min {int(positions.min())}")
         if positions.numel() == 0 or int(positions.max()) < self.max_len:
             return self.table[positions]
-        return self._encode(positions.to(self.table.device))
+        # past the table: the formula, in the table's dtype (float16 after .half(), whatever the positions)
+        return self._encode(positions.to(self.table.device)).to(self.table.dtype)

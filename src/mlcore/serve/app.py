@@ -58,7 +58,7 @@ def _describe(err: ValidationError) -> str:
 
 def chat_prompt(messages: list[Any]) -> str:
     """The plain chat template of the tiny models: ``role: content`` lines, then ``assistant:``."""
-    return "".join(f"{m.role}: {m.content}\n" for m in messages) + "assistant:"
+    return "".join(f"{'system' if m.role == 'developer' else m.role}: {m.content}\n" for m in messages) + "assistant:"
 
 
 def create_app(engine: Engine, tokenizer: Any, config: ServeConfig | None = None, *, keys: ApiKeys | None = None,

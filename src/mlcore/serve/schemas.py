@@ -1,7 +1,8 @@
 """Request bodies of the OpenAI-compatible API (the subset served), validated strictly.
 
-Unknown fields are refused (``extra="forbid"``) rather than silently ignored: a client that sends
-``logprobs`` or a typo such as ``max_token`` learns it at once (HTTP 400 naming the field). Values are not
+Unknown fields are refused (``extra="forbid"``) rather than silently ignored: a client that sends a typo such
+as ``max_token`` learns it at once (HTTP 400 naming the field); OpenAI fields this server does not implement
+(``logprobs``, the penalties) are accepted only at the value that asks for nothing. Values are not
 coerced (``strict=True``): ``"max_tokens": "5"``, ``true`` for a number or ``"yes"`` for ``stream`` are refused.
 """
 
@@ -27,11 +28,18 @@ class _Common(_Strict):
     n: int = Field(default=1, ge=1, le=1)
     user: str | None = None
     stream_options: dict[str, bool] | None = None
+    # OpenAI fields this server does not implement, accepted only at the value that asks for nothing
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    logprobs: bool | int | None = None
 
     @model_validator(mode="after")
     def _stream_options_need_stream(self) -> _Common:
         if self.stream_options is not None and not self.stream:
             raise ValueError("stream_options is only allowed with stream=true")
+        for name in ("presence_penalty", "frequency_penalty", "logprobs"):
+            if getattr(self, name):
+                raise ValueError(f"{name} is not served by this server (only 0 / null / false)")
         return self
 
     def stops(self) -> list[str]:
@@ -45,10 +53,19 @@ class CompletionRequest(_Common):
 
 
 class ChatMessage(_Strict):
-    role: Literal["system", "user", "assistant"]
+    role: Literal["system", "developer", "user", "assistant"]  # "developer": OpenAI's newer name for "system"
     content: str
     name: str | None = None
 
 
 class ChatRequest(_Common):
     messages: list[ChatMessage] = Field(min_length=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)  # OpenAI's current name for max_tokens
+
+    @model_validator(mode="after")
+    def _one_length_field(self) -> ChatRequest:
+        if self.max_completion_tokens is not None:
+            if self.max_tokens is not None and self.max_tokens != self.max_completion_tokens:
+                raise ValueError("give max_tokens or max_completion_tokens, not two different values")
+            self.max_tokens = self.max_completion_tokens
+        return self
