@@ -170,6 +170,7 @@ def test_bias_adapters_both_ways(tmp_path, bias: str) -> None:
     # A loaded adapter is frozen; saving it again keeps its biases (PEFT picks them by name too).
     loaded = load_adapter(copy.deepcopy(base), tmp_path)
     save_adapter(loaded, tmp_path / "again")
-    first, again = load_file(tmp_path / "adapter_model.safetensors"), load_file(tmp_path / "again/adapter_model.safetensors")
+    first = load_file(tmp_path / "adapter_model.safetensors")
+    again = load_file(tmp_path / "again/adapter_model.safetensors")
     assert first.keys() == again.keys() and any(k.endswith(".bias") for k in again)
     assert all(torch.equal(first[k], again[k]) for k in first)

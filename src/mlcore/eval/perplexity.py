@@ -34,13 +34,21 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def model_max_length(model: nn.Module) -> int:
-    """The longest input a model takes: mlcore ``config.max_seq_len`` or HF ``config.max_position_embeddings``."""
+def _context(model: nn.Module) -> int | None:
+    """The model's number of positions from its config (mlcore or transformers names), or None."""
     cfg = getattr(model, "config", None)
     for attr in ("max_seq_len", "max_position_embeddings", "n_positions"):
         value = getattr(cfg, attr, None)
         if isinstance(value, int) and value > 0:
             return value
+    return None
+
+
+def model_max_length(model: nn.Module) -> int:
+    """The longest input a model takes: mlcore ``config.max_seq_len`` or HF ``config.max_position_embeddings``."""
+    context = _context(model)
+    if context is not None:
+        return context
     raise ValueError("max_length=None needs a model with config.max_seq_len (mlcore) or "
                      f"config.max_position_embeddings (transformers); got {type(model).__name__}")
 
@@ -79,13 +87,11 @@ def token_nll(model: nn.Module, input_ids: torch.Tensor, *, stride: int | None =
     stride = max_length if stride is None else stride
     if isinstance(stride, bool) or not isinstance(stride, int) or not 1 <= stride <= max_length:
         raise ValueError(f"stride must be an int in [1, max_length={max_length}], got {stride!r}")
-    cfg = getattr(model, "config", None)
-    vocab = getattr(cfg, "vocab_size", None)
+    vocab = getattr(getattr(model, "config", None), "vocab_size", None)
     if isinstance(vocab, int) and ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= vocab):
         raise ValueError(f"input_ids must lie in [0, vocab_size={vocab}), got values in "
                          f"[{int(ids.min())}, {int(ids.max())}]")
-    context = next((getattr(cfg, a) for a in ("max_seq_len", "max_position_embeddings", "n_positions")
-                    if isinstance(getattr(cfg, a, None), int)), None)
+    context = _context(model)
     if context is not None and max_length > context and ids.shape[1] > context:
         raise ValueError(f"max_length={max_length} exceeds the model's context of {context} positions")
     device = next(model.parameters()).device

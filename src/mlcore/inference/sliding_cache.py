@@ -21,9 +21,9 @@ Mistral; any model while the sequence is no longer than ``window``. A model that
 (``full_layers``, a growing :class:`~mlcore.inference.DynamicCache`, as transformers' hybrid caches do), so it is
 exact too; its memory is then bounded only in the sliding layers, and it does not stream past ``max_seq_len``.
 ``update`` returns the ring plus the new tokens, so a T-token update (a prefill longer than the window) still
-sees ``window - 1 + T`` keys; the model's own mask then picks each query's window. **Not exact**: without its own window, a model attends, in a
-T-token update, to up to ``T - 1`` keys older than the window (each query sees the window of the first
-query), as StreamingLLM's prefill; decode steps (T = 1) see exactly the sinks and the last ``window`` tokens.
+sees ``window - 1 + T`` keys; the model's own mask then picks each query's window. **Not exact**: without its
+own window, a model attends, in a T-token update, to up to ``T - 1`` keys older than the window (each query
+sees the window of the first query), as StreamingLLM's prefill; decode steps (T = 1) see exactly the sinks and the last ``window`` tokens.
 
 Sinks: keys are cached already rotated by RoPE at their true positions. StreamingLLM gives positions
 within the cache, i.e. the sinks sit just before the oldest window key. RoPE scores depend only on the
@@ -234,7 +234,7 @@ class SlidingWindowCache:
 
     def crop(self, n: int) -> None:
         """Forget columns from ``n`` on; possible while the window before ``n`` is still in the ring."""
-        length = max([*self._length.values(), self._full.get_seq_length(min(self.full_layers, default=0))])
+        length = max((self.get_seq_length(layer) for layer in [*self._length, *self.full_layers]), default=0)
         n = crop_length(n, length)
         lost = length - self.capacity  # columns < lost have been overwritten
         if lost > 0 and n - self.window + 1 < lost:

@@ -28,7 +28,8 @@ class TransformerConfig:
     of 64 for SwiGLU (keeping the parameter count of the 4x GELU MLP, as in the Llama paper).
 
     RoPE: ``rope_theta`` is the base; ``rope_scaling`` is a Hugging Face style dict (``{"rope_type": "linear" |
-    "dynamic" | "yarn" | "llama3" | "longrope", "factor": ..., ...}``); ``rope_max_position_embeddings`` is what HF calls
+    "dynamic" | "yarn" | "llama3" | "longrope", "factor": ..., ...}``); ``rope_max_position_embeddings`` is what HF
+    calls
     ``config.max_position_embeddings`` for the RoPE formulas (defaults to ``max_seq_len``; it differs only for
     dynamic NTK scaling, whose model runs past the length it was trained at).
 

@@ -6,7 +6,8 @@ consecutive elements (64 by default; the last block may be shorter). For block `
     absmax_b = max_i |w_i|,   code_i = argmin_c |w_i / absmax_b - C[c]|,   w_i ~ C[code_i] * absmax_b
 
 with ``C`` the 16-value NF4 or FP4 code book (``codebooks.py``), computed in float32 (the scaled value is
-``w * (1 / absmax)``, in a shorter last block ``w / absmax``, as bitsandbytes computes them). Two codes share a byte, the first element in the high nibble.
+``w * (1 / absmax)``, in a shorter last block ``w / absmax``, as bitsandbytes computes them). Two codes share a
+byte, the first element in the high nibble.
 
 **Double quantization** (sec. 3, "Double Quantization"): the float32 absmax values cost 32 / blocksize bits
 per parameter (0.5 at 64). Subtract their mean ``c``, quantize ``absmax - c`` in blocks of 256 with the
