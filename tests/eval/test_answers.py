@@ -47,3 +47,10 @@ def test_bad_input():
         token_accuracy(torch.zeros(2, 3, 5), torch.zeros(2, 4, dtype=torch.long))
     with pytest.raises(ValueError, match="ignore_index"):
         token_accuracy(torch.zeros(1, 2, 5), torch.full((1, 2), -100))
+
+
+def test_golds_that_normalise_to_nothing_are_dropped_as_in_squad_v2():
+    # SQuAD v2's get_raw_scores keeps only golds whose normalised text is non-empty (else it scores against "")
+    assert exact_match("", ["The", "Denver Broncos"]) == 0.0 and token_f1("", ["The", "Denver Broncos"]) == 0.0
+    assert exact_match("the", ["a.", "Paris"]) == 0.0 and token_f1("the", ["a.", "Paris"]) == 0.0
+    assert exact_match("", ["The"]) == 1.0 and token_f1("an", ["The", "a"]) == 1.0

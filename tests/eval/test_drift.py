@@ -76,3 +76,12 @@ def test_bad_input():
         psi(["a", None], ["a"], categorical=True)
     with pytest.raises(ValueError, match="eps"):
         psi([1.0, 2.0], [1.0, 2.0], eps=0)
+
+
+def test_psi_names_a_string_sample_unhashable_labels_and_bad_eps():
+    with pytest.raises(ValueError, match="reference must be a sequence of category labels, got one str"):
+        psi("abc", ["a", "b"], categorical=True)
+    with pytest.raises(ValueError, match="current holds an unhashable category label"):
+        psi(["a", "b"], [["a"], "b"], categorical=True)
+    with pytest.raises(ValueError, match="eps must be a number"):
+        psi([1.0, 2.0, 3.0], [1.0, 2.0, 3.0], eps="x")

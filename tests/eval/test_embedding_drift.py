@@ -65,3 +65,26 @@ def test_bad_input():
         cosine_shift(np.zeros((2, 3)), np.ones((2, 3)))
     with pytest.raises(ValueError, match="n_permutations"):
         mmd_permutation_test(np.ones((3, 2)), np.ones((3, 2)), n_permutations=-1)
+
+
+def test_median_bandwidth_past_quantiles_limit_equals_numpy_median():
+    # 5,800 pooled rows give 16.8M pairwise distances, past torch.quantile's 2**24-element limit
+    from mlcore.eval.embedding_drift import median_bandwidth
+
+    g = torch.Generator().manual_seed(0)
+    pooled = torch.randn(5800, 4, generator=g, dtype=torch.float64)
+    d = torch.cdist(pooled, pooled)
+    i, j = torch.triu_indices(5800, 5800, offset=1)
+    assert median_bandwidth(pooled) == pytest.approx(float(np.median(d[i, j].numpy())), rel=1e-12)
+    small = pooled[:5]  # 10 pairs: an even count takes the midpoint, as numpy does
+    d = torch.cdist(small, small)
+    i, j = torch.triu_indices(5, 5, offset=1)
+    assert median_bandwidth(small) == pytest.approx(float(np.median(d[i, j].numpy())), rel=1e-12)
+
+
+def test_mmd_names_bad_bandwidth_and_non_numeric_rows():
+    x = np.random.default_rng(0).random((4, 2))
+    with pytest.raises(ValueError, match="bandwidth must be a number"):
+        mmd2(x, x, bandwidth="1")
+    with pytest.raises(ValueError, match="reference must be numeric"):
+        mmd2([["a"], ["b"]], x)

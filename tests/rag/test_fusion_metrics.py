@@ -102,3 +102,10 @@ def test_equal_scores_rank_by_id():
 def test_embedder_reads_a_generator_once(embedder):
     texts = ["alpha beta", "a second text"]
     torch.testing.assert_close(embedder.encode(t for t in texts), embedder.encode(texts))
+
+
+@pytest.mark.parametrize("metric", [recall_at_k, mrr, ndcg_at_k])
+def test_metrics_refuse_a_ranking_that_repeats_a_document(metric):
+    # counted twice, a repeated relevant id gave nDCG 2.13 for [[1, 1, 1]]
+    with pytest.raises(ValueError, match=r"rankings\[0\] lists a document more than once: \[1\]"):
+        metric([[1, 1, 1]], [{1}], 3)

@@ -64,3 +64,17 @@ def test_bad_input():
         ApproxIndex(torch.randn(8))
     with pytest.raises(ValueError, match="k must be"):
         ApproxIndex(x).search(torch.randn(1, 8), k=0)
+
+
+def test_approx_search_near_n_returns_real_ids_only():
+    # with k close to N the HNSW walk leaves slots unreached, which faiss marks with id -1 (score -FLT_MAX);
+    # those must be filled with real documents, and the top of each row must stay the exact top
+    g = torch.Generator().manual_seed(0)
+    x, q = torch.randn(300, 16, generator=g), torch.randn(4, 16, generator=g)
+    index = ApproxIndex(x)
+    scores, ids = index.search(q, k=300)
+    assert ids.shape == (4, 300) and bool((ids >= 0).all())
+    assert all(len(set(row.tolist())) == 300 for row in ids)
+    assert bool((scores[:, :-1] >= scores[:, 1:]).all())  # best first
+    exact_scores, _ = DenseIndex(x).search(q, k=300)
+    torch.testing.assert_close(scores, exact_scores)  # every document returned, so the sorted scores agree

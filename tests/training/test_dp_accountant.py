@@ -104,3 +104,11 @@ def test_infinite_noise_and_degenerate_search_arguments():
     assert 8192 < sigma < 10_000 and epsilon(sigma, 1.0, 10**8, 1e-5) <= 5.6475
     with pytest.raises(ValueError, match="rtol"):
         noise_multiplier_for(1.0, 0.01, 100, 1e-5, rtol=0)
+
+
+def test_numpy_scalars_are_accepted_as_numbers():
+    np = pytest.importorskip("numpy")
+    expected = epsilon(1.0, 0.01, 10, 1e-5)
+    assert epsilon(np.float64(1.0), np.float64(0.01), np.int64(10), np.float64(1e-5)) == expected
+    assert epsilon(np.float32(1.0), np.float32(0.5), 10, 1e-5) == pytest.approx(epsilon(1.0, 0.5, 10, 1e-5))
+    assert noise_multiplier_for(np.float32(2.0), 0.01, 100, 1e-5) > 0

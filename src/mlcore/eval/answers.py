@@ -7,7 +7,8 @@ SQuAD normalisation (the official evaluation script's rule): lower-case, drop pu
     token_f1(pred, gold)    = 2 P R / (P + R),  P = |common| / |pred tokens|,  R = |common| / |gold tokens|
 
 with ``common`` the multiset intersection of the two token lists. With several gold answers the best score
-counts. Both empty -> 1; one empty -> 0 (as the SQuAD v2 script). ``token_accuracy`` is the share of positions
+counts. Both empty -> 1; one empty -> 0; a gold that normalises to nothing is dropped unless every gold
+does (all three as the SQuAD v2 script). ``token_accuracy`` is the share of positions
 where a model's predicted token id equals the label (labels ``== ignore_index`` do not count).
 """
 
@@ -38,7 +39,9 @@ def _golds(gold: str | Sequence[str]) -> list[str]:
     golds = [gold] if isinstance(gold, str) else list(gold)
     if not golds:
         raise ValueError("gold must be a str or a non-empty sequence of str, got an empty sequence")
-    return golds
+    # SQuAD v2's get_raw_scores drops golds that normalise to nothing ("The", "a."), and scores against ""
+    # only when no gold is left
+    return [g for g in golds if normalize_answer(g)] or [""]
 
 
 def exact_match(prediction: str, gold: str | Sequence[str]) -> float:

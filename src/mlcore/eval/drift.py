@@ -25,7 +25,8 @@ All logarithms are natural (nats) unless ``base`` is given, as ``scipy.stats.ent
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
+from numbers import Real
 from typing import Any
 
 import numpy as np
@@ -88,8 +89,14 @@ def histograms(reference: Any, current: Any, *, bins: int = 10, categorical: boo
     one bin per category (``categorical``). Returns ``(ref_shares, cur_shares, labels)``."""
     check_positive_int("bins", bins, 2)
     if categorical:
+        for name, values in (("reference", reference), ("current", current)):
+            if isinstance(values, (str, bytes)):
+                raise ValueError(f"{name} must be a sequence of category labels, got one {type(values).__name__} "
+                                 "(it would be read one character per sample); wrap it in a list")
         ref, cur = list(reference), list(current)
         for name, values in (("reference", ref), ("current", cur)):
+            if any(not isinstance(v, Hashable) for v in values):
+                raise ValueError(f"{name} holds an unhashable category label (a list or dict?); use str or int labels")
             if len(values) < min_samples:
                 raise ValueError(f"{name} needs at least {min_samples} sample(s), got {len(values)}")
             if any(v is None or (isinstance(v, float) and math.isnan(v)) for v in values):
@@ -125,7 +132,7 @@ def psi(reference: Any, current: Any, *, bins: int = 10, categorical: bool = Fal
     ``reference``, ``current``: 1-D samples (numbers, or category labels with ``categorical=True``).
     ``min_samples``: refuse samples smaller than this (a monitor's guard against noisy small windows).
     """
-    if not 0 < eps < 1:
-        raise ValueError(f"eps must be in (0, 1) (it floors the share of an empty bin), got {eps}")
+    if isinstance(eps, bool) or not isinstance(eps, Real) or not 0 < eps < 1:
+        raise ValueError(f"eps must be a number in (0, 1) (it floors the share of an empty bin), got {eps!r}")
     r, c, _ = histograms(reference, current, bins=bins, categorical=categorical, min_samples=min_samples)
     return psi_from_shares(r, c, eps=eps)

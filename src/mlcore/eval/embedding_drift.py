@@ -18,13 +18,17 @@ Shapes: ``reference`` (N, D), ``current`` (M, D).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from numbers import Real
 from typing import Any
 
 import torch
 
 
 def _embeddings(name: str, x: Any, min_rows: int) -> torch.Tensor:
-    t = torch.as_tensor(x).detach().to(torch.float64)
+    try:
+        t = torch.as_tensor(x).detach().to(torch.float64)
+    except (TypeError, ValueError, RuntimeError) as err:
+        raise ValueError(f"{name} must be numeric (N, D) embeddings, got {type(x).__name__}: {err}") from None
     if t.dim() != 2:
         raise ValueError(f"{name} must have shape (N, D), got {tuple(t.shape)}")
     if t.shape[0] < min_rows:
@@ -55,7 +59,12 @@ def median_bandwidth(pooled: torch.Tensor) -> float:
     """Median heuristic: the median of the pairwise Euclidean distances (i < j) of ``pooled`` (N, D)."""
     d = torch.cdist(pooled, pooled)
     i, j = torch.triu_indices(d.shape[0], d.shape[0], offset=1)
-    sigma = float(d[i, j].quantile(0.5))  # numpy's median (midpoint for an even count)
+    pairs = d[i, j]
+    # numpy's median (the midpoint of the two middle values for an even count); kthvalue, unlike quantile,
+    # has no 2**24-element limit, which 5,794 pooled rows already pass
+    lower = pairs.kthvalue((pairs.numel() + 1) // 2).values
+    upper = pairs.kthvalue(pairs.numel() // 2 + 1).values
+    sigma = float((lower + upper) / 2)
     return sigma if sigma > 0 else 1.0
 
 
@@ -95,6 +104,8 @@ def mmd_permutation_test(reference: Any, current: Any, *, bandwidth: float | Non
     if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
         raise ValueError(f"chunk must be a positive int (permutations per batch), got {chunk!r}")
     pooled = torch.cat([x, y])  # (P, D)
+    if bandwidth is not None and (isinstance(bandwidth, bool) or not isinstance(bandwidth, Real)):
+        raise ValueError(f"bandwidth must be a number > 0 or None (median heuristic), got {bandwidth!r}")
     sigma = median_bandwidth(pooled) if bandwidth is None else float(bandwidth)
     if not sigma > 0:
         raise ValueError(f"bandwidth must be > 0, got {bandwidth}")

@@ -47,7 +47,25 @@ class ApproxIndex:
             raise ValueError(f"k must be a positive int, got {k!r}")
         q = torch.nn.functional.normalize(check_vectors(queries, "queries", self.dim).cpu(), dim=-1)
         scores, ids = self.index.search(np.ascontiguousarray(q.numpy()), min(k, self.count))
-        return torch.from_numpy(scores), torch.from_numpy(ids).long()
+        scores, ids = torch.from_numpy(scores), torch.from_numpy(ids).long()
+        if bool((ids < 0).any()):
+            scores, ids = self._fill_unreached(q, scores, ids)
+        return scores, ids
+
+    def _fill_unreached(self, q: Tensor, scores: Tensor, ids: Tensor) -> tuple[Tensor, Tensor]:
+        """Replace faiss' ``-1`` placeholders (slots the graph walk never reached, common when ``k`` nears
+        ``N``) with the best documents the row is missing, scored exactly, so every row holds ``k'`` real ids."""
+        vectors = torch.from_numpy(self.index.reconstruct_n(0, self.count))  # (N, D), unit rows
+        for row in torch.nonzero((ids < 0).any(dim=1)).flatten().tolist():
+            found = ids[row][ids[row] >= 0]
+            exact = vectors @ q[row]
+            exact[found] = float("-inf")  # only documents the walk did not return
+            extra = exact.topk(int((ids[row] < 0).sum())).indices
+            merged_ids = torch.cat([found, extra])
+            merged = torch.cat([scores[row][ids[row] >= 0], exact[extra]])
+            order = merged.argsort(descending=True, stable=True)
+            scores[row], ids[row] = merged[order], merged_ids[order]
+        return scores, ids
 
 
 def recall_vs_exact(approx_ids: Tensor, exact_ids: Tensor) -> float:

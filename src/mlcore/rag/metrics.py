@@ -23,6 +23,13 @@ def _check(rankings: Sequence[Sequence[int]], relevant: Sequence[Collection[int]
         raise ValueError("every query needs at least one relevant document (an empty relevant set)")
     if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 1):
         raise ValueError(f"k must be a positive int, got {k!r}")
+    for q, ranking in enumerate(rankings):
+        if len(set(ranking)) != len(ranking):
+            # a repeated relevant id would be counted twice (nDCG above 1, recall unchanged): map chunks
+            # to their documents with `dedupe` first
+            repeated = sorted({d for d in ranking if list(ranking).count(d) > 1})
+            raise ValueError(f"rankings[{q}] lists a document more than once: {repeated[:10]}; apply dedupe() "
+                             "to a ranking of chunks first")
 
 
 def recall_at_k(rankings: Sequence[Sequence[int]], relevant: Sequence[Collection[int]], k: int) -> float:

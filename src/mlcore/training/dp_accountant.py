@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from numbers import Integral, Real  # numpy scalars register here too
 
 import numpy as np
 from scipy import special
@@ -34,26 +35,26 @@ MAX_NOISE_MULTIPLIER = 1e4  # the noise search gives up above this sigma
 
 
 def _check_sample_rate(sample_rate: float) -> float:
-    if isinstance(sample_rate, bool) or not isinstance(sample_rate, (int, float)) or not 0 < sample_rate <= 1:
+    if isinstance(sample_rate, bool) or not isinstance(sample_rate, Real) or not 0 < sample_rate <= 1:
         raise ValueError(f"sample_rate must be a probability in (0, 1] (batch size / dataset size), "
                          f"got {sample_rate!r}")
     return float(sample_rate)
 
 
 def _check_delta(delta: float) -> float:
-    if isinstance(delta, bool) or not isinstance(delta, (int, float)) or not 0 < delta < 1:
+    if isinstance(delta, bool) or not isinstance(delta, Real) or not 0 < delta < 1:
         raise ValueError(f"delta must lie in the open interval (0, 1) (typically < 1/dataset size), got {delta!r}")
     return float(delta)
 
 
 def _check_steps(steps: int) -> int:
-    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 0:
+    if isinstance(steps, bool) or not isinstance(steps, Integral) or steps < 0:
         raise ValueError(f"steps must be a non-negative int, got {steps!r}")
     return int(steps)
 
 
 def _check_sigma(noise_multiplier: float) -> float:
-    if (isinstance(noise_multiplier, bool) or not isinstance(noise_multiplier, (int, float))
+    if (isinstance(noise_multiplier, bool) or not isinstance(noise_multiplier, Real)
             or math.isnan(noise_multiplier) or noise_multiplier < 0):
         raise ValueError(f"noise_multiplier must be a number >= 0 (noise std / clipping norm), "
                          f"got {noise_multiplier!r}")
@@ -172,11 +173,11 @@ def noise_multiplier_for(target_epsilon: float, sample_rate: float, steps: int, 
     the bracket is ``rtol`` relative wide; the upper end (the private side) is returned, so
     ``epsilon(noise_multiplier_for(e, ...), ...) <= e`` always. ``target_epsilon=inf`` returns 0.0 (no noise).
     """
-    if (isinstance(target_epsilon, bool) or not isinstance(target_epsilon, (int, float))
+    if (isinstance(target_epsilon, bool) or not isinstance(target_epsilon, Real)
             or math.isnan(target_epsilon) or target_epsilon <= 0):
         raise ValueError(f"target_epsilon must be a number > 0 (or inf for no privacy), got {target_epsilon!r}")
     q, delta, steps = _check_sample_rate(sample_rate), _check_delta(delta), _check_steps(steps)
-    if isinstance(rtol, bool) or not isinstance(rtol, (int, float)) or not 0 < rtol < 1:
+    if isinstance(rtol, bool) or not isinstance(rtol, Real) or not 0 < rtol < 1:
         raise ValueError(f"rtol must be a number in (0, 1), got {rtol!r}")
     if math.isinf(target_epsilon) or steps == 0:
         return 0.0
