@@ -64,8 +64,9 @@ def adapter_state_dict(model: nn.Module, *, rename: Callable[[str], str] | None 
     info = getattr(model, "_mlcore_lora", None)
     config: LoraConfig | None = info["config"] if info else None
     for module_name in (info["modules_to_save"] if info else []):
-        for pname, p in model.get_submodule(module_name).named_parameters():
-            out[f"{PREFIX}{module_name}.{pname}"] = p.detach()
+        # the full state dict, as PEFT saves it: buffers too (BatchNorm's running statistics)
+        for pname, t in model.get_submodule(module_name).state_dict().items():
+            out[f"{PREFIX}{module_name}.{pname}"] = t.detach()
     if config is not None and config.bias != "none":  # PEFT's keys: wrapped layers keep ".base_layer."
         # chosen by name, as PEFT does, not by requires_grad: a loaded (frozen) adapter saves its biases again
         wrapped = {f"{name}.base_layer.bias" for name in layers}
@@ -188,20 +189,27 @@ def _check_fits(model: nn.Module, config: LoraConfig, targets: list[str],
             if tuple(pair[part].shape) != shape:
                 raise ValueError(f"adapter lora_{part} of {name!r} has shape {tuple(pair[part].shape)}, the model "
                                  f"needs {shape} (r={config.r}, in={n_in}, out={n_out})")
-    params = dict(model.named_parameters())
+    params = _tensors_by_name(model)
     for key, value in rest.items():
         key = key.replace(".base_layer.", ".")  # the model has no LoRA wrappers yet
         if key not in params:
-            raise ValueError(f"adapter tensor {key!r} names no parameter of {type(model).__name__}")
+            raise ValueError(f"adapter tensor {key!r} names no parameter or buffer of {type(model).__name__}")
         if params[key].shape != value.shape:
-            raise ValueError(f"adapter tensor {key!r} has shape {tuple(value.shape)}, the model's parameter "
+            raise ValueError(f"adapter tensor {key!r} has shape {tuple(value.shape)}, the model's tensor "
                              f"has {tuple(params[key].shape)}")
+
+
+def _tensors_by_name(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Every parameter and persistent buffer by every name it has: the state dict keeps both names of a tied
+    weight (``lm_head.weight`` and ``embed_tokens.weight``), where ``named_parameters()`` drops the second."""
+    return model.state_dict(keep_vars=True)
 
 
 def load_adapter(model: nn.Module, directory: str | Path, *, is_trainable: bool = False) -> nn.Module:
     """Apply LoRA to ``model`` as the folder's config says and load its weights (whoever wrote the folder).
 
-    Like ``PeftModel.from_pretrained``, the adapter is frozen unless ``is_trainable``. Raises ValueError when
+    Like ``PeftModel.from_pretrained``, the adapter is frozen and the model put in eval mode unless
+    ``is_trainable``. Raises ValueError when
     the model already has adapters, or when the folder does not fit the model (target names, shapes) or is
     corrupt; the model is only modified once every check has passed.
     """
@@ -218,7 +226,7 @@ def load_adapter(model: nn.Module, directory: str | Path, *, is_trainable: bool 
     resolve_modules_to_save(model, config)
     apply_lora(model, config, verbose=False)
     layers = lora_layers(model)
-    params = dict(model.named_parameters())
+    params = _tensors_by_name(model)
     with torch.no_grad():
         for name, pair in lora.items():
             layers[name].lora_A.weight.copy_(pair["A"])
@@ -228,7 +236,8 @@ def load_adapter(model: nn.Module, directory: str | Path, *, is_trainable: bool 
                 owner, _, leaf = key.rpartition(".")
                 key = f"{owner}.base_layer.{leaf}"
             params[key].copy_(value)
-    if not is_trainable:
+    if not is_trainable:  # as PeftModel.from_pretrained: frozen and in eval mode (LoRA dropout off)
         for p in model.parameters():
             p.requires_grad_(False)
+        model.eval()
     return model

@@ -29,6 +29,49 @@ _UNSUPPORTED_WHEN_SET = (
     "alora_invocation_tokens", "arrow_config", "use_bdlora",
 )
 
+# init_lora_weights values that only choose the starting A and B, which the saved weights then replace: loading
+# such a folder gives the trained model whatever the init was.
+_PLAIN_INIT_STRINGS = ("gaussian", "orthogonal")
+# inits that rewrite the base weight (PiSSA / OLoRA / CorDA / MiCA: W_res = W - s B0 A0; LoftQ: quantization-aware
+# W) or derive it from data (EVA, LoRA-GA); PEFT re-runs them when loading, so the adapter is only right on that
+# rewritten base, which mlcore does not reproduce. Matched as prefixes ("pissa_niter_4", "corda_...").
+_BASE_REWRITING_INITS = ("pissa", "olora", "corda", "loftq", "eva", "lora_ga", "mica")
+
+
+def check_lora_alpha(where: str, value: Any) -> None:
+    """ValueError unless ``value`` is a positive finite number (not a bool)."""
+    if (isinstance(value, bool) or not isinstance(value, (int, float))
+            or not math.isfinite(value) or value <= 0):
+        raise ValueError(f"{where} lora_alpha must be a positive finite number, got {value!r}")
+
+
+def check_lora_dropout(where: str, value: Any) -> None:
+    """ValueError unless ``value`` is a number in [0, 1) (not a bool)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
+        raise ValueError(f"{where} lora_dropout must be in [0, 1), got {value!r}")
+
+
+def check_use_rslora(where: str, value: Any) -> None:
+    """ValueError unless ``value`` is a bool (a string like "false" would read as True)."""
+    if not isinstance(value, bool):
+        raise ValueError(f"{where} use_rslora must be a bool, got {value!r}")
+
+
+def _init_from_peft(init: Any) -> str:
+    """PEFT's ``init_lora_weights`` -> mlcore's ``init``; refuses inits whose adapter needs a rewritten base."""
+    if init is True or init is False:  # False: random A and B, replaced by the saved weights anyway
+        return "kaiming"
+    if isinstance(init, str):
+        low = init.lower()
+        if low in _PLAIN_INIT_STRINGS:
+            return "gaussian" if low == "gaussian" else "kaiming"
+        if low.startswith(_BASE_REWRITING_INITS):
+            raise ValueError(f"adapter config sets init_lora_weights={init!r}: that init rewrites (or is fitted "
+                             "to) the base weight, which PEFT redoes on loading and mlcore does not, so the "
+                             "adapter would load as a different model")
+    raise ValueError(f"adapter config init_lora_weights must be true, false, 'gaussian' or 'orthogonal', "
+                     f"got {init!r}")
+
 
 @dataclass
 class LoraConfig:
@@ -42,7 +85,9 @@ class LoraConfig:
     ``nn.Linear`` and PEFT) or ``"gaussian"`` (A ~ N(0, 1/r^2), PEFT's ``"gaussian"``); B starts at zero either
     way, so an adapted model starts out equal to its base. bias: which biases train besides A and B
     (``"none"``, ``"all"``, or ``"lora_only"`` = the biases of adapted layers). modules_to_save: modules
-    (by PEFT's suffix rule, e.g. a fresh classification head) trained in full and saved with the adapter.
+    trained in full and saved with the adapter (e.g. a fresh classification head), matched by PEFT's rule
+    for them: every module whose full name ends in a name, with no "." boundary (``"head"`` matches
+    ``lm_head``, ``"norm"`` every ``*_layernorm`` and ``norm``).
     """
 
     r: int
@@ -57,11 +102,9 @@ class LoraConfig:
     def __post_init__(self) -> None:
         if isinstance(self.r, bool) or not isinstance(self.r, int) or self.r <= 0:
             raise ValueError(f"LoraConfig.r must be a positive int, got {self.r!r}")
-        if (isinstance(self.lora_alpha, bool) or not isinstance(self.lora_alpha, (int, float))
-                or not math.isfinite(self.lora_alpha) or self.lora_alpha <= 0):
-            raise ValueError(f"LoraConfig.lora_alpha must be a positive finite number, got {self.lora_alpha!r}")
-        if not isinstance(self.lora_dropout, (int, float)) or not 0.0 <= self.lora_dropout < 1.0:
-            raise ValueError(f"LoraConfig.lora_dropout must be in [0, 1), got {self.lora_dropout!r}")
+        check_lora_alpha("LoraConfig", self.lora_alpha)
+        check_lora_dropout("LoraConfig", self.lora_dropout)
+        check_use_rslora("LoraConfig", self.use_rslora)
         if self.init not in INITS:
             raise ValueError(f"LoraConfig.init must be one of {INITS}, got {self.init!r}")
         if self.bias not in BIASES:
@@ -120,11 +163,11 @@ class LoraConfig:
         for key in _UNSUPPORTED_WHEN_SET:
             if d.get(key) not in (None, False, {}, [], ""):
                 raise ValueError(f"adapter config sets {key}={d[key]!r}, which mlcore's LoRA does not support")
-        init = d.get("init_lora_weights", True)
+        init = _init_from_peft(d.get("init_lora_weights", True))
         return cls(
             r=d["r"], lora_alpha=d["lora_alpha"], target_modules=d["target_modules"],
             lora_dropout=d.get("lora_dropout", 0.0) or 0.0, use_rslora=bool(d.get("use_rslora", False)),
-            init="gaussian" if init == "gaussian" else "kaiming",  # any other init only matters before loading
+            init=init,
             bias=d.get("bias", "none") or "none", modules_to_save=d.get("modules_to_save") or None,
         )
 

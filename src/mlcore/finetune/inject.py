@@ -3,7 +3,8 @@
 Target matching follows PEFT's rule (``peft.tuners.tuners_utils.check_target_module_exists``), so one
 ``target_modules`` means the same modules to both libraries:
 
-- a list of names: a module is targeted when its full name equals a name, or ends in ``"." + name``;
+- a list of names: a module is targeted when its full name equals a name, or ends in ``"." + name``
+  (``modules_to_save`` uses PEFT's looser rule: the full name ends in a name, see :func:`resolve_modules_to_save`);
 - a string: a regular expression that must match the full module name (``re.fullmatch``);
 - ``"all-linear"``: every linear-like module except the output head (``get_output_embeddings()`` of a
   transformers model, or a top-level ``lm_head``) and the ``modules_to_save``.
@@ -20,7 +21,7 @@ import torch
 from torch import nn
 
 from mlcore.finetune.config import ALL_LINEAR, LoraConfig
-from mlcore.finetune.lora import LoraLinear, linear_dims
+from mlcore.finetune.lora import LoraLinear, check_generator, linear_dims
 
 _FUSED_HINT = ("q_proj", "k_proj", "v_proj")
 
@@ -76,14 +77,45 @@ def _candidates_message(model: nn.Module) -> str:
 
 
 def resolve_modules_to_save(model: nn.Module, config: LoraConfig) -> list[str]:
-    """Full names of the modules trained in full (``config.modules_to_save``, PEFT's suffix rule)."""
+    """Full names of the modules trained in full: those whose name ends in a name of ``config.modules_to_save``.
+
+    This is PEFT's rule for modules_to_save (``peft.utils.other._set_trainable``: ``key.endswith(name)``), which
+    is looser than the target rule: there is no "." boundary, so ``"head"`` matches ``lm_head`` and ``"norm"``
+    matches ``input_layernorm`` and ``post_attention_layernorm`` as well as ``norm``.
+    """
     if not config.modules_to_save:
         return []
-    found = [n for n, _ in model.named_modules() if n and name_matches(config.modules_to_save, n)]
+    found = [n for n, _ in model.named_modules() if n and any(n.endswith(m) for m in config.modules_to_save)]
     if not found:
         raise ValueError(f"modules_to_save={config.modules_to_save} matches no module of "
                          f"{type(model).__name__}; top-level modules: {[n for n, _ in model.named_children()]}")
     return found
+
+
+def _excluded_as_saved(config: LoraConfig, name: str) -> bool:
+    """PEFT's guard that keeps LoRA off modules_to_save (``check_target_module_exists``): a name of
+    ``modules_to_save`` is a whole dotted component run of the module's name, e.g. ``score`` in ``score`` or
+    ``score.dense``. PEFT does not escape the name; mlcore does, so a name is never read as a regex."""
+    return any(re.match(rf"(^|.*\.){re.escape(m)}($|\..*)", name) for m in config.modules_to_save or [])
+
+
+def _check_no_overlap(model: nn.Module, config: LoraConfig, targets: list[str], excluded: list[str]) -> None:
+    """Raise ValueError when LoRA targets and modules_to_save collide.
+
+    PEFT leaves out of LoRA the modules its guard calls saved, but its looser modules_to_save rule can still
+    pick a LoRA layer (``["proj"]`` ends ``q_proj``; PEFT then fails with a TypeError): name that overlap. When
+    the guard left no target at all, say so rather than "matches no module".
+    """
+    saved = resolve_modules_to_save(model, config)
+    overlap = sorted(t for t in targets if any(t == s or t.startswith(s + ".") or s.startswith(t + ".")
+                                               for s in saved))
+    if overlap:
+        raise ValueError(f"target_modules={config.target_modules!r} and modules_to_save={config.modules_to_save} "
+                         f"overlap: {overlap[:8]} would be both LoRA-adapted and trained in full; make them "
+                         "disjoint")
+    if not targets and excluded:
+        raise ValueError(f"target_modules={config.target_modules!r} only matches modules that modules_to_save="
+                         f"{config.modules_to_save} trains in full ({excluded[:8]}); a module cannot be both")
 
 
 def find_targets(model: nn.Module, config: LoraConfig) -> list[str]:
@@ -91,24 +123,30 @@ def find_targets(model: nn.Module, config: LoraConfig) -> list[str]:
 
     Raises ValueError when nothing matches (listing the targetable modules) or when a match is not linear-like.
     """
-    save = set(resolve_modules_to_save(model, config))
-    in_saved = lambda n: any(n == s or n.startswith(s + ".") for s in save)  # noqa: E731
+    excluded: list[str] = []
     if config.target_modules == ALL_LINEAR:
         head = output_head_name(model)
-        targets = [n for n in linear_module_names(model) if n != head and not in_saved(n)]
+        targets = [n for n in linear_module_names(model) if n != head]
+        excluded = [n for n in targets if _excluded_as_saved(config, n)]
+        targets = [n for n in targets if n not in excluded]
+        _check_no_overlap(model, config, targets, excluded)
         if not targets:
             raise ValueError(f"target_modules='all-linear' found no linear layer besides the output head in "
                              f"{type(model).__name__}")
         return targets
     targets = []
     for name, module in model.named_modules():
-        if not name or in_saved(name) or not name_matches(config.target_modules, name):
+        if not name or not name_matches(config.target_modules, name):
+            continue
+        if _excluded_as_saved(config, name):
+            excluded.append(name)
             continue
         if linear_dims(module) is None:
             raise ValueError(f"target_modules={config.target_modules!r} matches {name!r}, a "
                              f"{type(module).__name__}, but LoRA wraps only linear layers; "
                              + _candidates_message(model))
         targets.append(name)
+    _check_no_overlap(model, config, targets, excluded)
     if not targets:
         hint = ""
         if not isinstance(config.target_modules, str) and set(config.target_modules) & set(_FUSED_HINT):
@@ -153,8 +191,11 @@ def apply_lora(model: nn.Module, config: LoraConfig, *, generator: torch.Generat
     if has_adapters(model):
         raise ValueError("apply_lora: the model already has LoRA adapters; merge_lora(model, unload=True) "
                          "first, or start from a fresh model")
+    check_generator("apply_lora", generator)
     targets = find_targets(model, config)
     saved = resolve_modules_to_save(model, config)
+    for name in saved:
+        _untie(model, name)
     for name in targets:
         base = model.get_submodule(name)
         _set_module(model, name, LoraLinear(base, config.r, config.lora_alpha, lora_dropout=config.lora_dropout,
@@ -180,6 +221,21 @@ def apply_lora(model: nn.Module, config: LoraConfig, *, generator: torch.Generat
     return model
 
 
+def _untie(model: nn.Module, name: str) -> None:
+    """Give module ``name`` its own copy of every parameter it shares with a module outside it.
+
+    PEFT trains a copy of each module to save (``ModulesToSaveWrapper``), so a tied ``lm_head`` trains apart
+    from the input embedding, which stays frozen; mlcore matches that by untying the shared tensor here.
+    """
+    module = model.get_submodule(name)
+    outside = {id(p) for n, p in model.named_parameters(remove_duplicate=False) if not n.startswith(name + ".")}
+    for pname, p in list(module.named_parameters()):
+        if id(p) in outside:
+            owner_name, _, leaf = pname.rpartition(".")
+            owner = module.get_submodule(owner_name) if owner_name else module
+            setattr(owner, leaf, nn.Parameter(p.detach().clone(), requires_grad=p.requires_grad))
+
+
 def _shared_weight_names(model: nn.Module) -> dict[int, list[str]]:
     names: dict[int, list[str]] = {}
     for name, p in model.named_parameters(remove_duplicate=False):
@@ -203,6 +259,9 @@ def merge_lora(model: nn.Module, *, unload: bool = False) -> nn.Module:
         if isinstance(w, torch.Tensor) and len(shared.get(id(w), [])) > 1:
             raise ValueError(f"merge_lora: the weight of {name!r} is shared with {shared[id(w)]}; merging would "
                              "change those too (untie the weights or do not target this module)")
+    for layer in layers.values():
+        if not layer.merged:
+            layer._dense_weight()  # raises for a base that cannot merge, before any layer has merged
     for layer in layers.values():
         layer.merge()
     if unload:

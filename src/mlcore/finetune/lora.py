@@ -25,6 +25,14 @@ from typing import Any
 import torch
 from torch import nn
 
+from mlcore.finetune.config import check_lora_alpha, check_lora_dropout, check_use_rslora
+
+
+def check_generator(where: str, generator: object) -> None:
+    """ValueError unless ``generator`` is None or a ``torch.Generator``."""
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise ValueError(f"{where} generator must be a torch.Generator or None, got {type(generator).__name__}")
+
 
 def linear_dims(module: nn.Module) -> tuple[int, int, bool] | None:
     """``(in_features, out_features, fan_in_fan_out)`` of a linear-like module, or None if it is not one.
@@ -66,8 +74,10 @@ class LoraLinear(nn.Module):
                              f"transformers Conv1D), got {type(base).__name__}")
         if isinstance(r, bool) or not isinstance(r, int) or r <= 0:
             raise ValueError(f"LoraLinear r must be a positive int, got {r!r}")
-        if not 0.0 <= lora_dropout < 1.0:
-            raise ValueError(f"LoraLinear lora_dropout must be in [0, 1), got {lora_dropout!r}")
+        check_lora_alpha("LoraLinear", lora_alpha)  # the same rules as LoraConfig
+        check_lora_dropout("LoraLinear", lora_dropout)
+        check_use_rslora("LoraLinear", use_rslora)
+        check_generator("LoraLinear", generator)
         self.in_features, self.out_features, self.fan_in_fan_out = dims
         self.r, self.lora_alpha, self.use_rslora = r, lora_alpha, use_rslora
         self.scaling = lora_alpha / (math.sqrt(r) if use_rslora else r)
@@ -80,6 +90,8 @@ class LoraLinear(nn.Module):
         self.lora_B = nn.Linear(r, self.out_features, bias=False, device=device, dtype=dtype)  # B: (out, r)
         self.lora_dropout = nn.Dropout(lora_dropout) if lora_dropout > 0 else nn.Identity()
         self.reset_lora_parameters(init, generator=generator)
+        # take the mode of the wrapped layer: a wrapper built inside an eval() model must not run its dropout
+        self.train(base.training)
 
     @torch.no_grad()
     def reset_lora_parameters(self, init: str = "kaiming", *, generator: torch.Generator | None = None) -> None:

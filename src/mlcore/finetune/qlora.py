@@ -19,7 +19,15 @@ import torch
 from torch import nn
 
 from mlcore.finetune.config import LoraConfig
-from mlcore.finetune.inject import apply_lora, lora_layers, output_head_name, resolve_modules_to_save
+from mlcore.finetune.inject import (
+    apply_lora,
+    find_targets,
+    has_adapters,
+    lora_layers,
+    output_head_name,
+    resolve_modules_to_save,
+)
+from mlcore.finetune.lora import check_generator
 from mlcore.quant import QuantizedLinear, quantize_model
 
 
@@ -42,6 +50,17 @@ def prepare_qlora(model: nn.Module, config: LoraConfig, *, blocksize: int = 64, 
     if gradient_checkpointing and not callable(getattr(model, "gradient_checkpointing_enable", None)):
         raise ValueError(f"prepare_qlora gradient_checkpointing=True: {type(model).__name__} has no "
                          "gradient_checkpointing_enable()")
+    if skip is not None and (isinstance(skip, str) or not isinstance(skip, (tuple, list))
+                             or not all(isinstance(s, str) for s in skip)):
+        # a bare string would be read as a sequence of letters and skip nothing
+        raise ValueError(f"prepare_qlora skip must be a tuple of module-name suffixes, got {skip!r}")
+    # every check apply_lora makes, before quantizing: a refused call must leave the model as it was
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"prepare_qlora model must be an nn.Module, got {type(model).__name__}")
+    if has_adapters(model):
+        raise ValueError("prepare_qlora: the model already has LoRA adapters; start from a fresh model")
+    check_generator("prepare_qlora", generator)
+    find_targets(model, config)  # raises when the targets do not fit; the names survive quantization
     if skip is None:
         head = output_head_name(model)
         skip = tuple(([head] if head else []) + resolve_modules_to_save(model, config))
@@ -58,6 +77,9 @@ def dequantize_lora_bases(model: nn.Module, dtype: torch.dtype | None = None) ->
     (in ``dtype``, default the layer's compute dtype: the dtype the rest of the model runs in, e.g. bfloat16
     after ``prepare_qlora(compute_dtype=torch.bfloat16)``), so that ``merge_lora`` can fold the adapters in:
     ``W = dequant(W_nf4) + (alpha / r) B A``. Returns ``model``."""
+    if dtype is not None and (not isinstance(dtype, torch.dtype) or not dtype.is_floating_point):
+        raise ValueError(f"dequantize_lora_bases dtype must be a floating torch.dtype (e.g. torch.bfloat16) or "
+                         f"None, got {dtype!r}")
     for layer in lora_layers(model).values():
         base = layer.base_layer
         if not isinstance(base, QuantizedLinear):
