@@ -37,7 +37,10 @@ def test_corpus_too_small_says_how_many_merges():
     [
         (lambda s: s.replace("mlcore-bpe 1", "mlcore-bpe 2", 1), "version '2' is not supported"),
         (lambda s: s.replace("mlcore-bpe 1", "minbpe v1", 1), "header"),
-        (lambda s: s[: len(s) // 2], "ends early"),
+        # cut at a line boundary: a cut inside a line leaves a partial last line, which the loader reports as that
+        # line being wrong (and where the middle falls depends on the merges, so on the split pattern)
+        (lambda s: "".join(s.splitlines(keepends=True)[: s.count("\n") // 2]), "ends early"),
+        (lambda s: s[: s.index("\n", len(s) // 2) - 1], "ends early|expected a merge|merges\\[|expected the next"),
         (lambda s: s.replace("merges ", "merge ", 1), "merges N"),
         (lambda s: s.replace("\n300 ", "\n99999 ", 1), "outside"),
         (lambda s: s + "1 2 3\n", "unexpected content"),
@@ -118,3 +121,98 @@ def test_allowed_special_as_a_plain_string_is_rejected(tok):
     for kwargs in ({"allowed_special": "<|endoftext|>"}, {"disallowed_special": "none"}):
         with pytest.raises(ValueError, match="_special"):
             tok.encode("<|endoftext|>", **kwargs)
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [("260 [1]", "special token"), ('260 {"a": 1}', "special token"), ("260 1.5", "special token"),
+     ("260 null", "special token")],
+)
+def test_corrupt_special_token_line_is_a_value_error(tmp_path, line, message):
+    """Regression: a special-token line whose JSON is not a string gave a bare TypeError (unhashable list)."""
+    tok = BPETokenizer.train("hello world " * 10, 261, special_tokens=["<|endoftext|>"])
+    path = tmp_path / "tok.bpe"
+    tok.save(path)
+    text = path.read_text(encoding="utf-8")
+    assert '260 "<|endoftext|>"' in text
+    path.write_text(text.replace('260 "<|endoftext|>"', line), encoding="utf-8")
+    with pytest.raises(ValueError, match=message):
+        BPETokenizer.load(path)
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [lambda s: s.replace('special_tokens 1\n260 "<|endoftext|>"\n', "special_tokens -7\n"),
+     lambda s: s.replace("merges 4\n", "merges -1\n").split("merges -1\n")[0] + "merges -1\n",
+     lambda s: s.replace('special_tokens 1\n260 "<|endoftext|>"\n',
+                         'special_tokens 2\n260 "<|endoftext|>"\n260 "<|endoftext|>"\n')],
+    ids=["negative special count", "negative merge count", "special token twice"],
+)
+def test_negative_counts_and_repeated_specials_are_refused(tmp_path, edit):
+    """Regression: "special_tokens -7" loaded silently, as a tokenizer without special tokens."""
+    tok = BPETokenizer.train("hello world " * 10, 261, special_tokens=["<|endoftext|>"])
+    path = tmp_path / "tok.bpe"
+    tok.save(path)
+    text = path.read_text(encoding="utf-8")
+    assert "merges 4\n" in text
+    path.write_text(edit(text), encoding="utf-8")
+    with pytest.raises(ValueError, match=r"count >= 0|listed before"):
+        BPETokenizer.load(path)
+
+
+def test_special_token_with_a_lone_surrogate_is_refused(tmp_path):
+    """Regression: "<\\ud800>" was accepted, then decode, to_tiktoken and save_hf failed with UnicodeEncodeError."""
+    with pytest.raises(ValueError, match="surrogate"):
+        BPETokenizer.train("hello world " * 10, 261, special_tokens=["<\ud800>"])
+    with pytest.raises(ValueError, match="surrogate"):
+        BPETokenizer([], special_tokens={"<\ud800>": 256})
+    path = tmp_path / "tok.bpe"
+    BPETokenizer([], special_tokens={"<x>": 256}).save(path)
+    path.write_text(path.read_text(encoding="utf-8").replace('"<x>"', '"<\\ud800>"'), encoding="utf-8")
+    with pytest.raises(ValueError, match="surrogate"):
+        BPETokenizer.load(path)
+
+
+def test_special_arguments_of_the_wrong_type_name_the_argument(tok):
+    """Regression: None or a set of non-strings gave a bare TypeError (or was silently ignored)."""
+    with pytest.raises(ValueError, match="allowed_special"):
+        tok.encode("x", allowed_special=None)
+    with pytest.raises(ValueError, match="allowed_special"):
+        tok.encode("x", allowed_special={1})
+    with pytest.raises(ValueError, match="disallowed_special"):
+        tok.encode("x", disallowed_special={1})
+    with pytest.raises(ValueError, match="disallowed_special"):
+        tok.encode("x", disallowed_special=[["<|endoftext|>"]])
+    with pytest.raises(ValueError, match="allowed_special"):
+        tok.encode("x", allowed_special=5)
+
+
+def test_disallowed_special_none_checks_nothing_like_tiktoken(tok):
+    text = "a <|endoftext|> b"
+    assert tok.encode(text, disallowed_special=None) == tok.to_tiktoken().encode(text, disallowed_special=None)
+    assert tok.encode(text, disallowed_special=None) == tok.encode(text, disallowed_special=())
+
+
+def test_special_token_found_in_the_repaired_text_like_tiktoken():
+    """tiktoken repairs lone surrogates (-> U+FFFD) before it looks for allowed special tokens."""
+    tok = BPETokenizer.train("hello world " * 10, 262, special_tokens=["<|endoftext|>", "<|a\ufffdb|>"])
+    text = "x <|a\ud800b|> y"
+    assert tok.encode(text, allowed_special="all") == tok.to_tiktoken().encode(text, allowed_special="all")
+    assert tok.special_tokens["<|a\ufffdb|>"] in tok.encode(text, allowed_special="all")
+
+
+def test_token_bytes_accepts_numpy_and_torch_ints(tok):
+    import numpy as np
+    import torch
+
+    assert tok.token_bytes(np.int64(104)) == tok.token_bytes(torch.tensor(104)) == b"h"
+    assert tok.token_bytes(np.int32(tok.special_tokens["<|endoftext|>"])) == b"<|endoftext|>"
+    with pytest.raises(ValueError, match="int"):
+        tok.token_bytes(1.0)
+
+
+@pytest.mark.parametrize("pattern", [r"\s*", r"\p{L}+|$", r"\b|\p{L}+", r"(?=x)|x", r"a*", r"\p{L}+|(?:)"])
+def test_a_pattern_that_matches_the_empty_string_is_refused(pattern):
+    """tiktoken's encoder panics on an empty chunk ("range end index 2 out of range")."""
+    with pytest.raises(ValueError, match="empty string"):
+        BPETokenizer([], pattern=pattern)

@@ -100,3 +100,40 @@ def test_special_token_clashing_with_a_vocab_entry_is_refused(corpus, special):
             t.to_hf_json()
     else:  # " " is stored as "Ġ": no clash, and HF must then give the special id
         assert Tokenizer.from_str(t.to_hf_json()).encode(f"x{special}y").ids == t.encode(f"x{special}y", allowed_special="all")
+
+
+SPECIALS_IN_THE_BYTE_TABLE = ["«sep»", "<|Ġ|>", "<|día|>", "ÿ¡", "<|endoftext|>", "<|日本|>", "<|dí a|>"]
+
+
+def test_non_ascii_special_tokens_decode_in_the_hf_export():
+    """Regression: HF's ByteLevel decoder read "«sep»" as byte-level text ("«" = byte 0xAB) and gave 'a�sep�b'."""
+    import warnings
+
+    tok = BPETokenizer.train("hello world the cat " * 20, 256 + 8 + len(SPECIALS_IN_THE_BYTE_TABLE),
+                             special_tokens=SPECIALS_IN_THE_BYTE_TABLE)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        hf = Tokenizer.from_str(tok.to_hf_json())
+    for text in ["a«sep»b", "x<|Ġ|>y", "hola<|día|>", "ÿ¡ÿ¡ÿ", "q<|日本|> the<|endoftext|>", "<|dí a|>z",
+                 "the cat «sep» Ġ día ÿ¡"]:
+        ids = tok.encode(text, allowed_special="all")
+        assert hf.encode(text, add_special_tokens=False).ids == ids
+        assert hf.decode(ids, skip_special_tokens=False) == tok.decode(ids) == text
+        assert hf.decode(ids, skip_special_tokens=True) == tok.decode(
+            [i for i in ids if i < tok.num_ordinary])
+
+
+def test_special_token_that_cannot_decode_in_hf_warns():
+    """An ordinary token whose byte-level name holds the special token's text would be changed by the fix."""
+    # "««" as UTF-8 is C2 AB C2 AB; its byte-level name is "Â«Â«", which holds "«Â"
+    tok = BPETokenizer([((0xC2, 0xAB), 256), ((256, 256), 257)], special_tokens={"«Â": 258})
+    assert any("«Â" in byte_level_string(b) for b in tok.vocab)
+    with pytest.warns(UserWarning, match="«Â"):
+        tok.to_hf_json()
+
+
+def test_pattern_that_drops_characters_warns_at_hf_export():
+    """mlcore/tiktoken drop text the pattern does not match; HF's Split keeps it, so the ids differ."""
+    tok = BPETokenizer.train("hello world, the quick brown fox " * 10, 270, pattern=r"\p{L}+")
+    with pytest.warns(UserWarning, match="does not match every character"):
+        tok.to_hf_json()

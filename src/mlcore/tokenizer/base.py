@@ -106,6 +106,7 @@ class BaseTokenizer:
         for text in specials:
             if not isinstance(text, str) or not text:
                 raise ValueError(f"special_tokens keys must be non-empty strings, got {text!r}")
+            check_special_text(text)
         if set(specials.values()) != expected:
             raise ValueError(
                 f"special_tokens ids must be exactly {first}..{first + len(specials) - 1} (after the "
@@ -127,7 +128,10 @@ class BaseTokenizer:
     def token_bytes(self, token_id: int) -> bytes:
         """The bytes one token stands for (a special token's UTF-8 text)."""
         if isinstance(token_id, bool) or not isinstance(token_id, int):
-            raise ValueError(f"token id must be an int, got {type(token_id).__name__} {token_id!r}")
+            try:  # NumPy and 0-d torch integers, as decode takes them (tiktoken does too)
+                token_id = operator.index(token_id)  # type: ignore[arg-type]
+            except TypeError:
+                raise ValueError(f"token id must be an int, got {type(token_id).__name__} {token_id!r}") from None
         if 0 <= token_id < len(self.vocab):
             return self.vocab[token_id]
         if token_id in self.inverse_special:
@@ -160,7 +164,24 @@ class BaseTokenizer:
             lines = Path(path).read_text(encoding="utf-8").splitlines()
         except UnicodeDecodeError as exc:
             raise ValueError(f"{path}: not a UTF-8 text file ({exc})") from exc
-        return cls(**parse_saved(lines, str(path)))
+        try:
+            return cls(**parse_saved(lines, str(path)))
+        except ValueError as exc:
+            if str(exc).startswith(str(path)):
+                raise
+            raise ValueError(f"{path}: corrupt tokenizer file: {exc}") from exc
+
+
+def check_special_text(text: str) -> None:
+    """Refuse a special token that UTF-8 cannot encode (a lone surrogate such as ``"\\ud800"``): its bytes, which
+    decode, tiktoken and the HF export all need, would not exist."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(
+            f"special token {text!r} is not valid Unicode text: {text[exc.start]!r} at position {exc.start} is a "
+            "lone surrogate, which UTF-8 cannot encode"
+        ) from None
 
 
 def _as_id(value: object) -> int:
@@ -195,6 +216,12 @@ def parse_saved(lines: Sequence[str], source: str) -> dict:
     def fail(what: str, line: str) -> ValueError:
         return ValueError(f"{source}: line {pos} is {excerpt(line)}, expected {what}")
 
+    def count(value: str, line: str) -> int:
+        n = int(value)
+        if n < 0:
+            raise fail("a count >= 0", line)
+        return n
+
     header = next_line("the header").split()
     if len(header) != 2 or header[0] != FORMAT_NAME:
         raise fail(f"the header '{FORMAT_NAME} {FORMAT_VERSION}'", " ".join(header))
@@ -211,16 +238,21 @@ def parse_saved(lines: Sequence[str], source: str) -> dict:
         if key != "special_tokens":
             raise fail("'special_tokens N'", line)
         specials: dict[str, int] = {}
-        for _ in range(int(value)):
+        for _ in range(count(value, line)):
             line = next_line("a special token")
             i, _, text = line.partition(" ")
-            specials[json.loads(text)] = int(i)
+            special = json.loads(text)
+            if not isinstance(special, str):
+                raise fail("a special token 'id \"text\"'", line)
+            if special in specials:
+                raise fail("a special token not listed before", line)
+            specials[special] = int(i)
         line = next_line("merges N")
         key, _, value = line.partition(" ")
         if key != "merges":
             raise fail("'merges N'", line)
         merges = []
-        for _ in range(int(value)):
+        for _ in range(count(value, line)):
             line = next_line("a merge 'a b id'")
             parts = line.split()
             if len(parts) != 3:

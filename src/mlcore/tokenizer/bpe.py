@@ -17,7 +17,7 @@ from typing import Literal
 
 import regex
 
-from .base import BaseTokenizer, Pair
+from .base import BaseTokenizer, Pair, check_special_text
 from .encoder import ChunkEncoder
 from .fast_trainer import train_fast
 from .naive_trainer import train_naive
@@ -126,12 +126,13 @@ class BPETokenizer(BaseTokenizer):
         """
         if not isinstance(text, str):
             raise ValueError(f"text must be a str, got {type(text).__name__}")
-        for name, value in (("allowed_special", allowed_special), ("disallowed_special", disallowed_special)):
-            if isinstance(value, str) and value != "all":  # set("<|endoftext|>") would be its characters
-                raise ValueError(f'{name} must be "all" or a collection of special-token strings, got {value!r}')
+        if disallowed_special is None:  # tiktoken takes None (any falsy value) as "check nothing"
+            disallowed_special = ()
+        allowed_set = _special_arg("allowed_special", allowed_special)
+        disallowed_set = _special_arg("disallowed_special", disallowed_special)
         known = set(self.special_tokens)
-        allowed = known if allowed_special == "all" else set(allowed_special) & known  # unknown: ignored
-        disallowed = known - allowed if disallowed_special == "all" else set(disallowed_special)
+        allowed = known if allowed_set is None else allowed_set & known  # unknown: ignored
+        disallowed = known - allowed if disallowed_set is None else disallowed_set
         if disallowed:
             match = self._special_regex(frozenset(disallowed)).search(text)
             if match:
@@ -142,6 +143,10 @@ class BPETokenizer(BaseTokenizer):
                 )
         if not allowed:
             return self.encode_ordinary(text)
+        if _has_surrogates(text):
+            # As tiktoken: the disallowed check above saw the text as given; special tokens are looked for in the
+            # repaired text, so "<|a\ud800b|>" is the allowed special token "<|a\ufffdb|>".
+            text = _fix_surrogates(text)
         ids: list[int] = []
         start = 0
         for match in self._special_regex(frozenset(allowed)).finditer(text):
@@ -202,7 +207,38 @@ def _special_list(special_tokens: Iterable[str] | Mapping[str, int] | None, voca
         specials = list(special_tokens)
     if len(set(specials)) != len(specials) or not all(isinstance(s, str) and s for s in specials):
         raise ValueError(f"special_tokens must be distinct non-empty strings, got {specials!r}")
+    for s in specials:
+        check_special_text(s)  # before training, not after it
     return specials
+
+
+def _special_arg(name: str, value: object) -> set[str] | None:
+    """``allowed_special`` / ``disallowed_special`` as a set of strings, or None for "all"."""
+    if isinstance(value, str):
+        if value == "all":
+            return None
+        # set("<|endoftext|>") would be its characters
+        raise ValueError(f'{name} must be "all" or a collection of special-token strings, got {value!r}')
+    if not isinstance(value, Iterable):
+        raise ValueError(
+            f'{name} must be "all" or a collection of special-token strings, got {type(value).__name__} {value!r}'
+        )
+    try:
+        items = set(value)
+    except TypeError as exc:  # unhashable items, e.g. lists
+        raise ValueError(f"{name} must hold special-token strings: {exc}") from None
+    bad = [x for x in items if not isinstance(x, str)]
+    if bad:
+        raise ValueError(f"{name} must hold special-token strings, got {type(bad[0]).__name__} {bad[0]!r}")
+    return items
+
+
+def _has_surrogates(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
 
 
 def _fix_surrogates(text: str) -> str:

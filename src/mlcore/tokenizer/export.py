@@ -13,6 +13,13 @@ HF ``tokenizers`` describes the same tokenizer as a pipeline:
   token already), no unknown token, no dropout;
 - decoder ``ByteLevel``; special tokens as ``added_tokens`` with ``special=True``.
 
+Decoding special tokens. HF's decoder also runs on added tokens (tokenizers 0.23; no ``added_tokens`` flag changes
+that): ``ByteLevel`` reads a token whose characters are all in GPT-2's byte table as byte-level text, so ``"«sep»"``
+or ``"<|día|>"`` would decode to other bytes (a token with any character outside the table is passed through as
+its UTF-8 text, so ASCII tokens and ``"<|日本|>"`` are fine). For such a token the decoder starts with a ``Replace``
+of its text by its byte-level spelling (``"«"`` -> ``"Â«"``), which ``ByteLevel`` then maps back to its UTF-8
+bytes. ``Replace`` also runs on ordinary tokens, so the export checks that it changes none of them (else it warns).
+
 Merges. HF applies a merge only to the exact pair of symbols it lists, while tiktoken merges any two
 adjacent parts whose concatenated bytes are a token, ranked by that token. So for each token, in rank
 order, we list every split ``x + y`` into two tokens (the learned pair first). The lowest-rank pair then
@@ -23,6 +30,8 @@ overlapping in one word (``ab|a|ba``), where HF takes list order and tiktoken th
 from __future__ import annotations
 
 import json
+import string
+import warnings
 from functools import lru_cache
 
 from .base import BaseTokenizer
@@ -86,7 +95,10 @@ def to_hf_json(tok: BaseTokenizer) -> str:
             f"special tokens {clashes} have the same text as ordinary tokens of the byte-level vocabulary; "
             "Hugging Face tokenizers would encode them as those ordinary ids. Rename the special tokens."
         )
+    _warn_on_pattern_gaps(tok)
     byte_level = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": False, "use_regex": False}
+    replaces = special_token_replaces(tok, names)
+    decoder = {"type": "Sequence", "decoders": [*replaces, byte_level]} if replaces else byte_level
     spec = {
         "version": "1.0",
         "truncation": None,
@@ -105,7 +117,7 @@ def to_hf_json(tok: BaseTokenizer) -> str:
             ],
         },
         "post_processor": None,
-        "decoder": byte_level,
+        "decoder": decoder,
         "model": {
             "type": "BPE",
             "dropout": None,
@@ -120,3 +132,50 @@ def to_hf_json(tok: BaseTokenizer) -> str:
         },
     }
     return json.dumps(spec, ensure_ascii=False)
+
+
+def special_token_replaces(tok: BaseTokenizer, names: list[str]) -> list[dict]:
+    """``Replace`` decoders that make HF's ``ByteLevel`` decoder give back each special token's text (module
+    docstring); warns for a special token this cannot fix."""
+    table = set(bytes_to_unicode().values())
+    needed = [s for s in tok.special_tokens if set(s) <= table and byte_level_string(s.encode("utf-8")) != s]
+    needed.sort(key=lambda s: (-len(s), s))  # longest first, so a token inside another is replaced after it
+    pairs = [(s, byte_level_string(s.encode("utf-8"))) for s in needed]
+
+    def run(text: str) -> str:  # what HF's Replace decoders do to one token
+        for old, new in pairs:
+            text = text.replace(old, new)
+        return text
+
+    changed = [name for name in names if run(name) != name]
+    wrong = [s for s in needed if run(s) != byte_level_string(s.encode("utf-8"))]
+    if changed or wrong:
+        bad = wrong or [s for s in needed if any(s in name for name in changed)]
+        warnings.warn(
+            f"special tokens {bad} cannot be exported so that Hugging Face tokenizers decodes them right: every "
+            "character is in GPT-2's byte table, so HF's ByteLevel decoder turns them into other bytes, and "
+            "the fix (a Replace decoder) would also change ordinary tokens. Encoding is unaffected; rename the "
+            "tokens (e.g. ASCII only) for an exact HF decode.",
+            stacklevel=4,
+        )
+        return []
+    return [{"type": "Replace", "pattern": {"String": old}, "content": new} for old, new in pairs]
+
+
+# A text with a character of every common kind: a split pattern that leaves one of them unmatched drops it.
+_COVERAGE_PROBE = string.printable + "\u00a0\u3000é日本👍\u0301«»—\u200d"
+
+
+def _warn_on_pattern_gaps(tok: BaseTokenizer) -> None:
+    """Warn if the split pattern leaves characters of a probe text unmatched: mlcore and tiktoken drop them, while
+    HF's ``Split`` (``behavior="Isolated"``) keeps them as pieces, so the ids differ. (Whether a pattern covers every
+    character cannot be decided cheaply in general; a probe text catches the usual cases, e.g. ``\\p{L}+``.)"""
+    kept = "".join(tok.compiled_pattern.findall(_COVERAGE_PROBE))
+    if kept != _COVERAGE_PROBE:
+        missing = sorted(set(_COVERAGE_PROBE) - set(kept))[:10]
+        warnings.warn(
+            f"split pattern {tok.pattern!r} does not match every character (e.g. {''.join(missing)!r}): mlcore and "
+            "tiktoken drop unmatched text while the Hugging Face export keeps it, so their ids will differ on such "
+            "text. Add a catch-all alternative such as '|\\s+|.' to the pattern.",
+            stacklevel=4,
+        )

@@ -6,14 +6,19 @@ that follows it (Radford et al. 2019, "Language Models are Unsupervised Multitas
 - ``GPT2_PATTERN`` is GPT-2's split (tiktoken ``r50k_base``/``gpt2``).
 - ``GPT4_PATTERN`` is GPT-4's split (tiktoken ``cl100k_base``): contractions match case-insensitively,
   numbers are cut into groups of at most three digits, and a run of punctuation keeps its trailing
-  newlines. It uses possessive quantifiers (``?+``, ``++``) and Unicode classes (``\p{L}``), so it
-  needs the ``regex`` package; tiktoken ships an equivalent, faster-matching spelling.
+  newlines, and white space that ends the text is one chunk (``\s++$``, which tiktoken's current cl100k
+  pattern has and minbpe's spelling lacks: ``"x\n  "`` ends in ``"\n  "``, not ``"\n"`` + ``"  "``). It uses
+  possessive quantifiers (``?+``, ``++``) and Unicode classes (``\p{L}``), so it needs the ``regex`` package.
+  tiktoken spells the same split with more possessive quantifiers (``\p{N}{1,3}+``), which HF ``tokenizers``'
+  Oniguruma engine reads as a repetition, so this spelling is the one both engines split alike.
 
 Patterns are compiled with their ``\p{L}`` / ``\p{N}`` limited to Unicode 16.0, the tables of tiktoken's and
 ``tokenizers``' engines (``unicode_version.py``); the pattern a tokenizer saves or exports is the one it was given.
 """
 
 from __future__ import annotations
+
+import string
 
 import regex
 
@@ -23,7 +28,7 @@ GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+
 
 GPT4_PATTERN = (
     r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]++[\r\n]*|"""
-    r"""\s*[\r\n]|\s+(?!\S)|\s+"""
+    r"""\s++$|\s*[\r\n]|\s+(?!\S)|\s+"""
 )
 
 
@@ -54,9 +59,32 @@ def compile_pattern(pattern: str) -> SplitPattern:
     if not isinstance(pattern, str) or not pattern:
         raise ValueError(f"pattern must be a non-empty regular expression string, got {pattern!r}")
     try:
-        return SplitPattern(pattern)
+        compiled = SplitPattern(pattern)
     except regex.error as exc:
         raise ValueError(f"pattern {pattern!r} is not a valid regular expression: {exc}") from exc
+    _refuse_empty_matches(compiled)
+    return compiled
+
+
+# Texts on which a pattern that can match the empty string almost surely does: every printable ASCII character
+# alone and in a run, white space, digits, contractions and some non-ASCII letters, marks and symbols.
+_EMPTY_MATCH_PROBES = (
+    "", *string.printable, string.printable, "Hello, world! It's 12345.\n\n  x\t y  ", "a b", "  \n",
+    "日本語 é e\u0301 ß Ω 👍 \u200d «»", "\u00a0\u3000\r\n",
+)
+
+
+def _refuse_empty_matches(compiled: SplitPattern) -> None:
+    """A chunk must not be empty: tiktoken's encoder panics on one (``$``, ``\\s*``, ``\\b``, ``(?=x)`` all match
+    nothing somewhere). Whether a regex can match the empty string is not decidable cheaply in general, so it is
+    tried on probe texts; a pattern that survives them and still matches empty text somewhere is very unusual."""
+    for text in _EMPTY_MATCH_PROBES:
+        for m in compiled._given.finditer(text):
+            if m.start() == m.end():
+                raise ValueError(
+                    f"pattern {compiled.pattern!r} can match the empty string (at position {m.start()} of "
+                    f"{text!r}); a split pattern must match at least one character, or tiktoken's encoder fails"
+                )
 
 
 def split_text(text: str, pattern: str | SplitPattern = GPT4_PATTERN) -> list[str]:
