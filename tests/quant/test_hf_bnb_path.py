@@ -171,3 +171,53 @@ def test_bad_input(target):
         load_bnb(folder / "missing", "nf4")
     with pytest.raises(ValueError, match="scheme"):
         quantize_like_bnb(torch.nn.Linear(4, 4), "int8")
+
+
+def _small_folder(tmp_path, tie: bool):
+    from mlcore.model import Transformer, TransformerConfig
+
+    torch.manual_seed(0)
+    model = Transformer(TransformerConfig(vocab_size=128, d_model=64, n_layers=1, n_heads=4, n_kv_heads=2,
+                                          max_seq_len=32, tie_embeddings=tie)).eval()
+    model.save_pretrained(tmp_path)
+    return model, tmp_path, torch.randint(0, 128, (1, 9), generator=torch.Generator().manual_seed(0))
+
+
+def _same_layers(a, b) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_llm_int8_weights_read_after_a_forward(tmp_path):
+    """bitsandbytes' first forward moves CB / SCB from the weight to layer.state (weight.SCB becomes None)."""
+    model, folder, ids = _small_folder(tmp_path, tie=False)
+    hf = load_bnb(folder, "llm_int8")
+    before = {k: (c.clone(), s.clone()) for k, (c, s) in bnb_int8_weights(hf).items()}
+    adopted_before = adopt_bnb_weights(copy.deepcopy(model), hf, _hf_module)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # bitsandbytes: "inputs will be cast from torch.float32 to float16"
+        _logits(hf, ids)
+    assert hf.model.layers[0].self_attn.q_proj.weight.SCB is None  # the state this test is about
+    after = bnb_int8_weights(hf)
+    assert after.keys() == before.keys()
+    assert all(torch.equal(after[k][0], c) and torch.equal(after[k][1], s) for k, (c, s) in before.items())
+    adopted_after = adopt_bnb_weights(copy.deepcopy(model), hf, _hf_module)
+    assert _same_layers(adopted_before, adopted_after)
+
+
+@pytest.mark.parametrize("scheme", ["nf4", "llm_int8"])
+def test_tied_head_kept_out_with_an_empty_skip(tmp_path, scheme):
+    """skip=() would make transformers quantize the tied lm_head (bitsandbytes then crashes in the forward):
+    load_bnb keeps it in full precision like quantize_like_bnb, so both quantize the same layers."""
+    model, folder, ids = _small_folder(tmp_path, tie=True)
+    with pytest.warns(UserWarning, match="lm_head"):
+        hf = load_bnb(folder, scheme, skip=(), cpu_bf16_kernel=False, double_quant=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ours = quantize_like_bnb(copy.deepcopy(model), scheme, skip=(), double_quant=False)
+        ref, mine = _logits(hf, ids), _logits(ours, ids)
+    kinds = ("Linear4bit", "Linear8bitLt", "QuantizedLinear", "Int8MixedLinear")
+    hf_q = {n for n, m in hf.named_modules() if type(m).__name__ in kinds}
+    our_q = {_hf_module(n) for n, m in ours.named_modules() if type(m).__name__ in kinds}
+    assert hf_q == our_q and "lm_head" not in hf_q and len(hf_q) == 7
+    assert (ref - mine).abs().max().item() < 1e-3  # measured 1.2e-7 (nf4), 5.6e-5 (llm_int8)

@@ -169,3 +169,20 @@ def test_cuda_fallback_equals_cpu(scheme, opts):
     assert gpu.kernel == "dequant"
     x = torch.randn(4, 128)
     torch.testing.assert_close(gpu(x.cuda()).cpu(), cpu(x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(("scheme", "opts"), [("int8", {}), ("int4", {"group_size": 32}), ("nf4", {})])
+@pytest.mark.parametrize("dtype", [torch.int64, torch.int32, torch.bool, torch.complex64])
+def test_non_float_activations_are_refused(scheme, opts, dtype):
+    """Like nn.Linear (dtype mismatch): the weight cast to an integer dtype would truncate to zeros."""
+    lin = _linear(64, 16, torch.float32)
+    x = torch.randint(-3, 4, (2, 64)).to(dtype)
+    with pytest.raises(RuntimeError):
+        lin(x)
+    with pytest.raises(ValueError, match=r"x.dtype: expected a floating-point tensor, got torch\."):
+        QuantizedLinear.from_linear(lin, scheme, **opts)(x)
+
+
+def test_bias_must_be_a_tensor():
+    with pytest.raises(ValueError, match="bias: expected a torch.Tensor or None, got list"):
+        QuantizedLinear(quantize(torch.randn(16, 64), "int8"), [0.0] * 16)  # type: ignore[arg-type]

@@ -175,3 +175,24 @@ def test_cuda_matches_cpu_and_bitsandbytes():
     # int32 accumulation is exact on both devices; only the final float16 roundings may differ
     assert (y_gpu.cpu().float() - y_cpu.float()).abs().max().item() <= 4 * 2.0**-10 * scale
     assert (y_gpu.float() - y_bnb.float()).abs().max().item() <= 4 * 2.0**-10 * scale
+
+
+def test_weight_beyond_float16_range_is_refused():
+    """Finite in float32 but inf once rounded to float16: bitsandbytes' Linear8bitLt gives a NaN row there."""
+    lin = nn.Linear(8, 4)
+    with torch.no_grad():
+        lin.weight[0, 0] = 1e5
+    with pytest.raises(ValueError, match=r"beyond float16's range \(\|w\| <= 65504"):
+        Int8MixedLinear.from_linear(lin)
+    with torch.no_grad():
+        lin.weight[0, 0] = 65504.0  # the largest float16 is accepted, and row 0 stays finite
+    assert torch.isfinite(Int8MixedLinear.from_linear(lin)(torch.randn(2, 8))).all()
+
+
+def test_argument_types_are_checked():
+    with pytest.raises(ValueError, match="threshold must be a number >= 0"):
+        Int8MixedLinear.from_linear(nn.Linear(64, 16), threshold="6")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="weight_int8 must be a torch.Tensor, got list"):
+        Int8MixedLinear([[1]], torch.zeros(1))  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="weight_absmax must be a torch.Tensor, got list"):
+        Int8MixedLinear(torch.zeros(1, 1, dtype=torch.int8), [1.0])  # type: ignore[arg-type]

@@ -169,3 +169,27 @@ def test_bare_linear_and_no_warning_when_nothing_skipped():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         quantize_model(mlcore_model(), "nf4")
+
+
+@pytest.mark.parametrize("bad", ["nan", "float64"])
+def test_bad_weight_in_a_later_layer_changes_nothing(bad):
+    """Every weight is checked before the first layer is replaced; the error names the layer."""
+    model = nn.Sequential(nn.Linear(64, 64), nn.Linear(64, 64))
+    with torch.no_grad():
+        if bad == "nan":
+            model[1].weight[0, 0] = float("nan")
+        else:
+            model[1] = model[1].double()
+    match = "1.weight: expected finite values" if bad == "nan" else r"1.weight.dtype: expected one of"
+    with pytest.raises(ValueError, match=match):
+        quantize_model(model, "nf4")
+    assert [type(m) for m in model] == [nn.Linear, nn.Linear]
+
+
+def test_meta_weights_are_refused():
+    with pytest.raises(ValueError, match="w: expected a tensor with values, got one on the meta device"):
+        quantize(torch.empty(16, 64, device="meta"), "int8")
+    with torch.device("meta"):
+        model = nn.Sequential(nn.Linear(64, 64))
+    with pytest.raises(ValueError, match="0.weight: expected a tensor with values"):
+        quantize_model(model, "int8")

@@ -139,3 +139,39 @@ def test_shorter_last_block_scaled_as_bitsandbytes(quant_type):
     qt = quantize(tail_zero, quant_type, blocksize=64, double_quant=False)
     assert torch.equal(qt.scales, state.absmax) and qt.scales[-1] > 0  # the clamped 1e-38
     assert torch.equal(qt.data, packed.reshape(-1))
+
+
+@pytest.mark.parametrize(("w", "blocksize"), [
+    (torch.randn(64), 64),  # one first-level block: the nested block (absmax - mean) is all zero
+    (torch.randn(3, 5, 7), 256),
+    (torch.zeros(64 * 300), 64),  # a full and a shorter nested block of zeros
+    (torch.ones(64 * 257), 64),
+], ids=["one-block", "odd-shape", "zeros", "constant"])
+def test_double_quant_constant_nested_block_stored_as_bitsandbytes(w, blocksize):
+    """bitsandbytes' quantize_blockwise (the nested level) stores absmax 0 and codes 0 for a block of zeros,
+    not the 1e-38 clamp of the 4-bit level; the dequantized values stay exact."""
+    packed, state = bnb_quantize(w, "nf4", blocksize, double_quant=True)
+    qt = quantize(w, "nf4", blocksize=blocksize, double_quant=True)
+    assert torch.equal(qt.nested.absmax, state.state2.absmax)
+    assert torch.equal(qt.scales, state.absmax)
+    assert torch.equal(qt.nested.offset, state.offset)
+    assert torch.equal(dequantize(qt), dequantize(from_bitsandbytes(packed, state)))
+    assert torch.isfinite(dequantize(qt)).all()
+
+
+def test_repacked_for_the_cpu_kernel_is_refused_clearly():
+    """After one forward of an eval-mode Linear4bit on a CPU with AVX512-BF16, bitsandbytes repacks the weight
+    for its own kernel; from_bitsandbytes says so instead of complaining about a scales dtype."""
+    bnb = pytest.importorskip("bitsandbytes")
+    lin = torch.nn.Linear(64, 32, bias=False)
+    l4 = bnb.nn.Linear4bit(64, 32, bias=False, quant_type="nf4", compute_dtype=torch.float32)
+    l4.load_state_dict(lin.state_dict())
+    l4 = l4.to("cpu").eval()
+    with torch.no_grad():
+        l4(torch.randn(1, 64))
+    state = l4.weight.quant_state
+    if not getattr(state, "packing_format_for_cpu", False):  # no AVX512-BF16 here: mark a copy as repacked
+        state = copy.copy(state)
+        state.packing_format_for_cpu = True
+    with pytest.raises(ValueError, match="quant_state: repacked for bitsandbytes' AVX512-BF16 CPU kernel"):
+        from_bitsandbytes(l4.weight.data, state)

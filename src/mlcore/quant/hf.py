@@ -36,7 +36,7 @@ from torch import nn
 from .linear import QuantizedLinear
 from .llm_int8 import Int8MixedLinear
 from .model import quantize_model
-from .nf4 import from_bitsandbytes
+from .nf4 import check_not_repacked, from_bitsandbytes
 from .tensor import QuantizedTensor
 
 BNB_SCHEMES: tuple[str, ...] = ("nf4", "fp4", "llm_int8")
@@ -71,11 +71,20 @@ def load_bnb(folder: str | Path, scheme: str, *, double_quant: bool = True, dtyp
     """An HF folder loaded by transformers, quantized by bitsandbytes while loading, in eval mode.
 
     ``dtype`` is what the unquantized tensors (and 4-bit compute) use. ``cpu_bf16_kernel=False`` keeps each
-    ``Linear4bit`` on bitsandbytes' dequantize-then-matmul path (see the module docstring)."""
+    ``Linear4bit`` on bitsandbytes' dequantize-then-matmul path (see the module docstring). A tied ``lm_head``
+    stays in full precision even when ``skip`` leaves it out (with a warning), as in ``quantize_like_bnb``."""
     import transformers
 
     if not Path(folder).is_dir():
         raise ValueError(f"folder: {folder} is not a directory")
+    skip = _check(scheme, skip)
+    # An explicit skip list replaces transformers' own (which keeps tied weights out): a tied lm_head would then
+    # be quantized and crash bitsandbytes at the first forward. Keep it in full precision, as quantize_like_bnb
+    # (quantize_model's tied-weight rule) does, so both quantize the same layers.
+    text_config = transformers.AutoConfig.from_pretrained(folder, local_files_only=True).get_text_config()
+    if getattr(text_config, "tie_word_embeddings", False) and "lm_head" not in skip:
+        warnings.warn("load_bnb: kept lm_head in full precision (weight tied to the token embedding)", stacklevel=2)
+        skip = (*skip, "lm_head")
     config = bnb_config(scheme, double_quant=double_quant, compute_dtype=dtype, threshold=threshold, skip=skip)
     model = transformers.AutoModelForCausalLM.from_pretrained(
         folder, quantization_config=config, device_map={"": device}, dtype=dtype, local_files_only=True)
@@ -98,17 +107,30 @@ def bnb_4bit_weights(hf_model: nn.Module) -> dict[str, QuantizedTensor]:
     out = {}
     for name, m in _bnb_layers(hf_model, "Linear4bit").items():
         state = m.weight.quant_state
-        if getattr(state, "packing_format_for_cpu", False):
-            raise ValueError(f"hf_model: layer {name!r} was repacked for bitsandbytes' AVX512-BF16 CPU kernel "
-                             "by a forward; read the weights before running the model, or load with "
-                             "cpu_bf16_kernel=False")
+        check_not_repacked(state, f"hf_model: layer {name!r}")  # named here; from_bitsandbytes would not
         out[name] = from_bitsandbytes(m.weight.data, state)
     return out
 
 
 def bnb_int8_weights(hf_model: nn.Module) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """{module name: (int8 codes (out, in), absmax per row (out,) float32)} of every ``Linear8bitLt``."""
-    return {name: (m.weight.data, m.weight.SCB) for name, m in _bnb_layers(hf_model, "Linear8bitLt").items()}
+    """{module name: (int8 codes (out, in), absmax per row (out,) float32)} of every ``Linear8bitLt``.
+
+    Before the first forward bitsandbytes keeps them on the weight (``weight.data``, ``weight.SCB``); its first
+    forward (``init_8bit_state``) moves them to ``layer.state.CB`` / ``state.SCB`` and sets ``weight.SCB`` to
+    None, so they are read from there after it."""
+    out = {}
+    for name, m in _bnb_layers(hf_model, "Linear8bitLt").items():
+        codes, scales = m.weight.data, getattr(m.weight, "SCB", None)
+        state = getattr(m, "state", None)
+        if scales is None and getattr(state, "SCB", None) is not None:
+            scales = state.SCB
+            if getattr(state, "CB", None) is not None:
+                codes = state.CB
+        if scales is None or codes.dtype != torch.int8 or tuple(scales.shape) != (codes.shape[0],):
+            raise ValueError(f"hf_model: layer {name!r} holds no int8 codes with row scales (weight.SCB and "
+                             "state.SCB are both unset, or the shapes disagree)")
+        out[name] = (codes, scales)
+    return out
 
 
 def _replace(model: nn.Module, name: str, layer: nn.Module) -> None:

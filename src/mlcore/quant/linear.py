@@ -70,6 +70,8 @@ class QuantizedLinear(nn.Module):
         if len(weight.shape) != 2:
             raise ValueError(f"weight.shape: expected (out_features, in_features), got {weight.shape}")
         self.out_features, self.in_features = weight.shape
+        if bias is not None and not isinstance(bias, torch.Tensor):
+            raise ValueError(f"bias: expected a torch.Tensor or None, got {type(bias).__name__}")
         if bias is not None and tuple(bias.shape) != (self.out_features,):
             raise ValueError(f"bias.shape: expected ({self.out_features},), got {tuple(bias.shape)}")
         if prefer not in ("auto",) + KERNELS:
@@ -233,6 +235,10 @@ class QuantizedLinear(nn.Module):
         """x (..., in_features) -> (..., out_features)."""
         if x.dim() < 1 or x.shape[-1] != self.in_features:
             raise ValueError(f"x.shape: expected (..., {self.in_features}), got {tuple(x.shape)}")
+        if not x.dtype.is_floating_point:
+            # the weight would be cast to x's dtype: integer activations would truncate it (to zeros for |w| < 1)
+            # and run an integer matmul; nn.Linear refuses a dtype mismatch, so refuse too
+            raise ValueError(f"x.dtype: expected a floating-point tensor, got {x.dtype}")
         if torch.compiler.is_compiling():
             return self._forward_traced(x)
         if x.device.type == "cpu" and not (x.requires_grad and torch.is_grad_enabled()):

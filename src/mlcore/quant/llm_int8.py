@@ -100,6 +100,9 @@ class Int8MixedLinear(nn.Module):
     def __init__(self, weight_int8: Tensor, weight_absmax: Tensor, bias: Tensor | None = None, *,
                  threshold: float = 6.0, weight_fp: Tensor | None = None) -> None:
         super().__init__()
+        for name, t in (("weight_int8", weight_int8), ("weight_absmax", weight_absmax)):
+            if not isinstance(t, Tensor):
+                raise ValueError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
         if weight_int8.dtype != torch.int8 or weight_int8.dim() != 2:
             raise ValueError(f"weight_int8 must be a 2-D int8 tensor, got {weight_int8.dtype} "
                              f"{tuple(weight_int8.shape)}")
@@ -110,8 +113,9 @@ class Int8MixedLinear(nn.Module):
             raise ValueError(f"bias must have shape ({out_features},), got {tuple(bias.shape)}")
         if weight_fp is not None and tuple(weight_fp.shape) != (out_features, in_features):
             raise ValueError(f"weight_fp must have shape {(out_features, in_features)}, got {tuple(weight_fp.shape)}")
-        if not threshold >= 0.0:
-            raise ValueError(f"threshold must be >= 0 (0 = no outlier decomposition), got {threshold!r}")
+        # bool is an int, but threshold=True is a mistake; a string would fail the comparison with a TypeError
+        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not threshold >= 0.0:
+            raise ValueError(f"threshold must be a number >= 0 (0 = no outlier decomposition), got {threshold!r}")
         self.in_features, self.out_features, self.threshold = in_features, out_features, float(threshold)
         self.register_buffer("weight_int8", weight_int8)
         self.register_buffer("weight_absmax", weight_absmax.float())
@@ -127,7 +131,14 @@ class Int8MixedLinear(nn.Module):
         w = linear.weight.detach()
         if not torch.isfinite(w).all():
             raise ValueError("linear.weight contains NaN or Inf; LLM.int8() needs finite weights")
-        codes, absmax, _ = int8_vectorwise_quant(w.to(torch.float16))
+        w16 = w.to(torch.float16)
+        # weights are rounded to float16 first (as bitsandbytes does): a finite weight beyond its range would
+        # become inf there and turn its row's absmax to inf and the row's outputs to NaN
+        if not torch.isfinite(w16).all():
+            limit = torch.finfo(torch.float16).max
+            raise ValueError(f"linear.weight has values beyond float16's range (|w| <= {limit:g}, got max |w| "
+                             f"{w.abs().max().item():g}); LLM.int8() rounds weights to float16")
+        codes, absmax, _ = int8_vectorwise_quant(w16)
         return cls(codes, absmax, linear.bias, threshold=threshold, weight_fp=w if keep_fp_weight else None)
 
     def dequantized_weight(self, dtype: torch.dtype = torch.float32) -> Tensor:

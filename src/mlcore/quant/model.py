@@ -15,7 +15,8 @@ Rules, in order, each skipped layer named in a ``UserWarning`` (never silently):
    even); a layer that is not is kept in full precision. NF4 / FP4 blocks run over the flattened weight and fit
    any shape.
 
-Bad arguments (unknown scheme or option) raise ``ValueError`` before any layer changes.
+Bad arguments (unknown scheme or option) and bad weights (not finite, not float32 / float16 / bfloat16) of the
+layers to quantize raise ``ValueError`` (naming the layer) before any layer changes.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from torch import nn
 
 from .api import check_scheme
 from .linear import QuantizedLinear
+from .tensor import check_weight
 
 
 def _skipped_by_name(name: str, skip: tuple[str, ...]) -> bool:
@@ -65,6 +67,7 @@ def quantize_model(model: nn.Module, scheme: str, *, skip: tuple[str, ...] | lis
     uses = Counter(id(p) for _, p in model.named_parameters(remove_duplicate=False))
     targets = [(name, m) for name, m in model.named_modules() if type(m) is nn.Linear]
     skipped: list[str] = []
+    chosen: list[tuple[str, nn.Linear]] = []
     for name, layer in targets:
         if _skipped_by_name(name, skip):
             continue
@@ -75,6 +78,12 @@ def quantize_model(model: nn.Module, scheme: str, *, skip: tuple[str, ...] | lis
         if problem is not None:
             skipped.append(f"{name} ({problem})")
             continue
+        chosen.append((name, layer))
+    # Check every weight before replacing any layer: a bad weight (NaN, float64, meta) in a late layer must not
+    # leave the model half-quantized, and the error names the layer.
+    for name, layer in chosen:
+        check_weight(layer.weight.detach(), f"{name}.weight")
+    for name, layer in chosen:
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
         setattr(parent, child, QuantizedLinear.from_linear(layer, scheme, prefer=prefer, **options))

@@ -59,9 +59,20 @@ def blockwise_absmax_codes(x: torch.Tensor, code: torch.Tensor, blocksize: int) 
 
 
 def double_quantize(absmax: torch.Tensor, blocksize: int = NESTED_BLOCKSIZE) -> tuple[torch.Tensor, NestedScales]:
-    """Second level: ``absmax`` (n,) -> (uint8 codes (n,), NestedScales) with the signed dynamic map."""
+    """Second level: ``absmax`` (n,) -> (uint8 codes (n,), NestedScales) with the signed dynamic map.
+
+    This level is bitsandbytes' ``quantize_blockwise``, not ``quantize_4bit``: a block of zeros (first-level
+    values all equal to their mean, e.g. a tensor of a single block) is stored as absmax 0 with codes 0, not
+    with the 1e-38 clamp of the 4-bit level. Dequantization only multiplies by this absmax (``D[0] * 0 = 0``),
+    so such a block still comes back as exactly ``offset``.
+    """
     offset = absmax.mean()
-    codes, absmax2 = blockwise_absmax_codes(absmax - offset, signed_dynamic_map(absmax.device), blocksize)
+    centred = absmax - offset
+    codes, absmax2 = blockwise_absmax_codes(centred, signed_dynamic_map(absmax.device), blocksize)
+    zero = _blocks(centred, blocksize).abs().amax(dim=-1) == 0  # (n_nested_blocks,)
+    if bool(zero.any()):
+        absmax2 = absmax2.masked_fill(zero, 0.0)
+        codes = codes.masked_fill(zero.repeat_interleave(blocksize)[:codes.numel()], 0)
     return codes.to(torch.uint8), NestedScales(absmax=absmax2, offset=offset, blocksize=blocksize)
 
 
@@ -122,12 +133,22 @@ def dequantize_4bit(qt: QuantizedTensor) -> torch.Tensor:
     return values[:n].reshape(qt.shape).to(qt.dtype)
 
 
+def check_not_repacked(quant_state: Any, what: str) -> None:
+    """ValueError if bitsandbytes repacked the weight for its AVX512-BF16 CPU kernel (it does at the first
+    forward of an eval-mode ``Linear4bit`` without gradients): the bytes and scales are then in that kernel's
+    layout (bfloat16 scales, no double quantization), not ``quantize_4bit``'s."""
+    if getattr(quant_state, "packing_format_for_cpu", False):
+        raise ValueError(f"{what}: repacked for bitsandbytes' AVX512-BF16 CPU kernel by a forward; read the "
+                         "weights before running the model, or load with cpu_bf16_kernel=False")
+
+
 def from_bitsandbytes(packed: torch.Tensor, quant_state: Any) -> QuantizedTensor:
     """Wrap bitsandbytes' ``quantize_4bit`` output (packed bytes and its ``QuantState``) as a QuantizedTensor.
 
     Reads only plain attributes (``quant_type, blocksize, shape, dtype, absmax, code, offset, state2``), so
     bitsandbytes need not be importable here; a code book other than NF4 / FP4 / the dynamic map is refused.
     """
+    check_not_repacked(quant_state, "quant_state")
     quant_type = getattr(quant_state, "quant_type", None)
     if quant_type not in ("nf4", "fp4"):
         raise ValueError(f"quant_state.quant_type: expected 'nf4' or 'fp4', got {quant_type!r}")

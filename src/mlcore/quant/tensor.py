@@ -213,6 +213,8 @@ def check_weight(w: object, name: str = "w") -> torch.Tensor:
         raise ValueError(f"{name}.dtype: expected one of {FLOAT_DTYPES}, got {w.dtype}")
     if w.dim() < 1 or w.numel() == 0:
         raise ValueError(f"{name}.shape: expected at least one dimension and one element, got {tuple(w.shape)}")
+    if w.device.type == "meta":  # no values to quantize (a model built on the meta device, not yet loaded)
+        raise ValueError(f"{name}: expected a tensor with values, got one on the meta device")
     if not bool(torch.isfinite(w).all()):
         bad = int((~torch.isfinite(w)).sum())
         raise ValueError(f"{name}: expected finite values, got {bad} NaN/Inf of {w.numel()}")
