@@ -241,3 +241,12 @@ def test_bool_sizes_and_a_rope_wider_than_a_head_are_refused():
         MultiHeadAttention(16, 4, rope=RotaryEmbedding(8))
     with pytest.raises(ValueError, match="dtype"):
         alibi_bias(2, 3, 3, dtype=torch.int64)  # the fractional slopes would truncate to 0
+
+
+def test_bool_kv_heads_and_a_rope_that_is_no_module_are_refused() -> None:
+    from mlcore.attention import MultiHeadAttention
+
+    with pytest.raises(ValueError, match="n_kv_heads"):
+        MultiHeadAttention(16, 2, n_kv_heads=True)
+    with pytest.raises(ValueError, match="rope must be"):
+        MultiHeadAttention(16, 2, rope="rope")

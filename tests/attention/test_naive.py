@@ -252,3 +252,14 @@ def test_empty_head_dim_matches_torch():
     q, k, v = torch.randn(1, 4, 3, 0), torch.randn(1, 2, 5, 0), torch.randn(1, 2, 5, 6)
     ref = F.scaled_dot_product_attention(q, k, v, enable_gqa=True)
     torch.testing.assert_close(sdpa(q, k, v), ref)
+
+
+@pytest.mark.parametrize("kw", [dict(dropout_p=None), dict(dropout_p="0.1"), dict(dropout_p=True),
+                                dict(scale="x"), dict(scale=torch.ones(2))])
+def test_dropout_and_scale_of_the_wrong_type_are_named(kw: dict) -> None:
+    from mlcore.attention import flash_attention
+
+    q = torch.randn(1, 2, 3, 4)
+    for fn in (sdpa, flash_attention):
+        with pytest.raises(ValueError, match=next(iter(kw))):
+            fn(q, q, q, **kw)

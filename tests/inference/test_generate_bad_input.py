@@ -87,6 +87,12 @@ def test_bad_argument_is_named(fn, kw: dict, named: str) -> None:
     (dict(stop=[1, 2]), "stop"),
     (dict(cache="bogus"), "cache"),
     (dict(cache=transformers.DynamicCache()), "transformers"),
+    (dict(cache=None), "cache must be one of"),
+    (dict(stop=[[True]]), "stop"),
+    (dict(streamer=5), "streamer"),
+    (dict(seed=2**64), "seed"),
+    (dict(seed=1.5), "seed"),  # named although greedy decoding never draws
+    (dict(input_ids=IDS - 1, repetition_penalty=1.2), "input_ids must be token ids >= 0"),
 ])
 def test_generate_only_arguments(kw: dict, named: str) -> None:
     with pytest.raises(ValueError, match=named):
@@ -184,3 +190,48 @@ def test_eos_token_id_may_be_a_tensor() -> None:
     assert torch.equal(as_list, as_tensor)
     assert torch.equal(generate(_model(), IDS, attention_mask=MASK, max_new_tokens=6, eos_token_id=torch.tensor(5)),
                        generate(_model(), IDS, attention_mask=MASK, max_new_tokens=6, eos_token_id=5))
+
+
+def test_numpy_integers_are_token_ids() -> None:
+    """transformers takes EOS ids and top_k as numpy integers (from a tokenizer or an array); so does generate."""
+    np = pytest.importorskip("numpy")
+    ref = generate(_model(), IDS, attention_mask=MASK, max_new_tokens=6, eos_token_id=5, temperature=1.0, top_k=3,
+                   seed=1)
+    out = generate(_model(), IDS, attention_mask=MASK, max_new_tokens=6, eos_token_id=np.int64(5), temperature=1.0,
+                   top_k=np.int64(3), seed=np.int64(1))
+    assert torch.equal(out, ref)
+
+
+def test_hand_built_sliding_cache_with_sinks_needs_the_rope() -> None:
+    """Without rope= the sink keys would keep their old rotation on a RoPE model (a silent error of ~1.5 in the
+    logits); for_model passes it."""
+    from mlcore.inference import SlidingWindowCache
+
+    model = _model()
+    with pytest.raises(ValueError, match="rope="):
+        generate(model, ONE, max_new_tokens=4, cache=SlidingWindowCache(4, 2))
+    ok = SlidingWindowCache.for_model(model, 1, 13, window=4, sinks=2)
+    assert generate(model, ONE, max_new_tokens=4, cache=ok).shape == (1, 13)
+
+
+def test_hand_built_sliding_cache_on_learned_positions_is_refused_up_front() -> None:
+    from mlcore.inference import SlidingWindowCache
+
+    model = pair("gpt2")[1]
+    limit = model.config.max_seq_len
+    with pytest.raises(ValueError, match="cannot stream past it"):
+        generate(model, ONE, max_new_tokens=limit, cache=SlidingWindowCache(8))
+
+
+def test_cache_constructors_name_a_bad_batch_and_dynamic_cache_a_changed_head_shape() -> None:
+    from mlcore.inference import SlidingWindowCache
+
+    for cls in (StaticCache, SlidingWindowCache):
+        for batch in (0, -1):
+            with pytest.raises(ValueError, match="batch"):
+                cls.for_model(_model(), batch, 16)
+    cache = DynamicCache()
+    index = torch.arange(3)[None]
+    cache.update(0, torch.randn(1, 2, 3, 8), torch.randn(1, 2, 3, 8), index)
+    with pytest.raises(ValueError, match=r"\(B, Hkv, D\)"):
+        cache.update(0, torch.randn(1, 2, 3, 4), torch.randn(1, 2, 3, 4), index)

@@ -169,3 +169,44 @@ def test_longrope_generation_crosses_the_original_length_as_transformers(cache: 
     assert torch.equal(generate(model, ids, attention_mask=mask, max_new_tokens=16, cache=cache), ref)
     with torch.no_grad():
         assert (model(ids[:1]) - hf(ids[:1]).logits).abs().max() < 1e-4
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_a_masked_column_inside_the_prompt_is_penalised_as_transformers(arch: str) -> None:
+    """transformers leaves only each row's *leading* padding out of the repetition penalty (prompt_ignore_length
+    = the index of its first token): a 0 inside a row's mask is penalised. The hole holds the token the
+    unpenalised run emits first, so leaving it out (as mlcore did) changes the output."""
+    hf, model = pair(arch)
+    ids, mask = batch("padded")
+    mask = mask.clone()
+    hole = PROMPT_LEN - 3
+    mask[:, hole] = 0
+    first = hf_generate(hf, ids, attention_mask=mask, max_new_tokens=1)[:, -1]
+    ids = ids.clone()
+    ids[:, hole] = first
+    ref = hf_generate(hf, ids, attention_mask=mask, max_new_tokens=NEW, repetition_penalty=5.0)
+    out = generate(model, ids, attention_mask=mask, max_new_tokens=NEW, repetition_penalty=5.0, cache="dynamic")
+    torch.testing.assert_close(out, ref, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_without_a_mask_a_pad_id_in_the_prompt_marks_padding_as_transformers(arch: str) -> None:
+    """transformers' generate, given no attention_mask, masks ``input_ids == pad_token_id`` when the pad id
+    occurs in the prompt and is no EOS id; with the pad id among the EOS ids it masks nothing."""
+    from mlcore.inference.hf import hf_generation_config
+
+    hf, model = pair(arch)
+    ids, mask = batch("padded")
+    ids = ids.masked_fill(mask == 0, PAD)
+
+    def hf_no_mask(**kw) -> torch.Tensor:  # transformers' own generate, left to infer the mask itself
+        with torch.no_grad():
+            return hf.generate(ids, generation_config=hf_generation_config(max_new_tokens=NEW, **kw))
+
+    ref = hf_no_mask(pad_token_id=PAD)
+    assert torch.equal(ref, hf_generate(hf, ids, attention_mask=mask, max_new_tokens=NEW, pad_token_id=PAD))
+    torch.testing.assert_close(generate(model, ids, max_new_tokens=NEW, pad_token_id=PAD), ref, rtol=0, atol=0)
+    torch.testing.assert_close(hf_generate(hf, ids, max_new_tokens=NEW, pad_token_id=PAD), ref, rtol=0, atol=0)
+    as_eos = hf_no_mask(pad_token_id=PAD, eos_token_id=PAD)
+    out = generate(model, ids, max_new_tokens=NEW, pad_token_id=PAD, eos_token_id=PAD)
+    torch.testing.assert_close(out, as_eos, rtol=0, atol=0)

@@ -219,3 +219,23 @@ def test_fp32_single_layers_without_a_faster_layout_get_no_copy() -> None:
     attn, mlp = model.layers[0].attn, model.layers[0].mlp
     assert attn.o_fusion._fn is None  # square: no faster float32 layout, so no copy
     assert mlp.down_fusion._fn is None  # in > out: row-major is the faster one
+
+
+def test_release_all_picks_up_a_write_through_data() -> None:
+    """A write through ``.data`` bypasses the version counter the fused copies are keyed on; release_all drops
+    them, after which the forward reads the edited weights (documented in fused_linear.py)."""
+    from mlcore.attention.fused_linear import release_all
+    from mlcore.model import Transformer, TransformerConfig
+
+    model = Transformer(TransformerConfig(vocab_size=64, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2,
+                                          max_seq_len=16)).eval()
+    ids = torch.arange(8)[None]
+    with torch.no_grad():
+        model(ids)  # builds the copies
+        for block in model.layers:
+            block.attn.k_proj.weight.data.mul_(3)
+        assert release_all(model) > 0
+        after = model(ids)
+    with torch.enable_grad():  # grad mode: the layers' own weights, no copy
+        reference = model(ids).detach()
+    torch.testing.assert_close(after, reference)

@@ -75,3 +75,17 @@ def test_bad_positions_and_shapes() -> None:
         apply_rotary(torch.randn(1, 2, 4, 8), cos, sin)  # rotary_dim > D
     with pytest.raises(ValueError, match="head_dim"):
         interleaved_to_half(torch.randn(10, 3), head_dim=4)
+
+
+@pytest.mark.parametrize(("scaling", "key"), [
+    ({"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 0}, "original_max_position_embeddings"),
+    ({"rope_type": "yarn", "factor": 4.0, "beta_fast": -1, "original_max_position_embeddings": 32}, "beta_fast"),
+    ({"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 0, "high_freq_factor": 4.0,
+      "original_max_position_embeddings": 64}, "low_freq_factor"),
+    ({"rope_type": "longrope", "short_factor": [1.0] * 8, "long_factor": [2.0] * 8,
+      "original_max_position_embeddings": 1}, "original_max_position_embeddings"),
+])
+def test_scaling_values_the_formulas_divide_by_are_named(scaling: dict, key: str) -> None:
+    # transformers ends these in ZeroDivisionError / "math domain error"
+    with pytest.raises(ValueError, match=key):
+        RotaryEmbedding(16, scaling=scaling, max_position_embeddings=128)

@@ -10,6 +10,9 @@ the two mask conventions of ``torch.nn.functional.scaled_dot_product_attention``
 
 from __future__ import annotations
 
+from numbers import Real
+from typing import Any
+
 import torch
 from torch import Tensor
 
@@ -92,3 +95,12 @@ def prepare_mask(
     if attn_mask.dtype.is_floating_point:
         return attn_mask.to(dtype)
     raise ValueError(f"attn_mask must be bool (True = attend) or floating (additive), got {attn_mask.dtype}")
+
+
+def check_dropout_and_scale(dropout_p: Any, scale: Any) -> None:
+    """``dropout_p`` a real in [0, 1); ``scale`` None or a real (a 0-d tensor too, as torch takes one)."""
+    if isinstance(dropout_p, bool) or not isinstance(dropout_p, (Real, torch.Tensor)) or not 0.0 <= float(dropout_p) < 1.0:
+        raise ValueError(f"dropout_p must be a number in [0, 1), got {dropout_p!r}")
+    if scale is not None and (isinstance(scale, bool) or not isinstance(scale, (Real, torch.Tensor))
+                              or (isinstance(scale, torch.Tensor) and scale.numel() != 1)):
+        raise ValueError(f"scale must be None or a number, got {scale!r}")

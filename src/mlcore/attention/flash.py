@@ -35,7 +35,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from ._checks import check_qkv, prepare_mask
+from ._checks import check_dropout_and_scale, check_qkv, prepare_mask
 
 __all__ = ["flash_attention"]
 
@@ -248,8 +248,7 @@ def flash_attention(
     for name, value in (("block_q", block_q), ("block_k", block_k)):
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ValueError(f"{name} must be a positive int, got {value!r}")
-    if not 0.0 <= float(dropout_p) < 1.0:
-        raise ValueError(f"dropout_p must be in [0, 1), got {dropout_p!r}")
+    check_dropout_and_scale(dropout_p, scale)
     acc_dtype = torch.promote_types(q.dtype, torch.float32)
     mask = prepare_mask(attn_mask, B=B, H=H, Tq=Tq, Tk=Tk, dtype=acc_dtype, device=q.device)
     if mask is not None:

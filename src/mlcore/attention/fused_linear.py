@@ -37,6 +37,11 @@ float32 GEMV may sum them in another order: float32 rounding level).
 Cost: the copy doubles the memory of those weights while it is held; :meth:`LinearFusion.release` frees it, and
 it is dropped as soon as the owner runs in training or grad mode.
 
+Blind spot: a write through ``.data`` (``p.data.mul_(2)``, ``p.data.copy_(w)``) bypasses the version counter, as
+it bypasses autograd's checks, so a copy built before it is still used after it. Write under
+``torch.no_grad()`` on the parameter itself (what optimizers, ``load_state_dict`` and ``nn.init`` do), or call
+:func:`release_all` on the model after such a write.
+
 While ``torch.compile`` traces, plain ``nn.Linear`` groups are handed out as a
 :class:`~mlcore._row_dot.RowDotLinear` over the layers' own weights: a single-row CPU step becomes
 inductor-generated row dot products (faster than any library GEMV on these shapes), other traces the copy above.
@@ -59,7 +64,7 @@ from mlcore._onednn import onednn_bf16_available
 from mlcore._row_dot import RowDotLinear, tiled_weight
 from mlcore._tensor_state import tensor_state_key
 
-__all__ = ["LinearFusion", "decode_layout", "prepare_linear"]
+__all__ = ["LinearFusion", "decode_layout", "prepare_linear", "release_all"]
 
 
 def decode_layout(weight: Tensor) -> Tensor:
@@ -270,3 +275,13 @@ class _OneDnnBf16Call:
                 self.bias is not None and self.bias.dtype != torch.bfloat16):
             return F.linear(x, self.weight, self.bias)
         return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
+
+
+def release_all(model: nn.Module) -> int:
+    """Drop every fused / re-laid-out weight copy held in ``model`` (rebuilt from the layers on the next eval
+    call); returns how many holders were cleared. Needed only after writes the version counter cannot see."""
+    holders = [v for m in model.modules() for v in vars(m).values() if isinstance(v, LinearFusion)]
+    for holder in holders:
+        holder.release()
+    return len(holders)
+

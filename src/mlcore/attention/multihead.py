@@ -71,7 +71,8 @@ class MultiHeadAttention(nn.Module):
             if not isinstance(n, int) or isinstance(n, bool) or n < 1:
                 raise ValueError(f"{name} must be a positive int, got {n!r}")
         n_kv_heads = n_heads if n_kv_heads is None else n_kv_heads
-        if not isinstance(n_kv_heads, int) or n_kv_heads < 1 or n_heads % n_kv_heads != 0:
+        if (not isinstance(n_kv_heads, int) or isinstance(n_kv_heads, bool) or n_kv_heads < 1
+                or n_heads % n_kv_heads != 0):
             raise ValueError(f"n_kv_heads must be a positive divisor of n_heads={n_heads}, got {n_kv_heads!r}")
         if head_dim is None:
             if d_model % n_heads != 0:
@@ -90,6 +91,8 @@ class MultiHeadAttention(nn.Module):
             raise ValueError("sliding_window needs causal=True (a Mistral-style window looks back only)")
         if rope is not None and alibi:
             raise ValueError("choose one of rope and alibi, not both")
+        if rope is not None and not callable(rope):
+            raise ValueError(f"rope must be None or a RotaryEmbedding (a module giving cos, sin), got {rope!r}")
         rotary = getattr(rope, "rotary_dim", None)
         if isinstance(rotary, int) and rotary > head_dim:
             raise ValueError(f"rope rotates {rotary} dims per head, more than head_dim={head_dim}")

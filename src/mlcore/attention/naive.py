@@ -23,7 +23,7 @@ import math
 import torch
 from torch import Tensor
 
-from ._checks import check_qkv, prepare_mask
+from ._checks import check_dropout_and_scale, check_qkv, prepare_mask
 
 __all__ = ["scaled_dot_product_attention", "safe_softmax", "single_query_attention"]
 
@@ -101,8 +101,7 @@ def scaled_dot_product_attention(
         Scores and softmax are computed in at least fp32.
     """
     B, H, Hkv, Tq, Tk, D, Dv = check_qkv(q, k, v)
-    if not 0.0 <= float(dropout_p) < 1.0:
-        raise ValueError(f"dropout_p must be in [0, 1), got {dropout_p!r}")
+    check_dropout_and_scale(dropout_p, scale)
     G = H // Hkv
     acc = torch.promote_types(q.dtype, torch.float32)  # fp32 math for fp16/bf16 inputs
     if scale is None:  # D == 0 (empty heads): every score is 0 whatever the scale; torch then averages v too

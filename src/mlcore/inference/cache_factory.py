@@ -21,8 +21,12 @@ def make_cache(cache: str | Any, model: nn.Module, *, batch: int, max_len: int,
     for "paged").
     """
     c = model.config
+    if cache is None:
+        raise ValueError(f"cache must be one of {CACHE_NAMES} or a cache object, got None (generate always "
+                         "decodes with a cache; generate_no_cache is the cache-free baseline)")
     if not isinstance(cache, str):
         check_cache(cache)
+        _check_sliding_object(cache, model, max_len)
         if cache.get_seq_length() != 0:
             raise ValueError(f"cache must be empty at the start of generate, it holds {cache.get_seq_length()} "
                              "columns (call .crop(0) / .reset(), or pass a new one)")
@@ -59,3 +63,23 @@ def make_cache(cache: str | Any, model: nn.Module, *, batch: int, max_len: int,
     from mlcore.inference.quantized_cache import QuantizedCache
 
     return QuantizedCache.for_model(model, batch, max_len, device=device, **options)
+
+
+def _check_sliding_object(cache: Any, model: nn.Module, max_len: int) -> None:
+    """A SlidingWindowCache built by hand: sinks on a RoPE model need the model's rotary embedding (to re-rotate
+    the sink keys to their new positions), and streaming past ``max_seq_len`` needs positions that can."""
+    from mlcore.inference.sliding_cache import SlidingWindowCache
+
+    if not isinstance(cache, SlidingWindowCache):
+        return
+    c = model.config
+    if cache.sinks > 0 and cache.rope is None and getattr(model, "rope", None) is not None:
+        raise ValueError("this SlidingWindowCache keeps sinks but was built without rope=, so the sink keys would "
+                         "keep their old rotation on this RoPE model; build it with "
+                         "SlidingWindowCache.for_model(model, ...) or pass rope=")
+    if max_len > c.max_seq_len and (c.position == "learned" or cache.window + cache.sinks > c.max_seq_len):
+        # the rule SlidingWindowCache.for_model applies: learned positions end at max_seq_len, and a window
+        # longer than it would need positions the model never saw
+        raise ValueError(f"prompt + max_new_tokens = {max_len} exceeds the model's max_seq_len={c.max_seq_len}, "
+                         "and this model cannot stream past it with this cache (learned positions, or "
+                         "window + sinks longer than max_seq_len)")

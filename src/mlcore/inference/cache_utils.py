@@ -6,6 +6,13 @@ import torch
 from torch import Tensor
 
 
+def check_int(name: str, value: object, low: int) -> int:
+    """``value`` as an int >= ``low``, else a ValueError naming ``name`` (bools are no sizes)."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < low:
+        raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+    return value
+
+
 def check_update(layer_idx: int, k: Tensor, v: Tensor, index: Tensor, *, n_layers_seen: int | None = None) -> None:
     """Validate one ``update`` call: k, v (B, Hkv, T, D) alike, index (B, T) integer; layers filled in order.
 

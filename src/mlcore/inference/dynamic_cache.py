@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from mlcore.inference.cache_utils import SharedIndex, check_update, crop_length
+from mlcore.inference.cache_utils import SharedIndex, check_buffer, check_update, crop_length
 
 
 class DynamicCache:
@@ -37,6 +37,7 @@ class DynamicCache:
             if self.keys[layer_idx].shape[0] != k.shape[0]:
                 raise ValueError(f"batch size changed from {self.keys[layer_idx].shape[0]} to {k.shape[0]} "
                                  f"in layer {layer_idx}; use a new cache for a new batch")
+            check_buffer(self.keys[layer_idx], layer_idx, k.shape[0], k.shape[1], k.shape[3], "DynamicCache")
             self.keys[layer_idx] = torch.cat([self.keys[layer_idx], k], dim=2)
             self.values[layer_idx] = torch.cat([self.values[layer_idx], v], dim=2)
             self._index[layer_idx] = self._shared.concat(self._index[layer_idx], index)

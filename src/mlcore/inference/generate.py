@@ -17,6 +17,7 @@ whole prompt.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from numbers import Integral
 from typing import Any
 
 import torch
@@ -46,6 +47,8 @@ def check_prompt(model: nn.Module, input_ids: Tensor, attention_mask: Tensor | N
                          f"continue), got shape {(B, T)}")
     if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be an int >= 0, got {max_new_tokens!r}")
+    if int(input_ids.min()) < 0:  # checked here because the repetition penalty reads the ids before the model
+        raise ValueError(f"input_ids must be token ids >= 0, got {int(input_ids.min())}")
     if attention_mask is None:
         return torch.ones_like(input_ids)
     if not isinstance(attention_mask, Tensor) or tuple(attention_mask.shape) != (B, T):
@@ -75,19 +78,39 @@ def _eos_tensor(eos_token_id: int | Sequence[int] | Tensor | None, device: torch
         return None
     if isinstance(eos_token_id, Tensor) and not eos_token_id.is_floating_point() and eos_token_id.dim() <= 1:
         eos_token_id = eos_token_id.tolist()  # transformers accepts a tensor of ids too
-    ids = [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id)
-    if not ids or not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in ids):
+    ids = [eos_token_id] if isinstance(eos_token_id, Integral) else eos_token_id
+    if not isinstance(ids, (Sequence, set)) or isinstance(ids, str) or not ids or not all(
+            isinstance(i, Integral) and not isinstance(i, bool) and i >= 0 for i in ids):
         raise ValueError(f"eos_token_id must be an int >= 0 or a non-empty list of them, got {eos_token_id!r}")
-    return torch.tensor(ids, device=device)
+    return torch.tensor([int(i) for i in ids], device=device)  # numpy integers too, as transformers takes them
+
+
+def mask_from_padding(input_ids: Tensor, pad_token_id: Any, eos_token_id: Any) -> Tensor | None:
+    """transformers' mask when none is given: ``input_ids != pad_token_id`` if the pad id occurs in the prompt
+    and is no EOS id (then a pad cannot be told from an EOS), else None (every column a token)."""
+    if (not isinstance(input_ids, Tensor) or not isinstance(pad_token_id, Integral)
+            or isinstance(pad_token_id, bool)):
+        return None
+    eos = _eos_tensor(eos_token_id, torch.device("cpu"))
+    if eos is not None and int(pad_token_id) in eos.tolist():
+        return None
+    padding = input_ids == int(pad_token_id)
+    return (~padding).long() if bool(padding.any()) else None
+
+
+def _check_streamer(streamer: Any) -> None:
+    if streamer is not None and not hasattr(streamer, "put") and not callable(streamer):
+        raise ValueError(f"streamer must be None, a callable taking each step's tokens (B,) or an object with "
+                         f"put() / end() (transformers' streamer), got {type(streamer).__name__}")
 
 
 def _stop_sequences(stop: Sequence[Sequence[int]] | None) -> list[list[int]]:
     if stop is None:
         return []
     seqs = [list(s) if isinstance(s, Sequence) and not isinstance(s, str) else None for s in stop]
-    if not all(s and all(isinstance(i, int) and i >= 0 for i in s) for s in seqs):
+    if not all(s and all(isinstance(i, Integral) and not isinstance(i, bool) and i >= 0 for i in s) for s in seqs):
         raise ValueError(f"stop must be a list of non-empty token-id lists, e.g. [[13, 13]], got {stop!r}")
-    return seqs
+    return [[int(i) for i in s] for s in seqs]
 
 
 def _hit_stop(tokens: list[list[int]], stops: list[list[int]]) -> list[bool]:
@@ -142,11 +165,16 @@ def generate(
         same model, batch size and (bucketed) length, or compiled again when the weights changed. See
         :mod:`mlcore.inference.compiled`.
     """
+    if attention_mask is None:  # as transformers: a pad id found in the prompt marks padding
+        attention_mask = mask_from_padding(input_ids, pad_token_id, eos_token_id)
     mask = check_prompt(model, input_ids, attention_mask, max_new_tokens)
     validate_sampling_args(temperature, top_k, top_p, repetition_penalty)
     eos = _eos_tensor(eos_token_id, input_ids.device)
     stops = _stop_sequences(stop)
     pad_token_id = pad_token(pad_token_id, eos, model.config.vocab_size)
+    _check_streamer(streamer)
+    if seed is not None:
+        make_generator(seed)  # a bad seed is named even when greedy decoding never draws
     B, T = input_ids.shape
     mode = None if compile is False else _compile_mode(compile, cache, model, input_ids.device)
     if max_new_tokens == 0:
@@ -163,8 +191,9 @@ def generate(
     generator = None if greedy else make_generator(seed, input_ids.device)
     vocab = model.config.vocab_size
     penalise = repetition_penalty is not None and repetition_penalty != 1.0
-    # transformers 5.x leaves each row's left padding out of the penalty (prompt_ignore_length); so do we
-    present = presence_mask(input_ids, vocab, mask) if penalise else None
+    # transformers 5.x leaves each row's leading padding out of the penalty (prompt_ignore_length = the index of
+    # its first token), so a 0 inside a row's mask is still penalised: the running max of the mask says that
+    present = presence_mask(input_ids, vocab, mask.cummax(dim=1).values) if penalise else None
 
     if hasattr(streamer, "put"):
         streamer.put(input_ids.cpu())  # as transformers does: the prompt first

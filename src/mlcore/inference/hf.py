@@ -29,6 +29,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from mlcore.inference.generate import mask_from_padding
 from mlcore.inference.sampling import validate_sampling_args
 
 __all__ = ["hf_generate", "hf_assisted_generate", "hf_generation_config"]
@@ -79,7 +80,7 @@ def _run(hf_model: nn.Module, input_ids: Tensor, attention_mask: Tensor | None, 
     if not isinstance(input_ids, Tensor) or input_ids.dim() != 2 or input_ids.numel() == 0:
         seen = tuple(input_ids.shape) if isinstance(input_ids, Tensor) else repr(input_ids)
         raise ValueError(f"input_ids must be a non-empty (B, T) integer tensor, got {seen}")
-    if attention_mask is None:  # say so explicitly: transformers would guess padding from pad_token_id
+    if attention_mask is None:  # say so explicitly: transformers would guess padding from the default pad id
         attention_mask = torch.ones_like(input_ids)
     if tuple(attention_mask.shape) != tuple(input_ids.shape):
         raise ValueError(f"attention_mask must match input_ids' shape {tuple(input_ids.shape)}, "
@@ -120,6 +121,8 @@ def hf_generate(
         repetition_penalty=repetition_penalty, eos_token_id=eos_token_id, pad_token_id=pad_token_id,
         cache_implementation=cache_implementation,
     )
+    if attention_mask is None:  # the caller's pad id marks padding as in mlcore's generate (not the default 0)
+        attention_mask = mask_from_padding(input_ids, pad_token_id, eos_token_id)
     return _run(hf_model, input_ids, attention_mask, config, seed, streamer=streamer)
 
 
@@ -162,6 +165,8 @@ def hf_assisted_generate(
     lent.num_assistant_tokens_schedule = "constant"
     lent.assistant_confidence_threshold = 0.0  # no early exit on a low-confidence draft token
     hf_draft.generation_config = lent
+    if attention_mask is None:
+        attention_mask = mask_from_padding(input_ids, pad_token_id, eos_token_id)
     try:
         return _run(hf_target, input_ids, attention_mask, config, seed, assistant_model=hf_draft)
     finally:

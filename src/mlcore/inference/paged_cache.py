@@ -35,13 +35,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from mlcore.inference.cache_utils import check_update, crop_length
-
-
-def _positive_int(name: str, value: object) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return value
+from mlcore.inference.cache_utils import check_int, check_update, crop_length
 
 
 @dataclass
@@ -63,8 +57,8 @@ class PagedCache:
     """
 
     def __init__(self, num_blocks: int, block_size: int = 16) -> None:
-        self.num_blocks = _positive_int("num_blocks", num_blocks)
-        self.block_size = _positive_int("block_size", block_size)
+        self.num_blocks = check_int("num_blocks", num_blocks, 1)
+        self.block_size = check_int("block_size", block_size, 1)
         self.k_pool: dict[int, Tensor] = {}
         self.v_pool: dict[int, Tensor] = {}
         self.index_pool: Tensor | None = None
@@ -85,9 +79,9 @@ class PagedCache:
 
         ``num_blocks`` defaults to what ``batch`` sequences of ``max_len`` columns need.
         """
-        _positive_int("batch", batch)
-        _positive_int("max_len", max_len)
-        _positive_int("block_size", block_size)
+        check_int("batch", batch, 1)
+        check_int("max_len", max_len, 1)
+        check_int("block_size", block_size, 1)
         if num_blocks is None:
             num_blocks = batch * math.ceil(max_len / block_size)
         c = model.config

@@ -32,7 +32,7 @@ device-agnostic; half-precision logits are promoted to float32 first, as ``gener
 from __future__ import annotations
 
 import math
-from numbers import Real
+from numbers import Integral, Real
 
 import torch
 from torch import Tensor
@@ -73,7 +73,7 @@ def validate_sampling_args(
         if temperature < 0:
             raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature!r}")
     if top_k is not None:
-        if not isinstance(top_k, int) or isinstance(top_k, bool):
+        if not isinstance(top_k, Integral) or isinstance(top_k, bool):
             raise ValueError(f"top_k must be None or an int >= 1, got {top_k!r} of type {type(top_k).__name__}")
         if top_k < 1:
             raise ValueError(f"top_k must be >= 1, got {top_k}")
@@ -105,6 +105,8 @@ def presence_mask(prev_ids: Tensor, vocab_size: int, prev_mask: Tensor | None = 
     if not isinstance(prev_ids, Tensor) or prev_ids.dim() != 2 or prev_ids.dtype not in (torch.long, torch.int):
         seen = f"{tuple(prev_ids.shape)} {prev_ids.dtype}" if isinstance(prev_ids, Tensor) else repr(prev_ids)
         raise ValueError(f"prev_ids must be an integer (B, T) tensor, got {seen}")
+    if prev_ids.numel() and int(prev_ids.min()) < 0:
+        raise ValueError(f"prev_ids must be token ids >= 0, got {int(prev_ids.min())}")
     ids = prev_ids.long().clamp(max=vocab_size)  # out-of-head ids land in the spare column V, dropped below
     if prev_mask is not None:
         if not isinstance(prev_mask, Tensor) or prev_mask.shape != prev_ids.shape:
@@ -118,6 +120,9 @@ def presence_mask(prev_ids: Tensor, vocab_size: int, prev_mask: Tensor | None = 
 
 def apply_repetition_penalty(logits: Tensor, present: Tensor, penalty: float) -> Tensor:
     """CTRL penalty on the tokens in ``present`` (B, V) bool: ``z * r`` where ``z < 0``, else ``z / r``."""
+    if not isinstance(present, Tensor) or present.dtype != torch.bool:
+        raise ValueError(f"present must be a bool (B, V) tensor (from presence_mask), got "
+                         f"{present.dtype if isinstance(present, Tensor) else type(present).__name__}")
     if present.shape != logits.shape:
         raise ValueError(f"present must have the logits' shape {tuple(logits.shape)}, got {tuple(present.shape)}")
     penalised = torch.where(logits < 0, logits * penalty, logits / penalty)
@@ -200,13 +205,14 @@ def make_generator(seed: int | None, device: torch.device | str = "cpu") -> torc
 
     Neither branch reads or advances the global RNG (``torch.Generator.seed`` draws from std::random_device).
     """
-    if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):
-        raise ValueError(f"seed must be None or an int, got {seed!r}")
+    if seed is not None and (not isinstance(seed, Integral) or isinstance(seed, bool)
+                             or not -(2**63) <= seed < 2**64):
+        raise ValueError(f"seed must be None or an int in [-2**63, 2**64), got {seed!r}")
     generator = torch.Generator(device=device)
     if seed is None:
         generator.seed()
     else:
-        generator.manual_seed(seed)
+        generator.manual_seed(int(seed))
     return generator
 
 

@@ -47,15 +47,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from mlcore.inference.cache_utils import check_buffer, check_update, crop_length
+from mlcore.inference.cache_utils import check_buffer, check_int, check_update, crop_length
 from mlcore.inference.dynamic_cache import DynamicCache
 from mlcore.positional import apply_rotary
-
-
-def _int(name: str, value: object, low: int) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < low:
-        raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
-    return value
 
 
 @dataclass
@@ -87,9 +81,9 @@ class SlidingWindowCache:
 
     def __init__(self, window: int, sinks: int = 0, *, rope: nn.Module | None = None, rollback: int = 0,
                  streaming: bool = True, full_layers: Iterable[int] = ()) -> None:
-        self.window = _int("window", window, 1)
-        self.sinks = _int("sinks", sinks, 0)
-        self.rollback = _int("rollback", rollback, 0)
+        self.window = check_int("window", window, 1)
+        self.sinks = check_int("sinks", sinks, 0)
+        self.rollback = check_int("rollback", rollback, 0)
         self.rope = rope
         self.streaming = bool(streaming)
         self.capacity = window + max(rollback - 1, 0)
@@ -115,13 +109,14 @@ class SlidingWindowCache:
         model that slides only some layers, the others keep every column (``full_layers``).
         """
         c = model.config
-        _int("sinks", sinks, 0)
+        check_int("batch", batch, 1)
+        check_int("sinks", sinks, 0)
         own = c.sliding_window
         if window is None:
             window = (own or c.max_seq_len) - sinks
             if window < 1:
                 raise ValueError(f"sinks={sinks} leaves no room for a window in {own or c.max_seq_len} columns")
-        _int("window", window, 1)
+        check_int("window", window, 1)
         if own is not None and sinks and window + sinks > own:
             raise ValueError(f"window + sinks = {window} + {sinks} exceeds the model's sliding_window={own}: its "
                              f"own mask would hide the sinks; use window <= {own - sinks}")

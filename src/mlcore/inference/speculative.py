@@ -35,7 +35,7 @@ import torch
 from torch import Tensor, nn
 
 from mlcore.inference.cache_factory import make_cache
-from mlcore.inference.generate import _eos_tensor, check_prompt, pad_token
+from mlcore.inference.generate import _eos_tensor, check_prompt, mask_from_padding, pad_token
 from mlcore.inference.sampling import make_generator, process_logits, validate_sampling_args
 from mlcore.inference.speculative_sampling import AcceptanceStats, verify_draft
 
@@ -144,6 +144,8 @@ def speculative_generate(
         ``(target_cache, draft_cache)`` pair of names or empty cache objects; caches must support ``crop``.
     return_stats: also return a :class:`SpeculativeStats` (acceptance rate, rounds, ...).
     """
+    if attention_mask is None:  # as transformers (and generate): a pad id found in the prompt marks padding
+        attention_mask = mask_from_padding(input_ids, pad_token_id, eos_token_id)
     mask = check_prompt(target, input_ids, attention_mask, max_new_tokens)
     validate_sampling_args(temperature, top_k, top_p)
     _check_pair(target, draft, input_ids)

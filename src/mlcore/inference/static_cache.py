@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from mlcore.inference.cache_utils import check_buffer, check_update, crop_length
+from mlcore.inference.cache_utils import check_buffer, check_int, check_update, crop_length
 
 
 class StaticCache:
@@ -50,6 +50,7 @@ class StaticCache:
                   device: torch.device | str | None = None, full_view: bool = False) -> StaticCache:
         """Allocate every layer of an mlcore ``Transformer`` up front (the memory is then reserved at once)."""
         c = model.config
+        check_int("batch", batch, 1)
         p = next(model.parameters())
         dtype = dtype or p.dtype
         device = device or p.device

@@ -124,6 +124,10 @@ def _rope_parameters(d: dict[str, Any], arch: str) -> dict[str, Any]:
     return rope
 
 
+_REQUIRED_DECODER = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")
+_REQUIRED_GPT2 = ("vocab_size", "n_embd", "n_layer", "n_head")
+
+
 def config_from_hf(d: dict[str, Any]) -> TransformerConfig:
     """Translate an HF config dict (``config.to_dict()`` or a ``config.json``) to a ``TransformerConfig``."""
     arch = architecture_of(d)
@@ -132,6 +136,11 @@ def config_from_hf(d: dict[str, Any]) -> TransformerConfig:
                      if d[k] is not None and d[k] != {} and d[k] != [])  # null / empty = absent (pruned_heads={})
     if unknown:
         raise _refuse(arch, f"config fields {unknown}")
+    required = _REQUIRED_GPT2 if arch == "gpt2" else _REQUIRED_DECODER
+    missing = [k for k in required if d.get(k) is None]
+    if missing:  # transformers would fill its own defaults and then fail on the weights' shapes
+        raise ValueError(f"the {arch} config lacks the size field(s) {missing}: every size of the checkpoint must be "
+                         "stated (a config.json saved by transformers has them)")
     if arch == "gpt2":
         return _gpt2_config(d)
 

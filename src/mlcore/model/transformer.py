@@ -145,8 +145,15 @@ class Transformer(nn.Module):
                     ((attention_mask != 0) & (attention_mask != 1)).any()):
                 raise ValueError("attention_mask must hold only 0 (pad) and 1 (token), got values "
                                  f"{sorted(set(attention_mask.unique().tolist()))[:6]}")
-        if position_ids is not None and tuple(position_ids.shape) != (B, T):
-            raise ValueError(f"position_ids must have shape (B, T) = ({B}, {T}), got {tuple(position_ids.shape)}")
+        if position_ids is not None:
+            if not isinstance(position_ids, torch.Tensor) or position_ids.is_floating_point():
+                seen = position_ids.dtype if isinstance(position_ids, torch.Tensor) else type(position_ids).__name__
+                raise ValueError(f"position_ids must be an integer (B, T) tensor, got {seen}")
+            if position_ids.dim() == 2 and position_ids.shape[0] == 1 and B > 1:
+                position_ids = position_ids.expand(B, -1)  # one row for every sequence, as transformers allows
+            if tuple(position_ids.shape) != (B, T):
+                raise ValueError(f"position_ids must have shape (B, T) = ({B}, {T}) or (1, T), got "
+                                 f"{tuple(position_ids.shape)}")
 
         # Built once, shared by every layer: positions, RoPE cos/sin, column indices for the masks.
         inputs = AttentionInputs.build(B, T, past, input_ids.device, attention_mask=attention_mask,

@@ -88,6 +88,16 @@ def validate_scaling(scaling: dict[str, Any] | None, *, warn: bool = True) -> st
         if factor < 1.0 and warn:  # transformers only warns here and runs, so we do the same
             warnings.warn(f"scaling['factor'] = {factor} < 1 compresses positions instead of stretching them",
                           stacklevel=3)
+    # Keys the formulas divide by or take the log of: a zero or negative value would end in a bare math error
+    for key in ("original_max_position_embeddings", "low_freq_factor", "high_freq_factor", "beta_fast",
+                "beta_slow", "attention_factor"):
+        value = scaling.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                  or not math.isfinite(value) or value <= 0):
+            raise ValueError(f"scaling[{key!r}] must be a positive number, got {value!r}")
+    if rope_type == "longrope" and scaling.get("original_max_position_embeddings") == 1:
+        raise ValueError("scaling['original_max_position_embeddings'] must be > 1 for longrope (its attention "
+                         "factor divides by log(original length))")
     if rope_type == "llama3" and not scaling["high_freq_factor"] > scaling["low_freq_factor"]:
         raise ValueError(
             "scaling['high_freq_factor'] must be > scaling['low_freq_factor'], got "
