@@ -44,3 +44,29 @@ def test_loss_bad_input():
         causal_lm_labels(torch.zeros(5, dtype=torch.long))
     with pytest.raises(ValueError, match="no target"):
         causal_lm_loss(torch.randn(1, 4, 5), torch.zeros(1, 4, dtype=torch.long), attention_mask=torch.zeros(1, 4))
+
+
+def test_bad_labels_are_refused():
+    from mlcore.training.loss import causal_lm_loss_sum
+
+    logits = torch.zeros(2, 5, 9)
+    good = torch.randint(0, 9, (2, 5), generator=torch.Generator().manual_seed(0))
+    for labels, message in ((good.float(), "LongTensor"), (good.int(), "LongTensor"),
+                            (good.masked_fill(good == good[0, 0], -1), "token ids"), (good + 9, "token ids"),
+                            (good.tolist(), "tensors")):
+        with pytest.raises(ValueError, match=message):
+            causal_lm_loss_sum(logits, labels)
+
+
+def test_batch_indices_and_evaluate_refuse_bad_sizes(toy_factory, token_data):
+    from mlcore.training import evaluate
+    from mlcore.training.data import batch_indices, check_data
+
+    for n in (0, -1, 2.5):
+        with pytest.raises(ValueError, match="num_examples"):
+            batch_indices(n, 2, 0, seed=0)
+    for kwargs in ({"batch_size": 0}, {"batch_size": -1}, {"max_batches": 0}):
+        with pytest.raises(ValueError, match=next(iter(kwargs))):
+            evaluate(toy_factory(), token_data, **kwargs)
+    with pytest.raises(ValueError, match="labels"):
+        check_data({**token_data, "labels": token_data["input_ids"].float()})

@@ -75,13 +75,9 @@ def save_checkpoint(
 ) -> Path:
     """Write a checkpoint folder (see module doc) and return its path. ``extra`` must be JSON-serializable."""
     directory = Path(directory)
-    tmp = directory.with_name(directory.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-
+    # everything that can fail (JSON metadata, optimizer flattening) runs before the first file is written,
+    # so a bad ``extra`` leaves no half-written folder behind
     weights, aliases = _model_tensors(model)
-    save_file(weights, str(tmp / MODEL_FILE), metadata={"format": "pt", "aliases": json.dumps(aliases)})
-
     tensors: dict[str, torch.Tensor] = {"rng.torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         for i, state in enumerate(torch.cuda.get_rng_state_all()):
@@ -90,7 +86,16 @@ def save_checkpoint(
     if optimizer is not None:
         optim_tensors, meta["optimizer"] = _optimizer_tensors(optimizer)
         tensors.update(optim_tensors)
-    save_file(tensors, str(tmp / STATE_FILE), metadata={"format": "pt", META_KEY: json.dumps(meta)})
+    try:
+        meta_json = json.dumps(meta)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"save_checkpoint: extra must be JSON-serializable: {err}") from err
+
+    tmp = directory.with_name(directory.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_file(weights, str(tmp / MODEL_FILE), metadata={"format": "pt", "aliases": json.dumps(aliases)})
+    save_file(tensors, str(tmp / STATE_FILE), metadata={"format": "pt", META_KEY: meta_json})
 
     if directory.exists():
         shutil.rmtree(directory)
@@ -134,7 +139,12 @@ def load_checkpoint(
     if (not isinstance(meta, dict) or not isinstance(meta.get("step"), int) or not isinstance(aliases, dict)
             or "rng.torch" not in state):
         raise ValueError(f"corrupt checkpoint {str(directory)!r}: metadata lacks the step, aliases or RNG state")
+    # everything is checked before the model or optimizer is touched: a bad checkpoint leaves both as they were
+    _check_meta(meta, state, directory)
     for dup, kept in aliases.items():
+        if kept not in weights:
+            raise ValueError(f"corrupt checkpoint {str(directory)!r}: {MODEL_FILE} aliases {dup!r} to "
+                             f"{kept!r}, which it does not hold")
         weights[dup] = weights[kept]
 
     expected = model.state_dict()
@@ -145,10 +155,10 @@ def load_checkpoint(
     if missing or unexpected or wrong:
         raise ValueError(f"checkpoint {str(directory)!r} is from another model shape: missing {missing[:5]}, "
                          f"unexpected {unexpected[:5]}, shape mismatches {wrong[:5]}")
+    optim_state = _optimizer_state(optimizer, state, meta.get("optimizer"), directory) if optimizer else None
     model.load_state_dict(weights)
-
     if optimizer is not None:
-        _load_optimizer(optimizer, state, meta.get("optimizer"), directory)
+        optimizer.load_state_dict(optim_state)
     if restore_rng:
         torch.set_rng_state(state["rng.torch"])
         cuda_states = [state[f"rng.cuda.{i}"] for i in range(torch.cuda.device_count()) if f"rng.cuda.{i}" in state]
@@ -157,11 +167,40 @@ def load_checkpoint(
     return {"step": int(meta["step"]), "extra": meta.get("extra", {})}
 
 
-def _load_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor],
-                    meta: dict[str, Any] | None, directory: Path) -> None:
-    """Rebuild ``optimizer.state_dict()`` from the flat tensors, checking it fits the current parameters."""
+def _check_meta(meta: dict[str, Any], state: dict[str, torch.Tensor], directory: Path) -> None:
+    """Types of the step, extras and RNG states, which would otherwise fail deep inside torch or the loop."""
+    where = f"corrupt checkpoint {str(directory)!r}: {STATE_FILE}"
+    if isinstance(meta["step"], bool) or meta["step"] < 0:
+        raise ValueError(f"{where} has step {meta['step']!r}, expected an int >= 0")
+    extra = meta.get("extra", {})
+    if not isinstance(extra, dict):
+        raise ValueError(f"{where} has extra of type {type(extra).__name__}, expected a dict")
+    for key in ("history", "evals"):
+        if key in extra and not (isinstance(extra[key], list) and all(isinstance(x, dict) for x in extra[key])):
+            raise ValueError(f"{where} has extra[{key!r}] that is not a list of dicts")
+    if "tokens" in extra and (not isinstance(extra["tokens"], int) or extra["tokens"] < 0):
+        raise ValueError(f"{where} has extra['tokens'] = {extra['tokens']!r}, expected an int >= 0")
+    expected_rng = torch.get_rng_state()
+    for name, value in state.items():
+        if name.startswith("rng.") and (value.dtype != torch.uint8 or value.dim() != 1):
+            raise ValueError(f"{where} holds {name} of dtype {value.dtype} and shape {tuple(value.shape)}, "
+                             "expected a 1-D uint8 RNG state")
+    if state["rng.torch"].shape != expected_rng.shape:
+        raise ValueError(f"{where} holds rng.torch of {state['rng.torch'].numel()} bytes, torch's CPU RNG state "
+                         f"has {expected_rng.numel()}")
+
+
+def _optimizer_state(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor],
+                     meta: Any, directory: Path) -> dict[str, Any]:
+    """Rebuild ``optimizer.state_dict()`` from the flat tensors, checking it fits the current parameters and
+    holds every entry the current optimizer has (e.g. AdamW's ``exp_avg_sq``)."""
+    where = f"corrupt checkpoint {str(directory)!r}: {STATE_FILE}"
     if meta is None:
         raise ValueError(f"checkpoint {str(directory)!r} holds no optimizer state")
+    if (not isinstance(meta, dict) or not isinstance(meta.get("param_groups"), list)
+            or not all(isinstance(g, dict) and isinstance(g.get("params"), list) for g in meta["param_groups"])
+            or not isinstance(meta.get("scalars", {}), dict)):
+        raise ValueError(f"{where} has optimizer metadata without a list of param_groups (each with params)")
     groups = meta["param_groups"]
     params = [p for g in optimizer.param_groups for p in g["params"]]
     saved_counts = [len(g["params"]) for g in groups]
@@ -175,9 +214,13 @@ def _load_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.T
     state: dict[int, dict[str, Any]] = {}
     for name, tensor in tensors.items():
         if name.startswith("optim."):
-            _, pid, key = name.split(".", 2)
-            state.setdefault(int(pid), {})[key] = tensor
+            parts = name.split(".", 2)
+            if len(parts) != 3 or not parts[1].isdigit() or not parts[2]:
+                raise ValueError(f"{where} holds a tensor named {name!r}, expected optim.<param index>.<name>")
+            state.setdefault(int(parts[1]), {})[parts[2]] = tensor
     for pid, values in meta.get("scalars", {}).items():
+        if not str(pid).isdigit() or not isinstance(values, dict):
+            raise ValueError(f"{where} has optimizer scalars under {pid!r}, expected a parameter index")
         state.setdefault(int(pid), {}).update(values)
     for pid, values in state.items():
         if not 0 <= pid < len(params):
@@ -188,7 +231,16 @@ def _load_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.T
             if isinstance(value, torch.Tensor) and value.dim() > 0 and tuple(value.shape) != shape:
                 raise ValueError(f"checkpoint {str(directory)!r} is from another model shape: optimizer state "
                                  f"{key} of parameter {pid} is {tuple(value.shape)}, the parameter is {shape}")
-    optimizer.load_state_dict({"state": state, "param_groups": groups})
+    # a parameter with state must have every entry the optimizer keeps (AdamW: step, exp_avg, exp_avg_sq);
+    # the current optimizer's own state (after a step) tells which, else AdamW's
+    current = optimizer.state_dict()["state"]
+    needed = set(next(iter(current.values()))) if current else (
+        {"step", "exp_avg", "exp_avg_sq"} if isinstance(optimizer, torch.optim.AdamW) else set())
+    for pid, values in state.items():
+        lacking = sorted(needed - set(values))
+        if lacking:
+            raise ValueError(f"{where} lacks optimizer state {lacking} of parameter {pid}")
+    return {"state": state, "param_groups": groups}
 
 
 def latest_checkpoint(out_dir: str | Path) -> Path | None:

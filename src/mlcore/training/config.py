@@ -157,9 +157,11 @@ class TrainConfig:
         return self.batch_size * self.grad_accum_steps
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready dict; ``TrainConfig.from_dict(c.to_dict()) == c``."""
+        """A JSON-ready dict (``out_dir`` as a str); ``TrainConfig.from_dict(c.to_dict()) == c`` up to that."""
         data = asdict(self)
         data["betas"] = list(self.betas)
+        if self.out_dir is not None:  # a pathlib.Path is accepted but json.dumps cannot store it
+            data["out_dir"] = os.fspath(self.out_dir)
         return data
 
     @classmethod

@@ -144,11 +144,17 @@ def check_data(data: Mapping[str, torch.Tensor], name: str = "train_data") -> in
         if key != "input_ids" and (not isinstance(value, torch.Tensor) or value.shape != ids.shape):
             raise ValueError(f"{name}[{key!r}] must have the shape of input_ids {tuple(ids.shape)}, "
                              f"got {tuple(getattr(value, 'shape', ()))}")
+    labels = data.get("labels")
+    if labels is not None and (labels.dtype != torch.long or bool(((labels < 0) & (labels != -100)).any())):
+        raise ValueError(f"{name}['labels'] must be a LongTensor of token ids >= 0 or -100 (ignored), got "
+                         f"dtype {labels.dtype}")
     return ids.size(0)
 
 
 def batch_indices(num_examples: int, batch_size: int, index: int, *, seed: int) -> torch.Tensor:
     """Example indices ``(batch_size,)`` of micro-batch ``index`` in the seeded endless stream (module doc)."""
+    if not isinstance(num_examples, int) or isinstance(num_examples, bool) or num_examples <= 0:
+        raise ValueError(f"batch_indices: num_examples must be a positive int, got {num_examples!r}")
     positions = torch.arange(index * batch_size, (index + 1) * batch_size)
     epochs = positions // num_examples
     out = torch.empty(batch_size, dtype=torch.long)

@@ -33,27 +33,35 @@ def opacus_sequence_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Te
 class OpacusDP:
     """Opacus' ``GradSampleModule`` + ``DPOptimizer`` around ``model`` and an AdamW over its trainable
     parameters. ``step(batch)`` runs forward, backward, clip, noise and the optimizer step, as mlcore's loop
-    does with ``TrainConfig(dp=True)``. ``close()`` removes Opacus' hooks."""
+    does with ``TrainConfig(dp=True)``: ``p.grad`` before the AdamW step is (clipped sum + noise) /
+    ``expected_batch_size``, mlcore's ``DPGradient`` gradient. ``generator`` seeds Opacus' noise (tests share
+    it with mlcore's). ``close()`` removes Opacus' hooks."""
 
     def __init__(self, model: nn.Module, *, noise_multiplier: float, max_grad_norm: float,
-                 expected_batch_size: int, lr: float = 1e-3, weight_decay: float = 0.0) -> None:
+                 expected_batch_size: int, lr: float = 1e-3, weight_decay: float = 0.0,
+                 generator: torch.Generator | None = None) -> None:
         from opacus import GradSampleModule
         from opacus.optimizers import DPOptimizer
 
         check_max_grad_norm(max_grad_norm)
-        self.model = GradSampleModule(model, loss_reduction="sum")
+        # loss_reduction="mean" (Opacus' default): the optimizer divides the noisy clipped sum by
+        # expected_batch_size, as mlcore's DPGradient does; "sum" would skip that division and give a gradient
+        # expected_batch_size times larger. The hooks then undo the 1/B of the mean loss in grad_sample.
+        self.model = GradSampleModule(model, loss_reduction="mean")
         params = [p for p in model.parameters() if p.requires_grad]
         self.optimizer = DPOptimizer(torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay),
                                      noise_multiplier=noise_multiplier, max_grad_norm=max_grad_norm,
-                                     expected_batch_size=expected_batch_size, loss_reduction="sum")
+                                     expected_batch_size=expected_batch_size, loss_reduction="mean",
+                                     generator=generator)
 
     def backward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Forward + backward of the summed per-example loss; fills ``p.grad_sample``. Returns the loss."""
+        """Forward + backward of the mean over the batch of the per-example losses; fills ``p.grad_sample``
+        with each example's own gradient. Returns the summed per-example loss."""
         logits = self.model(batch["input_ids"], attention_mask=batch.get("attention_mask"))
         loss = opacus_sequence_loss(logits, batch["labels"])
         with warnings.catch_warnings():  # "full backward hook is firing ... no inputs require gradients"
             warnings.simplefilter("ignore", UserWarning)
-            loss.backward()
+            (loss / batch["input_ids"].size(0)).backward()
         return loss.detach()
 
     def step(self, batch: dict[str, torch.Tensor]) -> float:

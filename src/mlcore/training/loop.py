@@ -35,6 +35,7 @@ from __future__ import annotations
 import json
 import math
 import time
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -55,13 +56,16 @@ ForwardFn = Callable[[torch.nn.Module, Batch], torch.Tensor]
 class TrainResult:
     """What :func:`train` measured: one dict per logged step in ``history`` (``step``, ``loss``, ``lr``,
     ``grad_norm``, ``tokens``, ``tokens_per_s``), one per evaluation in ``evals`` (``step``, ``loss``,
-    ``perplexity``), and totals for this call (``steps`` run, ``tokens`` seen, wall ``seconds``)."""
+    ``perplexity``), and totals for this call (``steps`` run, ``tokens`` seen, wall ``seconds``).
+    ``total_tokens`` (and ``history``'s cumulative ``tokens``) count the whole run, steps before a resume
+    included."""
 
     history: list[dict[str, float]] = field(default_factory=list)
     evals: list[dict[str, float]] = field(default_factory=list)
     steps: int = 0
     tokens: int = 0
     seconds: float = 0.0
+    total_tokens: int = 0
 
     @property
     def final_eval(self) -> dict[str, float] | None:
@@ -128,6 +132,10 @@ def evaluate(model: torch.nn.Module, data: Mapping[str, torch.Tensor], *, batch_
              max_batches: int | None = None, device: torch.device | str | None = None,
              forward: ForwardFn = default_forward) -> dict[str, float]:
     """Mean next-token loss over ``data`` (token-weighted) and its perplexity ``exp(loss)``."""
+    for name, value, low in (("batch_size", batch_size, 1), ("max_batches", max_batches, 1)):
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < low):
+            raise ValueError(f"evaluate: {name} must be a positive int{' or None' if name == 'max_batches' else ''}"
+                             f", got {value!r}")
     was_training = model.training
     model.eval()
     device = device or next(model.parameters()).device
@@ -165,6 +173,11 @@ def train(
         forward: how to get logits from ``model`` and a batch (default ``model(ids, attention_mask=...)``).
         description: label of the progress bar.
     """
+    if not isinstance(config, TrainConfig):
+        raise ValueError(f"config must be a TrainConfig (TrainConfig.from_dict(d) builds one from a dict), "
+                         f"got {type(config).__name__}")
+    if resume_from is not None and str(resume_from) == "latest" and config.out_dir is None:
+        raise ValueError("resume_from='latest' looks under config.out_dir/checkpoints, but config.out_dir is None")
     devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() and not config.cpu else []
     with torch.random.fork_rng(devices=devices):  # seed dropout here without touching the caller's RNG state
         torch.manual_seed(config.seed)  # a resume restores the saved RNG state instead
@@ -201,14 +214,18 @@ def _train(model: torch.nn.Module, train_data: Mapping[str, torch.Tensor], confi
 
     result = TrainResult()
     start = 0
+    tokens_before = 0  # tokens of the steps before a resume, so history's cumulative count continues
     if resume_from is not None:
-        path = latest_checkpoint(config.out_dir or ".") if str(resume_from) == "latest" else Path(resume_from)
+        path = latest_checkpoint(config.out_dir) if str(resume_from) == "latest" else Path(resume_from)
         if path is None:
             raise FileNotFoundError(f"resume_from='latest' found no checkpoint under {config.out_dir!r}/checkpoints")
         meta = load_checkpoint(path, model=raw_model, optimizer=optimizer.optimizer)
         start = meta["step"]
         result.history = list(meta["extra"].get("history", []))
         result.evals = list(meta["extra"].get("evals", []))
+        # older checkpoints lack "tokens": the last logged count is the best we know (exact when log_every=1)
+        tokens_before = int(meta["extra"].get("tokens", result.history[-1]["tokens"] if result.history else 0))
+        _warn_config_mismatch(meta["extra"].get("config"), config, path)
         if dp is not None:
             dp.resume(start)
 
@@ -226,7 +243,8 @@ def _train(model: torch.nn.Module, train_data: Mapping[str, torch.Tensor], confi
             return
         save_checkpoint(Path(config.out_dir) / "checkpoints" / f"step_{step:06d}", model=raw_model,
                         optimizer=optimizer.optimizer, step=step,
-                        extra={"history": result.history, "evals": result.evals, "config": config.to_dict()})
+                        extra={"history": result.history, "evals": result.evals, "config": config.to_dict(),
+                               "tokens": tokens_before + result.tokens})
 
     model.train()
     k = config.grad_accum_steps
@@ -283,7 +301,7 @@ def _train(model: torch.nn.Module, train_data: Mapping[str, torch.Tensor], confi
             tok_s = tokens_since / max(now - t_since, 1e-9)
             if config.log_every and (done % config.log_every == 0 or done == config.max_steps):
                 result.history.append({"step": done, "loss": loss, "lr": lr, "grad_norm": grad_norm,
-                                       "tokens": result.tokens, "tokens_per_s": tok_s})
+                                       "tokens": tokens_before + result.tokens, "tokens_per_s": tok_s})
                 if dp is not None:
                     result.history[-1].update(epsilon=stats["epsilon"], examples=stats["examples"],
                                               clipped=stats["clipped"], noise_multiplier=dp.noise_multiplier)
@@ -300,11 +318,35 @@ def _train(model: torch.nn.Module, train_data: Mapping[str, torch.Tensor], confi
                             eps=stats["epsilon"] if dp is not None else None)
             result.steps += 1
     result.seconds = time.perf_counter() - t0
+    result.total_tokens = tokens_before + result.tokens
     accelerator.unwrap_model(model, keep_fp32_wrapper=False)  # undo accelerate's autocast wrapper on forward
     if config.out_dir is not None and accelerator.is_main_process:
         Path(config.out_dir).mkdir(parents=True, exist_ok=True)
         (Path(config.out_dir) / "train_result.json").write_text(json.dumps(result.to_dict(), indent=1))
     return result
+
+
+# fields whose change makes a resumed run differ from the uninterrupted one it continues (batches, noise,
+# schedule). max_steps may grow (a longer run; the cosine then stretches) and is only warned about too, since
+# the learning rate of the remaining steps changes. weight_decay / betas / eps are not compared: the optimizer's
+# param_groups, and so these values, come from the checkpoint.
+_RESUME_FIELDS = ("seed", "batch_size", "grad_accum_steps", "lr", "min_lr_ratio", "warmup_steps", "max_steps",
+                  "grad_clip", "dp", "dp_max_grad_norm", "dp_noise_multiplier", "dp_target_epsilon", "dp_delta",
+                  "dp_poisson")
+
+
+def _warn_config_mismatch(stored: Any, config: TrainConfig, path: Path) -> None:
+    """Warn, naming the fields, when ``config`` differs from the checkpoint's config on a field that changes
+    the run (the resume is still done: extending max_steps or lowering lr can be intended)."""
+    if not isinstance(stored, dict):
+        return
+    current = config.to_dict()
+    differ = [f"{name}: checkpoint {stored[name]!r}, now {current[name]!r}" for name in _RESUME_FIELDS
+              if name in stored and stored[name] != current[name]]
+    if differ:
+        warnings.warn(f"resuming from {str(path)!r} with a config that differs from the checkpoint's "
+                      f"({'; '.join(differ)}); the run will not reproduce an uninterrupted one. weight_decay, "
+                      f"betas and eps come from the checkpoint's optimizer state", stacklevel=4)
 
 
 class _Progress:

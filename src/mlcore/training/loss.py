@@ -49,6 +49,15 @@ def causal_lm_loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torc
     Returns ``(sum_nll, count)``; dividing by a count gathered over several micro-batches makes gradient
     accumulation equal one big batch even when the micro-batches hold different numbers of targets.
     """
+    if not isinstance(logits, torch.Tensor) or not isinstance(labels, torch.Tensor):
+        raise ValueError(f"logits and labels must be tensors, got {type(logits).__name__} and "
+                         f"{type(labels).__name__}")
+    if labels.dtype != torch.long:  # cross_entropy wants int64 class ids; a float label is not an id
+        raise ValueError(f"labels must be a LongTensor of token ids, got dtype {labels.dtype}")
+    bad = (labels != IGNORE_INDEX) & ((labels < 0) | (labels >= logits.size(-1)))
+    if bool(bad.any()):
+        raise ValueError(f"labels must be token ids in [0, {logits.size(-1)}) or {IGNORE_INDEX} (ignored), got "
+                         f"{labels[bad].unique()[:5].tolist()}")
     if logits.dim() != 3 or labels.shape != logits.shape[:2]:
         raise ValueError(f"logits must be (B, T, V) and labels (B, T), got {tuple(logits.shape)} "
                          f"and {tuple(labels.shape)}")

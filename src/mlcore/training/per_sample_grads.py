@@ -62,8 +62,48 @@ def model_logits(model: nn.Module, batch: Batch) -> torch.Tensor:
     kwargs: dict = {"attention_mask": batch.get("attention_mask")}
     if "validate" in inspect.signature(type(model).forward).parameters:  # the class's (accelerate may wrap forward)
         kwargs["validate"] = False
+    elif kwargs["attention_mask"] is not None and _hf_attn_implementation(model) is not None:
+        kwargs["attention_mask"] = hf_4d_attention_mask(model, kwargs["attention_mask"])
     out = model(batch["input_ids"], **kwargs)
     return out if isinstance(out, torch.Tensor) else out.logits
+
+
+def _hf_attn_implementation(model: nn.Module) -> str | None:
+    """The attention backend of a transformers model (``config._attn_implementation``), None for other models."""
+    impl = getattr(getattr(model, "config", None), "_attn_implementation", None)
+    return impl if isinstance(impl, str) else None
+
+
+def hf_4d_attention_mask(model: nn.Module, attention_mask: torch.Tensor) -> torch.Tensor:
+    """The (B, 1, T, T) causal + padding mask a transformers model would build from a 2D ``attention_mask``.
+
+    transformers derives its 4D mask from the 2D one with data-dependent checks (``.item()``, ``all()``) that
+    ``vmap`` cannot trace, but uses a 4D mask as given. So we build it here: boolean (True = attend) for
+    ``sdpa``, additive (0 / dtype min) for ``eager`` and the rest. Every query also attends to itself, so a
+    left-padding position has a finite output (transformers' own result there is NaN or backend-dependent;
+    right padding and all-ones masks give exactly transformers' gradients). Flash attention takes no 4D mask:
+    refused, use no mask, ``attn_implementation="sdpa"``/``"eager"``, or mlcore's own Transformer.
+    """
+    impl = _hf_attn_implementation(model)
+    if impl is not None and "flash" in impl:
+        raise ValueError(f"per-sample gradients of a transformers model with attn_implementation={impl!r} and an "
+                         "attention_mask are not supported (vmap cannot trace its mask checks and flash attention "
+                         "takes no 4D mask); load it with attn_implementation='sdpa' or 'eager', drop the mask, "
+                         "or use mlcore's own Transformer")
+    if attention_mask.dim() != 2:
+        raise ValueError(f"attention_mask must be (B, T), got shape {tuple(attention_mask.shape)}")
+    t = attention_mask.size(-1)
+    window = getattr(model.config, "sliding_window", None)
+    if isinstance(window, int) and t > window:  # this mask is plain causal: it would attend past the window
+        raise ValueError(f"a sequence of {t} tokens exceeds this transformers model's sliding_window={window}, "
+                         "which the mask built for per-sample gradients does not apply; use shorter sequences "
+                         "or mlcore's own Transformer")
+    eye = torch.eye(t, dtype=torch.bool, device=attention_mask.device)
+    keep = (eye.cumsum(0).bool() & attention_mask[:, None, None, :].bool()) | eye  # causal & key is a token
+    if impl == "sdpa":
+        return keep
+    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
+    return torch.zeros(keep.shape, dtype=dtype, device=keep.device).masked_fill(~keep, torch.finfo(dtype).min)
 
 
 def per_sample_grads(model: nn.Module, batch: Batch, loss_fn: ExampleLoss,

@@ -129,7 +129,7 @@ def _train_one(kind: str, spec: dict[str, Any], *, vocab_size: int, block_size: 
         "model_config": model_cfg.to_dict(),
         "train_config": train_cfg.to_dict(),
         "train_seconds": round(result.seconds, 1),
-        "train_tokens": result.tokens,
+        "train_tokens": result.total_tokens,  # the whole run, steps before a resume included
         "tokens_per_s": round(result.tokens / max(result.seconds, 1e-9), 1),
         "heldout_loss_fp32": fp32_eval["loss"],
         "heldout_perplexity_fp32": fp32_eval["perplexity"],
