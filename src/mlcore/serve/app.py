@@ -43,9 +43,12 @@ class ApiError(Exception):
         self.status, self.message, self.kind, self.code, self.headers = status, message, kind, code, headers
 
 
+def _error_body(err: ApiError) -> dict[str, Any]:
+    return {"error": {"message": err.message, "type": err.kind, "param": None, "code": err.code}}
+
+
 def _error(err: ApiError) -> JSONResponse:
-    body = {"error": {"message": err.message, "type": err.kind, "param": None, "code": err.code}}
-    return JSONResponse(body, status_code=err.status, headers=err.headers)
+    return JSONResponse(_error_body(err), status_code=err.status, headers=err.headers)
 
 
 def _describe(err: ValidationError) -> str:
@@ -62,15 +65,27 @@ def chat_prompt(messages: list[Any]) -> str:
 
 
 def create_app(engine: Engine, tokenizer: Any, config: ServeConfig | None = None, *, keys: ApiKeys | None = None,
-               audit: AuditLog | None = None, eos_token_id: int | None = None) -> FastAPI:
-    """A FastAPI app serving ``engine``. Without ``keys`` every request gets 401 (there is no open mode)."""
+               audit: AuditLog | None = None, eos_token_id: int | list[int] | None = None) -> FastAPI:
+    """A FastAPI app serving ``engine``. Without ``keys`` every request gets 401 (there is no open mode).
+    ``eos_token_id``: the end-of-text id, or a list of them (an HF ``generation_config.json`` may hold one)."""
     config = config or ServeConfig()
     keys = keys if keys is not None else ApiKeys(default_rpm=config.default_rpm)
     audit = audit if audit is not None else AuditLog(config.audit_path)
     metrics = Metrics(engine)
     limiter = RateLimiter()
+    if config.max_prompt_tokens is not None and config.max_prompt_tokens >= engine.max_seq_len:
+        raise ValueError(f"max_prompt_tokens must be < the model's length {engine.max_seq_len} (room for one "
+                         f"token out), got {config.max_prompt_tokens}")
     max_prompt = config.max_prompt_tokens or engine.max_seq_len - 1
-    stop_ids = (eos_token_id,) if eos_token_id is not None else ()
+    # A request holds at most what both the model's context and the KV pool can: a pool smaller than the
+    # context would otherwise make every long request (and every chat without max_tokens) fail in submit().
+    pool = getattr(engine, "config", None)  # an engine without a paged pool (a test stub) is bound by its context
+    pool_tokens = pool.num_blocks * pool.block_size if pool is not None else engine.max_seq_len
+    capacity, limit_name = ((engine.max_seq_len, "the model's context") if engine.max_seq_len <= pool_tokens else
+                            (pool_tokens, f"the KV cache pool ({pool.num_blocks} blocks of {pool.block_size})"))
+    prompt_limit = min(max_prompt, capacity - 1)  # room for at least one new token
+    stop_ids = (tuple(eos_token_id) if isinstance(eos_token_id, (list, tuple)) else
+                (eos_token_id,) if eos_token_id is not None else ())
     state = {"draining": False, "inflight": 0}
 
     @asynccontextmanager
@@ -129,7 +144,7 @@ def create_app(engine: Engine, tokenizer: Any, config: ServeConfig | None = None
         authenticate(request)
         return {"object": "list", "data": [model_card()]}
 
-    @app.get("/v1/models/{model_id}")
+    @app.get("/v1/models/{model_id:path}")  # a model served from a folder is named by its path, "/" and all
     async def model(model_id: str, request: Request) -> dict[str, Any]:
         authenticate(request)
         if model_id != config.model_name:
@@ -152,6 +167,8 @@ def create_app(engine: Engine, tokenizer: Any, config: ServeConfig | None = None
             data = json.loads(body)
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
             raise ApiError(400, f"malformed JSON body: {err}", code="invalid_json") from None
+        except RecursionError:  # a few KB of "[[[[..." is under the size limit but deeper than the parser goes
+            raise ApiError(400, "malformed JSON body: nested too deeply", code="invalid_json") from None
         if not isinstance(data, dict):
             raise ApiError(400, f"the JSON body must be an object, got {type(data).__name__}", code="invalid_json")
         return data
@@ -191,14 +208,15 @@ def create_app(engine: Engine, tokenizer: Any, config: ServeConfig | None = None
             metrics.requests.labels(endpoint, "400").inc()
             raise ApiError(400, verdict.message, code="guardrail_input")
         ids = tokenizer.encode_ordinary(text) if hasattr(tokenizer, "encode_ordinary") else tokenizer.encode(text)
-        if not ids or len(ids) > max_prompt:
-            raise ApiError(400, f"prompt has {len(ids)} tokens; it must have 1 to {max_prompt}",
+        if not ids or len(ids) > prompt_limit:
+            why = f" ({limit_name} holds {capacity} tokens)" if prompt_limit < max_prompt else ""
+            raise ApiError(400, f"prompt has {len(ids)} tokens; it must have 1 to {prompt_limit}{why}",
                            code="context_length_exceeded")
-        room = engine.max_seq_len - len(ids)
+        room = capacity - len(ids)
         if req.max_tokens is not None and req.max_tokens > room:  # as OpenAI: refused, not silently clipped
-            raise ApiError(400, f"prompt ({len(ids)} tokens) + max_tokens ({req.max_tokens}) exceeds the model's "
-                           f"context of {engine.max_seq_len} tokens", code="context_length_exceeded")
-        # without max_tokens: completions stop at OpenAI's legacy default (16), chat runs to the context's end
+            raise ApiError(400, f"prompt ({len(ids)} tokens) + max_tokens ({req.max_tokens}) exceeds "
+                           f"{limit_name}: {capacity} tokens", code="context_length_exceeded")
+        # without max_tokens: completions stop at OpenAI's legacy default (16), chat runs to the capacity's end
         max_tokens = req.max_tokens or (room if chat else min(config.default_max_tokens, room))
         params = SamplingParams(max_tokens=max_tokens, temperature=req.temperature,
                                 top_p=req.top_p if req.top_p < 1 else None, seed=req.seed, stop_token_ids=stop_ids)
@@ -218,6 +236,8 @@ def create_app(engine: Engine, tokenizer: Any, config: ServeConfig | None = None
             engine.submit(ids, params, emit=emit, request_id=rid)
         except RuntimeError as err:
             raise ApiError(503, str(err), "server_error", "draining") from None
+        except ValueError as err:  # a request the engine refuses (checked above; a safety net, not a 500)
+            raise ApiError(400, str(err), code="invalid_request") from None
         out = GuardedText(tokenizer.decode, stop=req.stops(), blocklist=config.blocklist)
         created = int(time.time())
         state["inflight"] += 1
@@ -227,7 +247,7 @@ def create_app(engine: Engine, tokenizer: Any, config: ServeConfig | None = None
                 return "content_filter"
             if out.stopped or engine_reason == "stop":
                 return "stop"
-            return "length" if engine_reason == "length" else (engine_reason or "stop")
+            return "length" if engine_reason == "length" else "stop"  # OpenAI knows no other reason
 
         async def tokens() -> AsyncIterator[tuple[str, str | None]]:
             """(safe text delta, None) per token, then ("", finish reason)."""
@@ -249,6 +269,9 @@ def create_app(engine: Engine, tokenizer: Any, config: ServeConfig | None = None
                         engine.abort(rid)
                     if delta:
                         yield delta, None
+                if reason == "error":  # the engine step failed: a server error, not a finish reason
+                    raise ApiError(500, f"the server failed while generating this response (request {rid})",
+                                   "server_error", "engine_error")
                 tail = out.close()
                 if tail:
                     yield tail, None
@@ -258,19 +281,21 @@ def create_app(engine: Engine, tokenizer: Any, config: ServeConfig | None = None
                     engine.abort(rid)  # the client went away: free the sequence
                 state["inflight"] -= 1
                 end = time.perf_counter()
+                usage["completion_tokens"] = n
+                status = 500 if reason == "error" else 200
+                # the audit line comes first, so no failure below can skip it
+                audit.record(event="completion", id=rid, key_id=record.key_id, path=endpoint, status=status,
+                             stream=req.stream, prompt=text, output=out.text, input_guard=reasons,
+                             output_guard=out.reasons, prompt_tokens=len(ids), completion_tokens=n,
+                             finish_reason="error" if status == 500 else finish_reason(reason) if reason else "abort",
+                             latency_s=round(end - t0, 4))
                 if first is not None:
                     metrics.ttft.observe(first - t0)
                     if n > 1:
                         metrics.tpot.observe((end - first) / (n - 1))
                 metrics.tokens.inc(n)
                 metrics.guard("output", out.reasons)
-                metrics.requests.labels(endpoint, "200").inc()
-                usage["completion_tokens"] = n
-                audit.record(event="completion", id=rid, key_id=record.key_id, path=endpoint, status=200,
-                             stream=req.stream, prompt=text, output=out.text, input_guard=reasons,
-                             output_guard=out.reasons, prompt_tokens=len(ids), completion_tokens=n,
-                             finish_reason=finish_reason(reason) if reason else "abort",
-                             latency_s=round(end - t0, 4))
+                metrics.requests.labels(endpoint, str(status)).inc()
 
         usage = {"prompt_tokens": len(ids), "completion_tokens": 0}
 
@@ -289,14 +314,21 @@ def create_app(engine: Engine, tokenizer: Any, config: ServeConfig | None = None
                     choice = {"index": 0, "delta": d, "finish_reason": reason}
                 else:
                     choice = {"index": 0, "text": delta, "logprobs": None, "finish_reason": reason}
-                return {"id": rid, "object": obj + (".chunk" if chat else ""), "created": created,
+                body = {"id": rid, "object": obj + (".chunk" if chat else ""), "created": created,
                         "model": config.model_name, "choices": [choice]}
+                if include_usage:  # as OpenAI: "usage": null on every chunk but the last
+                    body["usage"] = None
+                return body
 
             async def sse() -> AsyncIterator[str]:
                 first = True
-                async for delta, reason in tokens():
-                    yield f"data: {json.dumps(chunk(delta, reason, first))}\n\n"
-                    first = False
+                try:
+                    async for delta, reason in tokens():
+                        yield f"data: {json.dumps(chunk(delta, reason, first))}\n\n"
+                        first = False
+                except ApiError as err:  # the 200 headers are gone: the error goes as an event, then the stream ends
+                    yield f"data: {json.dumps(_error_body(err))}\n\n"
+                    return
                 if include_usage:
                     body = {"id": rid, "object": obj + (".chunk" if chat else ""), "created": created,
                             "model": config.model_name, "choices": [], "usage": usage_dict()}

@@ -34,10 +34,13 @@ class AuditLog:
         entry: dict[str, Any] = {"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
         for name, value in fields.items():
             entry[name] = mask_pii(value) if name in TEXT_FIELDS and isinstance(value, str) and value else value
-        line = json.dumps(entry, ensure_ascii=False)
+        # The log must never be skipped: a value JSON cannot hold is written as its str(), and a lone surrogate
+        # (valid in a JSON request, "\ud800", but not encodable as UTF-8) is written as the JSON escape
+        # "\ud800" by backslashreplace, so the line stays valid JSON and reads back as the same text.
+        line = json.dumps(entry, ensure_ascii=False, default=str)
         with self._lock:
             if self.path is not None:
-                with self.path.open("a", encoding="utf-8") as f:
+                with self.path.open("a", encoding="utf-8", errors="backslashreplace") as f:
                     f.write(line + "\n")
             self.recent.append(entry)
             del self.recent[:-self._keep]

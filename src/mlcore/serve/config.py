@@ -32,5 +32,12 @@ class ServeConfig:
             raise ValueError(f"pii_policy must be one of {PII_POLICIES}, got {self.pii_policy!r}")
         if self.max_body_bytes < 256:
             raise ValueError(f"max_body_bytes must be >= 256, got {self.max_body_bytes}")
+        # refused at construction, naming the field: later they break every request (500, or 503 for max_queue);
+        # max_prompt_tokens > the model's context is checked by create_app, which knows the model
+        if self.max_prompt_tokens is not None and self.max_prompt_tokens < 1:
+            raise ValueError(f"max_prompt_tokens must be >= 1 or None, got {self.max_prompt_tokens}")
+        for name in ("default_max_tokens", "max_queue"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if (self.ssl_certfile is None) != (self.ssl_keyfile is None):
             raise ValueError("ssl_certfile and ssl_keyfile go together: pass both or neither")

@@ -54,6 +54,13 @@ class EngineConfig:
     batch_timeout: float = 0.05
     history: int = 10_000  # steps of pool-use history kept (time, used blocks, running, waiting)
 
+    def __post_init__(self) -> None:
+        # refused here, naming the field, rather than as a bare deque / wait error at the first request
+        if not isinstance(self.history, int) or self.history < 0:
+            raise ValueError(f"history must be an int >= 0, got {self.history!r}")
+        if self.batch_timeout < 0:
+            raise ValueError(f"batch_timeout must be >= 0, got {self.batch_timeout!r}")
+
 
 class Engine:
     """Continuous batching over a paged KV cache; thread-safe ``submit`` / ``abort`` (see the module docstring)."""

@@ -10,6 +10,7 @@ responses in flight finish, then the app's lifespan drains the engine (graceful 
 
 from __future__ import annotations
 
+import json
 import socket
 import threading
 import time
@@ -27,7 +28,7 @@ from mlcore.serve.security import ApiKeys
 TINY = ("tiny-target", "tiny-draft")
 
 
-def load_model(name: str) -> tuple[Any, Any, int | None]:
+def load_model(name: str) -> tuple[Any, Any, int | list[int] | None]:
     """(model, tokenizer, eos id) for "tiny-target" / "tiny-draft" or an HF folder holding ``tokenizer.bpe``."""
     from mlcore.training.assets import load_tiny, load_tiny_tokenizer
 
@@ -40,7 +41,20 @@ def load_model(name: str) -> tuple[Any, Any, int | None]:
     from mlcore.model import Transformer
 
     tok_dir = folder if (folder / "tokenizer.bpe").exists() else folder.parent
-    return Transformer.from_pretrained(folder).eval(), load_tiny_tokenizer(tok_dir), None
+    tok = load_tiny_tokenizer(tok_dir)
+    return Transformer.from_pretrained(folder).eval(), tok, folder_eos(folder, tok)
+
+
+def folder_eos(folder: Path, tok: Any) -> int | list[int] | None:
+    """The end-of-text id(s) of a model folder: ``generation_config.json``, then ``config.json`` (HF's order),
+    then the tokenizer's ``<|endoftext|>``. Without one the server would generate past the end of the text."""
+    for name in ("generation_config.json", "config.json"):
+        path = folder / name
+        if path.exists():
+            eos = json.loads(path.read_text()).get("eos_token_id")
+            if eos is not None:
+                return eos
+    return getattr(tok, "special_tokens", {}).get("<|endoftext|>")
 
 
 def build_app(model_name: str, config: ServeConfig | None = None, *, keys: ApiKeys | None = None,

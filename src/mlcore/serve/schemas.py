@@ -23,7 +23,7 @@ class _Common(_Strict):
     temperature: float = Field(default=1.0, ge=0.0, le=2.0)
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
     stop: str | Annotated[list[str], Field(max_length=4)] | None = None  # OpenAI: up to 4 sequences
-    seed: int | None = None
+    seed: int | None = Field(default=None, ge=-(2**63), lt=2**64)  # what a torch generator takes
     stream: bool = False
     n: int = Field(default=1, ge=1, le=1)
     user: str | None = None
@@ -37,9 +37,13 @@ class _Common(_Strict):
     def _stream_options_need_stream(self) -> _Common:
         if self.stream_options is not None and not self.stream:
             raise ValueError("stream_options is only allowed with stream=true")
-        for name in ("presence_penalty", "frequency_penalty", "logprobs"):
+        for name in ("presence_penalty", "frequency_penalty"):
             if getattr(self, name):
                 raise ValueError(f"{name} is not served by this server (only 0 / null / false)")
+        # logprobs: 0 on /v1/completions still asks for the sampled token's logprob, so only null / false ask
+        # for nothing
+        if self.logprobs is not None and self.logprobs is not False:
+            raise ValueError("logprobs is not served by this server (only null / false)")
         return self
 
     def stops(self) -> list[str]:
