@@ -217,3 +217,14 @@ def test_bad_input(tmp_path, tokenizer):
     with pytest.raises(ValueError, match="quantized layer"):
         gguf_tensors(q)
     assert set(GGUF_DTYPES) == {"f32", "f16", "bf16", "q8_0", "q4_0"}
+
+
+def test_shipped_tokenizer_with_the_older_gpt4_spelling_exports() -> None:
+    """The tiny models' tokenizer was saved with minbpe's GPT-4 spelling (before ``\\s++$``); it keeps its pattern
+    and still maps to llama.cpp's "llama-bpe" pre-tokenizer."""
+    from mlcore.tokenizer.patterns import GPT4_PATTERN_MINBPE
+    from mlcore.training.assets import load_tiny_tokenizer
+
+    tok = load_tiny_tokenizer()
+    assert tok.pattern == GPT4_PATTERN_MINBPE
+    assert tokenizer_metadata(tok, 4096)["pre"] == "llama-bpe"

@@ -33,8 +33,9 @@ quantizer: write f32 and run ``llama_model_quantize`` (see ``mlcore.bench.llamac
 **Tokenizer.** mlcore's byte-level BPE is llama.cpp's ``"gpt2"`` tokenizer model: tokens are GPT-2's printable
 byte strings (``" the"`` -> ``"Ġthe"``), merges are ``"a b"`` lines in rank order (every split of every token,
 as in :func:`mlcore.tokenizer.export.all_merges`), specials are CONTROL tokens, ids past the tokenizer's
-vocabulary are UNUSED ``[PAD{i}]``. The pre-tokenizer is a name llama.cpp knows: ``GPT4_PATTERN`` (cl100k) maps
-to ``"llama-bpe"`` (Llama 3's split, the same up to possessive quantifiers), ``GPT2_PATTERN`` to ``"gpt-2"``.
+vocabulary are UNUSED ``[PAD{i}]``. The pre-tokenizer is a name llama.cpp knows: ``GPT4_PATTERN`` (cl100k) and its
+older minbpe spelling map to ``"llama-bpe"`` (Llama 3's split, the same up to possessive quantifiers and trailing
+white space), ``GPT2_PATTERN`` to ``"gpt-2"``.
 """
 
 from __future__ import annotations
@@ -48,10 +49,10 @@ from torch import nn
 
 from mlcore.positional import half_to_interleaved
 from mlcore.tokenizer.export import all_merges, byte_level_string
-from mlcore.tokenizer.patterns import GPT2_PATTERN, GPT4_PATTERN
+from mlcore.tokenizer.patterns import GPT2_PATTERN, GPT4_PATTERN, GPT4_PATTERN_MINBPE
 
 GGUF_DTYPES = ("f32", "f16", "bf16", "q8_0", "q4_0")
-PRE_TOKENIZERS = {GPT4_PATTERN: "llama-bpe", GPT2_PATTERN: "gpt-2"}
+PRE_TOKENIZERS = {GPT4_PATTERN: "llama-bpe", GPT4_PATTERN_MINBPE: "llama-bpe", GPT2_PATTERN: "gpt-2"}
 QUANT_BLOCK = 32  # Q8_0 / Q4_0 weights per block, along the input dim
 
 _LAYER_NAMES = {
