@@ -59,3 +59,24 @@ def test_loss_curve_png(tmp_path):
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with pytest.raises(ValueError):
         plot_loss_curves({}, tmp_path / "x.png")
+
+
+def test_packing_and_loading_arguments_are_named(tmp_path) -> None:
+    import datasets
+
+    with pytest.raises(ValueError, match="token ids"):
+        pack_tokens([[1.5, 2, 3, 4]], 2)  # torch.tensor would have truncated 1.5 to 1
+    with pytest.raises(ValueError, match="token ids"):
+        pack_tokens([[-1, 2, 3, 4]], 2)
+    with pytest.raises(ValueError, match="separator_id"):
+        pack_tokens([[1, 2, 3, 4]], 2, separator_id=-1)
+    with pytest.raises(ValueError, match="block_size"):
+        pack_tokens([[1, 2, 3, 4]], 4.0)
+    text = tmp_path / "a.txt"
+    text.write_text("one line\nanother line\n")
+    with pytest.raises(ValueError, match="sample_by"):
+        load_text_dataset(text, sample_by="sentence")
+    with pytest.raises(ValueError, match="text_field"):
+        load_text_dataset(text, text_field=3)
+    with pytest.raises(ValueError, match="text_field='body' is no column"):
+        tokenize_and_pack(datasets.Dataset.from_dict({"text": ["a b"]}), lambda t: [1, 2], 2, text_field="body")

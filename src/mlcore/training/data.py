@@ -24,6 +24,9 @@ JSON_SUFFIXES = (".json", ".jsonl")
 Batch = dict[str, torch.Tensor]
 
 
+SAMPLE_BY = ("document", "paragraph", "line")  # the rows datasets' "text" builder can make
+
+
 def load_text_dataset(path: str | Path, *, text_field: str = "text", sample_by: str = "document"):
     """Load a local ``.txt`` / ``.md`` file or ``.json`` / ``.jsonl`` (JSON lines) file as a ``datasets.Dataset``
     with one string column ``text_field``. Nothing is downloaded.
@@ -35,6 +38,10 @@ def load_text_dataset(path: str | Path, *, text_field: str = "text", sample_by: 
     """
     import datasets
 
+    if not isinstance(text_field, str) or not text_field:
+        raise ValueError(f"text_field must be a non-empty column name, got {text_field!r}")
+    if sample_by not in SAMPLE_BY:
+        raise ValueError(f"sample_by must be one of {SAMPLE_BY}, got {sample_by!r}")
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"data file {str(path)!r} does not exist (expected a local .txt, .md or .jsonl file)")
@@ -94,14 +101,20 @@ def _check_json_texts(path: Path, texts: Iterable[object], text_field: str) -> N
 def pack_tokens(documents: Iterable[list[int]], block_size: int, *, separator_id: int | None = None) -> torch.Tensor:
     """Concatenate token lists (each followed by ``separator_id`` when given) and cut them into a
     ``LongTensor (N, block_size)``, dropping the ragged tail."""
-    if block_size < 2:
-        raise ValueError(f"block_size must be >= 2 (one input and one target), got {block_size}")
+    if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 2:
+        raise ValueError(f"block_size must be an int >= 2 (one input and one target), got {block_size!r}")
+    if separator_id is not None and (isinstance(separator_id, bool) or not isinstance(separator_id, int)
+                                     or separator_id < 0):
+        raise ValueError(f"separator_id must be None or a token id >= 0, got {separator_id!r}")
     stream: list[int] = []
     for ids in documents:
         stream.extend(ids)
         if separator_id is not None:
             stream.append(separator_id)
     n_blocks = len(stream) // block_size
+    bad = next((t for t in stream if isinstance(t, bool) or not isinstance(t, int) or t < 0), None)
+    if bad is not None:  # torch.tensor would truncate 1.5 to 1 silently
+        raise ValueError(f"documents must hold token ids (ints >= 0), got {bad!r}")
     if n_blocks == 0:
         raise ValueError(f"only {len(stream)} tokens to pack, fewer than block_size={block_size}: the dataset is "
                          "empty or too small")
@@ -120,6 +133,8 @@ def tokenize_and_pack(
     :func:`pack_tokens`. Returns ``{"input_ids": LongTensor (N, block_size)}``, ready for :func:`train`."""
     if len(dataset) == 0:
         raise ValueError("dataset is empty: nothing to tokenize")
+    if text_field not in dataset.column_names:
+        raise ValueError(f"text_field={text_field!r} is no column of the dataset; columns: {dataset.column_names}")
     tokenized = dataset.map(
         lambda rows: {"input_ids": [encode(t) for t in rows[text_field]]},
         batched=True,
