@@ -106,6 +106,38 @@ def check_kinds(kinds: Iterable[str] | None) -> frozenset[str] | None:
     return kinds
 
 
+def check_min_score(min_score: object, name: str = "min_score") -> float:
+    """A number in [0, 1] (bool, str and NaN refused)."""
+    if isinstance(min_score, bool) or not isinstance(min_score, (int, float)) or not 0.0 <= min_score <= 1.0:
+        raise ValueError(f"{name} must be a number in [0, 1], got {min_score!r}")
+    return min_score
+
+
+def check_positive_int(value: object, name: str, minimum: int = 1) -> int:
+    """An int (not bool) of at least `minimum`: TypeError for other types, ValueError below the minimum."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__} {excerpt(value)}")
+    if value < minimum:
+        raise ValueError(f"{name} must be at least {minimum}, got {value}")
+    return value
+
+
+def check_recognizers(recognizers: object) -> tuple[Recognizer, ...]:
+    """A tuple of callables; a single function or a None inside the list is refused here, not mid-scan."""
+    if callable(recognizers) or isinstance(recognizers, str):
+        raise TypeError("recognizers must be a sequence of recognizer functions, got a single "
+                        f"{type(recognizers).__name__}; pass recognizers=(*RECOGNIZERS, mine)")
+    try:
+        out = tuple(recognizers)  # type: ignore[arg-type]
+    except TypeError:
+        raise TypeError("recognizers must be a sequence of recognizer functions, "
+                        f"got {type(recognizers).__name__}") from None
+    for r in out:
+        if not callable(r):
+            raise TypeError(f"recognizers must contain only functions (text -> spans), found a {type(r).__name__}")
+    return out
+
+
 def ascii_digits(text: str) -> str:
     """`text` with every Unicode decimal digit (Arabic-Indic, fullwidth, Devanagari, ...) replaced by its
     ASCII digit. One character maps to one character, so offsets into the result are offsets into `text`."""
@@ -132,11 +164,8 @@ def detect_pii(
     """
     check_text(text)
     wanted = check_kinds(kinds)
-    if callable(recognizers) or isinstance(recognizers, str):
-        raise TypeError("recognizers must be a sequence of recognizer functions, got a single "
-                        f"{type(recognizers).__name__}; pass recognizers=(*RECOGNIZERS, mine)")
-    if isinstance(min_score, bool) or not isinstance(min_score, (int, float)) or not 0.0 <= min_score <= 1.0:
-        raise ValueError(f"min_score must be a number in [0, 1], got {min_score!r}")
+    recognizers = check_recognizers(recognizers)
+    check_min_score(min_score)
     if len(text) > MAX_CHARS:
         raise ValueError(
             f"text has {len(text)} characters, more than {MAX_CHARS}; stream it with mask_stream or StreamScanner"

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
+import re
 import unicodedata
 
 MIN_KEY_BYTES = 16
@@ -39,7 +41,8 @@ def keyed_digest(key: bytes, kind: str, value: str, *, purpose: str = "hash") ->
 
 
 def normalise(kind: str, value: str) -> str:
-    """The canonical form two spellings of one value share (digits only for numbers, lowercase e-mail)."""
+    """The canonical form two spellings of one value share (digits only for numbers, lowercase e-mail,
+    compressed IP addresses, MM/YY expiry dates, upper-case alphanumerics for NINOs and passports)."""
     if kind in ("CARD", "SSN", "ITIN", "ABA_ROUTING", "ACCOUNT_NUMBER", "PHONE", "CARD_CVV", "UK_SORT_CODE",
                 "CA_SIN"):
         return "".join(str(unicodedata.decimal(c)) for c in value if c.isdecimal())
@@ -47,4 +50,14 @@ def normalise(kind: str, value: str) -> str:
         return "".join(str(unicodedata.decimal(c)) if c.isdecimal() else c for c in value if c.isalnum()).upper()
     if kind == "EMAIL":
         return value.lower()
+    if kind in ("UK_NINO", "PASSPORT"):  # "AB 12 34 56 C" = "AB123456C"; passports are upper-case in print
+        return "".join(c for c in value if c.isalnum()).upper()
+    if kind == "IP_ADDRESS":  # "2001:DB8::1" = "2001:db8:0:0:0:0:0:1": ipaddress's compressed form
+        try:
+            return str(ipaddress.ip_address(value.strip()))
+        except ValueError:
+            return value.lower()
+    if kind == "CARD_EXPIRY":  # "12/27" = "12-2027" = "12 / 27": MM/YY
+        m = re.fullmatch(r"\s*([0-9]{1,2})\s*[/-]\s*([0-9]{2}|[0-9]{4})\s*", value)
+        return f"{int(m.group(1)):02d}/{m.group(2)[-2:]}" if m else value
     return value

@@ -8,11 +8,14 @@ likely). Exposure is
     exposure(r) = log2 |R| - log2 rank(r)          (0 <= exposure <= log2 |R|)
 
 A model that never saw the canary ranks it in the middle (exposure ~ 1 bit); full memorisation puts it
-first (exposure = log2 |R|). Three ways to get the rank:
+first (exposure = log2 |R|). Candidates scored exactly like the canary share its place: the rank is the
+mid-rank 1 + #{lower} + #{tied}/2 (ties not counting the canary itself), so a model that cannot tell the
+candidates apart (constant scores) gives ~1 bit, not log2 |R| as counting only strictly lower ones would.
+NaN scores have no rank and are refused (ValueError). Three ways to get the rank:
 
 - **exact**: score all of R (feasible for |R| up to ~10^5);
-- **sampled**: score n random candidates; rank ~ 1 + |R| * #{sample < canary} / n (resolves exposure up to
-  about log2 n bits);
+- **sampled**: score n random candidates; rank ~ 1 + (|R| - 1) * (#{sample < canary} + #{sample = canary}/2)
+  / n (resolves exposure up to about log2 n bits);
 - **skew-normal extrapolation** (the paper's section 4.3): the candidates' log-perplexities are close to a
   skew-normal distribution; fit it to the sample and use exposure = -log2 CDF(canary's log-perplexity),
   which reaches far beyond log2 n.
@@ -45,8 +48,17 @@ class SecretSpace:
     format: Callable[[str], str] | None = None
 
     def __post_init__(self) -> None:
-        if "{}" not in self.template:
-            raise ValueError("template must contain '{}' where the secret goes")
+        if not isinstance(self.template, str) or not isinstance(self.alphabet, str):
+            raise TypeError("template and alphabet must be str")
+        if not isinstance(self.length, int) or isinstance(self.length, bool):
+            raise TypeError(f"length must be an int, got {self.length!r}")
+        try:  # exactly one field and no others, so render() cannot fail (or drop the secret) later
+            ok = self.template.format("\x00").count("\x00") == 1
+        except (IndexError, KeyError, ValueError, AttributeError):
+            ok = False
+        if not ok:
+            raise ValueError(f"template must contain '{{}}' exactly once where the secret goes (no other fields), "
+                             f"got {self.template!r}")
         if self.length < 1 or len(set(self.alphabet)) != len(self.alphabet) or not self.alphabet:
             raise ValueError(f"need length >= 1 and a non-empty alphabet without repeats, got length={self.length}")
 
@@ -71,14 +83,27 @@ def exposure_from_rank(rank: float, space_size: int) -> float:
     return math.log2(space_size) - math.log2(rank)
 
 
-def rank_exact(canary_lp: float, candidate_lps: torch.Tensor) -> int:
-    """1 + number of other candidates strictly more likely (lower log-perplexity) than the canary."""
-    return 1 + int((candidate_lps < canary_lp).sum())
+def _check_no_nan(canary_lp: float, lps: torch.Tensor) -> None:
+    if math.isnan(canary_lp) or bool(torch.isnan(lps).any()):
+        raise ValueError("log-perplexities must not be NaN (a NaN score has no rank); check the model's output")
+
+
+def _below(canary_lp: float, lps: torch.Tensor) -> float:
+    """#{lower} + #{tied}/2: candidates scored the same as the canary share its place (mid-rank)."""
+    _check_no_nan(canary_lp, lps)
+    return float((lps < canary_lp).sum()) + float((lps == canary_lp).sum()) / 2
+
+
+def rank_exact(canary_lp: float, candidate_lps: torch.Tensor) -> float:
+    """Mid-rank of the canary among the other candidates: 1 + #{lower log-perplexity} + #{equal}/2."""
+    return 1 + _below(canary_lp, candidate_lps)
 
 
 def exposure_sampled(canary_lp: float, sample_lps: torch.Tensor, space_size: int) -> float:
-    """Exposure from a uniform sample of candidates (an upper bound of log2|R| when none beats the canary)."""
-    frac = float((sample_lps < canary_lp).double().mean())
+    """Exposure from a uniform sample of candidates, by mid-rank (log2|R| when none beats or ties the canary)."""
+    if sample_lps.numel() == 0:
+        raise ValueError("need at least one sampled candidate")
+    frac = _below(canary_lp, sample_lps) / sample_lps.numel()
     return exposure_from_rank(1 + frac * (space_size - 1), space_size)
 
 
@@ -154,6 +179,8 @@ def _score(log_perplexity: LogPerplexity, texts: list[str], batch_size: int) -> 
     scores = torch.cat(out) if out else torch.empty(0, dtype=torch.float64)
     if scores.numel() != len(texts):
         raise ValueError(f"log_perplexity returned {scores.numel()} scores for {len(texts)} texts; expected one each")
+    if bool(torch.isnan(scores).any()):
+        raise ValueError("log_perplexity returned NaN scores; a NaN has no rank (check the model's output)")
     return scores
 
 
@@ -175,6 +202,13 @@ def canary_exposure(
     """
     if isinstance(canaries, str | bytes):
         raise TypeError("canaries must be a list of secrets, got a single str; wrap it: canaries=[secret]")
+    if not isinstance(canaries, Sequence) or not all(isinstance(c, str) for c in canaries):
+        raise TypeError(f"canaries must be a list of str secrets, got {canaries!r}")
+    if not isinstance(space, SecretSpace):
+        raise TypeError(f"space must be a SecretSpace, got {type(space).__name__}")
+    for name, value in (("n_samples", n_samples), ("batch_size", batch_size)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{name} must be a positive int, got {value!r}")
     if method not in ("auto", "exact", "sampled", "skewnorm"):
         raise ValueError(f"method must be 'auto', 'exact', 'sampled' or 'skewnorm', got {method!r}")
     for c in canaries:
@@ -195,8 +229,11 @@ def canary_exposure(
             rank = rank_exact(lp, others)
             results.append(Exposure(exposure_from_rank(rank, space.size), "exact", lp, rank))
         return results
-    sample = _score(log_perplexity, [space.render(s) for s in space.sample(n_samples, random.Random(seed))],
-                    batch_size)
+    drawn = space.sample(n_samples, random.Random(seed))
+    sample = _score(log_perplexity, [space.render(s) for s in drawn], batch_size)
     if method == "sampled":
-        return [Exposure(exposure_sampled(lp, sample, space.size), "sampled", lp) for lp in canary_lps.tolist()]
+        # the canary drawn into its own sample would tie with itself: rank it among the other candidates only
+        others = [sample[torch.tensor([s != c for s in drawn], dtype=torch.bool)] for c in canaries]
+        return [Exposure(exposure_sampled(lp, rest, space.size), "sampled", lp)
+                for lp, rest in zip(canary_lps.tolist(), others)]
     return [Exposure(exposure_skewnorm(lp, sample, space.size), "skewnorm", lp) for lp in canary_lps.tolist()]

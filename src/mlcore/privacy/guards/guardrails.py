@@ -34,6 +34,7 @@ from mlcore.privacy.detect import (
     MASK_MIN_SCORE,
     RECOGNIZERS,
     Recognizer,
+    check_positive_int,
     check_str_list,
     check_text,
     detect_pii,
@@ -42,6 +43,7 @@ from mlcore.privacy.guards.injection import detect_injection
 from mlcore.privacy.guards.injection import injection_score as injection_score  # re-exported
 from mlcore.privacy.guards.streaming import StreamScanner
 from mlcore.privacy.keys import normalise
+from mlcore.privacy.recognizers.cards import DASHES
 from mlcore.privacy.spans import PiiSpan, replace_spans, stream_through
 from mlcore.privacy.transforms.masking import make_replacer
 from mlcore.privacy.transforms.vault import Vault
@@ -51,11 +53,11 @@ _RANK = {ALLOW: 0, REDACT: 1, BLOCK: 2}
 WITHHELD = "[response withheld by the output guardrail]"
 
 def long_number_recognizer(max_digits: int) -> Recognizer:
-    """Flags runs of more than `max_digits` digits (single spaces or dashes allowed between them), except a
-    run of separated years ("2019 2020 2021 2022"), which is a list, not a number."""
-    if max_digits < 4:
-        raise ValueError(f"max_digits must be >= 4, got {max_digits}")
-    pattern = re.compile(r"(?<!\d)\d(?:[ -]?\d){" + str(max_digits) + r",}(?!\d)")
+    """Flags runs of more than `max_digits` digits (single spaces or dashes allowed between them, with the
+    card recognizer's separator set: tabs, full-width, Unicode dashes), except a run of separated years
+    ("2019 2020 2021 2022"), which is a list, not a number."""
+    check_positive_int(max_digits, "max_digits", 4)
+    pattern = re.compile(r"(?<!\d)\d(?:[" + re.escape(_SEPARATORS) + r"]?\d){" + str(max_digits) + r",}(?!\d)")
 
     def find_long_numbers(text: str) -> Iterator[PiiSpan]:
         for m in pattern.finditer(text):
@@ -66,7 +68,8 @@ def long_number_recognizer(max_digits: int) -> Recognizer:
     return find_long_numbers
 
 
-_YEARS = re.compile(r"(?:1[89]|20)\d\d(?:[ -](?:1[89]|20)\d\d)+")
+_SEPARATORS = " \t\u00a0\u2007\u2009\u202f\u3000" + DASHES
+_YEARS = re.compile(r"(?:1[89]|20)\d\d(?:[" + re.escape(_SEPARATORS) + r"](?:1[89]|20)\d\d)+")
 
 
 def _digits(value: str) -> str:
@@ -136,7 +139,13 @@ def _reasons(spans: list[PiiSpan], prefix: str = "pii") -> list[str]:
     return [f"{'secret' if k == 'SECRET' else prefix}:{k}" + (f" x{n}" if n > 1 else "") for k, n in counts.items()]
 
 
+def _check_vault(vault: object) -> None:
+    if vault is not None and not isinstance(vault, Vault):
+        raise TypeError(f"vault must be a mlcore.privacy.Vault, got {type(vault).__name__}")
+
+
 def _replacer_for_input(strategy: str, key: bytes | str | None, vault: Vault | None):
+    _check_vault(vault)
     if vault is None:
         return make_replacer(strategy, key)
     if not isinstance(vault, Vault):
@@ -164,7 +173,8 @@ def scan_input(
     """
     check_text(prompt, "prompt")
     blocklist = check_str_list(blocklist, "blocklist")
-    if not 0.0 < injection_threshold <= 1.0:
+    if isinstance(injection_threshold, bool) or not isinstance(injection_threshold, int | float) or not (
+            0.0 < injection_threshold <= 1.0):
         raise ValueError(f"injection_threshold must be in (0, 1], got {injection_threshold}")
     replace = _replacer_for_input(strategy, key, vault)
     spans = detect_pii(prompt, min_score=MASK_MIN_SCORE)
@@ -206,6 +216,7 @@ def scan_output(
         vault: the conversation's vault; its pseudonyms pass, and `safe_text` has the real values revealed.
     """
     check_text(text)
+    _check_vault(vault)
     blocklist = check_str_list(blocklist, "blocklist")
     passes = (*check_str_list(allowed, "allowed"), *check_str_list(allowlist, "allowlist"),
               *(vault.pseudonyms if vault is not None else ()))
@@ -238,6 +249,8 @@ class OutputGuard:
     def __init__(self, *, blocklist: Iterable[str] = (), strategy: str = "redact", key: bytes | str | None = None,
                  hold: int = 64, max_digits: int | None = 12, allowed: Iterable[str] = (),
                  allowlist: Iterable[str] = (), vault: Vault | None = None) -> None:
+        _check_vault(vault)
+        check_positive_int(hold, "hold", 0)
         self._blocklist = [t for t in check_str_list(blocklist, "blocklist") if t]
         self._longest = max((len(t) for t in self._blocklist), default=0)
         passes = (*check_str_list(allowed, "allowed"), *check_str_list(allowlist, "allowlist"),

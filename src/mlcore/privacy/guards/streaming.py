@@ -19,7 +19,17 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 
-from mlcore.privacy.detect import MASK_MIN_SCORE, RECOGNIZERS, Recognizer, check_kinds, check_text, detect_pii
+from mlcore.privacy.detect import (
+    MASK_MIN_SCORE,
+    RECOGNIZERS,
+    Recognizer,
+    check_kinds,
+    check_min_score,
+    check_positive_int,
+    check_recognizers,
+    check_text,
+    detect_pii,
+)
 from mlcore.privacy.spans import PiiSpan, replace_spans
 
 
@@ -51,12 +61,15 @@ class StreamScanner:
     def __init__(self, replace: Callable[[PiiSpan], str], *, kinds: Iterable[str] | None = None,
                  min_score: float = MASK_MIN_SCORE, hold: int = 64, context: int = 64, max_buffer: int = 1 << 16,
                  recognizers: Sequence[Recognizer] = RECOGNIZERS) -> None:
+        for name, value in (("hold", hold), ("context", context), ("max_buffer", max_buffer)):
+            check_positive_int(value, name, 0)
+        check_min_score(min_score)
         if hold < 32:
             raise ValueError(f"hold must be at least 32 characters (the longest grouped card), got {hold}")
         if max_buffer < 4 * hold:
             raise ValueError(f"max_buffer must be at least 4 * hold = {4 * hold}, got {max_buffer}")
         self.replace, self.hold, self.context, self.max_buffer = replace, hold, context, max_buffer
-        self.kinds, self.min_score, self.recognizers = check_kinds(kinds), min_score, tuple(recognizers)
+        self.kinds, self.min_score, self.recognizers = check_kinds(kinds), min_score, check_recognizers(recognizers)
         self._buf = ""
         self._ctx = ""
         self._released = 0  # original characters released so far

@@ -136,9 +136,11 @@ def is_valid_card(digits: str) -> bool:
 
 
 # Separators between printed groups: space, dash, dot, and their typographic cousins (no-break and thin
-# spaces, the Unicode hyphens and dashes) that copy-paste from web pages and PDFs brings along.
-_SPACES = " \u00a0\u2007\u2009\u202f"
-_DASHES = "-\u2010\u2011\u2012\u2013\u2014\u2212"
+# spaces, the Unicode hyphens and dashes) that copy-paste from web pages and PDFs brings along, tabs (tables),
+# and the full-width space and hyphen of CJK input methods.
+_SPACES = " \t\u00a0\u2007\u2009\u202f\u3000"
+_DASHES = "-\u2010\u2011\u2012\u2013\u2014\u2212\uff0d"
+DASHES = _DASHES  # shared with the SSN and long-number recognizers
 SEP_CLASS = "[" + re.escape(_SPACES + _DASHES + ".") + "]"
 # between groups: one separator, or two spaces, or a line break (a number wrapped by a mail client or a PDF
 # column, with at most one space on either side of it). `_RUN` is the definition of a run of digit groups;

@@ -29,14 +29,21 @@ from mlcore.privacy.spans import PiiSpan
 # ("xn--p1ai"). The scan starts from each "@" (a literal search, much cheaper than trying every position).
 _EMAIL = re.compile(
     r"(?<![\w.%+-])(?=[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]{1,64}@)[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*"
-    r"@(?:[^\W_](?:[\w-]{0,61}[^\W_])?\.)+(?:[^\W\d_]{2,24}|xn--[A-Za-z0-9-]{1,59})(?![\w-])"
+    r"@(?:[^\W_](?:(?:[^\W_]|-){0,61}[^\W_])?\.)+(?:[^\W\d_]{2,24}|xn--[A-Za-z0-9-]{1,59})(?![\w-])"
 )
+_LOCAL_LAST = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789!#$%&'*+/=?^_`{|}~-")
+_DOMAIN_FIRST = re.compile(r"[^\W_]")
 _CONNECTION_USER = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s/@:]*:$")
 
 
 def find_emails(text: str) -> Iterator[PiiSpan]:
     at = text.find("@")
     while at >= 0:
+        # an address holds one "@", between a local-part character and a domain letter or digit: checking
+        # those two first keeps a run of "@" from re-running the pattern over ~385 characters per "@"
+        if not (0 < at < len(text) - 1 and text[at - 1] in _LOCAL_LAST and _DOMAIN_FIRST.match(text, at + 1)):
+            at = text.find("@", at + 1)
+            continue
         lo = max(0, at - 65)
         for m in _EMAIL.finditer(text, lo, min(len(text), at + 320)):
             if m.start() <= at < m.end():
@@ -156,8 +163,9 @@ def find_phones(text: str) -> Iterator[PiiSpan]:
 
 _IPV4 = re.compile(r"[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}(?![\w]|\.\d)")
 _FREE_IP4 = _not_after("_.")
-# the embedded-IPv4 tail is tried first: "::ffff:192.168.1.1" must not stop at "::ffff:192"
-_IPV6 = re.compile(r"(?:[0-9A-Fa-f]{0,4}:){2,7}(?:(?:\d{1,3}\.){3}\d{1,3}|[0-9A-Fa-f]{1,4})?(?![\w:])")
+# the embedded-IPv4 tail is tried first: "::ffff:192.168.1.1" must not stop at "::ffff:192"; up to 8 "hex:"
+# repeats, for the forms "1:2:3:4:5:6:7::" and "::2:3:4:5:6:7:8"
+_IPV6 = re.compile(r"(?:[0-9A-Fa-f]{0,4}:){2,8}(?:(?:\d{1,3}\.){3}\d{1,3}|[0-9A-Fa-f]{1,4})?(?![\w:])")
 _HEX_COLON = frozenset("0123456789abcdefABCDEF:")
 
 
@@ -180,7 +188,7 @@ def ipv6_valid(text: str) -> bool:
     if groups and "." in groups[-1]:
         if not ipv4_valid(groups[-1]):
             return False
-        groups, width = groups[:-1], 7
+        groups, width = groups[:-1], 6  # the IPv4 tail stands for two 16-bit groups
     if any(not (1 <= len(g) <= 4) or any(c not in "0123456789abcdefABCDEF" for c in g) for g in groups):
         return False
     return len(groups) < width if sep else len(groups) == width
@@ -189,6 +197,7 @@ def ipv6_valid(text: str) -> bool:
 def _ipv6_candidates(text: str) -> Iterator[re.Match[str]]:
     """IPv6 matches, tried only where two colons sit within five characters of each other (speed)."""
     n, pos = len(text), text.find(":")
+    run_lo = run_hi = tried = -1  # the last colon run walked back over; the last start tried
     while 0 <= pos < n - 1:
         nxt = text.find(":", pos + 1, pos + 6)
         if nxt < 0:
@@ -197,10 +206,19 @@ def _ipv6_candidates(text: str) -> Iterator[re.Match[str]]:
         k = pos
         while k > 0 and pos - k < 4 and text[k - 1] in _HEX_COLON:
             k -= 1
+        # walk back to the start of a colon run; a run already walked is jumped over, else a long run of
+        # ':' is rewalked at every colon in it (quadratic)
+        hi = k
         while k > 0 and text[k - 1] == ":":
+            if run_lo < k <= run_hi:
+                k = run_lo
+                break
             k -= 1
+        if k < hi:
+            run_lo, run_hi = k, max(hi, run_hi) if k == run_lo else hi
         m = None
-        if k == 0 or not (text[k - 1].isalnum() or text[k - 1] in "_:."):
+        if k != tried and (k == 0 or not (text[k - 1].isalnum() or text[k - 1] in "_:.")):
+            tried = k  # the same start gives the same (failed) match
             m = _IPV6.match(text, k)
         if m is not None:
             yield m

@@ -203,7 +203,17 @@ _CLAUSE_BREAKS = ("\n", ";", "|", ". ")
 
 
 _ABBREVIATIONS = frozenset(("no", "nr", "tel", "acct", "acc", "num", "ph", "ref", "approx", "dept", "st", "mr", "ms",
-                            "dr", "d.o.b", "e.g", "i.e", "vs", "ext"))
+                            "dr", "d.o.b", "dob", "e.g", "i.e", "vs", "ext"))
+
+
+def _after_abbreviation(text: str, k: int) -> bool:
+    """True if the word ending at `k` is in `_ABBREVIATIONS`, read with its inner dots ("D.O.B", "e.g"):
+    `letters_before` alone stops at the last dot and sees only "B"."""
+    j = k
+    while j > 0 and (text[j - 1].isalpha() or text[j - 1] in "._"):
+        j -= 1
+    return (letters_before(text, k).lower() in _ABBREVIATIONS
+            or text[j:k].lstrip(".").lower() in _ABBREVIATIONS)
 
 
 def _window_start(text: str, start: int, window: int) -> int:
@@ -212,7 +222,7 @@ def _window_start(text: str, start: int, window: int) -> int:
     lo = max(0, start - window)
     for brk in _CLAUSE_BREAKS:
         k = text.rfind(brk, lo, start)
-        while brk == ". " and k >= lo and letters_before(text, k).lower() in _ABBREVIATIONS:
+        while brk == ". " and k >= lo and _after_abbreviation(text, k):
             k = text.rfind(brk, lo, k)
         if k >= 0:
             lo = max(lo, k + len(brk))

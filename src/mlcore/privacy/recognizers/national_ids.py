@@ -33,6 +33,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 
+from mlcore.privacy.recognizers.cards import DASHES
 from mlcore.privacy.recognizers.checksums import luhn_valid
 from mlcore.privacy.recognizers.classes import find_all, nino_classes, ssn_classes
 from mlcore.privacy.recognizers.context import (
@@ -44,7 +45,12 @@ from mlcore.privacy.recognizers.context import (
 )
 from mlcore.privacy.spans import PiiSpan
 
-_SSN = re.compile(r"([0-9]{3})([-. ]?)([0-9]{2})\2([0-9]{4})(?![\w]|[.-][0-9])")
+# separators: dot, space, or any dash the card recognizer accepts (U+2010 hyphen, U+2013 en dash, ...: what
+# word processors and copy-paste turn "-" into). Such text is not ASCII, so the class-string prefilter in
+# `_ssn_matches` is bypassed for it and this pattern sees it whole.
+_SSN = re.compile(r"([0-9]{3})([. " + re.escape(DASHES) + r"]?)([0-9]{2})\2([0-9]{4})(?![\w]|[." + re.escape(DASHES)
+                  + r"][0-9])")
+_DASH_OR_DOT = "." + DASHES
 DUMMY_SSNS = frozenset(("123456789", "078051120", "219099999", "111111111", "987654320", "987654321"))
 DUMMY_SCORE = 0.3
 
@@ -64,11 +70,11 @@ def classify_ssn(area: int, group: int, serial: int) -> str | None:
 
 def _free(text: str, s: int, e: int) -> bool:
     """Not inside a longer number, decimal or identifier (the SSN regex carries no look-arounds: speed)."""
-    if s > 0 and (text[s - 1].isdigit() or text[s - 1] in "_.-"):
+    if s > 0 and (text[s - 1].isdigit() or text[s - 1] == "_" or text[s - 1] in _DASH_OR_DOT):
         return False
     if e < len(text) and (text[e].isalnum() or text[e] == "_"):
         return False
-    return not (e + 1 < len(text) and text[e] in ".-" and text[e + 1].isdigit())
+    return not (e + 1 < len(text) and text[e] in _DASH_OR_DOT and text[e + 1].isdigit())
 
 
 # A reported SSN never follows a digit, "_", "." or "-" (see `_free`), so in the class string it is one of
@@ -118,7 +124,7 @@ def find_national_ids(text: str) -> Iterator[PiiSpan]:
         if m.start() > 0 and text[m.start() - 1].isalpha():  # glued to a word: "ssn123-45-6789", "x123-45-6789"
             word = letters_before(text, m.start())
             k = m.start() - len(word)
-            if sep != "-" or word.lower() in ID_PREFIXES or (k > 0 and text[k - 1].isdigit()):
+            if not sep or sep not in DASHES or word.lower() in ID_PREFIXES or (k > 0 and text[k - 1].isdigit()):
                 continue
             score = 0.6
         elif sep == ".":

@@ -21,9 +21,9 @@ import os
 import re
 from collections.abc import Callable, Iterable, Iterator
 
-from mlcore.privacy.detect import MASK_MIN_SCORE, check_kinds, check_text, detect_pii
+from mlcore.privacy.detect import MASK_MIN_SCORE, check_kinds, check_text, detect_pii, excerpt
 from mlcore.privacy.keys import check_key, derive, keyed_digest, normalise
-from mlcore.privacy.spans import PiiSpan, replace_spans, stream_through
+from mlcore.privacy.spans import KINDS, PiiSpan, replace_spans, stream_through
 from mlcore.privacy.transforms.pseudonym import SECRET_PREFIXES, pseudonym_for
 
 STRATEGIES = ("redact", "mask", "hash", "pseudonym", "encrypt")
@@ -74,6 +74,20 @@ def make_replacer(strategy: str, key: bytes | str | None = None) -> Callable[[Pi
     return lambda s: _encrypt(aes_key, s.kind, s.text)
 
 
+def _check_spans(text: str, spans: list[PiiSpan]) -> None:
+    """Caller-supplied spans must be what `detect_pii` would give: int offsets, a known kind, and `text` equal
+    to the characters they cover (the keyed strategies replace `span.text`, so a stale span would hash,
+    pseudonymize or encrypt the wrong value)."""
+    for s in spans:
+        if isinstance(s.start, bool) or isinstance(s.end, bool) or not (isinstance(s.start, int) and isinstance(s.end, int)):
+            raise TypeError(f"spans must have int start and end, got {s.start!r}, {s.end!r}")
+        if s.kind not in KINDS:
+            raise ValueError(f"spans contains unknown kind {excerpt(s.kind)}; expected one of {list(KINDS)}")
+        if 0 <= s.start < s.end <= len(text) and text[s.start : s.end] != s.text:
+            raise ValueError(f"spans must match text: the {s.kind} span at {s.start}:{s.end} covers other characters "
+                             "than its .text")
+
+
 def mask_pii(
     text: str,
     *,
@@ -101,6 +115,7 @@ def mask_pii(
         raise TypeError(f"spans must be a list of PiiSpan (as detect_pii returns), got {spans!r:.80}")
     else:
         spans = list(spans)
+        _check_spans(text, spans)
         bad = [s for s in spans if not 0 <= s.start < s.end <= len(text)]
         if bad:
             raise ValueError(f"spans must lie inside text (length {len(text)}), got {bad[0]}")
@@ -144,7 +159,8 @@ def mask_stream(
     """
     from mlcore.privacy.guards.streaming import StreamScanner
 
+    # arguments are checked here, at the call; only the chunks are consumed lazily
     scanner = StreamScanner(make_replacer(strategy, key), kinds=kinds, min_score=min_score, max_buffer=max_buffer)
     if isinstance(chunks, str):
         raise TypeError("chunks must be an iterable of str chunks, not a single str (use mask_pii)")
-    yield from stream_through(chunks, scanner.feed, scanner.flush)
+    return stream_through(chunks, scanner.feed, scanner.flush)

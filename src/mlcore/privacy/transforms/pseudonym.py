@@ -24,7 +24,7 @@ import re
 import string
 from collections.abc import Callable, Iterable
 
-from mlcore.privacy.detect import MASK_MIN_SCORE, check_kinds, check_text, detect_pii
+from mlcore.privacy.detect import MASK_MIN_SCORE, check_kinds, check_min_score, check_text, detect_pii
 from mlcore.privacy.keys import check_key, keyed_digest, normalise
 from mlcore.privacy.recognizers.cards import BRANDS, card_brand
 from mlcore.privacy.recognizers.checksums import aba_check_digit, iban_check_digits, luhn_check_digit
@@ -129,6 +129,44 @@ def _phone(value: str, rng: random.Random) -> str:
     return "".join(out)
 
 
+def _digits_into(value: str, digits: str) -> str:
+    """`value` with its digits replaced, in order, by `digits` (separators kept)."""
+    it = iter(digits)
+    return "".join(next(it) if c.isdigit() else c for c in value)
+
+
+def _card_expiry(value: str, rng: random.Random) -> str:
+    """A real month (01-12); a four-digit year stays 20xx (what the expiry recognizer reads)."""
+    m = re.fullmatch(r"[0-9]{2}( ?[/-] ?)([0-9]{2}|[0-9]{4})", value)
+    if m is None:
+        return _fill(value, rng)
+    year = f"{rng.randrange(100):02d}"
+    return f"{rng.randint(1, 12):02d}{m.group(1)}{'20' + year if len(m.group(2)) == 4 else year}"
+
+
+_NINO_FIRST, _NINO_SECOND = "ABCEGHJKLMNOPRSTWXYZ", "ABCEGHJKLMNPRSTWXYZ"
+
+
+def _uk_nino(value: str, rng: random.Random) -> str:
+    """Letters from HMRC's allowed prefix sets (not BG, GB, KN, NK, NT, TN, ZZ), suffix A-D, digits redrawn."""
+    letters = [i for i, c in enumerate(value) if c.isalpha()]
+    out = list(_fill(value, rng))
+    if len(letters) == 3:
+        prefix = "GB"
+        while prefix in ("BG", "GB", "KN", "NK", "NT", "TN", "ZZ"):
+            prefix = rng.choice(_NINO_FIRST) + rng.choice(_NINO_SECOND)
+        out[letters[0]], out[letters[1]], out[letters[2]] = prefix[0], prefix[1], rng.choice("ABCD")
+    return "".join(out)
+
+
+def _ca_sin(value: str, rng: random.Random) -> str:
+    """Nine digits, first not 0 or 8, Luhn-valid (what the SIN recognizer accepts), separators kept."""
+    if sum(c.isdigit() for c in value) != 9:
+        return _fill(value, rng)
+    body = rng.choice("12345679") + "".join(rng.choice(string.digits) for _ in range(7))
+    return _digits_into(value, body + luhn_check_digit(body))
+
+
 def _date(value: str, rng: random.Random) -> str:
     m = DATE_PATTERN.fullmatch(value)
     d = dt.date(1940, 1, 1) + dt.timedelta(days=rng.randrange(365 * 65))
@@ -157,6 +195,7 @@ def _secret(value: str, rng: random.Random) -> str:
 
 def pseudonym_for(kind: str, value: str, key: bytes, *, counter: int = 0) -> str:
     """The format-preserving pseudonym of `value` (of `kind`) under `key`; `counter` re-draws on collision."""
+    key = check_key(key, purpose="pseudonym")
     seed = keyed_digest(key, kind, normalise(kind, value) + f"\x00{counter}", purpose="pseudonym")
     rng = random.Random(int.from_bytes(seed, "big"))
     for _ in range(16):  # never hand back the original itself
@@ -177,6 +216,12 @@ def pseudonym_for(kind: str, value: str, key: bytes, *, counter: int = 0) -> str
                    else "fd00:" + ":".join(f"{rng.getrandbits(16):x}" for _ in range(7)))
         elif kind == "DATE_OF_BIRTH":
             out = _date(value, rng)
+        elif kind == "CARD_EXPIRY":
+            out = _card_expiry(value, rng)
+        elif kind == "UK_NINO":
+            out = _uk_nino(value, rng)
+        elif kind == "CA_SIN":
+            out = _ca_sin(value, rng)
         else:
             out = _secret(value, rng)
         if normalise(kind, out) != normalise(kind, value):
@@ -200,7 +245,7 @@ class Pseudonymizer:
                  min_score: float = MASK_MIN_SCORE) -> None:
         self._key = check_key(key, purpose="pseudonymization")
         self._kinds = check_kinds(kinds)
-        self._min_score = min_score
+        self._min_score = check_min_score(min_score)
         self.vault: dict[str, str] | None = {} if vault else None  # pseudonym -> original
         self._forward: dict[tuple[str, str], str] = {}
 
@@ -234,14 +279,18 @@ class Pseudonymizer:
         return replace_spans(text, spans, lambda s: self.pseudonym(s.kind, s.text))
 
     def reveal(self, text: str) -> str:
-        """Undo `pseudonymize` using the vault (longest pseudonyms first)."""
+        """Undo `pseudonymize` using the vault, in one pass over `text` (longest pseudonym first at each
+        position), so a short pseudonym is never matched inside an original already put back.
+
+        Any occurrence of a pseudonym is revealed, including ordinary text that happens to equal a short one
+        (a CVV pseudonym "111" inside "4111" too): reveal only text this Pseudonymizer produced."""
         check_text(text)
         if self.vault is None:
             raise ValueError("reveal needs the vault: create the Pseudonymizer with vault=True")
-        for fake in sorted(self.vault, key=len, reverse=True):
-            if fake in text:
-                text = text.replace(fake, self.vault[fake])
-        return text
+        if not self.vault:
+            return text
+        pattern = re.compile("|".join(map(re.escape, sorted(self.vault, key=len, reverse=True))))
+        return pattern.sub(lambda m: self.vault[m.group()], text)
 
     unmask = reveal
 
