@@ -181,11 +181,35 @@ def test_decoder_refuses_bad_arguments_and_a_full_cache():
         decoder.step(torch.zeros(2, 1, dtype=torch.long), tok)
     with pytest.raises(ValueError, match="int64"):  # later steps skip dynamo's guards: step checks dtypes itself
         decoder.step(tok.float(), tok)
+    with pytest.raises(ValueError, match="token and positions must be int64"):
+        decoder.step([[1]], [[1]])
+    for kw, word in ((dict(dtype="float32"), "dtype"), (dict(dtype=torch.int64), "dtype"),
+                     (dict(dtype=torch.float16), "differs from the model"), (dict(device="xyz"), "device")):
+        with pytest.raises(ValueError, match=word):
+            CompiledDecoder(model, batch=1, max_len=4, **kw)
     with torch.no_grad():
-        model(torch.zeros(1, 4, dtype=torch.long), cache=decoder.start())  # fills all 4 columns eagerly
+        model(torch.zeros(1, 2, dtype=torch.long), cache=decoder.start())
+    # the compiled kernels index without bounds checks: values are checked before the graph runs
+    vocab, limit = model.config.vocab_size, model.config.max_seq_len
+    for bad_token, bad_pos, word in ((vocab, 2, "token"), (-1, 2, "token"), (1, limit, "positions")):
+        with pytest.raises(ValueError, match=word):
+            decoder.step(torch.full((1, 1), bad_token), torch.full((1, 1), bad_pos))
+    with torch.no_grad():
+        model(torch.zeros(1, 2, dtype=torch.long), cache=decoder.cache, position_ids=torch.tensor([[2, 3]]))
     with pytest.raises(ValueError, match="full"):
         decoder.step(tok, tok)
     assert decoder.steps == 0
+
+
+def test_a_decoder_first_used_under_inference_mode_serves_later_calls():
+    """The decoder is kept per model: built under torch.inference_mode its cache (and batch-1 tiles) were
+    inference tensors, and every later compile=True call outside that mode failed writing them in place."""
+    model = Transformer(_config()).eval()
+    ids = torch.randint(0, 64, (1, 5), generator=torch.Generator().manual_seed(0))
+    eager = generate(model, ids, max_new_tokens=4)
+    with torch.inference_mode():
+        assert torch.equal(generate(model, ids, max_new_tokens=4, compile=True), eager)
+    assert torch.equal(generate(model, ids, max_new_tokens=4, compile=True), eager)
 
 
 @pytest.mark.slow

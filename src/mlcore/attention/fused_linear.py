@@ -214,7 +214,8 @@ class LinearFusion:
         old, self._tiles = self._tiles, None
         if any(t is not None and t.is_inference() for t in srcs):
             return  # no version counter: a change could not be seen
-        tiles = [tiled_weight(w) for w in srcs[0::2] if w is not None]
+        with torch.inference_mode(False):  # refilled in place by later calls, which may run outside that mode
+            tiles = [tiled_weight(w) for w in srcs[0::2] if w is not None]
         if old is not None and _layout(old) == _layout(tiles):
             for a, b in zip(old, tiles):  # edited weights: refill the same tensors, which a compiled graph reads
                 if a is not None:

@@ -259,12 +259,24 @@ class CompiledDecoder:
             raise ValueError(f"max_len must be an int in [1, max_seq_len={model.config.max_seq_len}], got {max_len!r}")
         if mode not in COMPILE_MODES:
             raise ValueError(f"mode must be one of {COMPILE_MODES}, got {mode!r}")
+        if dtype is not None and (not isinstance(dtype, torch.dtype) or not dtype.is_floating_point):
+            raise ValueError(f"dtype must be None or a floating torch.dtype (the cache's), got {dtype!r}")
         p = next(model.parameters())
+        if dtype is not None and dtype != p.dtype:  # the attention layers refuse k / v of another dtype than q
+            raise ValueError(f"dtype={dtype} differs from the model's {p.dtype}: cast the model instead")
+        if device is not None:
+            try:
+                device = torch.device(device)
+            except (RuntimeError, TypeError) as err:
+                raise ValueError(f"device must name a torch device, got {device!r}") from err
         self.batch, self.max_len, self.mode = batch, max_len, mode
         self.dtype = dtype or p.dtype
         self.device = torch.device(device) if device is not None else p.device
         self._model = weakref.ref(model)  # the decoder is kept per model (decoder_for): no strong cycle
-        self.cache = StaticCache.for_model(model, batch, max_len, dtype=self.dtype, device=self.device)
+        # Normal tensors even when built under torch.inference_mode: the decoder is kept per model and reused,
+        # and a later call outside inference mode writes these buffers in place (refused on inference tensors)
+        with torch.inference_mode(False):
+            self.cache = StaticCache.for_model(model, batch, max_len, dtype=self.dtype, device=self.device)
         self.cudagraphs = mode == "reduce-overhead" and self.device.type == "cuda"
         if self.cudagraphs:  # buffers written in place inside a CUDA graph must keep their addresses
             for t in (*self.cache.keys.values(), *self.cache.values.values(), self.cache.index):
@@ -279,7 +291,8 @@ class CompiledDecoder:
         self._fn: Callable[..., Tensor] | None = None
         self._weights: tuple[int, ...] | None = None  # the weights' state when the frozen graph was made
         self._traced = False  # the current compiled function has run (was traced) once
-        self._column = torch.zeros(1, dtype=torch.long, device=self.device)
+        with torch.inference_mode(False):  # written in place by every step, whatever mode the caller is in
+            self._column = torch.zeros(1, dtype=torch.long, device=self.device)
         self._guarded = False  # a step since start() ran with dynamo's guards checked
         self._capture: GraphCapture | None = None  # the backend that keeps the graph dynamo ran (not on CUDA graphs)
         self._direct: DirectCall | None = None  # the graph and its inputs for steps after the guarded one
@@ -374,8 +387,15 @@ class CompiledDecoder:
         self._direct = None
         return self.cache
 
-    def step(self, token: Tensor, positions: Tensor) -> Tensor:
-        """Decode token (B, 1) at positions (B, 1), written at the cache's next column; return logits (B, 1, V)."""
+    def step(self, token: Tensor, positions: Tensor, *, validate: bool = True) -> Tensor:
+        """Decode token (B, 1) at positions (B, 1), written at the cache's next column; return logits (B, 1, V).
+
+        ``validate`` also checks the values (token ids in the vocabulary, positions in the model's range: the
+        compiled kernels index without bounds checks), which waits on the device; ``generate``, whose tokens and
+        positions are in range by construction, steps with it off."""
+        if not isinstance(token, Tensor) or not isinstance(positions, Tensor):
+            raise ValueError(f"token and positions must be int64 ({self.batch}, 1) tensors, got "
+                             f"{type(token).__name__} and {type(positions).__name__}")
         if token.shape != (self.batch, 1) or positions.shape != (self.batch, 1):
             raise ValueError(f"token and positions must be ({self.batch}, 1), got {tuple(token.shape)} and "
                              f"{tuple(positions.shape)}")
@@ -386,6 +406,14 @@ class CompiledDecoder:
         length = self.cache.get_seq_length()
         if length >= self.max_len:
             raise ValueError(f"CompiledDecoder cache is full (max_len={self.max_len})")
+        if validate:
+            config = self.model.config
+            if int(token.min()) < 0 or int(token.max()) >= config.vocab_size:
+                raise ValueError(f"token must hold ids in [0, vocab_size={config.vocab_size}), got "
+                                 f"[{int(token.min())}, {int(token.max())}]")
+            if int(positions.min()) < 0 or int(positions.max()) >= config.max_seq_len:
+                raise ValueError(f"positions must lie in [0, max_seq_len={config.max_seq_len}), got "
+                                 f"[{int(positions.min())}, {int(positions.max())}]")
         self._column.fill_(length)  # a write into the same tensor: the graph's inputs keep their identity
         if self.cudagraphs:
             torch.compiler.cudagraph_mark_step_begin()

@@ -16,6 +16,7 @@ whole prompt.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from numbers import Integral
 from typing import Any
@@ -205,7 +206,7 @@ def generate(
     if decoder is not None:
         if positions is None:  # the compiled step always takes positions as a tensor (no per-step Python int)
             positions = torch.full((B, 1), T - 1, dtype=torch.long, device=input_ids.device)
-        run_step = decoder.step
+        run_step = functools.partial(decoder.step, validate=False)  # ids and positions in range by construction
     else:
         def run_step(token: Tensor, positions: Tensor | None) -> Tensor:
             return model(token, cache=kv, position_ids=positions, logits_to_keep=1, validate=False)
