@@ -156,6 +156,7 @@ def run(ctx: Context) -> Iterator[Result]:
                 device=dev, dtype=dtype_name, timing=t, memory_bytes=mem,
                 twin=None if is_twin else "torch.nn.functional.scaled_dot_product_attention",
                 twin_timing=None if is_twin else twin_t, extra=extra,
+                extra_runs={"memory_vs_naive": None},  # a byte count: no timing spread applies to it
                 goal=_goal(ctx, name, mode, T, D, causal, Ts),
             )  # fmt: skip
         del q, k, v

@@ -235,5 +235,6 @@ def run(ctx: Context) -> Iterator[Result]:
                 device=ctx.device, dtype="float32", timing=m["timing"], memory_bytes=m["peak"],
                 twin={"lora": "peft LoRA", "qlora": "peft LoRA + bitsandbytes NF4"}.get(method),
                 twin_timing=measured[twin]["timing"] if twin else None, extra=extra,
+                extra_runs={"memory_vs_full": None, "base_bytes_per_param": None},  # byte counts, not timings
                 goal=_goals(model_name, method) or None,
             )

@@ -107,6 +107,8 @@ def fake_suite(tmp_path, monkeypatch):
     """))
     (pkg / "bad.py").write_text("def run(ctx):\n    raise RuntimeError('deliberate failure')\n")
     monkeypatch.syspath_prepend(str(tmp_path))
+    for name in [m for m in sys.modules if m.split(".")[0] == "fakebench"]:  # an earlier test's tmp_path
+        monkeypatch.delitem(sys.modules, name)
     monkeypatch.setattr("mlcore.bench.suite.probe_machine", lambda dev, quick: describe_machine(dev))
     return tmp_path
 
@@ -152,3 +154,48 @@ def test_roofline_suite_end_to_end(tmp_path):
     # fractions only (no speed claims in tests): finite and positive, whatever the load on the machine
     assert matmul and all(0 < r["extra"]["frac_peak_flops"] < float("inf") for r in matmul)
     assert (report_dir / "roofline_matmul_gflops_vs_n.png").exists()
+
+
+def test_time_fn_refuses_non_finite_min_run_time():
+    for bad in (float("nan"), float("inf")):  # NaN passed "<= 0" and then never stopped measuring
+        with pytest.raises(ValueError, match="min_run_time"):
+            time_fn(lambda: None, min_run_time=bad)
+
+
+def test_time_fn_and_peak_memory_refuse_devices_they_cannot_measure():
+    for dev in ("meta", "mps"):  # was host-timed without a synchronize
+        with pytest.raises(ValueError, match="'cpu' or 'cuda'"):
+            time_fn(lambda: None, device=dev, min_run_time=0.01)
+    if not torch.cuda.is_available():  # was a TypeError from deep inside torch.cuda
+        for call in (lambda: time_fn(lambda: None, device="cuda"), lambda: peak_memory(lambda: None, device="cuda")):
+            with pytest.raises(ValueError, match="no CUDA GPU"):
+                call()
+
+
+def test_roofline_refuses_nan_seconds_and_dtypes_without_a_ceiling():
+    probe = describe_machine(torch.device("cpu"))
+    probe.read_gbs, probe.matmul_flops = 10.0, {"float32": 1e11, "bfloat16": 4e11}
+    with pytest.raises(ValueError, match="seconds"):
+        roofline(seconds=float("nan"), flops=1e9, probe=probe)
+    assert roofline(seconds=1.0, flops=1e11, probe=probe, dtype=torch.float32)["frac_peak_flops"] == 1.0
+    for dtype in ("float16", "fp32"):  # was bfloat16's ceiling, silently
+        with pytest.raises(ValueError, match=f"{dtype}.*probed: float32, bfloat16"):
+            roofline(seconds=1.0, flops=1e9, probe=probe, dtype=dtype)
+
+
+def test_topic_yielding_a_non_result_fails_alone(fake_suite):
+    (fake_suite / "fakebench" / "notresult.py").write_text("def run(ctx):\n    yield {'name': 'oops'}\n")
+    out = run_suite(["good", "notresult"], device="cpu", out=fake_suite / "reports", package="fakebench")
+    data = json.loads((out / "results.json").read_text())
+    assert [r["benchmark"] for r in data["results"]] == ["good"] and "not a Result" in data["failures"]["notresult"]
+    assert "## notresult" in (out / "REPORT.md").read_text()
+
+
+def test_cli_exits_1_when_a_topic_failed(fake_suite, monkeypatch, capsys):
+    from benchmarks.__main__ import main
+
+    monkeypatch.setattr("benchmarks.__main__.run_suite", lambda names, **kw: run_suite(names, **kw,
+                                                                                       package="fakebench"))
+    assert main(["good", "bad", "--device", "cpu", "--out", str(fake_suite / "reports")]) == 1
+    assert "1 benchmark(s) failed: bad" in capsys.readouterr().err.splitlines()[-1]
+    assert main(["good", "--device", "cpu", "--out", str(fake_suite / "reports")]) == 0

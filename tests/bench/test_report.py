@@ -150,3 +150,52 @@ def test_results_json_keeps_the_old_keys_and_adds_the_new(report):
 def test_goal_rows_count_each_goal_once():
     rows = goal_rows([_r(goal=[Goal(">=", 1, "a", metric="median"), Goal("<", 1, "b", metric="median")])])
     assert [(row["label"], row["met"]) for row in rows] == [("a", True), ("b", False)]
+
+
+@pytest.mark.parametrize("params", [{"unit": "bytes"}, {"task": float("nan")}, {"mode": frozenset({"a"})},
+                                    {"task": ["a", "b"]}])
+def test_odd_params_do_not_cost_the_report(tmp_path, params):
+    probe = describe_machine(torch.device("cpu"))
+    results = [_r(params=params), _r("y", params={"task": "other"}, unit="MB/s")]
+    report = write_report(tmp_path, probe=probe, results=results, failures={}, plots={}, meta={})
+    text = report.read_text()  # was StopIteration / unhashable TypeError, REPORT.md never written
+    assert "| x |" in text and "| y |" in text and (tmp_path / "results.json").exists()
+
+
+def test_goal_carries_the_flags_of_the_figures_it_rests_on():
+    fast = _r(median=0.05, spread=0.001, runs=20, twin="hf", twin_median=0.04, twin_runs=25, twin_spread=0.001,
+              extra={"speedup_vs_naive": 24.0, "memory_vs_naive": 0.1}, extra_runs={"speedup_vs_naive": 1,
+                                                                                      "memory_vs_naive": None},
+              goal=[Goal(">=", 20, "vs naive", metric="speedup_vs_naive"), Goal("<=", 0.2, "mem", metric="memory_vs_naive")])
+    rows = goal_rows([fast])
+    assert rows[0]["flags"] == ["baseline 1 run"]  # the naive time was a single run: flagged
+    noisy = _r(runs=10, spread=0.5, extra={"memory_vs_naive": 0.1}, extra_runs={"memory_vs_naive": None},
+               goal=Goal("<=", 0.2, "mem", metric="memory_vs_naive"))
+    assert goal_rows([noisy])[0]["flags"] == [] and noisy.flags == ["IQR 50%"]  # memory is not a timing
+    assert _r(runs=10, spread=float("nan")).flags == ["IQR nan%"]
+
+
+def test_numpy_and_tensor_figures_are_numbers(tmp_path):
+    np = pytest.importorskip("numpy")
+    for v in (np.float32(0.95), np.int64(1), torch.tensor(0.95)):
+        r = _r(extra={"recall": v}, goal=Goal(">=", np.float32(0.9), "recall", metric="recall"))
+        assert r.to_dict()["goals"][0]["met"] is True  # was None: "not measured"
+    r = _r(median=np.float32(2.0), twin="t", twin_median=torch.tensor(1.0), extra={"recall": np.float32(0.5)})
+    assert type(r.median) is float and type(r.twin_median) is float and r.speedup == 0.5
+    write_report(tmp_path, probe=describe_machine(torch.device("cpu")), results=[r], failures={}, plots={}, meta={})
+    assert json.loads((tmp_path / "results.json").read_text())["results"][0]["extra"]["recall"] == 0.5
+
+
+def test_cosmetics():
+    from mlcore.bench.tables import fmt, fmt_bytes
+
+    assert fmt(9999.9) == "1.000e+04" and fmt(1234.5) == "1234"  # was "1e+04"
+    assert fmt_bytes(2**20 - 1) == "1.0 MiB" and fmt_bytes(1023.6) == "1.0 KiB"  # was "1024.0 KiB"
+    rows = [line for line in write_report_text(_r(goal=Goal(">=", 1.0, "a | b", metric="median"))) if "a \\| b" in line]
+    assert rows and rows[0].count(" | ") == 4  # the label's "|" is escaped: still five cells
+
+
+def write_report_text(result: Result) -> list[str]:
+    from mlcore.bench.report import summary_table
+
+    return summary_table([result], ["demo"], {})

@@ -19,6 +19,8 @@ from collections.abc import Callable, Iterator
 import torch
 from torch.profiler import ProfilerActivity, profile
 
+from .timing import check_device
+
 
 @contextlib.contextmanager
 def _quiet_native_stderr() -> Iterator[None]:
@@ -63,7 +65,7 @@ def _cpu_peak(fn: Callable[[], object]) -> int:
 
 def peak_memory(fn: Callable[[], object], *, device: torch.device | str = "cpu") -> int:
     """Bytes of tensor memory at the peak of ``fn()`` above what was live before it."""
-    device = torch.device(device)
+    device = check_device(device)
     if device.type == "cuda":
         with torch.cuda.device(device):
             torch.cuda.synchronize()
@@ -74,6 +76,4 @@ def peak_memory(fn: Callable[[], object], *, device: torch.device | str = "cpu")
             peak = torch.cuda.max_memory_allocated() - before
             del result
         return int(peak)
-    if device.type != "cpu":
-        raise ValueError(f"device must be 'cpu' or 'cuda', got {device}")
     return _cpu_peak(fn)

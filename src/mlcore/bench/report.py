@@ -8,12 +8,13 @@ its narrow tables (see ``tables.py``) and plots.
 from __future__ import annotations
 
 import json
+import traceback
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
 from .probe import Probe
-from .schema import MAX_REL_SPREAD, MIN_RUNS, Plot, Result, Table
+from .schema import MAX_REL_SPREAD, MIN_RUNS, Plot, Result, Table, as_number
 from .tables import fmt, fmt_bytes, fmt_speedup, results_table, topic_tables
 
 __all__ = ["draw_plot", "goal_rows", "probe_table", "results_table", "summary_table", "write_report"]
@@ -40,7 +41,7 @@ def goal_rows(results: list[Result]) -> list[dict[str, Any]]:
         for goal in r.goals:
             value = goal.value_of(r)
             rows.append({"topic": r.benchmark, "label": goal.label, "value": value, "goal": goal,
-                         "met": goal.met(value), "flags": r.flags, "result": r.name})
+                         "met": goal.met(value), "flags": r.flags_for(goal.metric), "result": r.name})
     return rows
 
 
@@ -62,7 +63,8 @@ def summary_table(results: list[Result], topics: list[str], failures: dict[str, 
         status = {True: "✅ met", False: "❌ not met", None: "— not measured"}[row["met"]]
         if row["flags"]:
             status += f" (⚠ {', '.join(row['flags'])})"
-        lines.append(f"| {row['topic']} | {row['label']} | {measured or '—'} | "
+        label = row["label"].replace("|", "\\|")  # a bare "|" would split the Markdown cell
+        lines.append(f"| {row['topic']} | {label} | {measured or '—'} | "
                      f"{_goal_text(goal.op, goal.target, speedup)} | {status} |")
     lines += [f"| {name} | whole topic | — | — | ❌ benchmark failed (see its section) |" for name in sorted(failures)]
     met = sum(row["met"] is True for row in rows)
@@ -123,6 +125,12 @@ def draw_plot(plot: Plot, results: list[Result], path: Path) -> bool:
     return True
 
 
+def _json_default(value: Any) -> Any:
+    """numpy scalars and 0-d tensors as numbers, anything else JSON cannot write as its text."""
+    number = as_number(value)
+    return str(value) if number is None else number
+
+
 def write_report(
     out_dir: Path,
     *,
@@ -146,7 +154,7 @@ def write_report(
         "results": [r.to_dict() for r in results],
         "failures": failures,
     }
-    (out_dir / "results.json").write_text(json.dumps(payload, indent=2, default=str))
+    (out_dir / "results.json").write_text(json.dumps(payload, indent=2, default=_json_default))
 
     by_bench: dict[str, list[Result]] = defaultdict(list)
     for r in results:
@@ -161,12 +169,16 @@ def write_report(
         md += [f"## {bench}", ""] + ([descriptions[bench], ""] if descriptions.get(bench) else [])
         if bench in failures:
             md += ["**FAILED**", "", "```", failures[bench].strip()[-3000:], "```", ""]
-        for table in topic_tables(by_bench.get(bench, []), tables.get(bench)):
-            md += [table, ""]
-        for plot in plots.get(bench, []):
-            png = out_dir / f"{bench}_{plot.name}.png"
-            if by_bench.get(bench) and draw_plot(plot, by_bench[bench], png):
-                md += [f"![{plot.title or plot.name}]({png.name})", ""]
+        try:  # one topic's odd values cost its tables or plots, never the whole REPORT.md
+            for table in topic_tables(by_bench.get(bench, []), tables.get(bench)):
+                md += [table, ""]
+            for plot in plots.get(bench, []):
+                png = out_dir / f"{bench}_{plot.name}.png"
+                if by_bench.get(bench) and draw_plot(plot, by_bench[bench], png):
+                    md += [f"![{plot.title or plot.name}]({png.name})", ""]
+        except Exception:  # noqa: BLE001 -- shown in the section, the figures stay in results.json
+            md += ["**Tables or plots could not be drawn** (figures are in results.json):", "", "```",
+                   traceback.format_exc(limit=-2).strip(), "```", ""]
     report = out_dir / "REPORT.md"
     report.write_text("\n".join(md))
     return report

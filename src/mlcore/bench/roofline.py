@@ -7,6 +7,10 @@ A kernel that does ``flops`` operations and moves ``bytes_moved`` bytes in ``sec
 
 from __future__ import annotations
 
+import math
+
+import torch
+
 from .probe import Probe
 
 
@@ -16,18 +20,28 @@ def roofline(
     probe: Probe,
     flops: float | None = None,
     bytes_moved: float | None = None,
-    dtype: str = "float32",
+    dtype: str | torch.dtype = "float32",
 ) -> dict[str, float]:
     """Achieved GFLOP/s and GB/s with their fractions of this machine's measured ceilings.
 
     Bandwidth is compared with the read-bandwidth ceiling (or the GEMV ceiling of ``dtype``
     when one was probed, being the more demanding practical limit of streaming weights).
+    ``dtype`` is a name ("bfloat16") or a torch.dtype; FLOP/s need a matmul ceiling probed for it.
     """
-    if seconds <= 0:
-        raise ValueError(f"seconds must be > 0, got {seconds}")
+    if not (math.isfinite(seconds) and seconds > 0):  # NaN would turn every figure into NaN, silently
+        raise ValueError(f"seconds must be finite and > 0, got {seconds}")
+    if isinstance(dtype, torch.dtype):
+        dtype = str(dtype).removeprefix("torch.")
+    if not isinstance(getattr(torch, dtype, None), torch.dtype):
+        raise ValueError(f"dtype must be a torch dtype or its name, got {dtype!r}; probed: "
+                         f"{', '.join(probe.matmul_flops) or 'none'}")
     out: dict[str, float] = {}
     if flops is not None:
-        peak = probe.matmul_flops.get(dtype) or max(probe.matmul_flops.values(), default=0.0)
+        # another dtype's ceiling (bfloat16's is several times float32's) would make the fraction meaningless
+        if dtype not in probe.matmul_flops:
+            raise ValueError(f"no matmul ceiling was probed for dtype {dtype!r}; probed: "
+                             f"{', '.join(probe.matmul_flops) or 'none'}")
+        peak = probe.matmul_flops[dtype]
         out["gflops"] = flops / seconds / 1e9
         out["frac_peak_flops"] = flops / seconds / peak if peak else float("nan")
     if bytes_moved is not None:

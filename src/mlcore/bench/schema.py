@@ -24,11 +24,17 @@ Noise flags. ``runs`` (how many timed measurements the median and IQR come from)
 (0.10); the same holds for the twin through ``twin_runs`` / ``twin_spread``. Figures that are not timings (F2,
 bytes per token, probed ceilings) leave ``runs`` at None and are never flagged for it. The easiest way to fill
 all of this from :func:`mlcore.bench.time_fn` timings is :meth:`Result.from_timing`.
+
+A goal carries the flags of the figures its metric rests on (:meth:`Result.flags_for`): ``speedup`` both
+sides, ``median`` mlcore's alone. An ``extra`` figure is flagged like the whole result unless ``extra_runs``
+names it: ``extra_runs={"speedup_vs_naive": 1}`` says it also rests on a baseline timed once (flagged),
+``extra_runs={"memory_vs_naive": None}`` says it is not a timing at all (never flagged).
 """
 
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -44,6 +50,17 @@ MAX_REL_SPREAD = 0.10  # IQR above 10 % of the median: the machine was noisy, fl
 TIME_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0}
 SIZE_UNITS = ("B", "bytes", "KB", "MB", "GB", "KiB", "MiB", "GiB")
 GOAL_OPS = (">=", ">", "<=", "<")
+
+
+def as_number(value: Any) -> float | None:
+    """``value`` as a float when it is a real number (numpy scalars and 0-d tensors too), else None."""
+    if isinstance(value, torch.Tensor):
+        if value.ndim != 0 or value.dtype == torch.bool or value.is_complex():
+            return None
+        value = value.item()
+    if isinstance(value, numbers.Real) and not isinstance(value, bool):
+        return float(value)
+    return None
 
 
 def better_for_unit(unit: str) -> str | None:
@@ -71,8 +88,10 @@ class Goal:
     def __post_init__(self) -> None:
         if self.op not in GOAL_OPS:
             raise ValueError(f"Goal.op must be one of {GOAL_OPS}, got {self.op!r}")
-        if isinstance(self.target, bool) or not isinstance(self.target, (int, float)) or math.isnan(self.target):
+        target = as_number(self.target)
+        if target is None or math.isnan(target):
             raise ValueError(f"Goal.target must be a number, got {self.target!r}")
+        object.__setattr__(self, "target", target)  # a numpy scalar would reach results.json as a string
         if not isinstance(self.label, str) or not self.label.strip():
             raise ValueError(f"Goal.label must be a non-empty string, got {self.label!r}")
         if not isinstance(self.metric, str) or not self.metric:
@@ -81,7 +100,7 @@ class Goal:
     def value_of(self, result: Result) -> float | None:
         """The figure this goal is about in ``result`` (None when it was not measured)."""
         value = getattr(result, self.metric) if self.metric in ("speedup", "median") else result.extra.get(self.metric)
-        return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+        return as_number(value)
 
     def met(self, value: float | None) -> bool | None:
         """Whether ``value`` meets the goal; None when there is no value (or it is NaN)."""
@@ -123,11 +142,16 @@ class Result:
     better: str | None = None
     speedup: float | None = None
     goal: Goal | Sequence[Goal] | None = None
+    extra_runs: dict[str, int | None] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not isinstance(self.params, dict):
             raise ValueError(f"params must be a dict, got {type(self.params).__name__}")
         self.device = str(self.device)
+        for name in ("median", "spread", "twin_median", "twin_spread"):  # numpy / 0-d tensor figures -> float
+            number = as_number(getattr(self, name))
+            if number is not None:
+                setattr(self, name, number)
         if self.ratio is None and self.twin_median and not math.isnan(self.twin_median):
             self.ratio = self.median / self.twin_median
         if self.better is None:
@@ -152,14 +176,19 @@ class Result:
     @property
     def flags(self) -> list[str]:
         """Why this figure is unreliable: too few runs or a wide IQR (of mlcore's figure or the twin's)."""
-        out = []
-        for who, runs, spread, median in (("", self.runs, self.spread, self.median),
-                                          ("twin ", self.twin_runs, self.twin_spread, self.twin_median)):
-            if runs is not None and runs < MIN_RUNS:
-                out.append(f"{who}{runs} run{'s' if runs != 1 else ''}")
-            if spread and median and abs(spread / median) > MAX_REL_SPREAD:
-                out.append(f"{who}IQR {100 * abs(spread / median):.0f}%")
-        return out
+        return _noise("", self.runs, self.spread, self.median) + _noise("twin ", self.twin_runs, self.twin_spread,
+                                                                        self.twin_median)
+
+    def flags_for(self, metric: str) -> list[str]:
+        """The flags of the figures a goal on ``metric`` rests on (see the module docstring)."""
+        if metric == "median":
+            return _noise("", self.runs, self.spread, self.median)
+        if metric in self.extra_runs:
+            runs = self.extra_runs[metric]
+            if runs is None:  # not a timing: a timing's IQR says nothing about it
+                return []
+            return _noise("", self.runs, self.spread, self.median) + _noise("baseline ", runs, None, None)
+        return self.flags
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -209,6 +238,17 @@ class Result:
                    **kwargs)
 
 
+def _noise(who: str, runs: int | None, spread: float | None, median: float | None) -> list[str]:
+    out = []
+    if runs is not None and runs < MIN_RUNS:
+        out.append(f"{who}{runs} run{'s' if runs != 1 else ''}")
+    if spread and median:
+        rel = abs(spread / median)
+        if not rel <= MAX_REL_SPREAD:  # "not <=": a NaN spread is flagged too
+            out.append(f"{who}IQR {100 * rel:.0f}%")
+    return out
+
+
 def _speedup(median: float, twin_median: float, better: str) -> float | None:
     """How many times better mlcore is than the twin (> 1: mlcore faster / better); None when undefined."""
     num, den = (twin_median, median) if better == "lower" else (median, twin_median)
@@ -237,7 +277,7 @@ class Table:
             if have is _MISSING:
                 return False
             if isinstance(want, (tuple, list, set, frozenset)) and not isinstance(have, (tuple, list)):
-                if have not in want:
+                if not any(have == w for w in want):  # not "in": an unhashable param value would raise
                     return False
             elif have != want:
                 return False

@@ -2,7 +2,8 @@
 
 A topic is a module ``benchmarks/<name>.py`` with ``run(ctx) -> Iterable[Result]`` and optional
 ``PLOTS`` (list of ``Plot``), ``TABLES`` (list of ``Table``, how its section is split into narrow tables) and
-``DESCRIPTION`` (one line under its heading). A topic that raises is recorded as failed; the others still run.
+``DESCRIPTION`` (one line under its heading). A topic that raises (or yields something other than a Result) is
+recorded as failed; the others still run.
 """
 
 from __future__ import annotations
@@ -108,6 +109,8 @@ def run_suite(
                 tables[name] = list(getattr(module, "TABLES", []))
                 descriptions[name] = str(getattr(module, "DESCRIPTION", ""))
                 for result in module.run(ctx):
+                    if not isinstance(result, Result):  # kept, it would break the report of every topic
+                        raise TypeError(f"{name}.run() yielded a {type(result).__name__}, not a Result: {result!r}")
                     results.append(result)
                     progress.update(task, description=f"[bold]{name}[/bold] {result.name} {result.params}")
             except Exception:  # a failing topic is reported, the suite goes on

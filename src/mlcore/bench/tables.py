@@ -29,7 +29,7 @@ def fmt(value: Any) -> str:
             return "nan"
         if value == 0:
             return "0"
-        if abs(value) >= 1e4 or abs(value) < 1e-3:
+        if abs(float(f"{value:.4g}")) >= 1e4 or abs(value) < 1e-3:  # rounded: 9999.9 would print 1e+04
             return f"{value:.3e}"
         return f"{value:.4g}"
     return str(value)
@@ -39,7 +39,7 @@ def fmt_bytes(n: int | float | None) -> str:
     if n is None:
         return ""
     for unit in ("B", "KiB", "MiB", "GiB"):
-        if abs(n) < 1024 or unit == "GiB":
+        if round(abs(n), 0 if unit == "B" else 1) < 1024 or unit == "GiB":  # rounded: no "1024.0 KiB"
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     return str(n)
@@ -140,18 +140,11 @@ def results_table(results: list[Result], table: Table | None = None) -> str:
     return "\n".join(head + lines)
 
 
-def default_tables(results: list[Result]) -> list[Table]:
-    """One table per ``params["task"]`` (else ``params["mode"]``) and unit, in first-seen order."""
-    groups: dict[tuple[str | None, Any, str], None] = {}
-    for r in results:
-        key = next((k for k in ("task", "mode") if k in r.params), None)
-        groups.setdefault((key, r.params.get(key) if key else None, r.unit), None)
-    tables = []
-    for key, value, unit in groups:
-        unit_name = "time" if unit in TIME_UNITS else unit
-        title = "" if len(groups) == 1 else (f"{value} ({unit_name})" if key else unit_name)
-        tables.append(Table(title, {"unit": unit, **({key: value} if key else {})}))
-    return tables
+def _default_group(r: Result) -> tuple[str | None, str | None, str]:
+    """(param key, its value as text, unit) of the default table ``r`` lands in: by ``params["task"]`` (else
+    ``params["mode"]``) and unit. Text, so that NaN, lists and sets group without being hashed or compared."""
+    key = next((k for k in ("task", "mode") if k in r.params), None)
+    return key, (str(r.params[key]) if key else None), str(r.unit)
 
 
 def topic_tables(results: list[Result], tables: list[Table] | None) -> list[str]:
@@ -163,15 +156,15 @@ def topic_tables(results: list[Result], tables: list[Table] | None) -> list[str]
         claimed.update(id(r) for r in rows)
         if rows:
             out.append(results_table(rows, table))
-    rest = [r for r in results if id(r) not in claimed]
-    if rest:
-        defaults = default_tables(rest)
-        by_table: dict[int, list[Result]] = defaultdict(list)
-        for r in rest:
-            by_table[next(i for i, t in enumerate(defaults) if t.matches(r))].append(r)
-        for i, table in enumerate(defaults):
-            if not by_table[i]:
-                continue
-            title = table.title or ("Other results" if tables else "")
-            out.append(results_table(by_table[i], Table(title, table.where)))
+    # the rest by task / mode and unit, in first-seen order: grouped directly rather than through
+    # Table.matches, which a param named "unit" or a NaN value would keep from matching its own group
+    groups: dict[tuple[str | None, str | None, str], list[Result]] = defaultdict(list)
+    for r in results:
+        if id(r) not in claimed:
+            groups[_default_group(r)].append(r)
+    for (key, value, unit), rows in groups.items():
+        unit_name = "time" if unit in TIME_UNITS else unit
+        title = "" if len(groups) == 1 else (f"{value} ({unit_name})" if key else unit_name)
+        where = {"unit": unit, **({key: value} if key else {})}  # keys the title states, left out of the caption
+        out.append(results_table(rows, Table(title or ("Other results" if tables else ""), where)))
     return out

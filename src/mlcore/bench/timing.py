@@ -10,6 +10,7 @@ only measure the kernel *launch* unless the stream is synchronized.
 
 from __future__ import annotations
 
+import math
 import statistics
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -60,6 +61,20 @@ def _time_cuda(fn: Callable[[], object], warmup: int, min_run_time: float, devic
     return Timing(statistics.median(times), _quantile(times, 0.75) - _quantile(times, 0.25), len(times))
 
 
+def check_device(device: torch.device | str) -> torch.device:
+    """``device`` as a torch.device that the harness can measure on: CPU, or CUDA when present.
+
+    Anything else would be timed with the host clock without a synchronize (meta, mps), and CUDA without a
+    GPU fails deep inside torch.cuda with an unrelated TypeError.
+    """
+    device = torch.device(device)
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"device must be 'cpu' or 'cuda', got {str(device)!r}")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {str(device)!r} was asked for, but torch sees no CUDA GPU on this machine")
+    return device
+
+
 def time_fn(
     fn: Callable[[], object],
     *,
@@ -72,9 +87,10 @@ def time_fn(
     ``warmup`` calls run first (lazy initialisation, caches, autotuning); measurements then
     continue until ``min_run_time`` seconds have been spent.
     """
-    device = torch.device(device)
-    if warmup < 0 or min_run_time <= 0:
-        raise ValueError(f"warmup must be >= 0 and min_run_time > 0, got {warmup} and {min_run_time}")
+    device = check_device(device)
+    # NaN passes "<= 0" and NaN / inf never satisfy the "until min_run_time" loop: it would never return
+    if warmup < 0 or not (math.isfinite(min_run_time) and min_run_time > 0):
+        raise ValueError(f"warmup must be >= 0 and min_run_time finite and > 0, got {warmup} and {min_run_time}")
     if device.type == "cuda":
         return _time_cuda(fn, warmup, min_run_time, device)
     for _ in range(warmup):
