@@ -9,7 +9,8 @@ with the same version counter (``tensor._version`` grows with every in-place wri
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import contextlib
+from collections.abc import Iterable, Iterator
 
 import torch
 
@@ -27,3 +28,13 @@ def tensor_state_key(tensors: Iterable[torch.Tensor | None]) -> tuple[int, ...]:
         else:
             key += (id(t), t.data_ptr(), _NO_VERSION if t.is_inference() else t._version)
     return tuple(key)
+
+
+@contextlib.contextmanager
+def normal_tensors() -> Iterator[None]:
+    """Make tensors that are neither inference tensors nor part of an autograd graph, whatever mode the caller
+    is in: buffers and weight copies reused by later calls (outside ``torch.inference_mode`` they could not be
+    written in place). ``inference_mode(False)`` alone turns grad mode *on*, so ``no_grad`` follows it."""
+    with torch.inference_mode(False), torch.no_grad():
+        yield
+

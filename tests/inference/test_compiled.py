@@ -210,6 +210,14 @@ def test_a_decoder_first_used_under_inference_mode_serves_later_calls():
     with torch.inference_mode():
         assert torch.equal(generate(model, ids, max_new_tokens=4, compile=True), eager)
     assert torch.equal(generate(model, ids, max_new_tokens=4, compile=True), eager)
+    # and the tiles the step reads are plain copies: leaving inference mode must not turn grad mode on for them
+    # (tiles that required grad made the compiled 27M step ~1.6x slower)
+    from mlcore.attention.fused_linear import LinearFusion
+
+    tiles = [t for m in model.modules() for v in vars(m).values() if isinstance(v, LinearFusion)
+             for t in (v._tiles or []) if t is not None]
+    assert tiles and not any(t.requires_grad or t.is_inference() for t in tiles)
+    assert not any(t.requires_grad for t in decoder_tensors(model))
 
 
 @pytest.mark.slow
@@ -491,3 +499,14 @@ def test_batch1_cpu_step_reads_tiled_weights_refreshed_each_generation(d_ff):
     assert torch.equal(second, generate(model, ids, max_new_tokens=6))
     assert [id(t) for f in fusions for t in (f._tiles or ())] == tiles  # refilled in place: the same graph inputs
     assert decoder._direct is not None
+
+
+def decoder_tensors(model) -> list[torch.Tensor]:
+    """The cache buffers and column of every CompiledDecoder kept for ``model``."""
+    from mlcore.inference.compiled import _DECODERS
+
+    out = []
+    for d in _DECODERS.get(model, []):
+        out += [*d.cache.keys.values(), *d.cache.values.values(), d._column]
+    return out
+

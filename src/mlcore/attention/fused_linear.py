@@ -62,7 +62,7 @@ from torch.nn.modules import module as _module
 
 from mlcore._onednn import onednn_bf16_available
 from mlcore._row_dot import RowDotLinear, tiled_weight
-from mlcore._tensor_state import tensor_state_key
+from mlcore._tensor_state import normal_tensors, tensor_state_key
 
 __all__ = ["LinearFusion", "decode_layout", "prepare_linear", "release_all"]
 
@@ -214,7 +214,7 @@ class LinearFusion:
         old, self._tiles = self._tiles, None
         if any(t is not None and t.is_inference() for t in srcs):
             return  # no version counter: a change could not be seen
-        with torch.inference_mode(False):  # refilled in place by later calls, which may run outside that mode
+        with normal_tensors():  # refilled in place by later calls, which may run outside inference mode
             tiles = [tiled_weight(w) for w in srcs[0::2] if w is not None]
         if old is not None and _layout(old) == _layout(tiles):
             for a, b in zip(old, tiles):  # edited weights: refill the same tensors, which a compiled graph reads

@@ -61,7 +61,7 @@ from collections.abc import Callable, Iterator
 import torch
 from torch import Tensor, nn
 
-from mlcore._tensor_state import tensor_state_key
+from mlcore._tensor_state import normal_tensors, tensor_state_key
 from mlcore.attention import AttentionInputs
 from mlcore.attention.fused_linear import LinearFusion
 from mlcore.inference.direct_graph import DirectCall, GraphCapture
@@ -275,7 +275,7 @@ class CompiledDecoder:
         self._model = weakref.ref(model)  # the decoder is kept per model (decoder_for): no strong cycle
         # Normal tensors even when built under torch.inference_mode: the decoder is kept per model and reused,
         # and a later call outside inference mode writes these buffers in place (refused on inference tensors)
-        with torch.inference_mode(False):
+        with normal_tensors():
             self.cache = StaticCache.for_model(model, batch, max_len, dtype=self.dtype, device=self.device)
         self.cudagraphs = mode == "reduce-overhead" and self.device.type == "cuda"
         if self.cudagraphs:  # buffers written in place inside a CUDA graph must keep their addresses
@@ -291,7 +291,7 @@ class CompiledDecoder:
         self._fn: Callable[..., Tensor] | None = None
         self._weights: tuple[int, ...] | None = None  # the weights' state when the frozen graph was made
         self._traced = False  # the current compiled function has run (was traced) once
-        with torch.inference_mode(False):  # written in place by every step, whatever mode the caller is in
+        with normal_tensors():  # written in place by every step, whatever mode the caller is in
             self._column = torch.zeros(1, dtype=torch.long, device=self.device)
         self._guarded = False  # a step since start() ran with dynamo's guards checked
         self._capture: GraphCapture | None = None  # the backend that keeps the graph dynamo ran (not on CUDA graphs)
