@@ -68,7 +68,7 @@ def make_cache(cache: str | Any, model: nn.Module, *, batch: int, max_len: int,
 def _check_sliding_object(cache: Any, model: nn.Module, max_len: int) -> None:
     """A SlidingWindowCache built by hand: sinks on a RoPE model need the model's rotary embedding (to re-rotate
     the sink keys to their new positions), and streaming past ``max_seq_len`` needs positions that can."""
-    from mlcore.inference.sliding_cache import SlidingWindowCache
+    from mlcore.inference.sliding_cache import SlidingWindowCache, can_stream
 
     if not isinstance(cache, SlidingWindowCache):
         return
@@ -77,9 +77,7 @@ def _check_sliding_object(cache: Any, model: nn.Module, max_len: int) -> None:
         raise ValueError("this SlidingWindowCache keeps sinks but was built without rope=, so the sink keys would "
                          "keep their old rotation on this RoPE model; build it with "
                          "SlidingWindowCache.for_model(model, ...) or pass rope=")
-    if max_len > c.max_seq_len and (c.position == "learned" or cache.window + cache.sinks > c.max_seq_len):
-        # the rule SlidingWindowCache.for_model applies: learned positions end at max_seq_len, and a window
-        # longer than it would need positions the model never saw
+    if max_len > c.max_seq_len and not can_stream(c, cache.window, cache.sinks):  # for_model's rule
         raise ValueError(f"prompt + max_new_tokens = {max_len} exceeds the model's max_seq_len={c.max_seq_len}, "
                          "and this model cannot stream past it with this cache (learned positions, or "
                          "window + sinks longer than max_seq_len)")

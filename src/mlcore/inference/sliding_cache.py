@@ -43,6 +43,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -64,6 +65,13 @@ class _Step:
     sink_slot: Tensor | None = None  # (B, T) sink slot of each new token (S = the spare slot: not a sink)
     cos: Tensor | None = None  # (B, S, rotary_dim): rotation of each sink by its delta
     sin: Tensor | None = None
+
+
+def can_stream(config: Any, window: int, sinks: int) -> bool:
+    """Whether a model with ``config`` can generate past ``max_seq_len`` through a window of ``window`` columns
+    plus ``sinks``: learned positions end at ``max_seq_len``, and a longer window would need positions the model
+    never saw."""
+    return config.position != "learned" and window + sinks <= config.max_seq_len
 
 
 class SlidingWindowCache:
@@ -121,7 +129,7 @@ class SlidingWindowCache:
             raise ValueError(f"window + sinks = {window} + {sinks} exceeds the model's sliding_window={own}: its "
                              f"own mask would hide the sinks; use window <= {own - sinks}")
         full = [i for i in range(c.n_layers) if c.layer_window(i) is None] if own is not None else []
-        streaming = c.position != "learned" and window + sinks <= c.max_seq_len and not full
+        streaming = can_stream(c, window, sinks) and not full
         cache = cls(window, sinks, rope=getattr(model, "rope", None), rollback=rollback, streaming=streaming,
                     full_layers=full)
         p = next(model.parameters())
