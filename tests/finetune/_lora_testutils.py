@@ -42,6 +42,13 @@ def tiny_qwen2(seed: int = 0) -> nn.Module:
     return randomize_(transformers.Qwen2ForCausalLM._from_config(cfg, attn_implementation="eager"), seed)
 
 
+def tiny_gpt2(seed: int = 0) -> nn.Module:
+    """A 1-layer GPT-2 (Conv1D layers, LayerNorms with biases), dropout off so train mode is deterministic."""
+    cfg = transformers.GPT2Config(n_embd=64, n_layer=1, n_head=2, vocab_size=VOCAB, n_positions=32, resid_pdrop=0.0,
+                                  embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=0, eos_token_id=0)
+    return randomize_(transformers.GPT2LMHeadModel._from_config(cfg, attn_implementation="eager"), seed)
+
+
 def tiny_mlcore(seed: int = 0) -> Transformer:
     """mlcore's decoder at the size the brief names (tied embeddings, RoPE, SwiGLU, GQA)."""
     torch.manual_seed(seed)
@@ -51,7 +58,7 @@ def tiny_mlcore(seed: int = 0) -> Transformer:
 
 
 def make(kind: str, seed: int = 0) -> nn.Module:
-    return {"llama": tiny_llama, "mlcore": tiny_mlcore, "qwen2": tiny_qwen2}[kind](seed)
+    return {"llama": tiny_llama, "mlcore": tiny_mlcore, "qwen2": tiny_qwen2, "gpt2": tiny_gpt2}[kind](seed)
 
 
 def logits_of(model: nn.Module, ids: torch.Tensor) -> torch.Tensor:

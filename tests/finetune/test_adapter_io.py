@@ -174,3 +174,24 @@ def test_bias_adapters_both_ways(tmp_path, bias: str) -> None:
     again = load_file(tmp_path / "again/adapter_model.safetensors")
     assert first.keys() == again.keys() and any(k.endswith(".bias") for k in again)
     assert all(torch.equal(first[k], again[k]) for k in first)
+
+
+def test_pefts_bias_all_folder_with_a_module_to_save_that_has_a_bias_loads(tmp_path) -> None:
+    # PEFT's bias="all" picks every key holding "bias", so GPT-2's ln_f (a module to save) is also written under
+    # its wrapper paths, ln_f.modules_to_save.bias and ln_f.original_module.bias; mlcore refused the folder.
+    base = make("gpt2")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        theirs = peft.get_peft_model(copy.deepcopy(base), peft.LoraConfig(
+            r=2, lora_alpha=4, target_modules=["c_attn"], bias="all", modules_to_save=["ln_f"]))
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for p in theirs.parameters():
+            if p.requires_grad:
+                p.add_(torch.randn(p.shape, generator=g) * 0.1)
+    theirs.save_pretrained(tmp_path)
+    assert "base_model.model.transformer.ln_f.modules_to_save.bias" in load_file(tmp_path / "adapter_model.safetensors")
+    ids = token_ids()
+    with torch.no_grad():
+        ref = theirs.eval()(ids).logits
+        torch.testing.assert_close(load_adapter(copy.deepcopy(base), tmp_path)(ids).logits, ref, rtol=1e-5, atol=1e-5)

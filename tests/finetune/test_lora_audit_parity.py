@@ -258,3 +258,26 @@ def test_dequantize_lora_bases_refuses_a_non_float_dtype(dtype) -> None:
     model = prepare_qlora(tiny_llama(), LoraConfig(4, 8, ["q_proj"]), verbose=False)
     with pytest.raises(ValueError, match="dtype must be a floating torch.dtype"):
         dequantize_lora_bases(model, dtype)
+
+
+# -- 3. LoRA variants PEFT names by a sub-config ------------------------------------------------------------
+
+@pytest.mark.parametrize("field", ["kasa_config", "monteclora_config", "velora_config"])
+def test_lora_variant_configs_are_refused_by_name(field: str) -> None:
+    # the config alone (no variant weights to trip over) loaded as plain LoRA
+    with pytest.raises(ValueError, match=f"sets {field}="):
+        LoraConfig.from_peft_dict({"peft_type": "LORA", "r": 4, "lora_alpha": 8, "target_modules": ["q_proj"],
+                                   field: {"beta": 0.0001}})
+
+
+def test_pefts_kasa_folder_is_refused_naming_kasa(tmp_path) -> None:
+    kasa = pytest.importorskip("peft.tuners.lora.config").__dict__.get("KasaConfig")
+    if kasa is None:
+        pytest.skip("this peft has no KaSA")
+    base = tiny_llama()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        peft.get_peft_model(copy.deepcopy(base), peft.LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj"],
+                                                                 kasa_config=kasa())).save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="kasa_config"):
+        load_adapter(copy.deepcopy(base), tmp_path)

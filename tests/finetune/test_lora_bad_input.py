@@ -14,11 +14,16 @@ from mlcore.attention import MultiHeadAttention
 from mlcore.finetune import (
     LoraConfig,
     LoraLinear,
+    adapter_state_dict,
     apply_lora,
+    dequantize_lora_bases,
+    find_targets,
     load_adapter,
     lora_layers,
     merge_lora,
+    read_adapter,
     save_adapter,
+    trainable_parameters,
     unmerge_lora,
 )
 from tests.finetune._lora_testutils import peft_twin, randomize_lora_, tiny_llama, tiny_mlcore
@@ -128,6 +133,7 @@ def _edit_config(folder, **changes) -> None:
     (dict(use_dora=True), "use_dora=True.*does not support"),
     (dict(rank_pattern={"q_proj": 2}), "rank_pattern"),
     (dict(r=0), "r must be a positive int"),
+    (dict(use_rslora="false"), "use_rslora must be a bool, got 'false'"),  # was read as True: rsLoRA scaling
 ])
 def test_adapter_config_that_does_not_fit(llama, adapter_dir, changes, match) -> None:
     _edit_config(adapter_dir, **changes)
@@ -193,3 +199,28 @@ def test_save_without_adapters_and_hf_names_on_a_foreign_model(tmp_path, llama) 
     model = apply_lora(copy.deepcopy(llama), LoraConfig(4, 8, ["q_proj"]), verbose=False)
     with pytest.raises(ValueError, match="hf_names=True needs an mlcore Transformer"):
         save_adapter(model, tmp_path, hf_names=True)
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda d: load_adapter("model", d), "load_adapter model must be an nn.Module, got str"),
+    (lambda d: save_adapter({"w": torch.zeros(1)}, d), "save_adapter model must be an nn.Module, got dict"),
+    (lambda d: merge_lora("model"), "merge_lora model must be an nn.Module"),
+    (lambda d: unmerge_lora(None), "unmerge_lora model must be an nn.Module, got NoneType"),
+    (lambda d: lora_layers("model"), "lora_layers model must be an nn.Module"),
+    (lambda d: adapter_state_dict("model"), "adapter_state_dict model must be an nn.Module"),
+    (lambda d: trainable_parameters("model"), "trainable_parameters model must be an nn.Module"),
+    (lambda d: dequantize_lora_bases("model"), "dequantize_lora_bases model must be an nn.Module"),
+    (lambda d: find_targets(nn.Linear(2, 2), {"r": 2}), "find_targets config must be an mlcore LoraConfig, got dict"),
+    (lambda d: read_adapter(None), "read_adapter directory must be a str or a path, got NoneType"),
+    (lambda d: load_adapter(nn.Linear(2, 2), 3), "load_adapter directory must be a str or a path, got int"),
+])
+def test_public_entry_points_name_a_bad_model_config_or_directory(tmp_path, call, match) -> None:
+    # these failed with an AttributeError / TypeError from deep inside (str has no named_modules, Path(None))
+    with pytest.raises(ValueError, match=match):
+        call(tmp_path)
+
+
+def test_save_adapter_refuses_a_directory_that_is_not_a_path(llama) -> None:
+    model = apply_lora(copy.deepcopy(llama), LoraConfig(2, 4, ["q_proj"]), verbose=False)
+    with pytest.raises(ValueError, match="save_adapter directory must be a str or a path, got NoneType"):
+        save_adapter(model, None)

@@ -189,3 +189,69 @@ def test_merge_route_of_a_bf16_qlora_model_keeps_its_compute_dtype():
         assert merged.model.layers[0].self_attn.q_proj.weight.dtype == torch.bfloat16
         after = logits_of(merged, token_ids()).float()
     torch.testing.assert_close(after, before, atol=0.1, rtol=0.05)  # bf16 rounding of the merged weights
+
+
+def test_prepare_qlora_quantizes_gpt2_conv1d_and_equals_peft_on_the_dequantized_weights() -> None:
+    # GPT-2's Conv1D layers were left in full precision without a word (quantize_model takes nn.Linear only).
+    base = make("gpt2")
+    qlora = prepare_qlora(copy.deepcopy(base), LoraConfig(4, 8, "all-linear"), verbose=False)
+    layers = lora_layers(qlora)
+    assert len(layers) == 4 and all(isinstance(m.base_layer, QuantizedLinear) for m in layers.values())
+    randomize_lora_(qlora)
+    # reference: PEFT (fan_in_fan_out over Conv1D) on GPT-2 holding the dequantized NF4 weights, same A and B
+    dense = copy.deepcopy(base)
+    with torch.no_grad():
+        for name, m in layers.items():
+            dense.get_submodule(name).weight.copy_(m.base_layer.dequantized_weight().T)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        theirs = peft.get_peft_model(dense, peft.LoraConfig(r=4, lora_alpha=8, target_modules="all-linear"))
+    their_layers = peft_layers(theirs)
+    assert set(their_layers) == set(layers)
+    with torch.no_grad():
+        for name, m in layers.items():
+            their_layers[name].lora_A["default"].weight.copy_(m.lora_A.weight)
+            their_layers[name].lora_B["default"].weight.copy_(m.lora_B.weight)
+    ids = token_ids()
+    mine, ref = logits_of(qlora.train(), ids), theirs.train()(ids).logits
+    torch.testing.assert_close(mine, ref, rtol=1e-5, atol=1e-5)
+    mine.square().mean().backward()
+    ref.square().mean().backward()
+    for name, m in layers.items():
+        torch.testing.assert_close(m.lora_A.weight.grad, their_layers[name].lora_A["default"].weight.grad,
+                                   rtol=1e-4, atol=1e-6)
+
+
+def test_prepare_qlora_gpt2_packs_the_bytes_transformers_bitsandbytes_packs(tmp_path) -> None:
+    # transformers' bitsandbytes loader also turns GPT-2's Conv1D into Linear4bit over the transposed weight
+    base = make("gpt2")
+    base.save_pretrained(str(tmp_path))
+    q = transformers.BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=False,
+                                        bnb_4bit_compute_dtype=torch.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        theirs = transformers.GPT2LMHeadModel.from_pretrained(str(tmp_path), quantization_config=q, device_map="cpu",
+                                                              dtype=torch.float32)
+    ours = prepare_qlora(copy.deepcopy(base), LoraConfig(2, 4, "all-linear"), double_quant=False, verbose=False)
+    for name, layer in lora_layers(ours).items():
+        param = theirs.get_submodule(name).weight
+        assert torch.equal(layer.base_layer.weight_data.flatten(), param.data.flatten()), name
+        torch.testing.assert_close(layer.base_layer.dequantized_weight(),
+                                   bnbf.dequantize_4bit(param.data, param.quant_state).float(), rtol=0, atol=0)
+
+
+def test_gpt2_qlora_merge_route_gives_gpt2s_conv1d_layout_back(tmp_path) -> None:
+    # after Conv1D -> nn.Linear for quantizing, the merged model must save in GPT-2's (in, out) layout again: an
+    # nn.Linear left in its place would load transposed into GPT2LMHeadModel (silently, for a square c_proj)
+    base = make("gpt2")
+    qlora = prepare_qlora(copy.deepcopy(base), LoraConfig(4, 8, "all-linear"), verbose=False)
+    randomize_lora_(qlora)
+    ids = token_ids()
+    with torch.no_grad():
+        ref = logits_of(qlora.eval(), ids)
+        merged = merge_lora(dequantize_lora_bases(qlora), unload=True)
+        assert type(merged.transformer.h[0].attn.c_proj).__name__ == "Conv1D"
+        torch.testing.assert_close(logits_of(merged, ids), ref, rtol=1e-4, atol=1e-4)
+        merged.save_pretrained(str(tmp_path))
+        back = transformers.GPT2LMHeadModel.from_pretrained(str(tmp_path)).eval()
+        torch.testing.assert_close(logits_of(back, ids), ref, rtol=1e-4, atol=1e-4)

@@ -15,6 +15,7 @@ only then copies the weights in, so a folder that does not fit leaves the model 
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections.abc import Callable
 from dataclasses import replace
@@ -33,7 +34,7 @@ from mlcore.finetune.inject import (
     lora_layers,
     resolve_modules_to_save,
 )
-from mlcore.finetune.lora import linear_dims
+from mlcore.finetune.lora import check_module, linear_dims
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
@@ -51,9 +52,15 @@ def hf_module_name(name: str) -> str:
     return "model." + re.sub(r"\.attn(\.|$)", r".self_attn\1", name)
 
 
+def _check_directory(where: str, directory: object) -> None:
+    if not isinstance(directory, (str, os.PathLike)):
+        raise ValueError(f"{where} directory must be a str or a path, got {type(directory).__name__}")
+
+
 def adapter_state_dict(model: nn.Module, *, rename: Callable[[str], str] | None = None) -> dict[str, torch.Tensor]:
     """The adapter's tensors under PEFT's key names (``base_model.model.<path>.lora_A.weight``, ...);
     ``rename`` maps each parameter path first (see :func:`hf_module_name`)."""
+    check_module("adapter_state_dict", model)
     layers = lora_layers(model)
     if not layers:
         raise ValueError(f"{type(model).__name__} has no LoRA layers to save (apply_lora first)")
@@ -105,6 +112,8 @@ def save_adapter(model: nn.Module, directory: str | Path, *, base_model_name_or_
     targets exactly the same modules wherever it is loaded. ``hf_names`` (mlcore ``Transformer`` only) writes
     the module names of ``model.to_hf()`` instead, so PEFT can put the adapter on the exported HF model.
     """
+    check_module("save_adapter", model)
+    _check_directory("save_adapter", directory)
     config, targets = _config_of(model)
     rename = None
     if hf_names:
@@ -132,6 +141,7 @@ def save_adapter(model: nn.Module, directory: str | Path, *, base_model_name_or_
 
 def read_adapter(directory: str | Path) -> tuple[LoraConfig, dict[str, torch.Tensor]]:
     """Parse a PEFT adapter folder into a :class:`LoraConfig` and its tensors (keys without the PEFT prefix)."""
+    _check_directory("read_adapter", directory)
     directory = Path(directory)
     config_path, weights_path = directory / CONFIG_NAME, directory / WEIGHTS_NAME
     if not config_path.is_file():
@@ -169,6 +179,23 @@ def _split_keys(tensors: dict[str, torch.Tensor]) -> tuple[dict[str, dict[str, t
                                  "or a named adapter?); mlcore reads lora_A.weight / lora_B.weight only")
             rest[key] = value
     return lora, rest
+
+
+def _drop_wrapper_copies(rest: dict[str, torch.Tensor], saved: list[str]) -> dict[str, torch.Tensor]:
+    """``rest`` without the copies PEFT writes from inside its ``ModulesToSaveWrapper``.
+
+    With ``bias="all"`` PEFT saves every tensor whose key holds "bias", so a module to save that has a bias
+    also appears under wrapper paths: ``<m>.modules_to_save.bias`` (the trained copy again, next to the
+    ``<m>.bias`` that PEFT loads) and ``<m>.original_module.bias`` (the frozen original, which PEFT's forward
+    uses only with the adapter disabled). Either is dropped when the plain ``<m>.<param>`` key is in the file.
+    """
+    out = {}
+    for key, value in rest.items():
+        hit = re.fullmatch(r"(.+?)\.(?:modules_to_save|original_module)\.(.+)", key)
+        if hit is not None and hit[1] in saved and f"{hit[1]}.{hit[2]}" in rest:
+            continue
+        out[key] = value
+    return out
 
 
 def _check_fits(model: nn.Module, config: LoraConfig, targets: list[str],
@@ -213,6 +240,8 @@ def load_adapter(model: nn.Module, directory: str | Path, *, is_trainable: bool 
     the model already has adapters, or when the folder does not fit the model (target names, shapes) or is
     corrupt; the model is only modified once every check has passed.
     """
+    check_module("load_adapter", model)
+    _check_directory("load_adapter", directory)
     if has_adapters(model):
         raise ValueError(f"load_adapter: {type(model).__name__} already has LoRA adapters; load into a model "
                          "without adapters (or merge_lora(model, unload=True) first)")
@@ -222,8 +251,8 @@ def load_adapter(model: nn.Module, directory: str | Path, *, is_trainable: bool 
         targets = find_targets(model, config)
     except ValueError as e:
         raise ValueError(f"adapter in {str(directory)!r} does not fit {type(model).__name__}: {e}") from None
+    rest = _drop_wrapper_copies(rest, resolve_modules_to_save(model, config))
     _check_fits(model, config, targets, lora, rest)
-    resolve_modules_to_save(model, config)
     apply_lora(model, config, verbose=False)
     layers = lora_layers(model)
     params = _tensors_by_name(model)

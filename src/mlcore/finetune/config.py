@@ -27,6 +27,9 @@ _UNSUPPORTED_WHEN_SET = (
     "use_dora", "lora_bias", "layers_to_transform", "layers_pattern", "rank_pattern", "alpha_pattern",
     "exclude_modules", "target_parameters", "trainable_token_indices", "layer_replication", "use_qalora",
     "alora_invocation_tokens", "arrow_config", "use_bdlora",
+    # LoRA variants: KaSA truncates the base weight's SVD and adds a singular-value diagonal, MonteCLoRA samples
+    # the update, VeLoRA replaces A's backward (other gradients); their extra weights alone would not say which
+    "kasa_config", "monteclora_config", "velora_config",
 )
 
 # init_lora_weights values that only choose the starting A and B, which the saved weights then replace: loading
@@ -166,7 +169,9 @@ class LoraConfig:
         init = _init_from_peft(d.get("init_lora_weights", True))
         return cls(
             r=d["r"], lora_alpha=d["lora_alpha"], target_modules=d["target_modules"],
-            lora_dropout=d.get("lora_dropout", 0.0) or 0.0, use_rslora=bool(d.get("use_rslora", False)),
+            lora_dropout=d.get("lora_dropout", 0.0) or 0.0,
+            # None (absent) is False; any other non-bool (the string "false") is refused, not read as True
+            use_rslora=False if d.get("use_rslora") is None else d["use_rslora"],
             init=init,
             bias=d.get("bias", "none") or "none", modules_to_save=d.get("modules_to_save") or None,
         )

@@ -21,13 +21,14 @@ import torch
 from torch import nn
 
 from mlcore.finetune.config import ALL_LINEAR, LoraConfig
-from mlcore.finetune.lora import LoraLinear, check_generator, linear_dims
+from mlcore.finetune.lora import LoraLinear, check_generator, check_module, linear_dims
 
 _FUSED_HINT = ("q_proj", "k_proj", "v_proj")
 
 
 def lora_layers(model: nn.Module) -> dict[str, LoraLinear]:
     """Every :class:`LoraLinear` in ``model``, by module name."""
+    check_module("lora_layers", model)
     return {name: m for name, m in model.named_modules() if isinstance(m, LoraLinear)}
 
 
@@ -123,6 +124,9 @@ def find_targets(model: nn.Module, config: LoraConfig) -> list[str]:
 
     Raises ValueError when nothing matches (listing the targetable modules) or when a match is not linear-like.
     """
+    check_module("find_targets", model)
+    if not isinstance(config, LoraConfig):
+        raise ValueError(f"find_targets config must be an mlcore LoraConfig, got {type(config).__name__}")
     excluded: list[str] = []
     if config.target_modules == ALL_LINEAR:
         head = output_head_name(model)
@@ -165,6 +169,7 @@ def _set_module(model: nn.Module, name: str, new: nn.Module) -> None:
 def trainable_parameters(model: nn.Module) -> tuple[int, int]:
     """``(trainable, total)`` parameter counts as PEFT's ``get_nb_trainable_parameters`` counts them: each shared
     (tied) tensor once, and a quantized linear layer's weight (stored in buffers) as its ``in * out`` values."""
+    check_module("trainable_parameters", model)
     trainable = total = 0
     for p in model.parameters():
         total += p.numel()
@@ -184,8 +189,7 @@ def apply_lora(model: nn.Module, config: LoraConfig, *, generator: torch.Generat
     ``verbose`` it prints PEFT's line ``trainable params: ... || all params: ... || trainable%: ...``.
     Returns ``model`` (modified in place); :func:`trainable_parameters` gives the counts.
     """
-    if not isinstance(model, nn.Module):
-        raise ValueError(f"apply_lora model must be an nn.Module, got {type(model).__name__}")
+    check_module("apply_lora", model)
     if not isinstance(config, LoraConfig):
         raise ValueError(f"apply_lora config must be an mlcore LoraConfig, got {type(config).__name__}")
     if has_adapters(model):
@@ -250,6 +254,7 @@ def merge_lora(model: nn.Module, *, unload: bool = False) -> nn.Module:
     ``Transformer.to_hf`` / ``save_pretrained``. A base weight shared with another module (tied embeddings)
     is refused, since merging would change the other module too.
     """
+    check_module("merge_lora", model)
     layers = lora_layers(model)
     if not layers:
         raise ValueError(f"merge_lora: {type(model).__name__} has no LoRA layers (apply_lora or load_adapter first)")
@@ -274,6 +279,7 @@ def merge_lora(model: nn.Module, *, unload: bool = False) -> nn.Module:
 
 def unmerge_lora(model: nn.Module) -> nn.Module:
     """Undo :func:`merge_lora` (without ``unload``): ``W <- W - scaling · B A``, the LoRA path runs again."""
+    check_module("unmerge_lora", model)
     layers = lora_layers(model)
     if not layers:
         raise ValueError(f"unmerge_lora: {type(model).__name__} has no LoRA layers")

@@ -34,6 +34,12 @@ def check_generator(where: str, generator: object) -> None:
         raise ValueError(f"{where} generator must be a torch.Generator or None, got {type(generator).__name__}")
 
 
+def check_module(where: str, model: object) -> None:
+    """ValueError unless ``model`` is an ``nn.Module`` (a str or a state dict would fail deep inside instead)."""
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"{where} model must be an nn.Module, got {type(model).__name__}")
+
+
 def linear_dims(module: nn.Module) -> tuple[int, int, bool] | None:
     """``(in_features, out_features, fan_in_fan_out)`` of a linear-like module, or None if it is not one.
 

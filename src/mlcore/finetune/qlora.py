@@ -27,8 +27,39 @@ from mlcore.finetune.inject import (
     output_head_name,
     resolve_modules_to_save,
 )
-from mlcore.finetune.lora import check_generator
+from mlcore.finetune.lora import check_generator, check_module, linear_dims
 from mlcore.quant import QuantizedLinear, quantize_model
+
+# set on a QuantizedLinear made from a Conv1D, so dequantize_lora_bases gives GPT-2's layout back
+FROM_CONV1D = "_mlcore_from_conv1d"
+
+
+def _conv1d_to_linear(model: nn.Module, skip: tuple[str, ...]) -> list[str]:
+    """Replace each transformers ``Conv1D`` (GPT-2; weight stored (in, out)) not named in ``skip`` by the
+    ``nn.Linear`` holding its weight transposed, (out, in): the same map, in the layout ``quantize_model``
+    quantizes, as transformers' bitsandbytes loader turns GPT-2's Conv1D into ``Linear4bit``. A weight shared
+    with another module is left alone (quantizing it would untie it). Returns the names replaced."""
+    uses: dict[int, int] = {}
+    replaced = []
+    for _, p in model.named_parameters(remove_duplicate=False):
+        uses[id(p)] = uses.get(id(p), 0) + 1
+    for name, module in list(model.named_modules()):
+        dims = linear_dims(module)
+        if (not name or dims is None or not dims[2] or uses.get(id(module.weight), 0) > 1
+                or any(name == s or name.endswith("." + s) for s in skip)):
+            continue
+        n_in, n_out, _ = dims
+        linear = nn.Linear(n_in, n_out, bias=module.bias is not None, device=module.weight.device,
+                           dtype=module.weight.dtype)
+        with torch.no_grad():
+            linear.weight.copy_(module.weight.T)  # (in, out) -> (out, in)
+            if module.bias is not None:
+                linear.bias.copy_(module.bias)
+        linear.train(module.training)
+        parent, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent) if parent else model, child, linear)
+        replaced.append(name)
+    return replaced
 
 
 def prepare_qlora(model: nn.Module, config: LoraConfig, *, blocksize: int = 64, double_quant: bool = True,
@@ -41,7 +72,8 @@ def prepare_qlora(model: nn.Module, config: LoraConfig, *, blocksize: int = 64, 
     that is not quantized (embeddings, norms, biases, activations follow) to it, e.g. ``torch.bfloat16`` as in
     the paper; None keeps the model's dtype (float32 on a CPU without fast bf16). skip: module-name suffixes
     kept in full precision (default: the output head and ``config.modules_to_save``). gradient_checkpointing:
-    call transformers' ``gradient_checkpointing_enable`` (non-reentrant). Returns ``model``.
+    call transformers' ``gradient_checkpointing_enable`` (non-reentrant). GPT-2's ``Conv1D`` layers become
+    ``nn.Linear`` (weight transposed) before quantizing, as in transformers' bitsandbytes loader. Returns ``model``.
     """
     if not isinstance(config, LoraConfig):
         raise ValueError(f"prepare_qlora config must be an mlcore LoraConfig, got {type(config).__name__}")
@@ -55,8 +87,7 @@ def prepare_qlora(model: nn.Module, config: LoraConfig, *, blocksize: int = 64, 
         # a bare string would be read as a sequence of letters and skip nothing
         raise ValueError(f"prepare_qlora skip must be a tuple of module-name suffixes, got {skip!r}")
     # every check apply_lora makes, before quantizing: a refused call must leave the model as it was
-    if not isinstance(model, nn.Module):
-        raise ValueError(f"prepare_qlora model must be an nn.Module, got {type(model).__name__}")
+    check_module("prepare_qlora", model)
     if has_adapters(model):
         raise ValueError("prepare_qlora: the model already has LoRA adapters; start from a fresh model")
     check_generator("prepare_qlora", generator)
@@ -64,7 +95,10 @@ def prepare_qlora(model: nn.Module, config: LoraConfig, *, blocksize: int = 64, 
     if skip is None:
         head = output_head_name(model)
         skip = tuple(([head] if head else []) + resolve_modules_to_save(model, config))
+    converted = _conv1d_to_linear(model, tuple(skip))  # else GPT-2's Conv1D would silently stay full precision
     quantize_model(model, "nf4", skip=tuple(skip), blocksize=blocksize, double_quant=double_quant)
+    for name in converted:
+        setattr(model.get_submodule(name), FROM_CONV1D, True)
     if compute_dtype is not None:
         model.to(compute_dtype)  # QuantizedLinear keeps its codes and scales as stored
     if gradient_checkpointing:
@@ -76,7 +110,9 @@ def dequantize_lora_bases(model: nn.Module, dtype: torch.dtype | None = None) ->
     """Replace each LoRA layer's ``QuantizedLinear`` base by an ``nn.Linear`` holding the dequantized weight
     (in ``dtype``, default the layer's compute dtype: the dtype the rest of the model runs in, e.g. bfloat16
     after ``prepare_qlora(compute_dtype=torch.bfloat16)``), so that ``merge_lora`` can fold the adapters in:
-    ``W = dequant(W_nf4) + (alpha / r) B A``. Returns ``model``."""
+    ``W = dequant(W_nf4) + (alpha / r) B A``. A base that :func:`prepare_qlora` made from a GPT-2 ``Conv1D``
+    becomes a ``Conv1D`` again (weight (in, out)), so the merged model saves in GPT-2's layout. Returns ``model``."""
+    check_module("dequantize_lora_bases", model)
     if dtype is not None and (not isinstance(dtype, torch.dtype) or not dtype.is_floating_point):
         raise ValueError(f"dequantize_lora_bases dtype must be a floating torch.dtype (e.g. torch.bfloat16) or "
                          f"None, got {dtype!r}")
@@ -86,12 +122,19 @@ def dequantize_lora_bases(model: nn.Module, dtype: torch.dtype | None = None) ->
             continue
         weight = base.dequantized_weight()
         weight = weight.to(dtype if dtype is not None else base.compute_dtype)
-        dense = nn.Linear(base.in_features, base.out_features, bias=base.bias is not None,
-                          device=weight.device, dtype=weight.dtype)
+        if getattr(base, FROM_CONV1D, False):
+            from transformers.pytorch_utils import Conv1D  # the model came from transformers
+
+            dense = Conv1D(base.out_features, base.in_features).to(device=weight.device, dtype=weight.dtype)
+            weight = weight.T  # (out, in) -> Conv1D's (in, out); merging then adds B A transposed
+        else:
+            dense = nn.Linear(base.in_features, base.out_features, bias=base.bias is not None,
+                              device=weight.device, dtype=weight.dtype)
         with torch.no_grad():
             dense.weight.copy_(weight)
             if base.bias is not None:
                 dense.bias.copy_(base.bias)
         dense.requires_grad_(False)
         layer.base_layer = dense
+        layer.fan_in_fan_out = not isinstance(dense, nn.Linear)  # Conv1D: delta_weight transposes B A
     return model
