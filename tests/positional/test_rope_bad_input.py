@@ -89,3 +89,58 @@ def test_scaling_values_the_formulas_divide_by_are_named(scaling: dict, key: str
     # transformers ends these in ZeroDivisionError / "math domain error"
     with pytest.raises(ValueError, match=key):
         RotaryEmbedding(16, scaling=scaling, max_position_embeddings=128)
+
+
+@pytest.mark.parametrize("factor", [float("nan"), float("inf")])
+def test_non_finite_factor_is_named(factor: float) -> None:
+    # nan passed "factor <= 0" and gave NaN cos/sin; inf divided every frequency to 0 (no rotation at all)
+    with pytest.raises(ValueError, match="factor"):
+        RotaryEmbedding(8, scaling={"rope_type": "linear", "factor": factor})
+    with pytest.raises(ValueError, match="factor"):
+        rope_inv_freq(8, scaling={"rope_type": "dynamic", "factor": factor})
+
+
+@pytest.mark.parametrize("bad", [0.0, -1.0, float("nan"), "2"])
+def test_longrope_factors_must_be_positive_finite(bad) -> None:
+    # 1 / (0 * base^e) made infinite angles: NaN cos/sin from the first position on
+    good = [1.0, 1.5, 2.0, 3.0]
+    for key in ("short_factor", "long_factor"):
+        scaling = {"rope_type": "longrope", "short_factor": good, "long_factor": good,
+                   "original_max_position_embeddings": 16}
+        scaling[key] = [*good[:3], bad]
+        with pytest.raises(ValueError, match=key):
+            RotaryEmbedding(8, scaling=scaling, max_position_embeddings=64)
+
+
+@pytest.mark.parametrize("key", ["mscale", "mscale_all_dim"])
+def test_yarn_mscale_must_be_a_number(key: str) -> None:
+    scaling = {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 16, "mscale": 1.0,
+               "mscale_all_dim": 0.5}
+    scaling[key] = "1.0"  # was a TypeError from deep in the attention-factor formula
+    with pytest.raises(ValueError, match=key):
+        RotaryEmbedding(8, scaling=scaling, max_position_embeddings=64)
+
+
+def test_base_max_positions_and_partial_factor_of_the_wrong_kind_are_named() -> None:
+    with pytest.raises(ValueError, match="base"):  # inf made every theta_i but the first 0
+        RotaryEmbedding(8, base=float("inf"))
+    for max_pos in (10.5, "10"):  # were int()-ed silently: 10.5 -> 10
+        with pytest.raises(ValueError, match="max_position_embeddings"):
+            RotaryEmbedding(8, max_position_embeddings=max_pos)
+    with pytest.raises(ValueError, match="partial_rotary_factor"):  # was TypeError: '<' between float and str
+        RotaryEmbedding(8, partial_rotary_factor="0.5")
+    with pytest.raises(ValueError, match="position_ids"):  # was AttributeError: 'list' has no 'dtype'
+        RotaryEmbedding(8)([[0, 1, 2]])
+
+
+def test_integer_x_is_refused_not_truncated() -> None:
+    """transformers' rotation of an integer tensor gives floats; ours rounded them back to integers silently."""
+    from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+    cos, sin = RotaryEmbedding(8)(torch.arange(3)[None])
+    x = torch.arange(48).view(1, 2, 3, 8)
+    ref, _ = apply_rotary_pos_emb(x, x, cos, sin)
+    assert ref.dtype.is_floating_point and not torch.equal(ref, ref.round())  # the reference is not integral
+    with pytest.raises(ValueError, match="x must have a floating dtype"):
+        apply_rotary(x, cos, sin)
+    torch.testing.assert_close(apply_rotary(x.float(), cos, sin), ref)

@@ -97,9 +97,13 @@ def prepare_mask(
     raise ValueError(f"attn_mask must be bool (True = attend) or floating (additive), got {attn_mask.dtype}")
 
 
-def check_dropout_and_scale(dropout_p: Any, scale: Any) -> None:
-    """``dropout_p`` a real in [0, 1); ``scale`` None or a real (a 0-d tensor too, as torch takes one)."""
-    if isinstance(dropout_p, bool) or not isinstance(dropout_p, (Real, torch.Tensor)) or not 0.0 <= float(dropout_p) < 1.0:
+def check_dropout_and_scale(dropout_p: Any, scale: Any, is_causal: Any = False) -> None:
+    """``dropout_p`` a real in [0, 1); ``scale`` None or a real (a 0-d tensor too, as torch takes one);
+    ``is_causal`` a bool (as torch's SDPA demands: a string such as ``"no"`` would otherwise read as True)."""
+    if not isinstance(is_causal, bool):
+        raise ValueError(f"is_causal must be a bool, got {is_causal!r} ({type(is_causal).__name__})")
+    if (isinstance(dropout_p, bool) or not isinstance(dropout_p, (Real, torch.Tensor))
+            or (isinstance(dropout_p, torch.Tensor) and dropout_p.numel() != 1) or not 0.0 <= float(dropout_p) < 1.0):
         raise ValueError(f"dropout_p must be a number in [0, 1), got {dropout_p!r}")
     if scale is not None and (isinstance(scale, bool) or not isinstance(scale, (Real, torch.Tensor))
                               or (isinstance(scale, torch.Tensor) and scale.numel() != 1)):

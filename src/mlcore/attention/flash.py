@@ -248,7 +248,7 @@ def flash_attention(
     for name, value in (("block_q", block_q), ("block_k", block_k)):
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ValueError(f"{name} must be a positive int, got {value!r}")
-    check_dropout_and_scale(dropout_p, scale)
+    check_dropout_and_scale(dropout_p, scale, is_causal)
     acc_dtype = torch.promote_types(q.dtype, torch.float32)
     mask = prepare_mask(attn_mask, B=B, H=H, Tq=Tq, Tk=Tk, dtype=acc_dtype, device=q.device)
     if mask is not None:

@@ -95,6 +95,10 @@ def combine_masks(*masks: Tensor | None) -> Tensor | None:
     for idx, m in enumerate(present):
         if not isinstance(m, Tensor) or not (m.dtype == torch.bool or m.dtype.is_floating_point):
             raise ValueError(f"masks[{idx}] must be a bool or floating tensor, got {getattr(m, 'dtype', type(m))}")
+    try:  # shapes only, no data: name the masks instead of torch's "size of tensor a must match" from inside & / +
+        torch.broadcast_shapes(*(m.shape for m in present))
+    except RuntimeError:
+        raise ValueError(f"masks of shapes {[tuple(m.shape) for m in present]} do not broadcast together") from None
     if all(m.dtype == torch.bool for m in present):
         out = present[0]
         for m in present[1:]:

@@ -185,6 +185,8 @@ class MultiHeadAttention(nn.Module):
                 raise ValueError("attention_mask must be (B, Tk) padding or a 4-D mask broadcastable to "
                                  f"(B, H, T, Tk), got shape {tuple(attention_mask.shape)}")
         if position_ids is not None:
+            if not isinstance(position_ids, Tensor):
+                raise ValueError(f"position_ids must be a (B, T) integer tensor, got {type(position_ids).__name__}")
             if position_ids.dim() != 2 or position_ids.shape[-1] != T or position_ids.shape[0] not in (1, B):
                 raise ValueError(f"position_ids must be (B, T) = ({B}, {T}), got {tuple(position_ids.shape)}")
             position_ids = position_ids.expand(B, T)

@@ -101,7 +101,7 @@ def scaled_dot_product_attention(
         Scores and softmax are computed in at least fp32.
     """
     B, H, Hkv, Tq, Tk, D, Dv = check_qkv(q, k, v)
-    check_dropout_and_scale(dropout_p, scale)
+    check_dropout_and_scale(dropout_p, scale, is_causal)
     G = H // Hkv
     acc = torch.promote_types(q.dtype, torch.float32)  # fp32 math for fp16/bf16 inputs
     if scale is None:  # D == 0 (empty heads): every score is 0 whatever the scale; torch then averages v too

@@ -23,6 +23,7 @@ A checkpoint in one layout converts to the other by permuting the rows of the q/
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from numbers import Integral, Real
 from types import SimpleNamespace
 from typing import Any
 
@@ -70,8 +71,13 @@ class RotaryEmbedding(nn.Module):
         super().__init__()
         if not isinstance(head_dim, int) or head_dim < 2:
             raise ValueError(f"head_dim must be an int >= 2, got {head_dim!r}")
-        if not 0.0 < partial_rotary_factor <= 1.0:
-            raise ValueError(f"partial_rotary_factor must be in (0, 1], got {partial_rotary_factor}")
+        if (isinstance(partial_rotary_factor, bool) or not isinstance(partial_rotary_factor, Real)
+                or not 0.0 < partial_rotary_factor <= 1.0):
+            raise ValueError(f"partial_rotary_factor must be a number in (0, 1], got {partial_rotary_factor!r}")
+        # int() below would silently truncate 10.5 (dynamic NTK divides by it) and read "10" as 10
+        if (isinstance(max_position_embeddings, bool) or not isinstance(max_position_embeddings, Integral)
+                or max_position_embeddings < 1):
+            raise ValueError(f"max_position_embeddings must be an int >= 1, got {max_position_embeddings!r}")
         rotary_dim = int(head_dim * partial_rotary_factor)
         if rotary_dim < 2 or rotary_dim % 2:
             raise ValueError(
@@ -180,6 +186,8 @@ class RotaryEmbedding(nn.Module):
             dtype = args[0].dtype if dtype is None else dtype
         elif args or position_ids is None:
             raise ValueError("call rope(position_ids) or, as transformers does, rope(x, position_ids)")
+        if not isinstance(position_ids, torch.Tensor):
+            raise ValueError(f"position_ids must be an integer tensor (B, T), got {type(position_ids).__name__}")
         if position_ids.dtype.is_floating_point or position_ids.dtype == torch.bool:
             raise ValueError(f"position_ids must be an integer tensor, got dtype {position_ids.dtype}")
         if position_ids.dim() == 1:
@@ -228,6 +236,8 @@ def apply_rotary(
     """
     if x.dim() != 4:
         raise ValueError(f"x must have shape (B, H, T, D), got {tuple(x.shape)}")
+    if not x.dtype.is_floating_point:  # the float rotation would be truncated back to x's integer dtype
+        raise ValueError(f"x must have a floating dtype, got {x.dtype}")
     if cos.shape != sin.shape:
         raise ValueError(f"cos and sin must have the same shape, got {tuple(cos.shape)} and {tuple(sin.shape)}")
     if cos.dim() == 2:

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from numbers import Real
 from typing import Any
 
 import torch
@@ -83,8 +84,9 @@ def validate_scaling(scaling: dict[str, Any] | None, *, warn: bool = True) -> st
         )
     factor = scaling.get("factor")
     if rope_type != "default" and not (rope_type in ("yarn", "longrope") and factor is None):
-        if isinstance(factor, bool) or not isinstance(factor, (int, float)) or factor <= 0:
-            raise ValueError(f"scaling['factor'] must be a positive number, got {factor!r}")
+        # nan passes ``<= 0`` and inf divides every frequency to 0: both would give silently wrong angles
+        if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not math.isfinite(factor) or factor <= 0:
+            raise ValueError(f"scaling['factor'] must be a positive finite number, got {factor!r}")
         if factor < 1.0 and warn:  # transformers only warns here and runs, so we do the same
             warnings.warn(f"scaling['factor'] = {factor} < 1 compresses positions instead of stretching them",
                           stacklevel=3)
@@ -95,6 +97,18 @@ def validate_scaling(scaling: dict[str, Any] | None, *, warn: bool = True) -> st
         if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
                                   or not math.isfinite(value) or value <= 0):
             raise ValueError(f"scaling[{key!r}] must be a positive number, got {value!r}")
+    for key in ("mscale", "mscale_all_dim"):  # YaRN's temperature: 0.1 * mscale * ln(s) + 1 (0 or None: unused)
+        value = scaling.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                  or not math.isfinite(value)):
+            raise ValueError(f"scaling[{key!r}] must be a finite number or None, got {value!r}")
+    if rope_type == "longrope":  # theta_i / lambda_i: a zero gives inf angles (NaN cos/sin), a negative turns backwards
+        for key in ("short_factor", "long_factor"):
+            values = scaling[key]
+            if isinstance(values, (list, tuple)) and not all(
+                    not isinstance(f, bool) and isinstance(f, (int, float)) and math.isfinite(f) and f > 0
+                    for f in values):
+                raise ValueError(f"scaling[{key!r}] must hold positive finite numbers, got {values!r}")
     if rope_type == "longrope" and scaling.get("original_max_position_embeddings") == 1:
         raise ValueError("scaling['original_max_position_embeddings'] must be > 1 for longrope (its attention "
                          "factor divides by log(original length))")
@@ -223,8 +237,8 @@ def rope_inv_freq(
     """
     if not isinstance(head_dim, int) or head_dim < 2 or head_dim % 2:
         raise ValueError(f"head_dim (rotary dimension) must be an even int >= 2, got {head_dim!r}")
-    if not base > 1:
-        raise ValueError(f"base must be > 1, got {base!r}")
+    if isinstance(base, bool) or not isinstance(base, Real) or not math.isfinite(base) or not base > 1:
+        raise ValueError(f"base must be a finite number > 1, got {base!r}")  # inf: every theta_i but the first is 0
     if max_position_embeddings < 1:
         raise ValueError(f"max_position_embeddings must be >= 1, got {max_position_embeddings}")
     rope_type = validate_scaling(scaling, warn=warn)
