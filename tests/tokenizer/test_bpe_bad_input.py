@@ -216,3 +216,31 @@ def test_a_pattern_that_matches_the_empty_string_is_refused(pattern):
     """tiktoken's encoder panics on an empty chunk ("range end index 2 out of range")."""
     with pytest.raises(ValueError, match="empty string"):
         BPETokenizer([], pattern=pattern)
+
+
+def test_count_pretokens_refuses_a_single_str_of_special_tokens():
+    """Regression: special_tokens="<|e|>" cut out every "<", "|", "e", ">" of the text, silently (train refuses it)."""
+    from mlcore.tokenizer import count_pretokens
+
+    assert count_pretokens("a<|e|>b e", special_tokens=["<|e|>"]) == {b"a": 1, b"b": 1, b" e": 1}
+    with pytest.raises(ValueError, match=r"single str: use \['<\|e\|>'\]"):
+        count_pretokens("a<|e|>b e", special_tokens="<|e|>")
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda: BPETokenizer(None), "merges must be"),
+        (lambda: BPETokenizer([((97, 98), 256), (1, 2, 3)]), r"merges\[1\] must be \(\(a, b\), id\), got \(1, 2, 3\)"),
+        (lambda: BPETokenizer([1, 2]), r"merges\[0\] must be"),
+        (lambda: BPETokenizer([], special_tokens=["<s>"]), "special_tokens must be a dict"),
+        (lambda: BPETokenizer.train("ab ab", 257, special_tokens=5), "special_tokens must be a list"),
+        (lambda: BPETokenizer.train("ab ab", 257, trainer=["fast"]), "trainer must be one of"),
+        (lambda: __import__("mlcore.tokenizer").tokenizer.split_text(None), "text must be a str"),
+        (lambda: __import__("mlcore.tokenizer").tokenizer.count_pretokens(b"ab"), "text must be a str"),
+    ],
+)
+def test_malformed_arguments_name_the_argument(call, message):
+    """Regression: these failed deep inside with unpacking / dict() / hashing errors that named no argument."""
+    with pytest.raises(ValueError, match=message):
+        call()

@@ -1,12 +1,13 @@
 """The exported JSON against Hugging Face ``tokenizers`` itself: it loads and gives the same ids."""
 
 import json
+import warnings
 
 import pytest
 from hypothesis import given, settings
 from tokenizers import Tokenizer
 
-from mlcore.tokenizer import BPETokenizer
+from mlcore.tokenizer import GPT2_PATTERN, GPT4_PATTERN, BPETokenizer
 from mlcore.tokenizer.export import byte_level_string, bytes_to_unicode
 
 from .bpe_strategies import unicode_text
@@ -137,3 +138,30 @@ def test_pattern_that_drops_characters_warns_at_hf_export():
     tok = BPETokenizer.train("hello world, the quick brown fox " * 10, 270, pattern=r"\p{L}+")
     with pytest.warns(UserWarning, match="does not match every character"):
         tok.to_hf_json()
+
+
+def test_pattern_that_oniguruma_splits_differently_warns_at_hf_export():
+    """Regression: tiktoken's own cl100k pattern (``\\p{N}{1,3}+``) exported silently, yet HF's Oniguruma reads
+    ``{1,3}+`` as a repetition and keeps "12345" whole, where mlcore and tiktoken cut "123" + "45"."""
+    import tiktoken_ext.openai_public as public
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(public, "load_tiktoken_bpe", lambda *args, **kwargs: {})
+        cl100k = public.cl100k_base()["pat_str"]
+    tok = BPETokenizer([((51, 52), 256), ((49, 50), 257)], pattern=cl100k)  # "34" (across the cut "123|45"), "12"
+    hf = Tokenizer.from_str(_quiet_json(tok))
+    assert hf.encode("12345").ids != tok.encode("12345") == tok.to_tiktoken().encode("12345")  # the difference
+    with pytest.warns(UserWarning, match="splits text differently"):
+        tok.to_hf_json()
+    with pytest.warns(UserWarning, match="cannot compile"):
+        BPETokenizer([], pattern=r"(?V1)[\p{L}--[a]]+|\s+|.").to_hf_json()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the shipped patterns split alike in both engines: no warning
+        for pattern in (GPT4_PATTERN, GPT2_PATTERN):
+            BPETokenizer([], pattern=pattern).to_hf_json()
+
+
+def _quiet_json(tok: BPETokenizer) -> str:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return tok.to_hf_json()

@@ -1,6 +1,7 @@
 """Our encoder against ``tiktoken.Encoding`` built from our own ranks, pattern and special tokens."""
 
 import pytest
+import regex
 import tiktoken
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -104,3 +105,48 @@ def test_letters_and_numbers_new_in_unicode_17_split_as_tiktoken(pattern):
         for text in (f"a{chr(cp)}a", f"1{chr(cp)}1", f"x {chr(cp)}!", f"{chr(cp)}{chr(cp)} 12"):
             assert tok.encode(text) == enc.encode_ordinary(text), hex(cp)
     assert tok.encode("plain text, no new characters") == enc.encode_ordinary("plain text, no new characters")
+
+
+def _o200k_pat_str() -> str:
+    """o200k_base's published pattern, read from tiktoken_ext without downloading the ranks."""
+    import tiktoken_ext.openai_public as public
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(public, "load_tiktoken_bpe", lambda *args, **kwargs: {})
+        return public.o200k_base()["pat_str"]
+
+
+@pytest.mark.parametrize("pattern", ["o200k", r"\p{Lu}+|\P{Lu}", r"\p{Ll}+|\p{Lo}+|\p{M}+|\p{Nd}+|\p{So}+|\s+|.",
+                                     r"[^\p{Cn}]+|\p{C}+"])
+def test_every_general_category_splits_as_tiktoken_on_unicode_17_characters(pattern):
+    """Not only ``\\p{L}`` / ``\\p{N}``: o200k's ``\\p{Lu}``, ``\\p{Lo}``, ``\\p{M}`` (and any general category) must
+    leave out what Unicode 17.0 added (U+0558, the marks U+1ACF.., Tangut, ...) and keep U+0295 ``ʕ`` lowercase (17.0
+    moved it from Ll to Lo), as tiktoken's 16.0 tables do. The `regex` package's 17.0 tables split them differently."""
+    from mlcore.tokenizer.unicode_version import RECLASSIFIED, UNICODE17_NEW
+
+    merges, nid = [], 256
+    for ctx in "aA1":
+        for b in range(256):
+            merges.append(((ord(ctx), b), nid))
+            nid += 1
+    tok = BPETokenizer(merges, pattern=_o200k_pat_str() if pattern == "o200k" else pattern)
+    enc = tok.to_tiktoken()
+    points = [*RECLASSIFIED, *(cp for a, b in UNICODE17_NEW for cp in (a, (a + b) // 2, b))]
+    for cp in points:
+        c = chr(cp)
+        for text in (f"a{c}a", f"A{c}A", f"1{c}1", f"A{c}b's", f"x {c}{c}!", f"{c}a"):
+            assert tok.encode(text) == enc.encode_ordinary(text), (hex(cp), text)
+
+
+def test_only_letters_and_numbers_send_gpt4_text_to_the_slower_unicode_16_pattern():
+    """The fast path stays as fast: for ``\\p{L}`` / ``\\p{N}`` patterns an emoji 17.0 added (U+1FAC8) changes no
+    class, so its text keeps the given pattern; o200k's ``\\p{Ll}`` / ``\\p{Lo}`` also watch U+0295."""
+    from mlcore.tokenizer import GPT4_PATTERN
+    from mlcore.tokenizer.unicode_version import UNICODE17_LETTERS, UNICODE17_NUMBERS, affected_chars
+
+    if not regex.match(r"\p{L}", "\u0558"):
+        pytest.skip("this regex package has Unicode 16.0 tables: no character differs, nothing is rewritten")
+    letters_and_numbers = {chr(c) for a, b in UNICODE17_LETTERS + UNICODE17_NUMBERS for c in range(a, b + 1)}
+    assert affected_chars(GPT4_PATTERN) == affected_chars(GPT2_PATTERN) == letters_and_numbers
+    assert "\U0001fac8" not in affected_chars(GPT4_PATTERN) and "\U0001fac8" in affected_chars(r"\p{So}|.")
+    assert "\u0295" in affected_chars(_o200k_pat_str()) and affected_chars(r"\s+|\S") == frozenset()

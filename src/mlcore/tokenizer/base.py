@@ -64,11 +64,23 @@ class BaseTokenizer:
     ) -> None:
         self.pattern = pattern
         self.compiled_pattern = compile_pattern(pattern)
+        if isinstance(merges, (str, bytes)) or not isinstance(merges, Iterable):
+            raise ValueError(f"merges must be a dict {{(a, b): id}} or pairs ((a, b), id), got {type(merges).__name__}")
+        if special_tokens is not None and not isinstance(special_tokens, Mapping):
+            # dict(["<s>"]) would fail with "dictionary update sequence element #0 has length 3; 2 is required"
+            raise ValueError(
+                f"special_tokens must be a dict {{text: id}}, got {type(special_tokens).__name__} "
+                f"{special_tokens!r:.60} (BPETokenizer.train takes a list and numbers it)"
+            )
         items = list(merges.items()) if isinstance(merges, Mapping) else list(merges)
         self.vocab: list[bytes] = [bytes([i]) for i in range(256)]
         self.ranks: dict[bytes, int] = {b: i for i, b in enumerate(self.vocab)}
         self.merges: dict[Pair, int] = {}
-        for n, ((a, b), new_id) in enumerate(items):
+        for n, item in enumerate(items):
+            try:
+                (a, b), new_id = item
+            except (TypeError, ValueError):  # not a pair of a pair and an id: name the argument, not the unpacking
+                raise ValueError(f"merges[{n}] must be ((a, b), id), got {item!r:.60}") from None
             self._add_merge(n, a, b, new_id)
         self.special_tokens: dict[str, int] = self._check_specials(dict(special_tokens or {}))
         self.inverse_special: dict[int, str] = {i: s for s, i in self.special_tokens.items()}

@@ -28,6 +28,10 @@ TRAINERS = {"fast": train_fast, "naive": train_naive}
 
 def count_pretokens(text: str, pattern: str = GPT4_PATTERN, special_tokens: Iterable[str] = ()) -> Counter[bytes]:
     """Distinct pre-tokens of ``text`` as UTF-8 bytes with their frequencies; special tokens are cut out."""
+    if not isinstance(text, str):
+        raise ValueError(f"text must be a str, got {type(text).__name__}")
+    if isinstance(special_tokens, str):  # would be cut out character by character
+        raise ValueError(f"special_tokens must be a list of strings, not a single str: use [{special_tokens!r}]")
     compiled = compile_pattern(pattern)
     try:
         text.encode("utf-8")
@@ -87,7 +91,7 @@ class BPETokenizer(BaseTokenizer):
                 f"vocab_size must be an int >= 256 + {len(specials)} special tokens = {256 + len(specials)}, "
                 f"got {vocab_size!r}"
             )
-        if trainer not in TRAINERS:
+        if not isinstance(trainer, str) or trainer not in TRAINERS:
             raise ValueError(f"trainer must be one of {sorted(TRAINERS)}, got {trainer!r}")
         num_tokens = vocab_size - len(specials)
         word_counts = count_pretokens(text, pattern, specials)
@@ -190,6 +194,9 @@ def _special_list(special_tokens: Iterable[str] | Mapping[str, int] | None, voca
         return []
     if isinstance(special_tokens, str):
         raise ValueError(f"special_tokens must be a list of strings, not a single str: use [{special_tokens!r}]")
+    if not isinstance(special_tokens, Iterable):
+        raise ValueError(f"special_tokens must be a list of strings, got {type(special_tokens).__name__} "
+                         f"{special_tokens!r:.60}")
     if isinstance(special_tokens, Mapping):
         items = list(special_tokens.items())
         if not all(isinstance(i, int) and not isinstance(i, bool) for _, i in items):

@@ -95,7 +95,8 @@ def to_hf_json(tok: BaseTokenizer) -> str:
             f"special tokens {clashes} have the same text as ordinary tokens of the byte-level vocabulary; "
             "Hugging Face tokenizers would encode them as those ordinary ids. Rename the special tokens."
         )
-    _warn_on_pattern_gaps(tok)
+    if not _warn_on_pattern_gaps(tok):  # one warning about the split is enough
+        _warn_on_engine_differences(tok)
     byte_level = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": False, "use_regex": False}
     replaces = special_token_replaces(tok, names)
     decoder = {"type": "Sequence", "decoders": [*replaces, byte_level]} if replaces else byte_level
@@ -166,10 +167,11 @@ def special_token_replaces(tok: BaseTokenizer, names: list[str]) -> list[dict]:
 _COVERAGE_PROBE = string.printable + "\u00a0\u3000é日本👍\u0301«»—\u200d"
 
 
-def _warn_on_pattern_gaps(tok: BaseTokenizer) -> None:
+def _warn_on_pattern_gaps(tok: BaseTokenizer) -> bool:
     """Warn if the split pattern leaves characters of a probe text unmatched: mlcore and tiktoken drop them, while
     HF's ``Split`` (``behavior="Isolated"``) keeps them as pieces, so the ids differ. (Whether a pattern covers every
-    character cannot be decided cheaply in general; a probe text catches the usual cases, e.g. ``\\p{L}+``.)"""
+    character cannot be decided cheaply in general; a probe text catches the usual cases, e.g. ``\\p{L}+``.)
+    Returns whether it warned."""
     kept = "".join(tok.compiled_pattern.findall(_COVERAGE_PROBE))
     if kept != _COVERAGE_PROBE:
         missing = sorted(set(_COVERAGE_PROBE) - set(kept))[:10]
@@ -179,3 +181,36 @@ def _warn_on_pattern_gaps(tok: BaseTokenizer) -> None:
             "text. Add a catch-all alternative such as '|\\s+|.' to the pattern.",
             stacklevel=4,
         )
+        return True
+    return False
+
+
+# Digit runs of every length, contractions in every case and white-space runs: where regex engines read the same
+# pattern differently (tiktoken's cl100k spelling ``\p{N}{1,3}+`` is possessive in Rust and Python's ``regex``, a
+# repetition ``(?:\p{N}{1,3})+`` in Oniguruma, so HF would keep "12345" whole).
+_ENGINE_PROBE = _COVERAGE_PROBE + " 1 12 123 1234 12345 1234567 x12345y 'S 'LL don't I'M\r\n\n  \t x  \n\n"
+
+
+def _warn_on_engine_differences(tok: BaseTokenizer) -> None:
+    """Warn if Hugging Face ``tokenizers``' regex engine (Oniguruma) splits a probe text differently from mlcore
+    (and tiktoken) with the same pattern, or cannot compile it; skipped where ``tokenizers`` is not installed."""
+    try:
+        from tokenizers import Regex, pre_tokenizers
+    except ImportError:
+        return
+    try:
+        pieces = [p for p, _ in pre_tokenizers.Split(Regex(tok.pattern), "isolated").pre_tokenize_str(_ENGINE_PROBE)]
+    except Exception as exc:  # noqa: BLE001 - tokenizers raises its own Exception type for a bad regex
+        problem = f"Hugging Face tokenizers cannot compile it ({exc}), so the export will not load"
+    else:
+        ours = tok.compiled_pattern.findall(_ENGINE_PROBE)
+        if pieces == ours:
+            return
+        n = next(i for i, (a, b) in enumerate(zip(pieces + [""], ours + [""])) if a != b)
+        problem = (f"Hugging Face tokenizers splits text differently (HF piece {pieces[n:n + 1]}, mlcore "
+                   f"{ours[n:n + 1]}), so the exported tokenizer's ids will differ on such text")
+    warnings.warn(
+        f"split pattern {tok.pattern!r}: {problem}. GPT4_PATTERN is cl100k's split spelled so that both engines "
+        "agree.",
+        stacklevel=4,
+    )

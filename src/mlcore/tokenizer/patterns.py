@@ -12,8 +12,9 @@ that follows it (Radford et al. 2019, "Language Models are Unsupervised Multitas
   tiktoken spells the same split with more possessive quantifiers (``\p{N}{1,3}+``), which HF ``tokenizers``'
   Oniguruma engine reads as a repetition, so this spelling is the one both engines split alike.
 
-Patterns are compiled with their ``\p{L}`` / ``\p{N}`` limited to Unicode 16.0, the tables of tiktoken's and
-``tokenizers``' engines (``unicode_version.py``); the pattern a tokenizer saves or exports is the one it was given.
+Patterns are compiled with their general categories (``\p{L}``, ``\p{N}``, ``\p{Lu}``, ...) limited to Unicode
+16.0, the tables of tiktoken's and ``tokenizers``' engines (``unicode_version.py``); the pattern a tokenizer saves
+or exports is the one it was given.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import string
 
 import regex
 
-from .unicode_version import has_unicode17, unicode16_pattern
+from .unicode_version import affected_chars, unicode16_pattern
 
 GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 
@@ -41,16 +42,17 @@ class SplitPattern:
     Unicode 16.0 (``unicode_version.py``). The rewritten pattern matches about 2x slower, so it runs only on a
     text that holds a character whose class differs; every other text takes the pattern as given."""
 
-    __slots__ = ("pattern", "_given", "_unicode16")
+    __slots__ = ("pattern", "_given", "_unicode16", "_affected")
 
     def __init__(self, pattern: str) -> None:
         self.pattern = pattern
         self._given = regex.compile(pattern)
         portable = unicode16_pattern(pattern)
         self._unicode16 = self._given if portable == pattern else regex.compile(portable)
+        self._affected = affected_chars(pattern)  # the characters on which the two may differ
 
     def findall(self, text: str) -> list[str]:
-        if self._unicode16 is not self._given and has_unicode17(text):
+        if self._unicode16 is not self._given and not self._affected.isdisjoint(text):
             return self._unicode16.findall(text)
         return self._given.findall(text)
 
@@ -93,5 +95,7 @@ def _refuse_empty_matches(compiled: SplitPattern) -> None:
 
 def split_text(text: str, pattern: str | SplitPattern = GPT4_PATTERN) -> list[str]:
     """Cut ``text`` into pre-tokens, e.g. ``"Hello world!!"`` -> ``["Hello", " world", "!!"]``."""
+    if not isinstance(text, str):
+        raise ValueError(f"text must be a str, got {type(text).__name__}")
     compiled = compile_pattern(pattern) if isinstance(pattern, str) else pattern
     return compiled.findall(text)
