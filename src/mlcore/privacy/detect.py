@@ -138,12 +138,23 @@ def check_recognizers(recognizers: object) -> tuple[Recognizer, ...]:
     return out
 
 
-def ascii_digits(text: str) -> str:
+# The no-break, figure, thin and ideographic spaces and the Unicode hyphens and dashes that copy-paste from
+# web pages, word processors and PDFs puts between digit groups ("234\u00a056\u00a07891", "+44\u00a020 ...",
+# an IBAN grouped with U+202F): read as " " and "-" by every recognizer, not only by the card one.
+_UNICODE_SPACES = "\u00a0\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009\u200a\u202f\u205f\u3000"
+_UNICODE_DASHES = "\u2010\u2011\u2012\u2013\u2014\u2015\u2212\ufe63\uff0d"
+_SEPARATORS = {**{ord(c): 32 for c in _UNICODE_SPACES}, **{ord(c): 45 for c in _UNICODE_DASHES}}
+
+
+def ascii_form(text: str) -> str:
     """`text` with every Unicode decimal digit (Arabic-Indic, fullwidth, Devanagari, ...) replaced by its
-    ASCII digit. One character maps to one character, so offsets into the result are offsets into `text`."""
+    ASCII digit, and the Unicode spaces and dashes above by " " and "-". One character maps to one
+    character, so offsets into the result are offsets into `text`."""
     if text.isascii():
         return text
-    table = {ord(c): 48 + unicodedata.decimal(c) for c in set(text) if not c.isascii() and c.isdecimal()}
+    chars = set(text)
+    table = {ord(c): 48 + unicodedata.decimal(c) for c in chars if not c.isascii() and c.isdecimal()}
+    table.update((ord(c), _SEPARATORS[ord(c)]) for c in chars if ord(c) in _SEPARATORS)
     return text.translate(table) if table else text
 
 
@@ -170,7 +181,7 @@ def detect_pii(
         raise ValueError(
             f"text has {len(text)} characters, more than {MAX_CHARS}; stream it with mask_stream or StreamScanner"
         )
-    scanned = ascii_digits(text)  # recognizers validate ASCII digits; spans report the original characters
+    scanned = ascii_form(text)  # recognizers read ASCII digits and separators; spans report the original characters
     found = [
         span if scanned is text else PiiSpan(span.kind, span.start, span.end, text[span.start : span.end], span.score)
         for recognize in recognizers

@@ -78,7 +78,10 @@ def resolve_overlaps(spans: Iterable[PiiSpan]) -> list[PiiSpan]:
 
     Spans that overlap nothing are kept as they are; the greedy rule runs on each group of spans chained by
     overlaps (a choice in one group never touches another), so the common case is one sort by start."""
-    by_start = sorted(spans, key=_start)
+    try:
+        by_start = sorted(spans, key=_start)
+    except AttributeError as e:  # checked on failure only: detect_pii calls this on every scan
+        raise TypeError(f"spans must contain PiiSpan objects (as detect_pii returns), not others: {e}") from None
     out: list[PiiSpan] = []
     k, n = 0, len(by_start)
     while k < n:

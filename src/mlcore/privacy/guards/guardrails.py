@@ -34,6 +34,7 @@ from mlcore.privacy.detect import (
     MASK_MIN_SCORE,
     RECOGNIZERS,
     Recognizer,
+    ascii_form,
     check_positive_int,
     check_str_list,
     check_text,
@@ -79,7 +80,7 @@ def _digits(value: str) -> str:
 def _allowing(recognizers: Sequence[Recognizer], values: Iterable[str]) -> tuple[Recognizer, ...]:
     """`recognizers` that do not report `values`: a span is dropped when it lies inside a literal occurrence of
     one, or has the same normal form (same digits, for numbers of 7+ digits: "1 800 555 0199" = "1-800-555-0199")."""
-    values = tuple(v for v in values if v)
+    values = tuple(ascii_form(v) for v in values if v)  # recognizers see `detect_pii`'s ASCII form of the text
     if not values:
         return tuple(recognizers)
     literal = re.compile("|".join(map(re.escape, sorted(values, key=len, reverse=True))))

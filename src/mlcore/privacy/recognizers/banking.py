@@ -123,10 +123,16 @@ _SORT_CODE = re.compile(r"(?i:sort[ -]?code|\bsc\b)[ \t]*(?:no\.?|number|is)?[ \
                         r"([0-9]{2}([- ]?)[0-9]{2}\2[0-9]{2})(?![\w]|[.-][0-9])")
 
 
+# "SC 12 34 56 A" is a National Insurance number (prefix SC, suffix A-D), not "SC" (sort code) and six digits
+_NINO_TAIL = re.compile(r" ?[A-D](?![A-Za-z0-9])")
+
+
 def find_sort_codes(text: str) -> Iterator[PiiSpan]:
     """UK sort codes (six digits, usually "20-00-00") right after "sort code"."""
     for m in (m for lo, hi in keyword_regions(text, ("sort code", "sort-code", "sortcode", "sc"))
               for m in _SORT_CODE.finditer(text, lo, hi)):
+        if m.group().startswith("SC") and m.group(2) != "-" and _NINO_TAIL.match(text, m.end()):
+            continue  # the NINO recognizer reports it
         yield PiiSpan("UK_SORT_CODE", m.start(1), m.end(1), m.group(1), 0.85)
 
 

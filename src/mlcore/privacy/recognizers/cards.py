@@ -15,7 +15,8 @@ are repaired after a card word (`find_ocr_cards`). A window is accepted when
 2. its groups are a printed layout: one block, groups of four (the last one shorter), or 4-6-5 / 4-6-4
    (Amex / Diners); spaces and dashes may mix, dots only with groups of four;
 3. it is not part of a longer number or a decimal (``3.4111...``) or an identifier (``ORD4111...``,
-   ``ORD-4111...``, ``0x4111...``); a plain word glued to it (``visa4111...``) lowers the score to 0.6;
+   ``ORD-4111...``, ``0x4111...``); a plain word glued to it (``visa4111...``) or a "+" (an E.164 phone
+   number, ``+4915123454998``) lowers the score to 0.6;
 4. its prefix and length belong to a brand (Maestro outside its well-known IINs needs a context word), or
    it falls under the unknown-IIN policy below.
 
@@ -167,18 +168,21 @@ def _layout_ok(sizes: list[int], seps: set[str] | frozenset[str]) -> bool:
 
 
 def _glued(text: str, start: int, end: int) -> str | None:
-    """How text[start:end] is attached to its neighbours: None (free-standing), "letters" (a word glued to
-    it, as in ``visa4111...`` or ``4111...exp``: still reported, with a lower score) or "token" (part of a
-    longer number, a decimal, or an identifier such as ``ORD-4111...``: not a card)."""
+    """How text[start:end] is attached to its neighbours: None (free-standing), "letters" (a word or a "+"
+    glued to it, as in ``visa4111...``, ``4111...exp`` or ``+4915123454998``: still reported, with a lower
+    score) or "token" (part of a longer number, a decimal, or an identifier such as ``ORD-4111...``: not a
+    card)."""
     before = text[start - 1] if start > 0 else ""
     after = text[end] if end < len(text) else ""
     if before.isdigit() or after.isdigit():
         return "token"
+    # "+" starts an E.164 phone number ("+49 1512 3454998" may pass Luhn as a 13-digit Visa): the phone
+    # recognizer's 0.8 then outranks the card's 0.6, and a "+" before 16+ digits (no phone) is still masked
+    glue = "letters" if before == "+" else None
     if before == "." and start > 1 and text[start - 2].isdigit():
         return "token"  # the fractional part of a decimal (a comma is left alone: CSV rows are full of cards)
     if after == "." and end + 1 < len(text) and text[end + 1].isdigit():
         return "token"
-    glue = None
     if before in _DASHES and start > 1 and text[start - 2].isalnum():
         k = start - 1
         while k > 0 and text[k - 1].isalnum():

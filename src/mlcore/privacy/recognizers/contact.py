@@ -27,13 +27,18 @@ from mlcore.privacy.spans import PiiSpan
 # local-part characters without an "@" (base64, query strings) costs O(64) per start, not O(n). Domain
 # labels may be internationalised (Unicode letters, RFC 5890) and the top-level domain may be an A-label
 # ("xn--p1ai"). The scan starts from each "@" (a literal search, much cheaper than trying every position).
+# A "." may precede a match: the leftmost start wins, so ".ann/bob@x.org" (an RFC-invalid leading dot) is
+# read as "ann/bob@x.org" and not as "bob@x.org" with "ann/" left in clear.
 _EMAIL = re.compile(
-    r"(?<![\w.%+-])(?=[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]{1,64}@)[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*"
+    r"(?<![\w%+-])(?=[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]{1,64}@)[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*"
     r"@(?:[^\W_](?:(?:[^\W_]|-){0,61}[^\W_])?\.)+(?:[^\W\d_]{2,24}|xn--[A-Za-z0-9-]{1,59})(?![\w-])"
 )
 _LOCAL_LAST = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789!#$%&'*+/=?^_`{|}~-")
 _DOMAIN_FIRST = re.compile(r"[^\W_]")
 _CONNECTION_USER = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s/@:]*:$")
+# RFC 5322 allows these at the start of a local part, but closed right after the domain they quote the
+# address ("'ann@x.org'", "`ann@x.org`", "{ann@x.org}", "|ann@x.org|"): the address starts after them
+_CLOSERS = {"'": "'", "`": "`", "{": "}", "|": "|"}
 
 
 def find_emails(text: str) -> Iterator[PiiSpan]:
@@ -47,9 +52,14 @@ def find_emails(text: str) -> Iterator[PiiSpan]:
         lo = max(0, at - 65)
         for m in _EMAIL.finditer(text, lo, min(len(text), at + 320)):
             if m.start() <= at < m.end():
+                start = m.start()
+                if start < at - 1 and text[m.end() : m.end() + 1] == _CLOSERS.get(text[start]):
+                    start += 1
+                    while start < at - 1 and text[start] == ".":
+                        start += 1  # "'.ann@x.org'": the dot-atom starts after the dot
                 # "scheme://user:password@host" is a credential (see secrets), not an address
                 if not _CONNECTION_USER.search(text, max(0, m.start() - 100), m.start()):
-                    yield PiiSpan("EMAIL", m.start(), m.end(), m.group(), 0.95)
+                    yield PiiSpan("EMAIL", start, m.end(), text[start : m.end()], 0.95)
                 break
         at = text.find("@", at + 1)
 
@@ -139,10 +149,12 @@ def _nanp(text: str) -> Iterator[re.Match[str]]:
 def find_phones(text: str) -> Iterator[PiiSpan]:
     if "+" in text:
         for m in search_free(_E164, text, _FREE_E164):
-            digits = sum(c.isdigit() for c in m.group())
+            value, end = m.group(), m.end()
+            if value[-1] == ")" and value.count(")") > value.count("("):
+                value, end = value[:-1], end - 1  # "(+27 10 123 3242)": the bracket closes the prose, not the number
+            digits = sum(c.isdigit() for c in value)
             if 8 <= digits <= 15:
-                yield PiiSpan("PHONE", m.start(), m.end(), m.group(),
-                              score_with_context(text, m.start(), "PHONE", 0.8))
+                yield PiiSpan("PHONE", m.start(), end, value, score_with_context(text, m.start(), "PHONE", 0.8))
     for m in _nanp(text):
         if m.group(3) and m.group(3) != text[m.end(4)]:
             continue  # mixed separators 415-555.2671
@@ -157,8 +169,14 @@ def find_phones(text: str) -> Iterator[PiiSpan]:
                 yield PiiSpan("PHONE", m.start(), m.end(), m.group(), 0.75)
         for m in _search_not_after(_NATIONAL, text, _FREE_NATIONAL, lo, hi):
             digits = sum(c.isdigit() for c in m.group())
-            if 8 <= digits <= 12 and has_context(text, m.start(), "PHONE", window=48):
+            if 8 <= digits <= 12 and not _is_date(m.group()) and has_context(text, m.start(), "PHONE", window=48):
                 yield PiiSpan("PHONE", m.start(), m.end(), m.group(), 0.75)
+
+
+def _is_date(value: str) -> bool:
+    """A real calendar date written with separators ("call back on 12/05/2024" is a date, not a phone)."""
+    m = DATE_PATTERN.fullmatch(value)
+    return m is not None and parse_date(m) is not None
 
 
 _IPV4 = re.compile(r"[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}(?![\w]|\.\d)")
@@ -253,11 +271,13 @@ def find_ips(text: str) -> Iterator[PiiSpan]:
             yield PiiSpan("IP_ADDRESS", m.start(), m.end(), m.group(),
                           score_with_context(text, m.start(), "IP_ADDRESS", 0.8))
     for m in _ipv6_candidates(text):
-        value = m.group()
+        value, end = m.group(), m.end()
+        if value.endswith(":") and not ipv6_valid(value) and ipv6_valid(value[:-1]):
+            value, end = value[:-1], end - 1  # "bound to fe80::1: retrying": the last colon is punctuation
         if value.count(":") >= 2 and ipv6_valid(value) and any(c.isalnum() for c in value):
             if re.fullmatch(r"\d{1,2}:\d{2}(?::\d{2})?", value):
                 continue  # a clock time
-            yield PiiSpan("IP_ADDRESS", m.start(), m.end(), value,
+            yield PiiSpan("IP_ADDRESS", m.start(), end, value,
                           score_with_context(text, m.start(), "IP_ADDRESS", 0.85))
 
 

@@ -24,13 +24,20 @@ import re
 import string
 from collections.abc import Callable, Iterable
 
-from mlcore.privacy.detect import MASK_MIN_SCORE, check_kinds, check_min_score, check_text, detect_pii
+from mlcore.privacy.detect import (
+    MASK_MIN_SCORE,
+    check_kinds,
+    check_min_score,
+    check_positive_int,
+    check_text,
+    detect_pii,
+)
 from mlcore.privacy.keys import check_key, keyed_digest, normalise
 from mlcore.privacy.recognizers.cards import BRANDS, card_brand
 from mlcore.privacy.recognizers.checksums import aba_check_digit, iban_check_digits, luhn_check_digit
 from mlcore.privacy.recognizers.contact import DATE_PATTERN, parse_date
 from mlcore.privacy.recognizers.national_ids import ITIN_GROUPS
-from mlcore.privacy.spans import replace_spans
+from mlcore.privacy.spans import KINDS, replace_spans
 
 SECRET_PREFIXES = ("AKIA", "ASIA", "ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_", "sk_live_", "sk_test_",
                    "rk_live_", "rk_test_", "xoxb-", "xoxp-", "xoxa-", "xoxr-", "xoxs-", "AIza", "eyJ", "glpat-",
@@ -196,6 +203,13 @@ def _secret(value: str, rng: random.Random) -> str:
 def pseudonym_for(kind: str, value: str, key: bytes, *, counter: int = 0) -> str:
     """The format-preserving pseudonym of `value` (of `kind`) under `key`; `counter` re-draws on collision."""
     key = check_key(key, purpose="pseudonym")
+    check_text(value, "value")
+    check_positive_int(counter, "counter", minimum=0)
+    if not isinstance(kind, str):
+        raise TypeError(f"kind must be a str such as 'CARD', got {type(kind).__name__}")
+    if kind not in KINDS:  # an unknown name ("card", "Email") would fall through to the secret filler silently
+        shown = kind if kind.replace("_", "").isalpha() and len(kind) <= 32 else "<value>"
+        raise ValueError(f"kind must be one of {list(KINDS)}, got {shown!r}")
     seed = keyed_digest(key, kind, normalise(kind, value) + f"\x00{counter}", purpose="pseudonym")
     rng = random.Random(int.from_bytes(seed, "big"))
     for _ in range(16):  # never hand back the original itself

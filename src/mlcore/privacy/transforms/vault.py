@@ -24,7 +24,7 @@ import unicodedata
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from mlcore.privacy.detect import MASK_MIN_SCORE, check_kinds, check_text, detect_pii
+from mlcore.privacy.detect import MASK_MIN_SCORE, check_kinds, check_min_score, check_text, detect_pii
 from mlcore.privacy.keys import check_key, derive, normalise
 from mlcore.privacy.recognizers.cards import card_brand
 from mlcore.privacy.recognizers.checksums import iban_check_digits, luhn_valid
@@ -49,13 +49,15 @@ def keep_last_four(kind: str, original: str, fake: str) -> str | None:
     """`fake` with the last four digits (IBAN: characters) of `original`, its check digit re-solved; None when
     no such pseudonym exists (the brand or the checksum cannot be kept with those digits)."""
     if kind == "IBAN":
-        compact, orig = "".join(fake.split()).upper(), "".join(original.split()).upper()
+        # every separator the recognizer reads (space, no-break space, dash, dot) is layout, not data
+        compact = "".join(c for c in fake if c.isalnum()).upper()
+        orig = "".join(c for c in original if c.isalnum()).upper()
         bban = compact[4:-4] + orig[-4:]
         new = compact[:2] + iban_check_digits(compact[:2], bban) + bban
         if any(c.islower() for c in fake):
             new = new.lower()
         it = iter(new)
-        return "".join(next(it) if not c.isspace() else c for c in fake)
+        return "".join(next(it) if c.isalnum() else c for c in fake)
     digits, tail = _digits(fake), _digits(original)[-4:]
     if len(digits) < 6 or len(tail) < 4:
         return None
@@ -92,7 +94,7 @@ class Vault:
         self._key = check_key(key, purpose="the vault")
         self._last_four = check_kinds(last_four) or frozenset()
         self._kinds = check_kinds(kinds)
-        self._min_score = min_score
+        self._min_score = check_min_score(min_score)  # here, not at the first pseudonymize call
         self._by_fake: dict[str, tuple[str, str]] = {}  # pseudonym -> (kind, original)
         self._by_real: dict[tuple[str, str], str] = {}  # (kind, normalised original) -> pseudonym
         self._pattern: re.Pattern[str] | None = None
