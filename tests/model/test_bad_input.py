@@ -111,3 +111,25 @@ def test_logits_to_keep_returns_the_last_rows():
     torch.testing.assert_close(last, full[:, -1:])
     with pytest.raises(ValueError, match="logits_to_keep"):
         model(ids, logits_to_keep=-1)
+
+
+@pytest.mark.parametrize("kind,field,value", [
+    ("llama", "num_attention_heads", 0),          # was a ZeroDivisionError (hidden_size // heads)
+    ("llama", "hidden_size", "abc"),              # was "invalid literal for int()", without the field
+    ("llama", "rms_norm_eps", float("nan")),      # was accepted: NaN logits
+    ("llama", "rope_parameters", 3),              # was "'int' object is not iterable"
+    ("llama", "max_position_embeddings", None),   # was "int() argument must be ... not 'NoneType'"
+    ("qwen2", "max_window_layers", -1),
+    ("gpt2", "layer_norm_epsilon", float("nan")),
+    ("gpt2", "n_head", [4]),
+])
+def test_bad_config_json_values_name_the_field(kind, field, value):
+    """A config.json value of the wrong type or range is refused with a ValueError naming the field (transformers'
+    strict config classes refuse these too), never a deep error or NaN logits."""
+    hf = gpt2() if kind == "gpt2" else llama_family(kind)
+    d = hf.config.to_dict()
+    d["architectures"] = [type(hf).__name__]
+    d.pop("head_dim", None)  # head_dim then comes from hidden_size // num_attention_heads
+    d[field] = value
+    with pytest.raises(ValueError, match=field):
+        config_from_hf(d)

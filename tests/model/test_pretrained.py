@@ -177,3 +177,13 @@ def test_mistral_ignores_layer_types_as_transformers_does():
         assert mine.config.sliding_window == 3 and mine.config.layer_types is None
         with torch.no_grad():
             assert (mine(ids) - hf(ids).logits).abs().max() < 1e-4
+
+
+@pytest.mark.parametrize("overrides", [dict(scale_attn_weights=False, n_head=2),   # factor sqrt(32): not a power of 2
+                                       dict(scale_attn_by_inverse_layer_idx=True, n_layer=3)])  # factor 1/3
+def test_gpt2_half_checkpoint_with_score_scaling_loads_in_float32(tmp_path, overrides):
+    """The score scalings folded into q_proj are applied in float32, not in the file's bfloat16: a float32 load
+    gives transformers' float32 logits (scaling in bfloat16 first rounded the folded weight: errors near 0.1)."""
+    gpt2(**overrides).to(torch.bfloat16).save_pretrained(tmp_path)
+    hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.float32).eval()
+    _assert_same_logits(hf, Transformer.from_pretrained(tmp_path, dtype=torch.float32))

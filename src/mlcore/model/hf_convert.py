@@ -23,6 +23,7 @@ tensor-by-tensor fill that ``from_hf`` and ``from_pretrained`` share live in ``s
 from __future__ import annotations
 
 import dataclasses
+import math
 import warnings
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -126,6 +127,40 @@ def _rope_parameters(d: dict[str, Any], arch: str) -> dict[str, Any]:
 
 _REQUIRED_DECODER = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")
 _REQUIRED_GPT2 = ("vocab_size", "n_embd", "n_layer", "n_head")
+# Integer fields read (None = absent where the field is optional), and the number fields with their lower bound.
+_INT_FIELDS = {
+    "gpt2": ("vocab_size", "n_embd", "n_layer", "n_head", "n_positions", "n_inner"),
+    "llama": _REQUIRED_DECODER + ("max_position_embeddings", "num_key_value_heads", "head_dim"),
+}
+_NUMBER_FIELDS = {"rms_norm_eps": 0.0, "layer_norm_epsilon": 0.0, "rope_theta": 0.0, "initializer_range": 0.0}
+
+
+def _check_field_types(d: dict[str, Any], arch: str) -> None:
+    """ValueError naming the field when a size is not a positive int (or ``max_window_layers`` a count), an epsilon
+    or RoPE base not a finite number, ``rope_parameters`` not a dict or an activation not a name: transformers'
+    config classes refuse these too, where a plain ``int()`` / ``float()`` here would fail without naming the field
+    (or, for a NaN epsilon, not fail at all and give NaN logits)."""
+    ints = [(k, 1) for k in _INT_FIELDS["gpt2" if arch == "gpt2" else "llama"]]
+    if arch in ("mistral", "qwen2"):
+        ints += [("sliding_window", 1), ("max_window_layers", 0)]
+    for key, low in ints:
+        v = d.get(key)
+        if isinstance(v, float) and v.is_integer():
+            v = d[key] = int(v)  # 128.0 in a hand-written config.json: the same size
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < low):
+            raise ValueError(f"{arch} config: {key} must be an int >= {low}, got {v!r}")
+    for key, low in _NUMBER_FIELDS.items():
+        if d.get(key, 0.0) is None and key in ("rope_theta", "initializer_range"):
+            continue  # null = absent (the base then comes from rope_parameters; the init scale is unused here)
+        if key in d and not (isinstance(d[key], (int, float)) and not isinstance(d[key], bool)
+                             and math.isfinite(d[key]) and d[key] >= low):
+            raise ValueError(f"{arch} config: {key} must be a finite number >= {low}, got {d[key]!r}")
+    for key in ("rope_parameters", "rope_scaling"):
+        if d.get(key) is not None and not isinstance(d[key], dict):
+            raise ValueError(f"{arch} config: {key} must be a dict (or null), got {d[key]!r}")
+    for key in ("hidden_act", "activation_function"):
+        if key in d and not isinstance(d[key], str):
+            raise ValueError(f"{arch} config: {key} must be an activation name, got {d[key]!r}")
 
 
 def config_from_hf(d: dict[str, Any]) -> TransformerConfig:
@@ -136,11 +171,12 @@ def config_from_hf(d: dict[str, Any]) -> TransformerConfig:
                      if d[k] is not None and d[k] != {} and d[k] != [])  # null / empty = absent (pruned_heads={})
     if unknown:
         raise _refuse(arch, f"config fields {unknown}")
-    required = _REQUIRED_GPT2 if arch == "gpt2" else _REQUIRED_DECODER
+    required = (*_REQUIRED_GPT2, "n_positions") if arch == "gpt2" else (*_REQUIRED_DECODER, "max_position_embeddings")
     missing = [k for k in required if d.get(k) is None]
     if missing:  # transformers would fill its own defaults and then fail on the weights' shapes
         raise ValueError(f"the {arch} config lacks the size field(s) {missing}: every size of the checkpoint must be "
                          "stated (a config.json saved by transformers has them)")
+    _check_field_types(d, arch)
     if arch == "gpt2":
         return _gpt2_config(d)
 
@@ -148,7 +184,9 @@ def config_from_hf(d: dict[str, Any]) -> TransformerConfig:
     if act not in _ACTIVATIONS:
         raise _refuse(arch, f"hidden_act={act!r} (supported: {sorted(_ACTIVATIONS)})")
     rope = _rope_parameters(d, arch)
-    theta = float(rope.pop("rope_theta"))
+    theta = rope.pop("rope_theta")
+    _check_field_types({"rope_theta": theta}, arch)
+    theta = float(theta)
     max_pos = int(d["max_position_embeddings"])
     max_seq_len = max_pos
     if rope["rope_type"] == "dynamic":  # dynamic NTK exists to run past the trained length: its base grows with
@@ -185,7 +223,7 @@ def config_from_hf(d: dict[str, Any]) -> TransformerConfig:
         rope_max_position_embeddings=max_pos, qkv_bias=qkv_bias, out_bias=out_bias,
         sliding_window=sliding_window, layer_types=layer_types,
         tie_embeddings=bool(d.get("tie_word_embeddings", False)), dropout=0.0,
-        initializer_range=float(d.get("initializer_range", 0.02)),
+        initializer_range=float(d.get("initializer_range") or 0.02),
     )
 
 
@@ -205,7 +243,7 @@ def _gpt2_config(d: dict[str, Any]) -> TransformerConfig:
         norm_eps=float(d.get("layer_norm_epsilon", 1e-5)), mlp="gelu", activation=_ACTIVATIONS[act],
         mlp_bias=True, position="learned", qkv_bias=True, out_bias=True,
         tie_embeddings=bool(d.get("tie_word_embeddings", True)), dropout=0.0,
-        initializer_range=float(d.get("initializer_range", 0.02)),
+        initializer_range=float(d.get("initializer_range") or 0.02),
     )
 
 

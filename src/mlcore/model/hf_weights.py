@@ -131,7 +131,11 @@ def _qkv_part(j: int, transpose: bool) -> Callable[[torch.Tensor], torch.Tensor]
 
 def _scaled(source: Source, scale: float) -> Source:
     def transform(t: torch.Tensor) -> torch.Tensor:
-        return source.apply(t) * scale
+        # A half-precision checkpoint is scaled in float32: the loader then rounds once, to the dtype asked for.
+        # Scaling in bfloat16 first would round twice and give a float32 load other logits than transformers'
+        # (which reads the same bfloat16 weights and scales the scores in float32).
+        t = source.apply(t)
+        return t.to(torch.promote_types(t.dtype, torch.float32)) * scale
     return Source(source.key, transform)
 
 

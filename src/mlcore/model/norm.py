@@ -7,7 +7,8 @@
   cast back before the gain is applied, the order Hugging Face's ``LlamaRMSNorm`` uses. The forward calls
   ``torch.nn.functional.rms_norm`` (torch >= 2.4), one fused call with the same float32 arithmetic (bit for bit
   on CPU, measured); the formula is written out in :meth:`RMSNorm.reference`. LayerNorm computes
-  everything, gain and bias included, in float32 and rounds once, as ``torch.nn.functional.layer_norm`` does.
+  everything, gain and bias included, in float32 (float64 for a float64 input) and rounds once, as
+  ``torch.nn.functional.layer_norm`` does.
 """
 
 from __future__ import annotations
@@ -59,12 +60,15 @@ class LayerNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         dtype = x.dtype
-        x32 = x.float()
-        mean = x32.mean(dim=-1, keepdim=True)
-        var = (x32 - mean).pow(2).mean(dim=-1, keepdim=True)  # biased variance, as in the paper
-        y = (x32 - mean) * torch.rsqrt(var + self.eps) * self.weight.float()
+        # half inputs are computed in float32; float64 stays float64 (as torch's layer_norm, and GPT-2 in
+        # transformers: a float32 round trip would cost float64 models 8 digits)
+        acc = torch.promote_types(dtype, torch.float32)
+        xa = x.to(acc)
+        mean = xa.mean(dim=-1, keepdim=True)
+        var = (xa - mean).pow(2).mean(dim=-1, keepdim=True)  # biased variance, as in the paper
+        y = (xa - mean) * torch.rsqrt(var + self.eps) * self.weight.to(acc)
         if self.bias is not None:
-            y = y + self.bias.float()
+            y = y + self.bias.to(acc)
         return y.to(dtype)  # one rounding at the end, as torch's fused layer_norm
 
     def extra_repr(self) -> str:
