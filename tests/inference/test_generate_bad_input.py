@@ -235,3 +235,56 @@ def test_cache_constructors_name_a_bad_batch_and_dynamic_cache_a_changed_head_sh
     cache.update(0, torch.randn(1, 2, 3, 8), torch.randn(1, 2, 3, 8), index)
     with pytest.raises(ValueError, match=r"\(B, Hkv, D\)"):
         cache.update(0, torch.randn(1, 2, 3, 4), torch.randn(1, 2, 3, 4), index)
+
+
+def test_numpy_integers_for_pad_and_length_and_an_eos_array() -> None:
+    """pad_token_id and max_new_tokens as numpy integers and EOS ids as a numpy array (what a tokenizer or an
+    array hands over, and transformers takes) mean what the Python ints mean; they used to be refused
+    (pad_token_id, max_new_tokens) or refused as an array (eos_token_id), while numpy EOS scalars passed."""
+    np = pytest.importorskip("numpy")
+    from mlcore.inference.hf import hf_generate
+
+    hf, model = pair("llama")
+    ref = generate(model, IDS, attention_mask=MASK, max_new_tokens=6, eos_token_id=[5, 7], pad_token_id=3)
+    for fn, m in ((generate, model), (hf_generate, hf)):
+        out = fn(m, IDS, attention_mask=MASK, max_new_tokens=np.int64(6), eos_token_id=np.array([5, 7]),
+                 pad_token_id=np.int64(3))
+        torch.testing.assert_close(out, ref, rtol=0, atol=0)
+    out = speculative_generate(model, _draft(), IDS, attention_mask=MASK, max_new_tokens=np.int32(6),
+                               eos_token_id=np.array([5, 7]), pad_token_id=np.int64(3), cache="static")
+    torch.testing.assert_close(out, ref, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="eos_token_id"):
+        generate(model, IDS, max_new_tokens=2, eos_token_id=np.array([5.0]))
+
+
+def test_a_cache_class_instead_of_an_object_is_named() -> None:
+    """cache=StaticCache (the class) has the protocol's methods, unbound: it used to fail inside get_seq_length
+    with a TypeError about 'self'."""
+    with pytest.raises(ValueError, match="cache must be a cache object, got the class StaticCache"):
+        generate(_model(), IDS, attention_mask=MASK, max_new_tokens=2, cache=StaticCache)
+
+
+@pytest.mark.parametrize("fn", [generate, speculative_generate], ids=["generate", "speculative"])
+def test_a_refused_mask_read_from_the_pad_id_names_the_pad_id(fn) -> None:
+    """Without attention_mask the pad id marks padding (as transformers); when that makes the last column padding
+    or a row all padding, the error used to blame an 'attention_mask' the caller never passed."""
+    ids = IDS.clone()
+    ids[1, -1] = 3  # pad id 3 in the last column: would be right padding
+    with pytest.raises(ValueError, match="no attention_mask was given, so pad_token_id=3 .*left-padded"):
+        _call(fn, input_ids=ids, attention_mask=None, pad_token_id=3)
+    with pytest.raises(ValueError, match="pad_token_id=7 .*no token"):
+        _call(fn, input_ids=torch.full((1, 4), 7), attention_mask=None, pad_token_id=7)
+    with pytest.raises(ValueError, match="^attention_mask must be left-padded"):  # a mask given is named as before
+        _call(fn, input_ids=IDS, attention_mask=MASK.flip(1))
+
+
+@pytest.mark.parametrize("kind", ["static", "paged", "sliding", "int8"])
+def test_a_cache_object_of_another_dtype_is_refused_before_it_is_written(kind: str) -> None:
+    """A float16 cache on a float32 model used to be refused deep in attention ('k dtype ... q dtype') after the
+    prefill had written layer 0 into it; now make_cache names it up front and the cache stays empty."""
+    from mlcore.inference import make_cache
+
+    cache = make_cache(kind, _model(), batch=2, max_len=16, dtype=torch.float16)
+    with pytest.raises(ValueError, match="cache was allocated in torch.float16 but the model computes in"):
+        generate(_model(), IDS, attention_mask=MASK, max_new_tokens=4, cache=cache)
+    assert cache.get_seq_length() == 0

@@ -209,6 +209,28 @@ def test_crop_rolls_back_within_the_ring():
         small.crop(5)
 
 
+def test_crops_add_up_against_what_the_ring_overwrote():
+    """Two crops of one column each are, together, a crop of two: the second must be refused once the ring has
+    overwritten a column its next query needs (it used to pass and silently drop that key), and the refusal
+    changes nothing. crop(0) needs no old column at all: it always empties the cache."""
+    model = _model(sliding_window=4)
+    ids = torch.randint(0, VOCAB, (1, 12), generator=torch.Generator().manual_seed(5))
+    cache = SlidingWindowCache(4)  # rollback 0: one column
+    with torch.no_grad():
+        full = model(ids[:, :8])
+        model(ids[:, :5], cache=cache)  # column 4 overwrote column 0
+        cache.crop(4)  # the query at column 4 needs 1..3: still held
+        with pytest.raises(ValueError, match="no longer holds columns before 1"):
+            cache.crop(3)  # the query at column 3 would need column 0
+        assert cache.get_seq_length() == 4
+        rest = model(ids[:, 4:8], cache=cache)  # the refused crop left the cache usable
+    assert (rest - full[:, 4:8]).abs().max() < 1e-4
+    cache.crop(0)
+    assert cache.get_seq_length() == 0
+    with torch.no_grad():
+        assert (model(ids[:, :8], cache=cache) - full).abs().max() < 1e-4
+
+
 def test_bad_arguments():
     with pytest.raises(ValueError, match="window"):
         SlidingWindowCache(0)

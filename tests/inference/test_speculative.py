@@ -100,6 +100,28 @@ def test_random_pair_eos_rows_finish_at_different_steps() -> None:
     assert (ref[:, 9:] == 127).any(dim=1).tolist().count(True) >= 1  # a row stopped and was padded
 
 
+@pytest.mark.parametrize("lengths", [[9], [4, 9, 6]])
+def test_output_ends_at_the_last_rows_eos_mid_round(lengths: list[int]) -> None:
+    """The last running row hits EOS inside a round whose later drafts were accepted: the output ends at that EOS
+    as generate's and transformers' assisted generation do (it used to keep the round's all-pad columns)."""
+    from mlcore.inference.hf import hf_assisted_generate
+
+    hf = llama_family("llama", seed=0)
+    target, _ = random_pair()
+    ids, mask = left_padded_batch(lengths, 9)
+    free = generate(target, ids, attention_mask=mask, max_new_tokens=12)[:, 9:]
+    eos = [int(t) for t in free[:, 2]]  # every row stops by its third token, mid the first 5-token round
+    ref = generate(target, ids, attention_mask=mask, max_new_tokens=12, eos_token_id=eos, pad_token_id=127)
+    out, stats = speculative_generate(target, target, ids, attention_mask=mask, max_new_tokens=12,
+                                      num_draft_tokens=4, eos_token_id=eos, pad_token_id=127, return_stats=True)
+    torch.testing.assert_close(out, ref, rtol=0, atol=0)
+    assert out.shape[1] <= 9 + 3 and stats.new_tokens == out.shape[1] - 9
+    if len(lengths) == 1:  # transformers' assisted generation runs one row only
+        assisted = hf_assisted_generate(hf, hf, ids, attention_mask=mask, max_new_tokens=12, num_draft_tokens=4,
+                                        eos_token_id=eos, pad_token_id=127)
+        torch.testing.assert_close(out, assisted, rtol=0, atol=0)
+
+
 def test_draft_equal_to_target_accepts_everything() -> None:
     target, _ = random_pair()
     ids, mask = left_padded_batch([4, 9, 6], 9)

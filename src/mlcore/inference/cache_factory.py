@@ -24,9 +24,13 @@ def make_cache(cache: str | Any, model: nn.Module, *, batch: int, max_len: int,
     if cache is None:
         raise ValueError(f"cache must be one of {CACHE_NAMES} or a cache object, got None (generate always "
                          "decodes with a cache; generate_no_cache is the cache-free baseline)")
+    if isinstance(cache, type):  # the class has the protocol's methods, but unbound: fail here, not deep inside
+        raise ValueError(f"cache must be a cache object, got the class {cache.__name__}; pass an instance (e.g. "
+                         f"{cache.__name__}.for_model(model, batch, max_len)) or a name from {CACHE_NAMES}")
     if not isinstance(cache, str):
         check_cache(cache)
         _check_sliding_object(cache, model, max_len)
+        _check_object_dtype(cache, model)
         if cache.get_seq_length() != 0:
             raise ValueError(f"cache must be empty at the start of generate, it holds {cache.get_seq_length()} "
                              "columns (call .crop(0) / .reset(), or pass a new one)")
@@ -81,3 +85,24 @@ def _check_sliding_object(cache: Any, model: nn.Module, max_len: int) -> None:
         raise ValueError(f"prompt + max_new_tokens = {max_len} exceeds the model's max_seq_len={c.max_seq_len}, "
                          "and this model cannot stream past it with this cache (learned positions, or "
                          "window + sinks longer than max_seq_len)")
+
+
+def _check_object_dtype(cache: Any, model: nn.Module) -> None:
+    """A cache object allocated in another float dtype than the model's (``for_model(..., dtype=)``): attention
+    would refuse its keys only after the prefill wrote layer 0 into it, so refuse it here, before any write.
+    Under autocast the queries take the autocast dtype instead: not checked there."""
+    p = next(model.parameters())
+    if torch.is_autocast_enabled(p.device.type):
+        return
+    held = None
+    for name in ("keys", "k_pool"):  # StaticCache / SlidingWindowCache, PagedCache: float buffers per layer
+        buffers = getattr(cache, name, None)
+        if isinstance(buffers, dict) and buffers:
+            held = next(iter(buffers.values())).dtype
+            break
+    dtypes = getattr(cache, "_dtype", None)  # QuantizedCache: the dtype it dequantizes to
+    if held is None and isinstance(dtypes, dict) and dtypes:
+        held = next(iter(dtypes.values()))
+    if held is not None and held != p.dtype:
+        raise ValueError(f"cache was allocated in {held} but the model computes in {p.dtype}; build it with "
+                         f"dtype={p.dtype} (or leave dtype= out of for_model)")

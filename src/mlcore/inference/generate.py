@@ -46,8 +46,8 @@ def check_prompt(model: nn.Module, input_ids: Tensor, attention_mask: Tensor | N
     if B == 0 or T == 0:
         raise ValueError(f"input_ids must hold at least one row and one token (an empty prompt has nothing to "
                          f"continue), got shape {(B, T)}")
-    if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens < 0:
-        raise ValueError(f"max_new_tokens must be an int >= 0, got {max_new_tokens!r}")
+    if not isinstance(max_new_tokens, Integral) or isinstance(max_new_tokens, bool) or max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must be an int >= 0, got {max_new_tokens!r}")  # numpy ints too
     if int(input_ids.min()) < 0:  # checked here because the repetition penalty reads the ids before the model
         raise ValueError(f"input_ids must be token ids >= 0, got {int(input_ids.min())}")
     if attention_mask is None:
@@ -69,9 +69,9 @@ def pad_token(pad_token_id: int | None, eos: Tensor | None, vocab: int) -> int:
     """The id a finished row is padded with: ``pad_token_id``, else the first EOS id, else 0 (as transformers)."""
     if pad_token_id is None:
         return int(eos[0]) if eos is not None else 0
-    if not isinstance(pad_token_id, int) or isinstance(pad_token_id, bool) or not 0 <= pad_token_id < vocab:
+    if not isinstance(pad_token_id, Integral) or isinstance(pad_token_id, bool) or not 0 <= pad_token_id < vocab:
         raise ValueError(f"pad_token_id must be an int in [0, vocab_size={vocab}), got {pad_token_id!r}")
-    return pad_token_id
+    return int(pad_token_id)  # numpy integers too, as for eos_token_id
 
 
 def _eos_tensor(eos_token_id: int | Sequence[int] | Tensor | None, device: torch.device) -> Tensor | None:
@@ -79,6 +79,8 @@ def _eos_tensor(eos_token_id: int | Sequence[int] | Tensor | None, device: torch
         return None
     if isinstance(eos_token_id, Tensor) and not eos_token_id.is_floating_point() and eos_token_id.dim() <= 1:
         eos_token_id = eos_token_id.tolist()  # transformers accepts a tensor of ids too
+    elif not isinstance(eos_token_id, (Tensor, Integral, Sequence, set)) and getattr(eos_token_id, "ndim", 2) <= 1:
+        eos_token_id = eos_token_id.tolist()  # a numpy array of ids (its floats are refused below)
     ids = [eos_token_id] if isinstance(eos_token_id, Integral) else eos_token_id
     if not isinstance(ids, (Sequence, set)) or isinstance(ids, str) or not ids or not all(
             isinstance(i, Integral) and not isinstance(i, bool) and i >= 0 for i in ids):
@@ -97,6 +99,23 @@ def mask_from_padding(input_ids: Tensor, pad_token_id: Any, eos_token_id: Any) -
         return None
     padding = input_ids == int(pad_token_id)
     return (~padding).long() if bool(padding.any()) else None
+
+
+def prompt_mask(model: nn.Module, input_ids: Tensor, attention_mask: Tensor | None, pad_token_id: Any,
+                eos_token_id: Any, max_new_tokens: int) -> Tensor:
+    """:func:`check_prompt` of the given mask, or of the one :func:`mask_from_padding` reads from ``pad_token_id``
+    when none is given; a refused inferred mask is blamed on the pad id, not on an attention_mask never passed."""
+    if attention_mask is not None:
+        return check_prompt(model, input_ids, attention_mask, max_new_tokens)
+    inferred = mask_from_padding(input_ids, pad_token_id, eos_token_id)
+    try:
+        return check_prompt(model, input_ids, inferred, max_new_tokens)
+    except ValueError as e:
+        if inferred is None or not str(e).startswith("attention_mask"):
+            raise
+        raise ValueError(f"no attention_mask was given, so pad_token_id={pad_token_id!r} in input_ids marks padding "
+                         f"(as in transformers), and that mask is refused: {e}; pass attention_mask (1 = token) "
+                         "explicitly") from None
 
 
 def _check_streamer(streamer: Any) -> None:
@@ -166,9 +185,9 @@ def generate(
         same model, batch size and (bucketed) length, or compiled again when the weights changed. See
         :mod:`mlcore.inference.compiled`.
     """
-    if attention_mask is None:  # as transformers: a pad id found in the prompt marks padding
-        attention_mask = mask_from_padding(input_ids, pad_token_id, eos_token_id)
-    mask = check_prompt(model, input_ids, attention_mask, max_new_tokens)
+    # as transformers, without an attention_mask a pad id found in the prompt marks padding
+    mask = prompt_mask(model, input_ids, attention_mask, pad_token_id, eos_token_id, max_new_tokens)
+    max_new_tokens = int(max_new_tokens)  # a numpy integer would leak into the caches' sizes
     validate_sampling_args(temperature, top_k, top_p, repetition_penalty)
     eos = _eos_tensor(eos_token_id, input_ids.device)
     stops = _stop_sequences(stop)
@@ -200,7 +219,7 @@ def generate(
         streamer.put(input_ids.cpu())  # as transformers does: the prompt first
     # Without padding the positions are the columns, which the model derives from the cache length alone: no
     # mask and no position_ids per step (and its RoPE rows come from a table made once, not per step).
-    padded = attention_mask is not None and not bool(mask.all())
+    padded = not bool(mask.all())
     logits = model(input_ids, attention_mask=mask if padded else None, cache=kv, logits_to_keep=1)  # (B, 1, V)
     positions = mask.sum(dim=1, keepdim=True) - 1 if padded else None  # (B, 1) each row's last prompt position
     if decoder is not None:

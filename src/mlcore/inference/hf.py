@@ -24,12 +24,13 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
+from numbers import Integral
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from mlcore.inference.generate import mask_from_padding
+from mlcore.inference.generate import _eos_tensor, mask_from_padding
 from mlcore.inference.sampling import validate_sampling_args
 
 __all__ = ["hf_generate", "hf_assisted_generate", "hf_generation_config"]
@@ -52,16 +53,17 @@ def hf_generation_config(
     from transformers import GenerationConfig
 
     validate_sampling_args(temperature, top_k, top_p, repetition_penalty)
-    if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens < 1:
+    if not isinstance(max_new_tokens, Integral) or isinstance(max_new_tokens, bool) or max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be an int >= 1 for transformers' generate, got {max_new_tokens!r}")
     if cache_implementation not in HF_CACHES:
         raise ValueError(f"cache_implementation must be one of {HF_CACHES}, got {cache_implementation!r}")
-    eos = [] if eos_token_id is None else ([eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id))
+    # the ids generate takes (an int, a list, a tensor or numpy array of ints), checked as generate checks them
+    eos = [] if eos_token_id is None else _eos_tensor(eos_token_id, torch.device("cpu")).tolist()
     if pad_token_id is None:
         pad_token_id = eos[0] if eos else 0
     sample = temperature > 0
     return GenerationConfig(
-        max_new_tokens=max_new_tokens,
+        max_new_tokens=int(max_new_tokens),
         do_sample=sample,
         # Greedy ignores the warpers (left unset: transformers warns about set-but-unused flags). When sampling,
         # top_k=0 switches its top-k off (its default is 50) and top_p=1.0 the nucleus filter.

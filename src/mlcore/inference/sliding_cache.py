@@ -103,6 +103,7 @@ class SlidingWindowCache:
         self.sink_index: Tensor | None = None
         self.n_sinks: Tensor | None = None  # (B,) sinks filled per row
         self._length: dict[int, int] = {}
+        self._lost = 0  # columns < _lost were overwritten in the ring (a crop does not bring them back)
         self._step: _Step | None = None
         self.full_layers = frozenset(full_layers)
         self._full = DynamicCache()  # the full_layers' keys and values, every column
@@ -166,6 +167,7 @@ class SlidingWindowCache:
             self.sink_index = ext.scatter(1, sink_slot, index)[:, :S]
             self.n_sinks = self.n_sinks + to_sink.sum(dim=1)
             ring_new = torch.where(to_sink, -1, index)
+        self._lost = max(self._lost, end - C)  # the ring now holds at most columns [end - C, end)
         w = min(T, C)
         ring_slots = torch.arange(end - w, end, device=index.device) % C
         in_place = T <= C - W + 1  # writing first evicts only columns no query of this step can see
@@ -239,11 +241,14 @@ class SlidingWindowCache:
         """Forget columns from ``n`` on; possible while the window before ``n`` is still in the ring."""
         length = max((self.get_seq_length(layer) for layer in [*self._length, *self.full_layers]), default=0)
         n = crop_length(n, length)
-        lost = length - self.capacity  # columns < lost have been overwritten
-        if lost > 0 and n - self.window + 1 < lost:
-            raise ValueError(f"cannot crop to {n}: the ring no longer holds columns before {lost} that the next "
-                             f"query needs; this cache rolls back at most {self.capacity - self.window + 1} "
-                             "columns (build it with a larger rollback=)")
+        # The next query (column n) needs columns [n - window + 1, n). What the ring lost stays lost across
+        # crops: two crops within the rollback each can together reach an overwritten column, so the check
+        # uses every column ever written (_lost), not the current length. crop(0) needs nothing (a reset).
+        if n > 0 and max(n - self.window + 1, 0) < self._lost:
+            raise ValueError(f"cannot crop to {n}: the ring no longer holds columns before {self._lost} that the "
+                             f"next query needs; this cache rolls back at most {self.capacity - self.window + 1} "
+                             "columns from the longest length it reached (build it with a larger rollback=)")
+        self._lost = min(self._lost, n)
         for layer in self._length:
             self._length[layer] = min(self._length[layer], n)
         if self.ring_index is not None:

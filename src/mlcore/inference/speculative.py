@@ -35,7 +35,7 @@ import torch
 from torch import Tensor, nn
 
 from mlcore.inference.cache_factory import make_cache
-from mlcore.inference.generate import _eos_tensor, check_prompt, mask_from_padding, pad_token
+from mlcore.inference.generate import _eos_tensor, pad_token, prompt_mask
 from mlcore.inference.sampling import make_generator, process_logits, validate_sampling_args
 from mlcore.inference.speculative_sampling import AcceptanceStats, verify_draft
 
@@ -144,9 +144,9 @@ def speculative_generate(
         ``(target_cache, draft_cache)`` pair of names or empty cache objects; caches must support ``crop``.
     return_stats: also return a :class:`SpeculativeStats` (acceptance rate, rounds, ...).
     """
-    if attention_mask is None:  # as transformers (and generate): a pad id found in the prompt marks padding
-        attention_mask = mask_from_padding(input_ids, pad_token_id, eos_token_id)
-    mask = check_prompt(target, input_ids, attention_mask, max_new_tokens)
+    # as transformers (and generate): without an attention_mask a pad id found in the prompt marks padding
+    mask = prompt_mask(target, input_ids, attention_mask, pad_token_id, eos_token_id, max_new_tokens)
+    max_new_tokens = int(max_new_tokens)  # a numpy integer would leak into the caches' sizes
     validate_sampling_args(temperature, top_k, top_p)
     _check_pair(target, draft, input_ids)
     if not isinstance(num_draft_tokens, int) or isinstance(num_draft_tokens, bool) or num_draft_tokens < 1:
@@ -206,19 +206,23 @@ def speculative_generate(
         m = int(torch.where(active, check.accepted_counts, k).min())
         new = check.next_tokens[:, : m + 1]  # (B, m+1): accepted drafts then the residual / bonus token
         new = torch.where(active[:, None], new, torch.full_like(new, pad_token_id))
+        finished = False
         if eos is not None:
             is_eos = torch.isin(new, eos) & active[:, None]
             after = (is_eos.long().cumsum(dim=1) - is_eos.long()) > 0  # strictly after a row's first EOS
             new = new.masked_fill(after, pad_token_id)
             active = active & ~is_eos.any(dim=1)
+            finished = not bool(active.any())
+            if finished:  # end at the last row's EOS, as generate does: no all-pad columns after it
+                new = new[:, : int(is_eos.long().argmax(dim=1).max()) + 1]
         seq = torch.cat([seq, new], dim=1)
-        stats.new_tokens += m + 1
-        keep_cols = S + m  # x and d_1..d_m are cached; the new last token is not
+        stats.new_tokens += new.shape[1]
+        keep_cols = seq.shape[1] - 1  # x and the kept drafts are cached; the new last token is not
         target_kv.crop(keep_cols)
         target_len = keep_cols
         if draft_len > keep_cols:
             draft_kv.crop(keep_cols)
             draft_len = keep_cols
-        if eos is not None and not bool(active.any()):
+        if finished:
             break
     return (seq, stats) if return_stats else seq
