@@ -105,3 +105,18 @@ def test_inconsistent_quantized_tensor():
         QuantizedTensor.from_state_dict(tensors, {"scheme": "int4"})
     with pytest.raises(ValueError, match="zeros: expected uint8"):
         QuantizedTensor.from_state_dict({k: v for k, v in tensors.items() if k != "zeros"}, meta)
+
+
+@pytest.mark.parametrize("group_size", ["32", [32], 16, True])
+def test_group_size_of_a_per_channel_int8_tensor_must_be_none(group_size):
+    """int8 per channel / tensor has no groups: a group size in its metadata was ignored (a number) or raised
+    TypeError (a string or list, from ``k // g``); it is a ValueError naming group_size now."""
+    tensors, meta = quantize(W, "int8").state_dict()
+    with pytest.raises(ValueError, match="group_size: expected None for granularity 'channel'"):
+        QuantizedTensor.from_state_dict(tensors, {**meta, "group_size": group_size})
+
+
+def test_bool_group_size_is_refused():
+    tensors, meta = quantize(W, "int4", group_size=32).state_dict()
+    with pytest.raises(ValueError, match="group_size: expected a positive int, got True"):
+        QuantizedTensor.from_state_dict(tensors, {**meta, "group_size": True})

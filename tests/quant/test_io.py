@@ -176,3 +176,61 @@ def test_a_plain_tensor_of_another_kind_is_refused(saved):
     with pytest.raises(ValueError, match="dtype"):
         load_quantized(model, saved)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def _set_meta(layer: str, key: str, value):
+    def change(meta):
+        layers = json.loads(meta["quantized_layers"])
+        layers[layer][key] = value
+        meta["quantized_layers"] = json.dumps(layers)
+    return change
+
+
+@pytest.mark.parametrize(("key", "value", "match"), [
+    ("dtype", [1, 2], r"metadata\['dtype'\]: expected one of"),  # was TypeError: unhashable type: 'list'
+    ("nested_blocksize", [32, 64], r"metadata\['nested_blocksize'\]: expected an int or None"),  # TypeError
+    ("nested_blocksize", 2**40, r"nested.blocksize: expected one of \(32, 64"),  # tried to allocate 2**40 floats
+    ("group_size", 2**40, r"group_size: expected one of \(32, 64"),
+])
+def test_corrupt_metadata_values_give_value_errors(saved, key, value, match):
+    """Metadata values of the wrong type or size are refused by name, not a TypeError or an allocation of
+    terabytes at the first forward."""
+    _rewrite(saved, meta_fn=_set_meta("layers.0.attn.q_proj", key, value))
+    with pytest.raises(ValueError, match=rf"layer 'layers.0.attn.q_proj': {match}"):
+        load_quantized(_fresh_mlcore(), saved)
+
+
+@pytest.mark.parametrize(("suffix", "change", "match"), [
+    ("weight_nested_absmax", lambda t: t.to(torch.uint8), r"nested.absmax.dtype: expected torch.float32"),
+    ("weight_nested_offset", lambda t: t.to(torch.float16), r"nested.offset.dtype: expected torch.float32"),
+    ("weight_nested_offset", lambda t: t.reshape(1, 1), r"nested.offset.shape: expected \(\) or \(1,\)"),
+    ("weight_data", lambda t: t.clone(), r"unexpected tensors \['layers.0.attn.q_proj.weight_data_copy'\]"),
+])
+def test_corrupt_quantized_tensors_are_refused(saved, suffix, change, match):
+    """Double-quant scales in another dtype (truncated to integers: silently wrong weights), an offset of shape
+    (1, 1) (a broadcasting RuntimeError at the first forward) and an unknown tensor of a quantized layer (dropped
+    without a word) were all loaded; now each is a ValueError naming the layer."""
+    name = "layers.0.attn.q_proj." + suffix
+
+    def edit(tensors):
+        if suffix == "weight_data":
+            tensors[name + "_copy"] = change(tensors[name])
+        else:
+            tensors[name] = change(tensors[name])
+    _rewrite(saved, tensors_fn=edit)
+    with pytest.raises(ValueError, match=rf"layer 'layers.0.attn.q_proj': {match}"):
+        load_quantized(_fresh_mlcore(), saved)
+
+
+def test_integer_bias_of_a_quantized_layer_is_refused(tmp_path):
+    """A quantized layer's bias stored as integers was loaded as an integer parameter (truncated values); the
+    rule for every other tensor (a float may change precision, not kind) now holds for it too."""
+    def build():
+        torch.manual_seed(0)
+        return torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.ReLU())
+
+    path = tmp_path / "m.safetensors"
+    save_quantized(quantize_model(build(), "int8"), path)
+    _rewrite(path, tensors_fn=lambda t: t.__setitem__("0.bias", (t["0.bias"] * 100).to(torch.int32)))
+    with pytest.raises(ValueError, match="layer '0': bias.dtype: expected a floating-point tensor, got torch.int32"):
+        load_quantized(build(), path)

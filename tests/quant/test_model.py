@@ -193,3 +193,12 @@ def test_meta_weights_are_refused():
         model = nn.Sequential(nn.Linear(64, 64))
     with pytest.raises(ValueError, match="0.weight: expected a tensor with values"):
         quantize_model(model, "int8")
+
+
+def test_forced_kernel_a_later_layer_cannot_take_changes_nothing():
+    """prefer="int8pack" needs in_features % 16 == 0: the first two layers were quantized before the third
+    raised (a half-quantized model, an error without the layer's name); now nothing changes."""
+    model = nn.Sequential(nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 24), nn.ReLU(), nn.Linear(24, 8))
+    with pytest.raises(ValueError, match="layer '4': prefer: 'int8pack' cannot run .* in_features % 16 == 0, got 24"):
+        quantize_model(model, "int8", prefer="int8pack")
+    assert [type(m) for m in model if not isinstance(m, nn.ReLU)] == [nn.Linear] * 3

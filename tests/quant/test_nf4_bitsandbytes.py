@@ -175,3 +175,52 @@ def test_repacked_for_the_cpu_kernel_is_refused_clearly():
         state.packing_format_for_cpu = True
     with pytest.raises(ValueError, match="quant_state: repacked for bitsandbytes' AVX512-BF16 CPU kernel"):
         from_bitsandbytes(l4.weight.data, state)
+
+
+@pytest.mark.parametrize(("w", "blocksize"), [
+    (torch.zeros(4002, dtype=torch.float16), 512),  # all zeros, shorter last block stored as 1e-38
+    (torch.zeros(96, dtype=torch.bfloat16), 64),  # a full block of zeros (0) and a short one (1e-38)
+    (torch.randn(662, generator=torch.Generator().manual_seed(25)) * 1e-39, 128),  # subnormal weights
+], ids=["zeros", "zeros-two-blocks", "subnormal"])
+def test_double_quant_nested_level_has_no_floor(w, blocksize):
+    """bitsandbytes' 8-bit nested level stores each block's true absmax, even below 1e-38 (a tensor of zeros
+    whose shorter last 4-bit block holds the 1e-38 floor): ours stored 1e-38 there and chose codes with it."""
+    for quant_type in ("nf4", "fp4"):
+        packed, state = bnb_quantize(w, quant_type, blocksize, double_quant=True)
+        qt = quantize(w, quant_type, blocksize=blocksize, double_quant=True)
+        assert torch.equal(qt.nested.absmax, state.state2.absmax)
+        assert torch.equal(qt.nested.offset, state.offset)
+        assert torch.equal(qt.data, packed.reshape(-1))
+        exact = quantize(w, quant_type, blocksize=blocksize, double_quant=False).scales
+        n, nearer = _scale_code_differences(exact, qt.scales, state.absmax, qt.nested)
+        assert nearer and (w.abs().max() < 1e-38 or n == 0)  # bitsandbytes' search is loose on subnormals only
+        assert torch.equal(dequantize(qt), dequantize(from_bitsandbytes(packed, state))) or n > 0
+
+
+def test_double_quant_offset_does_not_overflow():
+    """Block absmax values near float32's limit: their float32 sum overflows, and bitsandbytes stores an
+    infinite offset (every value dequantizes to inf / NaN). Ours takes that mean in float64: finite and close."""
+    w = torch.randn(4096, generator=torch.Generator().manual_seed(0)) * 1e37
+    for quant_type in ("nf4", "fp4"):
+        qt = quantize(w, quant_type, double_quant=True)
+        assert torch.isfinite(qt.nested.offset) and torch.isfinite(qt.nested.absmax).all()
+        back = dequantize(qt)
+        plain = dequantize(quantize(w, quant_type, double_quant=False))
+        assert torch.isfinite(back).all()
+        assert (back - plain).abs().max() <= 0.02 * w.abs().max()  # only the 8-bit scale rounding differs
+        packed, _ = bnb_quantize(w, quant_type, 64, double_quant=True)
+        assert torch.equal(qt.data, packed.reshape(-1))
+
+
+def test_float16_double_quant_stays_finite():
+    """A float16 weight near 65504: a double-quantized block scale may land above it, and bitsandbytes'
+    dequantization returns inf there; ours clamps the scale to 65504 and equals it everywhere else."""
+    w = (torch.randn(4096, generator=torch.Generator().manual_seed(0)) * 2e4).clamp(-65504, 65504).half()
+    for quant_type in ("nf4", "fp4"):
+        packed, state = bnb_quantize(w, quant_type, 64, double_quant=True)
+        ours = dequantize(from_bitsandbytes(packed, state))
+        ref = bnb_dequantize(packed, state).reshape(-1)
+        assert ours.dtype == torch.float16 and torch.isfinite(ours).all()
+        finite = torch.isfinite(ref)
+        assert torch.equal(ours[finite], ref[finite])
+        assert dequantize(quantize(w, quant_type)).isfinite().all()

@@ -108,6 +108,9 @@ def _quantized_layer(path: str, model: nn.Module, name: str, meta: dict[str, Any
                          f"in the model: {module.bias is not None}")
     try:
         qt = QuantizedTensor.from_state_dict(parts, meta)
+        unexpected = sorted(parts.keys() - qt.tensors().keys())
+        if unexpected:  # an unknown tensor would otherwise be dropped without a word
+            raise ValueError(f"unexpected tensors {[prefix + k for k in unexpected]} for its {qt.scheme} weight")
         return QuantizedLinear(qt, bias)
     except ValueError as e:
         raise ValueError(f"path: {path!r}: layer {name!r}: {e}") from e

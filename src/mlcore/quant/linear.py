@@ -74,6 +74,8 @@ class QuantizedLinear(nn.Module):
             raise ValueError(f"bias: expected a torch.Tensor or None, got {type(bias).__name__}")
         if bias is not None and tuple(bias.shape) != (self.out_features,):
             raise ValueError(f"bias.shape: expected ({self.out_features},), got {tuple(bias.shape)}")
+        if bias is not None and not bias.dtype.is_floating_point:  # nn.Linear's bias is a float parameter too
+            raise ValueError(f"bias.dtype: expected a floating-point tensor, got {bias.dtype}")
         if prefer not in ("auto",) + KERNELS:
             raise ValueError(f"prefer: expected 'auto' or one of {KERNELS}, got {prefer!r}")
         if prefer in _FAST:

@@ -15,8 +15,9 @@ Rules, in order, each skipped layer named in a ``UserWarning`` (never silently):
    even); a layer that is not is kept in full precision. NF4 / FP4 blocks run over the flattened weight and fit
    any shape.
 
-Bad arguments (unknown scheme or option) and bad weights (not finite, not float32 / float16 / bfloat16) of the
-layers to quantize raise ``ValueError`` (naming the layer) before any layer changes.
+Bad arguments (unknown scheme or option, a ``prefer`` kernel a layer cannot take) and bad weights (not finite, not
+float32 / float16 / bfloat16) of the layers to quantize raise ``ValueError`` (naming the layer) before any layer
+changes.
 """
 
 from __future__ import annotations
@@ -83,10 +84,18 @@ def quantize_model(model: nn.Module, scheme: str, *, skip: tuple[str, ...] | lis
     # leave the model half-quantized, and the error names the layer.
     for name, layer in chosen:
         check_weight(layer.weight.detach(), f"{name}.weight")
+    # Build every new layer before swapping any in: a forced kernel (prefer="int8pack") that one layer's shape
+    # cannot take must not leave the earlier layers quantized either.
+    new_layers: list[tuple[str, QuantizedLinear]] = []
     for name, layer in chosen:
+        try:
+            new_layers.append((name, QuantizedLinear.from_linear(layer, scheme, prefer=prefer, **options)))
+        except ValueError as e:
+            raise ValueError(f"layer {name!r}: {e}") from e
+    for name, new in new_layers:
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, child, QuantizedLinear.from_linear(layer, scheme, prefer=prefer, **options))
+        setattr(parent, child, new)
     if skipped:
         warnings.warn(f"quantize_model({scheme}): kept in full precision: {', '.join(skipped)}", stacklevel=2)
     return model

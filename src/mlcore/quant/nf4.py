@@ -25,9 +25,17 @@ from typing import Any
 import torch
 
 from .codebooks import code_tensor, nearest_code, signed_dynamic_map
-from .tensor import NestedScales, QuantizedTensor, check_layout, check_weight, pack_nibbles
+from .tensor import (
+    FOUR_BIT_BLOCKSIZES,
+    NestedScales,
+    QuantizedTensor,
+    check_layout,
+    check_weight,
+    pack_nibbles,
+    to_weight_dtype,
+)
 
-BLOCKSIZES: tuple[int, ...] = (32, 64, 128, 256, 512, 1024, 2048, 4096)
+BLOCKSIZES: tuple[int, ...] = FOUR_BIT_BLOCKSIZES
 NESTED_BLOCKSIZE = 256
 
 
@@ -61,18 +69,28 @@ def blockwise_absmax_codes(x: torch.Tensor, code: torch.Tensor, blocksize: int) 
 def double_quantize(absmax: torch.Tensor, blocksize: int = NESTED_BLOCKSIZE) -> tuple[torch.Tensor, NestedScales]:
     """Second level: ``absmax`` (n,) -> (uint8 codes (n,), NestedScales) with the signed dynamic map.
 
-    This level is bitsandbytes' ``quantize_blockwise``, not ``quantize_4bit``: a block of zeros (first-level
-    values all equal to their mean, e.g. a tensor of a single block) is stored as absmax 0 with codes 0, not
-    with the 1e-38 clamp of the 4-bit level. Dequantization only multiplies by this absmax (``D[0] * 0 = 0``),
-    so such a block still comes back as exactly ``offset``.
+    This level is bitsandbytes' ``quantize_blockwise``, not ``quantize_4bit``: it has no 1e-38 floor, so each
+    block stores its true absmax (0 for a block of zeros, e.g. a tensor of a single block, whose codes are 0;
+    a few 1e-39 for a tensor of zeros whose last 4-bit block is short and stored 1e-38). Dequantization only
+    multiplies by this absmax (``D[0] * 0 = 0``), so such a block still comes back as exactly ``offset``.
+    The ``offset`` is the float32 mean, as bitsandbytes computes it; where that sum overflows (absmax values
+    near float32's limit, beyond 1e36 or so) it is taken in float64 instead: bitsandbytes then stores an
+    infinite offset and dequantizes the whole tensor to inf / NaN.
     """
     offset = absmax.mean()
+    if not bool(torch.isfinite(offset)):
+        offset = absmax.double().mean().float()
     centred = absmax - offset
+    n = centred.numel()
     codes, absmax2 = blockwise_absmax_codes(centred, signed_dynamic_map(absmax.device), blocksize)
-    zero = _blocks(centred, blocksize).abs().amax(dim=-1) == 0  # (n_nested_blocks,)
-    if bool(zero.any()):
-        absmax2 = absmax2.masked_fill(zero, 0.0)
-        codes = codes.masked_fill(zero.repeat_interleave(blocksize)[:codes.numel()], 0)
+    true_max = _blocks(centred, blocksize).abs().amax(dim=-1)  # (n_nested_blocks,)
+    tiny = true_max < 1e-38  # scaled with the 1e-38 floor above: redo with the true absmax (0 / 0 -> code 0)
+    if bool(tiny.any()):
+        absmax2 = torch.where(tiny, true_max, absmax2)
+        scale = true_max.repeat_interleave(blocksize)[:n]
+        redo = nearest_code(torch.clamp(centred / scale, -1.0, 1.0), signed_dynamic_map(absmax.device))
+        redo = redo.masked_fill(scale == 0, 0)
+        codes = torch.where(tiny.repeat_interleave(blocksize)[:n], redo, codes)
     return codes.to(torch.uint8), NestedScales(absmax=absmax2, offset=offset, blocksize=blocksize)
 
 
@@ -122,7 +140,8 @@ def byte_table(quant_type: str, device: torch.device | str | None = None) -> tor
 
 
 def dequantize_4bit(qt: QuantizedTensor) -> torch.Tensor:
-    """``C[code] * absmax`` in float32 per block, cast to ``qt.dtype`` and reshaped to ``qt.shape``."""
+    """``C[code] * absmax`` in float32 per block, cast to ``qt.dtype`` and reshaped to ``qt.shape`` (float16 values
+    beyond 65504 are clamped to it, where bitsandbytes gives inf)."""
     n, bs = qt.numel, qt.group_size
     # one gather per byte from a (256, 2) table: index_select is several times faster than advanced indexing
     values = byte_table(qt.scheme, qt.data.device).index_select(0, qt.data.long()).reshape(-1)  # (2 ceil(n/2),)
@@ -130,7 +149,8 @@ def dequantize_4bit(qt: QuantizedTensor) -> torch.Tensor:
     if values.numel() % bs:
         values = torch.nn.functional.pad(values, (0, bs - values.numel() % bs))
     values.view(-1, bs).mul_(absmax.unsqueeze(-1))
-    return values[:n].reshape(qt.shape).to(qt.dtype)
+    # float16: a double-quantized scale may land above 65504, where bitsandbytes returns inf; clamp (int8 / int4 too)
+    return to_weight_dtype(values[:n].reshape(qt.shape), qt.dtype)
 
 
 def check_not_repacked(quant_state: Any, what: str) -> None:

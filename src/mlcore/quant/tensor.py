@@ -26,6 +26,9 @@ SCHEMES: tuple[str, ...] = ("int8", "int4", "nf4", "fp4")
 FLOAT_DTYPES: tuple[torch.dtype, ...] = (torch.float32, torch.float16, torch.bfloat16)
 GRANULARITIES: dict[str, tuple[str, ...]] = {
     "int8": ("tensor", "channel", "group"), "int4": ("group",), "nf4": ("block",), "fp4": ("block",)}
+# block sizes bitsandbytes' 4-bit and blockwise (double-quant) levels take; bounded, so a file cannot ask for a
+# block of 2**40 elements to be allocated
+FOUR_BIT_BLOCKSIZES: tuple[int, ...] = (32, 64, 128, 256, 512, 1024, 2048, 4096)
 _DTYPE_NAMES: dict[str, torch.dtype] = {"float32": torch.float32, "float16": torch.float16,
                                         "bfloat16": torch.bfloat16}
 
@@ -126,7 +129,7 @@ class QuantizedTensor:
             nested_blocksize = metadata["nested_blocksize"]
         except (KeyError, TypeError, ValueError) as e:
             raise ValueError(f"metadata: expected the keys of QuantizedTensor.metadata(), got {metadata!r}") from e
-        if dtype_name not in _DTYPE_NAMES:
+        if not isinstance(dtype_name, str) or dtype_name not in _DTYPE_NAMES:
             raise ValueError(f"metadata['dtype']: expected one of {sorted(_DTYPE_NAMES)}, got {dtype_name!r}")
         for key in ("data", "scales"):
             if key not in tensors:
@@ -136,7 +139,9 @@ class QuantizedTensor:
             if "nested_absmax" not in tensors or "nested_offset" not in tensors:
                 raise ValueError(f"tensors: double quantization needs 'nested_absmax' and 'nested_offset', "
                                  f"have {sorted(tensors)}")
-            nested = NestedScales(tensors["nested_absmax"], tensors["nested_offset"], int(nested_blocksize))
+            if not isinstance(nested_blocksize, int) or isinstance(nested_blocksize, bool):
+                raise ValueError(f"metadata['nested_blocksize']: expected an int or None, got {nested_blocksize!r}")
+            nested = NestedScales(tensors["nested_absmax"], tensors["nested_offset"], nested_blocksize)
         qt = cls(data=tensors["data"], scales=tensors["scales"], zeros=tensors.get("zeros"), scheme=scheme,
                  shape=shape, dtype=_DTYPE_NAMES[dtype_name], group_size=group_size, granularity=granularity,
                  symmetric=symmetric, nested=nested)
@@ -168,7 +173,11 @@ def check_layout(qt: QuantizedTensor) -> None:
     n = qt.numel
     g = qt.group_size
     if qt.granularity in ("group", "block"):
-        _expect(isinstance(g, int) and g > 0, "group_size", g, "a positive int")
+        _expect(isinstance(g, int) and not isinstance(g, bool) and g > 0, "group_size", repr(g), "a positive int")
+        if qt.granularity == "block":
+            _expect(g in FOUR_BIT_BLOCKSIZES, "group_size", g, f"one of {FOUR_BIT_BLOCKSIZES} for {qt.scheme}")
+    else:
+        _expect(g is None, "group_size", repr(g), f"None for granularity {qt.granularity!r}")
     if qt.scheme == "int8":
         _expect(qt.data.dtype == (torch.int8 if qt.symmetric else torch.uint8), "data.dtype", qt.data.dtype,
                 "int8 (symmetric) or uint8 (zero point)")
@@ -191,10 +200,14 @@ def check_layout(qt: QuantizedTensor) -> None:
         _expect(qt.scheme in ("nf4", "fp4"), "nested", "double quantization", "only for nf4 / fp4")
         _expect(qt.scales.dtype == torch.uint8, "scales.dtype", qt.scales.dtype, "uint8 codes (double quant)")
         nb = qt.nested.blocksize
-        _expect(nb > 0, "nested.blocksize", nb, "a positive int")
+        _expect(nb in FOUR_BIT_BLOCKSIZES and not isinstance(nb, bool), "nested.blocksize", repr(nb),
+                f"one of {FOUR_BIT_BLOCKSIZES}")
+        for name, t in (("nested.absmax", qt.nested.absmax), ("nested.offset", qt.nested.offset)):
+            _expect(t.dtype == torch.float32, f"{name}.dtype", t.dtype, torch.float32)
         _expect(tuple(qt.nested.absmax.shape) == (-(-groups[0] // nb),), "nested.absmax.shape",
                 tuple(qt.nested.absmax.shape), (-(-groups[0] // nb),))
-        _expect(qt.nested.offset.numel() == 1, "nested.offset.numel()", qt.nested.offset.numel(), 1)
+        _expect(tuple(qt.nested.offset.shape) in ((), (1,)), "nested.offset.shape", tuple(qt.nested.offset.shape),
+                "() or (1,)")
     _expect(tuple(qt.scales.shape) == groups, "scales.shape", tuple(qt.scales.shape), groups)
     needs_zeros = qt.scheme == "int4" or (qt.scheme == "int8" and not qt.symmetric)
     if needs_zeros:
