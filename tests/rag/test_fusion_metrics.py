@@ -109,3 +109,39 @@ def test_metrics_refuse_a_ranking_that_repeats_a_document(metric):
     # counted twice, a repeated relevant id gave nDCG 2.13 for [[1, 1, 1]]
     with pytest.raises(ValueError, match=r"rankings\[0\] lists a document more than once: \[1\]"):
         metric([[1, 1, 1]], [{1}], 3)
+
+
+def test_metrics_accept_index_tensors_and_match_sklearn():
+    """DenseIndex.search's (Q, k) indices, or its rows, scored 0.0 silently: 0-d tensors hash by identity, so no
+    id ever matched a relevant int (a whole tensor raised an unclear RuntimeError)."""
+    sklearn_metrics = pytest.importorskip("sklearn.metrics")
+    np = pytest.importorskip("numpy")
+    ids = torch.tensor([[3, 1, 2, 0], [0, 4, 5, 2]])
+    relevant = [{1, 0}, {2}]
+    as_list = ids.tolist()
+    expected = (recall_at_k(as_list, relevant, 2), mrr(as_list, relevant), ndcg_at_k(as_list, relevant, 3))
+    assert expected[:2] == ((1 / 2 + 0) / 2, (1 / 2 + 1 / 4) / 2)
+    y_true = np.zeros((2, 6))
+    y_score = np.zeros((2, 6))
+    for q, row in enumerate(as_list):
+        y_true[q, list(relevant[q])] = 1
+        y_score[q] = -10.0 - np.arange(6)  # unranked documents after the ranked ones
+        y_score[q, row] = -np.arange(len(row), dtype=float)
+    assert expected[2] == pytest.approx(sklearn_metrics.ndcg_score(y_true, y_score, k=3), rel=1e-12)
+    for rankings in (ids, list(ids), ids.numpy(), list(ids.numpy())):
+        got = (recall_at_k(rankings, relevant, 2), mrr(rankings, relevant), ndcg_at_k(rankings, relevant, 3))
+        assert got == pytest.approx(expected, rel=1e-12)
+    assert recall_at_k(as_list, [torch.tensor([1, 0]), torch.tensor([2])], 2) == expected[0]
+    with pytest.raises(ValueError, match=r"relevant\[0\] must be a collection"):
+        recall_at_k(as_list, [1, 2], 2)
+    with pytest.raises(ValueError, match=r"rankings\[0\] lists a document more than once"):
+        mrr([torch.tensor([1, 1])], [{1}])
+
+
+def test_dedupe_refuses_ids_outside_group_of():
+    """faiss' -1 ("not found") silently became the last chunk's group; an id past the end raised IndexError."""
+    assert dedupe(torch.tensor([4, 3, 2]), [0, 0, 1, 1, 2]) == [2, 1]
+    assert dedupe([7, 5], {5: "a", 7: "b"}) == ["b", "a"]
+    for bad in ([-1], [5]):
+        with pytest.raises(ValueError, match="group_of"):
+            dedupe(bad, [0, 0, 1, 1, 2])

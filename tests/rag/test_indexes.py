@@ -78,3 +78,15 @@ def test_approx_search_near_n_returns_real_ids_only():
     assert bool((scores[:, :-1] >= scores[:, 1:]).all())  # best first
     exact_scores, _ = DenseIndex(x).search(q, k=300)
     torch.testing.assert_close(scores, exact_scores)  # every document returned, so the sorted scores agree
+
+
+def test_degenerate_inputs_are_named():
+    """texts="abc" was indexed as three texts 'a', 'b', 'c'; D = 0 vectors were indexed (every score 0); an
+    empty (B, 0) pair gave recall_vs_exact a ZeroDivisionError."""
+    with pytest.raises(ValueError, match="single str"):
+        DenseIndex(torch.randn(3, 4), texts="abc")
+    for index in (DenseIndex, ApproxIndex):
+        with pytest.raises(ValueError, match="D >= 1"):
+            index(torch.zeros(3, 0))
+    with pytest.raises(ValueError, match="B, k >= 1"):
+        recall_vs_exact(torch.zeros(2, 0, dtype=torch.long), torch.zeros(2, 0, dtype=torch.long))

@@ -112,3 +112,17 @@ def test_numpy_scalars_are_accepted_as_numbers():
     assert epsilon(np.float64(1.0), np.float64(0.01), np.int64(10), np.float64(1e-5)) == expected
     assert epsilon(np.float32(1.0), np.float32(0.5), 10, 1e-5) == pytest.approx(epsilon(1.0, 0.5, 10, 1e-5))
     assert noise_multiplier_for(np.float32(2.0), 0.01, 100, 1e-5) > 0
+
+
+def test_vanishing_noise_spends_infinite_epsilon():
+    """sigma below ~1e-153 overflows the series' exp terms: it raised "did not converge" (Opacus hangs), and at
+    q = 1 a ZeroDivisionError once sigma^2 underflows to 0. Such noise is no noise: epsilon is inf. Just above
+    the overflow the value still equals Opacus'."""
+    for sigma in (1e-155, 1e-200, 5e-324):
+        for q in (1e-6, 0.01, 0.5, 1.0):
+            assert epsilon(sigma, q, 10, 1e-5) == math.inf
+    ref = opacus_epsilon(1e-150, 0.01, 10, 1e-5)
+    assert 1e300 < ref < math.inf and epsilon(1e-150, 0.01, 10, 1e-5) == pytest.approx(ref, rel=1e-9)
+    for orders in ((2.0, math.inf), (2.0, math.nan)):
+        with pytest.raises(ValueError, match="finite"):
+            RDPAccountant(orders=orders)

@@ -70,8 +70,8 @@ class ApproxIndex:
 
 def recall_vs_exact(approx_ids: Tensor, exact_ids: Tensor) -> float:
     """Mean over queries of ``|approx ∩ exact| / k`` for ``(B, k)`` index tensors of the same shape."""
-    if approx_ids.shape != exact_ids.shape or approx_ids.dim() != 2:
-        raise ValueError(f"approx_ids and exact_ids must both be (B, k), got {tuple(approx_ids.shape)} and "
-                         f"{tuple(exact_ids.shape)}")
+    if approx_ids.shape != exact_ids.shape or approx_ids.dim() != 2 or exact_ids.numel() == 0:
+        raise ValueError(f"approx_ids and exact_ids must both be (B, k) with B, k >= 1, got "
+                         f"{tuple(approx_ids.shape)} and {tuple(exact_ids.shape)}")
     hits = [len(set(a.tolist()) & set(e.tolist())) for a, e in zip(approx_ids, exact_ids)]
     return sum(hits) / exact_ids.numel()

@@ -24,8 +24,8 @@ def check_vectors(x: Any, name: str, dim: int | None = None) -> Tensor:
     """``x`` as a finite float32 ``(N, D)`` tensor, or a ValueError naming ``name``, what was seen and wanted."""
     if not isinstance(x, Tensor):
         raise ValueError(f"{name} must be a torch.Tensor of shape (N, D), got {type(x).__name__}")
-    if x.dim() != 2:
-        raise ValueError(f"{name} must have shape (N, D), got {tuple(x.shape)}")
+    if x.dim() != 2 or x.shape[1] == 0:
+        raise ValueError(f"{name} must have shape (N, D) with D >= 1, got {tuple(x.shape)}")
     if dim is not None and x.shape[1] != dim:
         raise ValueError(f"{name} has dimension {x.shape[1]}, the index expects {dim}")
     if not x.is_floating_point():
@@ -44,6 +44,8 @@ class DenseIndex:
         emb = check_vectors(embeddings, "embeddings")
         if emb.shape[0] == 0:
             raise ValueError("embeddings is empty (0 rows): an index needs at least one document")
+        if isinstance(texts, str):  # a str is a sequence too: its characters would become the texts
+            raise ValueError("texts must be a list of str (one per row), got a single str")
         if texts is not None and len(texts) != emb.shape[0]:
             raise ValueError(f"texts has {len(texts)} entries but embeddings has {emb.shape[0]} rows")
         if embedder is not None and int(embedder.get("dim", emb.shape[1])) != emb.shape[1]:

@@ -115,14 +115,19 @@ def rdp_sampled_gaussian(noise_multiplier: float, sample_rate: float,
     sigma, q = _check_sigma(noise_multiplier), _check_sample_rate(sample_rate)
     out = np.empty(len(orders), dtype=np.float64)
     for k, alpha in enumerate(orders):
-        if alpha <= 1:
-            raise ValueError(f"orders must all be > 1, got {alpha}")
-        if sigma == 0:
+        if not 1 < alpha < math.inf:  # NaN too; an infinite order never ends the fractional series
+            raise ValueError(f"orders must all be finite and > 1, got {alpha}")
+        if sigma**2 == 0:  # sigma = 0, or so small (< 1e-162) that sigma^2 underflows: no noise
             out[k] = math.inf
         elif math.isinf(sigma):  # infinite noise: the output says nothing about any example
             out[k] = 0.0
         elif q == 1.0:  # no subsampling: the Gaussian mechanism's alpha / (2 sigma^2)
             out[k] = alpha / (2 * sigma**2)
+        elif math.isinf(alpha * (alpha - 1) / (2 * sigma**2)):
+            # sigma < ~1e-153: the series' leading term q^alpha exp(alpha (alpha-1) / (2 sigma^2)) overflows
+            # float64 (its terms turned NaN: "did not converge"; Opacus hangs). RDP is then about
+            # alpha / (2 sigma^2) > 1e300 for any q: report it as unbounded.
+            out[k] = math.inf
         elif float(alpha).is_integer():
             out[k] = _log_a_integer(q, sigma, int(alpha)) / (alpha - 1)
         else:
@@ -210,8 +215,8 @@ class RDPAccountant:
 
     def __init__(self, orders: Sequence[float] = DEFAULT_ORDERS) -> None:
         self.orders = tuple(float(a) for a in orders)
-        if not self.orders or not all(a > 1 for a in self.orders):
-            raise ValueError(f"orders must be a non-empty sequence of RDP orders > 1, got {tuple(orders)!r}")
+        if not self.orders or not all(1 < a < math.inf for a in self.orders):
+            raise ValueError(f"orders must be a non-empty sequence of finite RDP orders > 1, got {tuple(orders)!r}")
         self.history: list[tuple[float, float, int]] = []
         self._rdp_cache: dict[tuple[float, float], np.ndarray] = {}
 
