@@ -143,3 +143,95 @@ def test_model_id_with_slash_and_usage_null_on_all_chunks_but_the_last(tiny):
                    headers=H)
         chunks = [json.loads(e) for e in events(r.text) if e != "[DONE]"]
         assert all(ch["usage"] is None for ch in chunks[:-1]) and chunks[-1]["usage"]["completion_tokens"] >= 1
+
+
+def test_tiny_temperature_is_greedy_and_never_fails_the_batch(tiny):
+    """temperature 1e-300 is valid OpenAI input (0 to 2); logits / T overflowed float32, the draw raised and the
+    failed step ended every request in the batch with a 500. Below 1e-5 the engine samples greedily (as vLLM)."""
+    from mlcore.serve.scheduler import SamplingParams
+
+    model, tok, eos = tiny
+    engine = Engine(model, EngineConfig(num_blocks=32))
+    ids = tok.encode_ordinary("The list type")
+    greedy = engine.submit(ids, SamplingParams(max_tokens=6, temperature=0))
+    tiny_t = [engine.submit(ids, SamplingParams(max_tokens=6, temperature=t, seed=1)) for t in (1e-300, 1e-45, 1e-6)]
+    engine.run_until_done()
+    assert engine.last_error is None
+    assert all(s.output == greedy.output and s.finish_reason == "length" for s in tiny_t)
+    app, _ = make(tiny)
+    with TestClient(app) as c:
+        r = c.post("/v1/completions", json={**BODY, "temperature": 1e-300}, headers=H)
+        assert r.status_code == 200 and r.json()["choices"][0]["finish_reason"] == "length"
+
+
+def test_lone_surrogate_echoed_in_an_error_is_still_openai_json(tiny):
+    app, _ = make(tiny)
+    with TestClient(app, raise_server_exceptions=False) as c:
+        r = c.post("/v1/completions", content=b'{"model":"\\ud800","prompt":"x"}', headers=HJ)
+        assert r.status_code == 404 and r.headers["content-type"] == "application/json"
+        assert r.json()["error"] == {"message": "model '\ud800' does not exist; this server serves 'tiny-target'",
+                                     "type": "invalid_request_error", "param": "model", "code": "model_not_found"}
+
+
+def test_null_means_the_default_where_openai_declares_the_field_nullable(tiny):
+    """The openai client's params types declare these Optional; an explicit null is the default, not a 400."""
+    import typing
+
+    from openai.types import completion_create_params as ref
+
+    hints = typing.get_type_hints(ref.CompletionCreateParamsBase)
+    nullable = ("temperature", "top_p", "n", "presence_penalty", "frequency_penalty")
+    assert all(type(None) in typing.get_args(hints[f]) for f in nullable)
+    app, _ = make(tiny)
+    with TestClient(app) as c:
+        want = c.post("/v1/completions", json=BODY, headers=H).json()["choices"]
+        r = c.post("/v1/completions", json={**BODY, **dict.fromkeys(nullable[1:]), "stream": None}, headers=H)
+        assert r.status_code == 200 and r.json()["choices"] == want
+        r = c.post("/v1/chat/completions", json={"model": "tiny-target", "max_tokens": 2, "temperature": None,
+                                                 "messages": [{"role": "user", "content": "Hi"}]}, headers=H)
+        assert r.status_code == 200
+
+
+def test_error_param_names_the_field_as_the_openai_client_reads_it(tiny):
+    import openai
+
+    app, _ = make(tiny)
+    with TestClient(app) as c:
+        client = openai.OpenAI(base_url="http://testserver/v1", api_key=KEY, http_client=c, max_retries=0)
+        cases = [({"temperature": 3}, "temperature"), ({"max_token": 5}, "max_token"),
+                 ({"presence_penalty": 0.5}, "presence_penalty"), ({"logprobs": 2}, "logprobs"),
+                 ({"stream_options": {"include_usage": True}}, "stream_options"), ({"prompt": [1.5]}, "prompt"),
+                 ({"max_tokens": 5000}, "max_tokens"), ({"model": "gpt-4"}, "model")]
+        for change, param in cases:
+            body = {**BODY, **change}
+            with pytest.raises(openai.APIStatusError) as info:
+                client.completions.create(**{k: body.pop(k) for k in ("model", "prompt")}, extra_body=body)
+            assert info.value.param == param and param in info.value.message, (change, info.value.body)
+
+
+def test_prompt_as_token_ids_equals_generate_and_is_guarded(tiny):
+    """OpenAI's prompt may be token ids (a list of ints, or a list holding one): they reach the model as sent, as
+    ``generate`` on the same ids; out-of-range ids are a 400 naming prompt; PII in their text is still masked."""
+    import openai
+    import torch
+
+    from mlcore.inference import generate
+
+    model, tok, eos = tiny
+    ids = tok.encode_ordinary("The list type")
+    ref = generate(model, torch.tensor([ids]), max_new_tokens=5, eos_token_id=eos)[0, len(ids):].tolist()
+    ref = ref[:ref.index(eos) + 1] if eos in ref else ref
+    app, _ = make(tiny)
+    with TestClient(app) as c:
+        client = openai.OpenAI(base_url="http://testserver/v1", api_key=KEY, http_client=c, max_retries=0)
+        for prompt in (ids, [ids]):
+            r = client.completions.create(model="tiny-target", prompt=prompt, max_tokens=5, temperature=0)
+            assert r.choices[0].text == tok.decode([t for t in ref if t != eos])
+            assert r.usage.prompt_tokens == len(ids) and r.usage.completion_tokens == len(ref)
+        for bad in ([5, 99999], [-1]):
+            with pytest.raises(openai.BadRequestError) as info:
+                client.completions.create(model="tiny-target", prompt=bad, max_tokens=2)
+            assert info.value.param == "prompt" and "token ids" in info.value.message
+        card = tok.encode_ordinary("Refund card 4111 1111 1111 1111 please")
+        r = client.completions.create(model="tiny-target", prompt=card, max_tokens=2, temperature=0)
+        assert r.usage.prompt_tokens == len(tok.encode_ordinary("Refund card [CARD] please"))

@@ -37,26 +37,38 @@ from mlcore.serve.security import ApiKeys, RateLimiter
 
 
 class ApiError(Exception):
+    """``param``: the request field at fault (OpenAI's ``error.param``, the ``openai`` client's ``err.param``)."""
+
     def __init__(self, status: int, message: str, kind: str = "invalid_request_error", code: str | None = None,
-                 headers: dict[str, str] | None = None) -> None:
+                 headers: dict[str, str] | None = None, param: str | None = None) -> None:
         super().__init__(message)
         self.status, self.message, self.kind, self.code, self.headers = status, message, kind, code, headers
+        self.param = param
 
 
 def _error_body(err: ApiError) -> dict[str, Any]:
-    return {"error": {"message": err.message, "type": err.kind, "param": None, "code": err.code}}
+    return {"error": {"message": err.message, "type": err.kind, "param": err.param, "code": err.code}}
 
 
-def _error(err: ApiError) -> JSONResponse:
-    return JSONResponse(_error_body(err), status_code=err.status, headers=err.headers)
+def _error(err: ApiError) -> Response:
+    # ASCII JSON: a message may echo a client's string, and a lone surrogate ("\ud800" is valid JSON) cannot be
+    # encoded as UTF-8, so JSONResponse's ensure_ascii=False made that error a bare 500 "Internal Server Error"
+    return Response(json.dumps(_error_body(err)), status_code=err.status, headers=err.headers,
+                    media_type="application/json")
 
 
-def _describe(err: ValidationError) -> str:
-    parts = []
+def _describe(err: ValidationError, fields: Any) -> tuple[str, str | None]:
+    """(message naming each problem, the first field at fault) of a schema error; ``fields``: the model's."""
+    parts, params = [], []
     for e in err.errors():
-        where = ".".join(str(p) for p in e["loc"]) or "body"
-        parts.append(f"unknown field '{where}'" if e["type"] == "extra_forbidden" else f"{where}: {e['msg']}")
-    return "invalid request: " + "; ".join(parts)
+        where = ".".join(str(p) for p in e["loc"])
+        msg = e["msg"].removeprefix("Value error, ")
+        if where:
+            params.append(str(e["loc"][0]))  # the top-level field, as OpenAI's param (no "prompt.str" union tags)
+        elif msg.split(" ", 1)[0] in fields:  # a check across fields: its message starts with the field's name
+            params.append(msg.split(" ", 1)[0])
+        parts.append(f"unknown field '{where}'" if e["type"] == "extra_forbidden" else f"{where or 'body'}: {msg}")
+    return "invalid request: " + "; ".join(parts), params[0] if params else None
 
 
 def chat_prompt(messages: list[Any]) -> str:
@@ -100,11 +112,11 @@ def create_app(engine: Engine, tokenizer: Any, config: ServeConfig | None = None
     app.state.serve_state = state
 
     @app.exception_handler(ApiError)
-    async def _api_error(request: Request, err: ApiError) -> JSONResponse:
+    async def _api_error(request: Request, err: ApiError) -> Response:
         return _error(err)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http_error(request: Request, err: StarletteHTTPException) -> JSONResponse:
+    async def _http_error(request: Request, err: StarletteHTTPException) -> Response:
         """An unknown route (404) or method (405) in OpenAI's error shape, as every other error."""
         code = {404: "unknown_url", 405: "method_not_allowed"}.get(err.status_code)
         return _error(ApiError(err.status_code, f"{request.method} {request.url.path}: {err.detail}", code=code,
@@ -178,15 +190,18 @@ def create_app(engine: Engine, tokenizer: Any, config: ServeConfig | None = None
         record = authenticate(request)
         endpoint = request.url.path
         data = await read_json(request)
+        schema = ChatRequest if chat else CompletionRequest
         try:
-            req = ChatRequest.model_validate(data) if chat else CompletionRequest.model_validate(data)
+            req = schema.model_validate(data)
         except ValidationError as err:
-            raise ApiError(400, _describe(err), code="invalid_request") from None
+            message, param = _describe(err, schema.model_fields)
+            raise ApiError(400, message, code="invalid_request", param=param) from None
         if req.model != config.model_name:
             raise ApiError(404, f"model '{req.model}' does not exist; this server serves '{config.model_name}'",
-                           code="model_not_found")
+                           code="model_not_found", param="model")
         rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
         reasons: list[str] = []
+        given_ids: list[int] | None = None  # a completion prompt sent as token ids
         if chat:
             for m in req.messages:
                 verdict = guard_input(m.content, pii_policy=config.pii_policy, blocklist=config.blocklist)
@@ -196,10 +211,20 @@ def create_app(engine: Engine, tokenizer: Any, config: ServeConfig | None = None
                 m.content = verdict.text
             text = chat_prompt(req.messages) if verdict.allowed else ""
         else:
-            prompts = [req.prompt] if isinstance(req.prompt, str) else req.prompt
+            one = isinstance(req.prompt, str) or (bool(req.prompt) and isinstance(req.prompt[0], int))  # str / ids
+            prompts = [req.prompt] if one else req.prompt
             if len(prompts) != 1:
-                raise ApiError(400, f"prompt must be one string (batched prompts are not served), got {len(prompts)}")
-            verdict = guard_input(prompts[0], pii_policy=config.pii_policy, blocklist=config.blocklist)
+                raise ApiError(400, f"prompt must be one prompt (batched prompts are not served), got {len(prompts)}",
+                               param="prompt")
+            given = prompts[0]
+            if not isinstance(given, str):  # token ids: checked here (not deep in the engine); the guard reads text
+                vocab = getattr(engine, "vocab_size", None)
+                out_of_range = [t for t in given if t < 0 or (vocab is not None and t >= vocab)]
+                if out_of_range:
+                    raise ApiError(400, f"prompt token ids must be in [0, {vocab}), got {out_of_range[0]}",
+                                   param="prompt")
+                given_ids, given = list(given), tokenizer.decode(list(given))
+            verdict = guard_input(given, pii_policy=config.pii_policy, blocklist=config.blocklist)
             reasons, text = verdict.reasons, verdict.text
         metrics.guard("input", reasons)
         if not verdict.allowed:
@@ -207,15 +232,18 @@ def create_app(engine: Engine, tokenizer: Any, config: ServeConfig | None = None
                          input_guard=reasons, prompt=None)
             metrics.requests.labels(endpoint, "400").inc()
             raise ApiError(400, verdict.message, code="guardrail_input")
-        ids = tokenizer.encode_ordinary(text) if hasattr(tokenizer, "encode_ordinary") else tokenizer.encode(text)
+        if given_ids is not None and text == given:  # token ids the guard left alone go to the model as sent
+            ids = given_ids
+        else:
+            ids = tokenizer.encode_ordinary(text) if hasattr(tokenizer, "encode_ordinary") else tokenizer.encode(text)
         if not ids or len(ids) > prompt_limit:
             why = f" ({limit_name} holds {capacity} tokens)" if prompt_limit < max_prompt else ""
             raise ApiError(400, f"prompt has {len(ids)} tokens; it must have 1 to {prompt_limit}{why}",
-                           code="context_length_exceeded")
+                           code="context_length_exceeded", param="messages" if chat else "prompt")
         room = capacity - len(ids)
         if req.max_tokens is not None and req.max_tokens > room:  # as OpenAI: refused, not silently clipped
             raise ApiError(400, f"prompt ({len(ids)} tokens) + max_tokens ({req.max_tokens}) exceeds "
-                           f"{limit_name}: {capacity} tokens", code="context_length_exceeded")
+                           f"{limit_name}: {capacity} tokens", code="context_length_exceeded", param="max_tokens")
         # without max_tokens: completions stop at OpenAI's legacy default (16), chat runs to the capacity's end
         max_tokens = req.max_tokens or (room if chat else min(config.default_max_tokens, room))
         params = SamplingParams(max_tokens=max_tokens, temperature=req.temperature,

@@ -40,6 +40,11 @@ from mlcore.inference.sampling import make_generator, process_logits, sample_nex
 from mlcore.serve.block_manager import BlockManager
 from mlcore.serve.scheduler import Emit, SamplingParams, Scheduler, Sequence
 
+# Temperatures below this sample greedily (vLLM's ``_SAMPLING_EPS``, the same rule): ``logits / T`` overflows
+# float32 for tiny T (1e-300 is 0.0 in float32), softmax turns the infs into NaN and the draw raises, which
+# failed the whole step, every other request in the batch included. Greedy is the T -> 0 limit.
+GREEDY_BELOW = 1e-5
+
 
 @dataclass
 class EngineConfig:
@@ -110,7 +115,7 @@ class Engine:
             raise ValueError(f"a request of {total} tokens needs more blocks than the pool has "
                              f"({self.config.num_blocks} of {self.config.block_size})")
         seq = Sequence(request_id or f"req-{next(self._ids)}", list(prompt), params, emit)
-        if params.temperature > 0:
+        if params.temperature >= GREEDY_BELOW:
             seq.generator = make_generator(params.seed, self.device)
         with self._lock:
             if self._stop:
@@ -193,7 +198,7 @@ class Engine:
         out = []
         for j, seq in enumerate(seqs):
             p = seq.params
-            if p.temperature == 0:
+            if p.temperature < GREEDY_BELOW:
                 out.append(int(greedy[j]))
                 continue
             scores = process_logits(picked[j:j + 1], temperature=p.temperature, top_k=p.top_k, top_p=p.top_p)

@@ -31,7 +31,8 @@ POLICIES = ("continuous", "static")
 
 @dataclass
 class SamplingParams:
-    """Per-request decoding knobs (OpenAI's names). ``temperature=0`` is greedy."""
+    """Per-request decoding knobs (OpenAI's names). ``temperature=0`` is greedy, and so is any temperature
+    below ``engine.GREEDY_BELOW`` (1e-5, as vLLM), where ``softmax(logits / T)`` would overflow."""
 
     max_tokens: int = 16
     temperature: float = 0.0

@@ -4,17 +4,24 @@ Unknown fields are refused (``extra="forbid"``) rather than silently ignored: a 
 as ``max_token`` learns it at once (HTTP 400 naming the field); OpenAI fields this server does not implement
 (``logprobs``, the penalties) are accepted only at the value that asks for nothing. Values are not
 coerced (``strict=True``): ``"max_tokens": "5"``, ``true`` for a number or ``"yes"`` for ``stream`` are refused.
+``null`` is accepted wherever OpenAI's API declares the field nullable (the ``openai`` client's params types) and
+means the field's default, as there.
 """
 
 from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
+
+
+# Fields OpenAI declares nullable whose null means the default below (the others default to None already)
+_NULL_IS_DEFAULT: dict[str, object] = {"temperature": 1.0, "top_p": 1.0, "n": 1, "stream": False,
+                                       "presence_penalty": 0.0, "frequency_penalty": 0.0}
 
 
 class _Common(_Strict):
@@ -33,17 +40,32 @@ class _Common(_Strict):
     frequency_penalty: float = 0.0
     logprobs: bool | int | None = None
 
+    @field_validator(*_NULL_IS_DEFAULT, mode="before")
+    @classmethod
+    def _null_is_the_default(cls, value: object, info: ValidationInfo) -> object:
+        # OpenAI declares these nullable (``temperature: null`` = 1); clients and frameworks send explicit nulls
+        return _NULL_IS_DEFAULT[info.field_name] if value is None else value
+
+    @field_validator("presence_penalty", "frequency_penalty")
+    @classmethod
+    def _no_penalty(cls, value: float, info: ValidationInfo) -> float:
+        if value:  # a field validator, so the error's loc (and the error object's "param") names the field
+            raise ValueError(f"{info.field_name} is not served by this server (only 0 or null), got {value}")
+        return value
+
+    @field_validator("logprobs")
+    @classmethod
+    def _no_logprobs(cls, value: bool | int | None) -> bool | int | None:
+        # logprobs: 0 on /v1/completions still asks for the sampled token's logprob, so only null / false ask
+        # for nothing
+        if value is not None and value is not False:
+            raise ValueError(f"logprobs is not served by this server (only null or false), got {value}")
+        return value
+
     @model_validator(mode="after")
     def _stream_options_need_stream(self) -> _Common:
         if self.stream_options is not None and not self.stream:
             raise ValueError("stream_options is only allowed with stream=true")
-        for name in ("presence_penalty", "frequency_penalty"):
-            if getattr(self, name):
-                raise ValueError(f"{name} is not served by this server (only 0 / null / false)")
-        # logprobs: 0 on /v1/completions still asks for the sampled token's logprob, so only null / false ask
-        # for nothing
-        if self.logprobs is not None and self.logprobs is not False:
-            raise ValueError("logprobs is not served by this server (only null / false)")
         return self
 
     def stops(self) -> list[str]:
@@ -53,7 +75,7 @@ class _Common(_Strict):
 
 
 class CompletionRequest(_Common):
-    prompt: str | list[str]
+    prompt: str | list[str] | list[int] | list[list[int]]  # text, or token ids as OpenAI takes them; one prompt
 
 
 class ChatMessage(_Strict):
