@@ -190,14 +190,13 @@ class LinearFusion:
                 tiles = self._tiles if self._tiles is not None and len(self._tiles) == len(modules) else None
                 return RowDotLinear([m.weight for m in modules], [m.bias for m in modules], fallback, tiles)
             return fallback
-        if _module._global_forward_hooks or _module._global_forward_pre_hooks:
-            return None
         kind = type(modules[0])
-        if any(type(m) is not kind or not _plain(m) for m in modules):
-            return None
+        if (_module._global_forward_hooks or _module._global_forward_pre_hooks
+                or any(type(m) is not kind or not _plain(m) for m in modules)):
+            return self._unfused()
         linear = kind is nn.Linear
         if not linear and not hasattr(kind, "concat_out_features"):
-            return None
+            return self._unfused()
         srcs = _tensors(modules, linear)
         key = tensor_state_key(srcs)
         if key != self._key:
@@ -207,6 +206,14 @@ class LinearFusion:
             self._build_tiles(srcs)
             self._tiles_key = key
         return self._fn
+
+    def _unfused(self) -> None:
+        """The layers must run as themselves now (a LoRA wrapper, a hook): drop any copy made for them before. A
+        traced step cannot check the layers and reads the copy the eager call before it kept (see ``__call__``):
+        one kept from before ``apply_lora`` made the compiled step decode with the base weights alone."""
+        if self._fn is not None or self._tiles is not None:
+            self.release()
+        return None
 
     def _build_tiles(self, srcs: list[Tensor | None]) -> None:
         """Each layer's weight as ``tiled_weight`` tiles for a traced batch-1 CPU step (None where it has none).

@@ -81,6 +81,14 @@ def _compile_errors() -> tuple[type[Exception], ...]:
     return torch._dynamo.exc.TorchDynamoException, GuardOnDataDependentSymNode
 
 
+def _recompile_limit_errors() -> tuple[type[Exception], ...]:
+    """What a fullgraph function raises once its code holds ``recompile_limit`` graphs (older torch: the second name)."""
+    import torch._dynamo.exc
+
+    names = ("FailOnRecompileLimitHit", "FailOnCacheLimitHit")
+    return tuple(getattr(torch._dynamo.exc, n) for n in names if hasattr(torch._dynamo.exc, n))
+
+
 def resolve_mode(compile: bool | str, device: torch.device) -> str:
     """``compile`` as a torch.compile mode: True = "reduce-overhead" (CUDA graphs) on CUDA, "default" elsewhere."""
     if compile is True:
@@ -264,14 +272,21 @@ class CompiledDecoder:
         p = next(model.parameters())
         if dtype is not None and dtype != p.dtype:  # the attention layers refuse k / v of another dtype than q
             raise ValueError(f"dtype={dtype} differs from the model's {p.dtype}: cast the model instead")
+        if freeze is not None and not isinstance(freeze, bool):
+            raise ValueError(f"freeze must be None, True or False, got {freeze!r}")
         if device is not None:
             try:
                 device = torch.device(device)
             except (RuntimeError, TypeError) as err:
                 raise ValueError(f"device must name a torch device, got {device!r}") from err
+            # the step reads the model's weights: a cache elsewhere failed deep inside the first trace; "cuda"
+            # names the model's "cuda:0" (kept as the model's, which the tokens' device is compared with)
+            other_index = None not in (device.index, p.device.index) and device.index != p.device.index
+            if device.type != p.device.type or other_index:
+                raise ValueError(f"device={device} differs from the model's {p.device}: move the model instead")
         self.batch, self.max_len, self.mode = batch, max_len, mode
         self.dtype = dtype or p.dtype
-        self.device = torch.device(device) if device is not None else p.device
+        self.device = p.device
         self._model = weakref.ref(model)  # the decoder is kept per model (decoder_for): no strong cycle
         # Normal tensors even when built under torch.inference_mode: the decoder is kept per model and reused,
         # and a later call outside inference mode writes these buffers in place (refused on inference tensors)
@@ -346,6 +361,20 @@ class CompiledDecoder:
         self._traced = True
         return out
 
+    def _guarded_call(self, token: Tensor, positions: Tensor) -> Tensor:
+        """The step through dynamo with every guard; a new compiled function when this one can take no more graphs.
+
+        Each change dynamo's guards see (a hook or LoRA wrapper added, a module swapped, another grad mode) keeps
+        one more graph on the function's code; past ``torch._dynamo.config.recompile_limit`` (8) a fullgraph
+        function refuses to run at all, and every later call of this decoder failed. A new code copy (see
+        :meth:`_make`) compiles for the model as it is now; the refused call ran nothing, so the cache is intact."""
+        try:
+            return self._call(self.model, self.cache, token, self._column, positions)
+        except _recompile_limit_errors():
+            self._fn, self._traced = self._make(), False
+            self.compiles += 1
+            return self._call(self.model, self.cache, token, self._column, positions)
+
     def _plan(self, token: Tensor, positions: Tensor) -> DirectCall | None:
         """After a guarded step: the graph it ran with its inputs, for direct calls until the next start()."""
         if self._capture is None:
@@ -414,6 +443,10 @@ class CompiledDecoder:
             if int(positions.min()) < 0 or int(positions.max()) >= config.max_seq_len:
                 raise ValueError(f"positions must lie in [0, max_seq_len={config.max_seq_len}), got "
                                  f"[{int(positions.min())}, {int(positions.max())}]")
+        # The graph was compiled for contiguous (B, 1) inputs: a strided view (a column sliced from a (B, T) batch)
+        # would be read at the traced strides by the direct calls, which skip dynamo's stride guards -- the
+        # wrong rows' ids, silently. A contiguous tensor passes through as itself.
+        token, positions = token.contiguous(), positions.contiguous()
         self._column.fill_(length)  # a write into the same tensor: the graph's inputs keep their identity
         if self.cudagraphs:
             torch.compiler.cudagraph_mark_step_begin()
@@ -428,7 +461,7 @@ class CompiledDecoder:
                 with _without_guards():
                     logits = self._call(self.model, self.cache, token, self._column, positions)
             else:
-                logits = self._call(self.model, self.cache, token, self._column, positions)
+                logits = self._guarded_call(token, positions)
                 if not self._guarded:
                     self._guarded, self._guarded_mode = True, _grad_mode()
                     self._direct = self._plan(token, positions)
