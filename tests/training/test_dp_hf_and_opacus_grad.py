@@ -93,3 +93,23 @@ def test_opacus_twin_final_grad_equals_mlcore(sigma):
     for name, p in twin_model.named_parameters():
         assert (p.grad - ours.params[name].grad).abs().max() < 1e-8, name
     twin.close()
+
+
+def test_opacus_twin_takes_a_transformers_model():
+    """The twin read the model output as logits: a transformers model's ModelOutput failed with 'tuple indices
+    must be integers'. Its final p.grad must be mlcore's for a right-padded batch (sigma 0, clipping active)."""
+    pytest.importorskip("opacus")
+    from mlcore.training.dp_opacus import OpacusDP
+
+    data = masked_batch()
+    ours = DPGradient(tiny_llama("eager"), max_grad_norm=0.05, noise_multiplier=0.0, expected_batch_size=3)
+    ours.compute([data], None)
+    twin_model = tiny_llama("eager")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        twin = OpacusDP(twin_model, noise_multiplier=0.0, max_grad_norm=0.05, expected_batch_size=3, lr=0.0)
+        twin.backward(data)
+        twin.optimizer.pre_step()
+    for name, p in twin_model.named_parameters():
+        assert (p.grad - ours.params[name].grad).abs().max() < 1e-7, name
+    twin.close()

@@ -154,3 +154,44 @@ def test_float32_model_agrees_too():
     naive = naive_grads(model, data)
     assert max(float((ours[n] - naive[n]).abs().max()) for n in ours) < 1e-5
     assert F.cosine_similarity(ours["embed.weight"].flatten(), naive["embed.weight"].flatten(), dim=0) > 0.999999
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("input_ids", -1, r"input_ids must lie in \[0, vocab_size=40\)"),   # was IndexError deep inside vmap
+    ("input_ids", V, r"input_ids must lie in \[0, vocab_size=40\)"),
+    ("labels", -1, "labels must lie in"),                               # was read as token 0: a wrong gradient
+    ("labels", V + 3, "labels must lie in"),                            # was a RuntimeError from gather
+    ("attention_mask", 2, "attention_mask must hold only 0"),           # was used as is: a wrong gradient
+])
+def test_per_sample_grads_check_values_vmap_cannot(key, value, message):
+    """The model's own value checks cannot run under vmap (validate=False), so the batch is checked outside."""
+    data = batch()
+    data[key] = data[key].clone()
+    data[key][2, 3] = value
+    with pytest.raises(ValueError, match=message):
+        per_sample_grads(tiny("llama"), data, sequence_loss)
+
+
+def test_dp_loop_refuses_a_non_binary_mask():
+    from mlcore.training import TrainConfig, train
+
+    ids = torch.randint(0, V, (8, 6), generator=torch.Generator().manual_seed(0))
+    data = {"input_ids": ids, "attention_mask": torch.full((8, 6), 0.5)}
+    with pytest.raises(ValueError, match="attention_mask"):
+        train(tiny("llama").float(), data, TrainConfig(max_steps=1, batch_size=8, dp=True, dp_noise_multiplier=1.0,
+                                                      dp_poisson=False, progress=False, cpu=True))
+
+
+def test_untraceable_forward_is_a_clear_error():
+    """Learned positions check their range with int(tensor), which vmap cannot trace once an attention_mask makes
+    the positions per-row: a RuntimeError from deep inside torch.func became a ValueError that says what to do."""
+    cfg = TransformerConfig(vocab_size=V, d_model=16, n_layers=1, n_heads=2, max_seq_len=16, norm="layernorm",
+                            position="learned")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = Transformer(cfg)
+    with pytest.raises(ValueError, match="position='learned'"):
+        per_sample_grads(model, batch(), sequence_loss)
+    data = {k: v for k, v in batch().items() if k != "attention_mask"}  # no mask: positions 0..T-1, traceable
+    grads, _ = per_sample_grads(model, data, sequence_loss)
+    assert grads["pos_emb.weight"].shape == (B, 16, 16)

@@ -171,3 +171,26 @@ def test_resume_continues_the_accountant_and_the_run(tmp_path):
     assert [h["epsilon"] for h in resumed.history] == [h["epsilon"] for h in full.history]
     assert resumed.history[-1]["epsilon"] == pytest.approx(epsilon(1.0, 8 / 40, 4, 1e-5), rel=1e-12)
     assert all(torch.allclose(p, r, atol=1e-6) for p, r in zip(a.parameters(), b.parameters()))
+
+
+@pytest.mark.parametrize("kwargs, name", [
+    (dict(noise_multiplier=float("nan")), "noise_multiplier"),   # NaN > 0 is False: no noise was drawn at all
+    (dict(noise_multiplier=float("inf")), "noise_multiplier"),   # an inf gradient
+    (dict(noise_multiplier="1.0"), "noise_multiplier"),          # TypeError from '<'
+    (dict(expected_batch_size=float("inf")), "expected_batch_size"),  # a zero gradient
+    (dict(max_grad_norm=float("inf")), "max_grad_norm"),         # no clipping: no sensitivity bound
+])
+def test_dp_gradient_refuses_non_finite_settings(kwargs, name):
+    args = dict(max_grad_norm=1.0, noise_multiplier=1.0, expected_batch_size=4.0) | kwargs
+    with pytest.raises(ValueError, match=name):
+        DPGradient(tiny(), **args)
+
+
+def test_noise_and_sampling_helpers_refuse_bad_values():
+    from mlcore.training.dp import add_noise
+
+    with pytest.raises(ValueError, match="noise_std"):  # was a silent zero noise
+        add_noise({"w": torch.zeros(3)}, float("nan"), None)
+    for n in (-1, 2.5):  # were errors from inside torch.rand
+        with pytest.raises(ValueError, match="num_examples"):
+            poisson_sample(n, 0.5, torch.Generator())

@@ -71,3 +71,11 @@ def test_valid_config_builds_the_reference_optimizer():
     assert opt.defaults["betas"] == (0.5, 0.9)
     with pytest.raises(ValueError):  # torch refuses beta2 = 1 too, as TrainConfig does
         torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], betas=(0.9, 1.0))
+
+
+@pytest.mark.parametrize("seed", [2**64 + 5, -2**63 - 1])
+def test_seed_torch_cannot_take_is_refused_by_name(seed):
+    """torch.manual_seed raised 'Overflow when unpacking long long' (naming no field) when train() started."""
+    with pytest.raises(ValueError, match="TrainConfig.seed"):
+        TrainConfig(seed=seed)
+    torch.Generator().manual_seed(2**63 - 1 + 1)  # the largest accepted seed plus an epoch still fits torch

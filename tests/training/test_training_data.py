@@ -80,3 +80,21 @@ def test_packing_and_loading_arguments_are_named(tmp_path) -> None:
         load_text_dataset(text, text_field=3)
     with pytest.raises(ValueError, match="text_field='body' is no column"):
         tokenize_and_pack(datasets.Dataset.from_dict({"text": ["a b"]}), lambda t: [1, 2], 2, text_field="body")
+
+
+def test_batch_indices_refuses_bad_arguments_by_name():
+    """A negative batch_size failed inside torch.arange, a float index inside manual_seed, and a negative index
+    silently served an 'epoch -1' permutation."""
+    for kwargs, name in (({"batch_size": -1}, "batch_size"), ({"batch_size": 2.0}, "batch_size"),
+                         ({"index": -1}, "index"), ({"index": 1.5}, "index"), ({"seed": "0"}, "seed")):
+        with pytest.raises(ValueError, match=f"batch_indices: {name}"):
+            batch_indices(**{"num_examples": 10, "batch_size": 2, "index": 0, "seed": 0, **kwargs})
+
+
+def test_labels_and_loss_mask_together_are_refused():
+    """labels are used as given, so a loss_mask beside them was silently ignored (the prompt was trained on)."""
+    from mlcore.training.data import check_data
+
+    ids = torch.zeros(2, 4, dtype=torch.long)
+    with pytest.raises(ValueError, match="both 'labels' and 'loss_mask'"):
+        check_data({"input_ids": ids, "labels": ids, "loss_mask": torch.ones_like(ids)})

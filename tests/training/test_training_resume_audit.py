@@ -61,8 +61,23 @@ def _drop_exp_avg_sq(s):
     return {k: v for k, v in s.items() if not k.endswith("exp_avg_sq")}
 
 
+def _edit_group(meta, **changes):
+    """The metadata with param_groups[0] changed (a value None: the key removed)."""
+    group = {**meta["optimizer"]["param_groups"][0], **changes}
+    group = {k: v for k, v in group.items() if v is not None}
+    return {**meta, "optimizer": {**meta["optimizer"], "param_groups": [group, *meta["optimizer"]["param_groups"][1:]]}}
+
+
 @pytest.mark.parametrize("tensors, meta, message", [
     (lambda s: {**s, "rng.torch": s["rng.torch"][:7]}, None, "rng.torch"),
+    # damaged bytes of the right size: torch.set_rng_state raised a RuntimeError after the model was loaded
+    (lambda s: {**s, "rng.torch": torch.full_like(s["rng.torch"], 255)}, None, "invalid rng.torch"),
+    # damaged hyper-parameters: a TypeError / ZeroDivisionError / KeyError in optimizer.step(), model loaded
+    (None, lambda m: _edit_group(m, betas="x"), "betas"),
+    (None, lambda m: _edit_group(m, betas=[1, 2]), "betas"),
+    (None, lambda m: _edit_group(m, weight_decay=None), "weight_decay"),
+    (None, lambda m: _edit_group(m, eps=[1e-8]), "eps"),
+    (None, lambda m: _edit_group(m, amsgrad="yes"), "amsgrad"),
     (lambda s: {**s, "rng.torch": s["rng.torch"].float()}, None, "rng.torch"),
     (None, lambda m: {**m, "optimizer": {"scalars": {}}}, "param_groups"),
     (None, lambda m: {**m, "optimizer": []}, "param_groups"),
@@ -104,3 +119,20 @@ def test_resume_latest_without_out_dir_is_refused(toy_factory, token_data):
         train(toy_factory(), token_data, _cfg(None, checkpoint_every=0), resume_from="latest")
     with pytest.raises(ValueError, match="config"):
         train(toy_factory(), token_data, {"max_steps": 1})
+
+
+@pytest.mark.parametrize("step", [-1, 1.5, True])
+def test_save_checkpoint_refuses_a_step_load_would_refuse(toy_factory, tmp_path, step):
+    """step=-1 was written and then refused by load_checkpoint; 1.5 was stored silently as 1."""
+    with pytest.raises(ValueError, match="save_checkpoint: step"):
+        save_checkpoint(tmp_path / "ck", model=toy_factory(), step=step)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_train_names_a_bad_model_or_forward(toy_factory, token_data):
+    """A function as model failed with AttributeError ('parameters'), forward=None with 'not callable' mid-run."""
+    cfg = _cfg(None, checkpoint_every=0, max_steps=1)
+    with pytest.raises(ValueError, match="model must be a torch.nn.Module"):
+        train(lambda ids: ids, token_data, cfg)
+    with pytest.raises(ValueError, match="forward must be a callable"):
+        train(toy_factory(), token_data, cfg, forward=None)

@@ -17,6 +17,7 @@ when complete, so a run killed mid-write never leaves a half checkpoint that loo
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 from pathlib import Path
@@ -75,6 +76,8 @@ def save_checkpoint(
 ) -> Path:
     """Write a checkpoint folder (see module doc) and return its path. ``extra`` must be JSON-serializable."""
     directory = Path(directory)
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:  # load_checkpoint refuses such a step
+        raise ValueError(f"save_checkpoint: step must be an int >= 0 (optimizer steps taken), got {step!r}")
     # everything that can fail (JSON metadata, optimizer flattening) runs before the first file is written,
     # so a bad ``extra`` leaves no half-written folder behind
     weights, aliases = _model_tensors(model)
@@ -188,6 +191,11 @@ def _check_meta(meta: dict[str, Any], state: dict[str, torch.Tensor], directory:
     if state["rng.torch"].shape != expected_rng.shape:
         raise ValueError(f"{where} holds rng.torch of {state['rng.torch'].numel()} bytes, torch's CPU RNG state "
                          f"has {expected_rng.numel()}")
+    with torch.random.fork_rng(devices=[]):  # a damaged byte makes set_rng_state fail after the model is loaded
+        try:
+            torch.set_rng_state(state["rng.torch"])
+        except RuntimeError as err:
+            raise ValueError(f"{where} holds an invalid rng.torch state: {err}") from err
 
 
 def _optimizer_state(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor],
@@ -208,7 +216,8 @@ def _optimizer_state(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.
     if saved_counts != current_counts:
         raise ValueError(f"checkpoint {str(directory)!r} is from another model shape: optimizer groups hold "
                          f"{saved_counts} parameters, the current optimizer {current_counts}")
-    for group in groups:
+    for index, (group, current_group) in enumerate(zip(groups, optimizer.param_groups)):
+        _check_hyperparameters(group, current_group, f"{where} param_groups[{index}]")
         if isinstance(group.get("betas"), list):
             group["betas"] = tuple(group["betas"])
     state: dict[int, dict[str, Any]] = {}
@@ -241,6 +250,32 @@ def _optimizer_state(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.
         if lacking:
             raise ValueError(f"{where} lacks optimizer state {lacking} of parameter {pid}")
     return {"state": state, "param_groups": groups}
+
+
+def _is_real(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _check_hyperparameters(group: dict[str, Any], current: dict[str, Any], where: str) -> None:
+    """Refuse a saved param group whose hyper-parameters do not have the types of the current optimizer's (a
+    damaged ``betas`` or a missing ``weight_decay`` would otherwise fail as a TypeError / KeyError inside
+    ``optimizer.step()``, after the model is loaded). Flags torch added later (``foreach``, ``fused``, ...) may be
+    missing: ``load_state_dict`` fills them in."""
+    for key, value in current.items():
+        if key == "params" or isinstance(value, torch.Tensor):
+            continue
+        saved = group.get(key)
+        if isinstance(value, bool) or value is None:
+            if key in group and saved is not None and not isinstance(saved, bool):
+                raise ValueError(f"{where} has {key}={saved!r}, expected True, False or None")
+        elif _is_real(value):
+            if not _is_real(saved) or saved < 0:
+                raise ValueError(f"{where} has {key}={saved!r}, expected a finite number >= 0")
+        elif isinstance(value, tuple):
+            if (not isinstance(saved, (list, tuple)) or len(saved) != len(value)
+                    or not all(_is_real(v) and (key != "betas" or 0 <= v < 1) for v in saved)):
+                expected = "numbers in [0, 1)" if key == "betas" else "finite numbers"
+                raise ValueError(f"{where} has {key}={saved!r}, expected {len(value)} {expected}")
 
 
 def latest_checkpoint(out_dir: str | Path) -> Path | None:

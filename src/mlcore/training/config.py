@@ -114,8 +114,8 @@ class TrainConfig:
         betas = tuple(_check_real("betas", b, "a pair of numbers in [0, 1)") for b in self.betas)
         if not all(0.0 <= b < 1.0 for b in betas):
             raise ValueError(f"TrainConfig.betas must be a pair of numbers in [0, 1), got {self.betas!r}")
-        if not _is_int(self.seed):
-            raise ValueError(f"TrainConfig.seed must be an int, got {self.seed!r}")
+        if not _is_int(self.seed) or not -2**63 <= self.seed < 2**63:  # torch.manual_seed overflowed mid-run
+            raise ValueError(f"TrainConfig.seed must be an int in [-2**63, 2**63), got {self.seed!r}")
         for name in ("cpu", "progress", "dp", "dp_poisson"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"TrainConfig.{name} must be True or False, got {getattr(self, name)!r}")

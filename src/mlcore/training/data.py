@@ -13,6 +13,7 @@ of ``(seed, i)``, resuming at step ``s`` serves exactly the batches an uninterru
 from __future__ import annotations
 
 import json
+import numbers
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 
@@ -160,6 +161,9 @@ def check_data(data: Mapping[str, torch.Tensor], name: str = "train_data") -> in
             raise ValueError(f"{name}[{key!r}] must have the shape of input_ids {tuple(ids.shape)}, "
                              f"got {tuple(getattr(value, 'shape', ()))}")
     labels = data.get("labels")
+    if labels is not None and "loss_mask" in data:  # labels are used as given: the mask would be ignored silently
+        raise ValueError(f"{name} holds both 'labels' and 'loss_mask'; give one (labels are used as given, so "
+                         "the loss_mask would be ignored): put -100 in labels where loss_mask is 0")
     if labels is not None and (labels.dtype != torch.long or bool(((labels < 0) & (labels != -100)).any())):
         raise ValueError(f"{name}['labels'] must be a LongTensor of token ids >= 0 or -100 (ignored), got "
                          f"dtype {labels.dtype}")
@@ -168,8 +172,13 @@ def check_data(data: Mapping[str, torch.Tensor], name: str = "train_data") -> in
 
 def batch_indices(num_examples: int, batch_size: int, index: int, *, seed: int) -> torch.Tensor:
     """Example indices ``(batch_size,)`` of micro-batch ``index`` in the seeded endless stream (module doc)."""
-    if not isinstance(num_examples, int) or isinstance(num_examples, bool) or num_examples <= 0:
-        raise ValueError(f"batch_indices: num_examples must be a positive int, got {num_examples!r}")
+    # a negative batch_size failed deep in torch.arange, a negative index silently served "epoch -1"
+    for name, value, low in (("num_examples", num_examples, 1), ("batch_size", batch_size, 1), ("index", index, 0)):
+        if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < low:
+            raise ValueError(f"batch_indices: {name} must be an int >= {low}, got {value!r}")
+    if not isinstance(seed, numbers.Integral) or isinstance(seed, bool):
+        raise ValueError(f"batch_indices: seed must be an int, got {seed!r}")
+    num_examples, batch_size, index, seed = int(num_examples), int(batch_size), int(index), int(seed)  # numpy ints
     positions = torch.arange(index * batch_size, (index + 1) * batch_size)
     epochs = positions // num_examples
     out = torch.empty(batch_size, dtype=torch.long)

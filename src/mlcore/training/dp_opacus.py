@@ -57,7 +57,8 @@ class OpacusDP:
     def backward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Forward + backward of the mean over the batch of the per-example losses; fills ``p.grad_sample``
         with each example's own gradient. Returns the summed per-example loss."""
-        logits = self.model(batch["input_ids"], attention_mask=batch.get("attention_mask"))
+        out = self.model(batch["input_ids"], attention_mask=batch.get("attention_mask"))
+        logits = out if isinstance(out, torch.Tensor) else out.logits  # transformers models return a ModelOutput
         loss = opacus_sequence_loss(logits, batch["labels"])
         with warnings.catch_warnings():  # "full backward hook is firing ... no inputs require gradients"
             warnings.simplefilter("ignore", UserWarning)

@@ -22,6 +22,7 @@ then the reported epsilon is the usual approximation, not a proof.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 
 import torch
@@ -33,10 +34,18 @@ from .per_sample_grads import Batch, ExampleLoss, per_sample_grads, trainable_pa
 CLIP_EPS = 1e-6
 
 
+def _check_finite(name: str, value: float, *, positive: bool) -> float:
+    """``value`` as a float, or a ``ValueError`` naming ``name``: a finite number, > 0 or >= 0. NaN slipped past
+    ``value < 0`` (a NaN noise std drew no noise at all) and inf made the gradient 0 or inf."""
+    ok = (not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+          and (value > 0 if positive else value >= 0))
+    if not ok:
+        raise ValueError(f"{name} must be a finite number {'> 0' if positive else '>= 0'}, got {value!r}")
+    return float(value)
+
+
 def check_max_grad_norm(max_grad_norm: float) -> float:
-    if isinstance(max_grad_norm, bool) or not isinstance(max_grad_norm, (int, float)) or not max_grad_norm > 0:
-        raise ValueError(f"max_grad_norm (the clipping bound C) must be a number > 0, got {max_grad_norm!r}")
-    return float(max_grad_norm)
+    return _check_finite("max_grad_norm (the clipping bound C)", max_grad_norm, positive=True)
 
 
 def per_sample_norms(grads: Mapping[str, torch.Tensor]) -> torch.Tensor:
@@ -60,8 +69,7 @@ def clip_and_sum(grads: Mapping[str, torch.Tensor], max_grad_norm: float
 def add_noise(summed: Mapping[str, torch.Tensor], noise_std: float, generator: torch.Generator | None
               ) -> dict[str, torch.Tensor]:
     """``summed + N(0, noise_std^2)`` elementwise (noise_std = sigma * C), drawn from ``generator``."""
-    if noise_std < 0:
-        raise ValueError(f"noise_std must be >= 0, got {noise_std}")
+    noise_std = _check_finite("noise_std", noise_std, positive=False)
     out = {}
     for name, s in summed.items():
         noise = torch.normal(0.0, noise_std, s.shape, generator=generator, device=s.device, dtype=s.dtype) \
@@ -73,6 +81,8 @@ def add_noise(summed: Mapping[str, torch.Tensor], noise_std: float, generator: t
 def poisson_sample(num_examples: int, sample_rate: float, generator: torch.Generator) -> torch.Tensor:
     """Indices of a Poisson-sampled batch: each of ``num_examples`` kept with probability ``sample_rate``.
     Returns a LongTensor (|L|,), possibly empty (then the step's gradient is pure noise)."""
+    if isinstance(num_examples, bool) or not isinstance(num_examples, int) or num_examples < 0:
+        raise ValueError(f"num_examples must be an int >= 0, got {num_examples!r}")
     q = _check_sample_rate(sample_rate)
     keep = torch.rand(num_examples, generator=generator) < q
     return keep.nonzero().squeeze(1)
@@ -107,12 +117,8 @@ class DPGradient:
                  expected_batch_size: float, loss_fn: ExampleLoss = sequence_loss) -> None:
         self.model = model
         self.max_grad_norm = check_max_grad_norm(max_grad_norm)
-        if noise_multiplier < 0:
-            raise ValueError(f"noise_multiplier must be >= 0, got {noise_multiplier}")
-        if not expected_batch_size > 0:
-            raise ValueError(f"expected_batch_size must be > 0, got {expected_batch_size}")
-        self.noise_multiplier = float(noise_multiplier)
-        self.expected_batch_size = float(expected_batch_size)
+        self.noise_multiplier = _check_finite("noise_multiplier", noise_multiplier, positive=False)
+        self.expected_batch_size = _check_finite("expected_batch_size", expected_batch_size, positive=True)
         self.loss_fn = loss_fn
         self.params = trainable_parameters(model)
 

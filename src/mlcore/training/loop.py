@@ -173,6 +173,10 @@ def train(
         forward: how to get logits from ``model`` and a batch (default ``model(ids, attention_mask=...)``).
         description: label of the progress bar.
     """
+    if not isinstance(model, torch.nn.Module):
+        raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if not callable(forward):
+        raise ValueError(f"forward must be a callable (model, batch) -> logits, got {forward!r}")
     if not isinstance(config, TrainConfig):
         raise ValueError(f"config must be a TrainConfig (TrainConfig.from_dict(d) builds one from a dict), "
                          f"got {type(config).__name__}")

@@ -106,6 +106,38 @@ def hf_4d_attention_mask(model: nn.Module, attention_mask: torch.Tensor) -> torc
     return torch.zeros(keep.shape, dtype=dtype, device=keep.device).masked_fill(~keep, torch.finfo(dtype).min)
 
 
+def _vocab_size(model: nn.Module) -> int | None:
+    """The model's vocabulary size (``config.vocab_size`` of mlcore's and transformers' models), else None."""
+    size = getattr(getattr(model, "config", None), "vocab_size", None)
+    if isinstance(size, int) and not isinstance(size, bool):
+        return size
+    embeddings = model.get_input_embeddings() if callable(getattr(model, "get_input_embeddings", None)) else None
+    return embeddings.num_embeddings if isinstance(embeddings, nn.Embedding) else None
+
+
+def check_batch_values(model: nn.Module, batch: Batch) -> None:
+    """The value checks the model's forward cannot do under ``vmap`` (it reads values on the host), done once
+    here: token ids in ``[0, vocab_size)``, a 0/1 ``attention_mask``, labels in ``[0, vocab_size)`` or -100.
+    Without them a negative id or label was silently read as another token (a wrong gradient) and one past the
+    vocabulary failed deep inside vmap."""
+    vocab = _vocab_size(model)
+    upper = f"[0, vocab_size={vocab})" if vocab is not None else "[0, vocab_size)"
+    for key, ignore in (("input_ids", None), ("labels", -100)):
+        ids = batch.get(key)
+        if ids is None or ids.numel() == 0:
+            continue
+        if ids.is_floating_point() or ids.dtype == torch.bool:
+            raise ValueError(f"{key} must hold integer token ids, got dtype {ids.dtype}")
+        real = ids[ids != ignore] if ignore is not None else ids
+        if real.numel() and (int(real.min()) < 0 or (vocab is not None and int(real.max()) >= vocab)):
+            raise ValueError(f"{key} must lie in {upper}{' or be -100 (ignored)' if ignore else ''}, got values "
+                             f"in [{int(real.min())}, {int(real.max())}] (tokenizer/model vocab mismatch?)")
+    mask = batch.get("attention_mask")
+    if mask is not None and mask.numel() and bool(((mask != 0) & (mask != 1)).any()):
+        raise ValueError(f"attention_mask must hold only 0 (pad) and 1 (token), got values "
+                         f"{sorted(set(mask.unique().tolist()))[:6]}")
+
+
 def per_sample_grads(model: nn.Module, batch: Batch, loss_fn: ExampleLoss,
                      params: Mapping[str, torch.Tensor] | None = None,
                      ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
@@ -122,6 +154,7 @@ def per_sample_grads(model: nn.Module, batch: Batch, loss_fn: ExampleLoss,
         ``({name: (B, *param.shape)}, aux (B, ...))``.
     """
     check_per_sample_support(model)
+    check_batch_values(model, batch)
     params = dict(params) if params is not None else {n: p.detach() for n, p in trainable_parameters(model).items()}
     frozen = {n: p.detach() for n, p in model.named_parameters() if n not in params}
     buffers = dict(model.named_buffers())
@@ -130,8 +163,17 @@ def per_sample_grads(model: nn.Module, batch: Batch, loss_fn: ExampleLoss,
         row1 = {k: v.unsqueeze(0) for k, v in row.items()}  # vmap strips the batch dim; the model wants (1, T)
         return loss_fn(_call(model, {**frozen, **p}, buffers, row1), row1)
 
-    grads, aux = vmap(grad(one_example, has_aux=True), in_dims=(None, 0), randomness="different")(
-        params, dict(batch))
+    try:
+        grads, aux = vmap(grad(one_example, has_aux=True), in_dims=(None, 0), randomness="different")(
+            params, dict(batch))
+    except RuntimeError as err:
+        if "vmap" not in str(err) or "data-dependent" not in str(err):
+            raise
+        # e.g. mlcore's learned positions with an attention_mask check their range with int(tensor) on the host
+        raise ValueError(f"per-sample gradients (torch.func.vmap) cannot trace {type(model).__name__}'s forward on "
+                         "this batch: it reads a tensor value on the host (.item(), int(t), or an if on a tensor). "
+                         "For mlcore's Transformer with position='learned', drop the attention_mask (unpadded "
+                         f"rows) or use RoPE. vmap said: {str(err).splitlines()[0][:160]}") from err
     return grads, aux
 
 
