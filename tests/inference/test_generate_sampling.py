@@ -141,3 +141,20 @@ def test_every_row_stopping_ends_generation_early() -> None:
     free = generate(model, ids, attention_mask=mask, max_new_tokens=NEW)[:, PROMPT_LEN:]
     out = generate(model, ids, attention_mask=mask, max_new_tokens=NEW, stop=[free[0, 1:3].tolist(), [999]])
     torch.testing.assert_close(out[:, PROMPT_LEN:], free[:, :3], rtol=0, atol=0)
+
+
+def test_a_temperature_too_small_to_divide_by_decodes_greedily():
+    """At temperature 1e-300, ``logits / T`` overflows float32 and softmax gave NaN: the draw raised. Below
+    GREEDY_BELOW (1e-5, vLLM's rule) generate and speculative_generate decode greedily, the T -> 0 limit."""
+    import torch
+
+    from mlcore.inference import generate, speculative_generate
+    from mlcore.training import load_tiny
+
+    target, draft = load_tiny("target")[0].eval(), load_tiny("draft")[0].eval()
+    ids = torch.tensor([[5, 6, 7, 8, 9]])
+    greedy = generate(target, ids, max_new_tokens=6)
+    for t in (1e-300, 1e-6):
+        assert torch.equal(generate(target, ids, max_new_tokens=6, temperature=t, seed=1), greedy)
+        assert torch.equal(speculative_generate(target, draft, ids, max_new_tokens=6, temperature=t, seed=1),
+                           greedy)

@@ -26,6 +26,7 @@ from torch import Tensor, nn
 
 from mlcore.inference.cache_factory import make_cache
 from mlcore.inference.sampling import (
+    is_greedy,
     make_generator,
     presence_mask,
     process_logits,
@@ -167,7 +168,9 @@ def generate(
 ) -> Tensor:
     """Continue left-padded prompts ``input_ids`` (B, T); return (B, T + n) with n <= ``max_new_tokens``.
 
-    temperature: 0 = greedy (argmax); > 0 samples from ``softmax(logits / temperature)`` after ``top_k`` /
+    temperature: 0 = greedy (argmax), as is any temperature below ``GREEDY_BELOW`` = 1e-5 (vLLM's rule; a tiny
+        T overflows ``logits / T`` in float32, and greedy is the T -> 0 limit); above it samples from
+        ``softmax(logits / temperature)`` after ``top_k`` /
         ``top_p`` (nucleus) filtering; ``repetition_penalty`` as transformers defines it (CTRL, Keskar et al.
         2019). Draws use a local ``torch.Generator`` seeded with ``seed`` (the global RNG is never touched).
     eos_token_id / stop: a row finishes at one of these ids or once its output ends with a ``stop`` token-id
@@ -207,7 +210,7 @@ def generate(
 
         decoder = decoder_for(model, batch=B, needed=T + max_new_tokens, mode=mode)
         kv = decoder.start()
-    greedy = temperature == 0
+    greedy = is_greedy(temperature)  # 0, or so small that logits / T would overflow: the T -> 0 limit
     generator = None if greedy else make_generator(seed, input_ids.device)
     vocab = model.config.vocab_size
     penalise = repetition_penalty is not None and repetition_penalty != 1.0

@@ -37,7 +37,20 @@ from numbers import Integral, Real
 import torch
 from torch import Tensor
 
+# Temperatures below this decode greedily (vLLM's ``_SAMPLING_EPS``, the same rule; ``mlcore.serve`` uses it too):
+# for tiny T, ``logits / T`` overflows float32 to +inf for every positive logit (1e-300 is 0.0 in float32, a
+# division by zero), softmax turns the infs into NaN and the draw raises. Greedy is the T -> 0 limit.
+GREEDY_BELOW = 1e-5
+
+
+def is_greedy(temperature: float) -> bool:
+    """True when ``temperature`` (validated, >= 0) means argmax decoding: 0, or below :data:`GREEDY_BELOW`."""
+    return temperature < GREEDY_BELOW
+
+
 __all__ = [
+    "GREEDY_BELOW",
+    "is_greedy",
     "validate_sampling_args",
     "presence_mask",
     "apply_repetition_penalty",

@@ -36,7 +36,7 @@ from torch import Tensor, nn
 
 from mlcore.inference.cache_factory import make_cache
 from mlcore.inference.generate import _eos_tensor, pad_token, prompt_mask
-from mlcore.inference.sampling import make_generator, process_logits, validate_sampling_args
+from mlcore.inference.sampling import is_greedy, make_generator, process_logits, validate_sampling_args
 from mlcore.inference.speculative_sampling import AcceptanceStats, verify_draft
 
 __all__ = ["speculative_generate", "SpeculativeStats"]
@@ -161,7 +161,7 @@ def speculative_generate(
         return (seq.clone(), stats) if return_stats else seq.clone()
     target_kv, draft_kv = _caches(cache, target, draft, B, T + max_new_tokens, input_ids.device,
                                   rollback=num_draft_tokens)
-    greedy = temperature == 0
+    greedy = is_greedy(temperature)  # 0, or below GREEDY_BELOW (sampling.py)
     generator = None if greedy else make_generator(seed, input_ids.device)
     offset = mask.sum(dim=1, keepdim=True) - T  # (B, 1): position = column + offset
     active = torch.ones(B, dtype=torch.bool, device=seq.device)

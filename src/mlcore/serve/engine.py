@@ -36,14 +36,15 @@ import torch
 from torch import nn
 
 from mlcore.inference.paged_batch import PagedBatch, allocate_pool
-from mlcore.inference.sampling import make_generator, process_logits, sample_next, validate_sampling_args
+from mlcore.inference.sampling import (
+    GREEDY_BELOW,
+    make_generator,
+    process_logits,
+    sample_next,
+    validate_sampling_args,
+)
 from mlcore.serve.block_manager import BlockManager
 from mlcore.serve.scheduler import Emit, SamplingParams, Scheduler, Sequence
-
-# Temperatures below this sample greedily (vLLM's ``_SAMPLING_EPS``, the same rule): ``logits / T`` overflows
-# float32 for tiny T (1e-300 is 0.0 in float32), softmax turns the infs into NaN and the draw raises, which
-# failed the whole step, every other request in the batch included. Greedy is the T -> 0 limit.
-GREEDY_BELOW = 1e-5
 
 
 @dataclass
