@@ -161,7 +161,7 @@ class Transformer(nn.Module):
                                        rope_tables=self.rope_tables)
         x = self.embed(input_ids)  # (B, T, C)
         if self.pos_emb is not None:
-            x = x + self.pos_emb(inputs.positions)  # (B, T, C) learned absolute positions
+            x = x + self.pos_emb(inputs.positions, validate=validate)  # (B, T, C) learned absolute positions
         if self.training and self.drop.p > 0:  # dropout is the identity in eval: skip the call
             x = self.drop(x)
         checkpoint = self.gradient_checkpointing and self.training and torch.is_grad_enabled() and cache is None

@@ -169,11 +169,9 @@ def per_sample_grads(model: nn.Module, batch: Batch, loss_fn: ExampleLoss,
     except RuntimeError as err:
         if "vmap" not in str(err) or "data-dependent" not in str(err):
             raise
-        # e.g. mlcore's learned positions with an attention_mask check their range with int(tensor) on the host
         raise ValueError(f"per-sample gradients (torch.func.vmap) cannot trace {type(model).__name__}'s forward on "
                          "this batch: it reads a tensor value on the host (.item(), int(t), or an if on a tensor). "
-                         "For mlcore's Transformer with position='learned', drop the attention_mask (unpadded "
-                         f"rows) or use RoPE. vmap said: {str(err).splitlines()[0][:160]}") from err
+                         f"vmap said: {str(err).splitlines()[0][:160]}") from err
     return grads, aux
 
 
