@@ -202,3 +202,14 @@ def test_forced_kernel_a_later_layer_cannot_take_changes_nothing():
     with pytest.raises(ValueError, match="layer '4': prefer: 'int8pack' cannot run .* in_features % 16 == 0, got 24"):
         quantize_model(model, "int8", prefer="int8pack")
     assert [type(m) for m in model if not isinstance(m, nn.ReLU)] == [nn.Linear] * 3
+
+
+def test_a_model_with_nothing_to_quantize_says_so():
+    """GPT-2's projections are transformers' Conv1D, not nn.Linear, and its head is tied: quantize_model used to
+    return it unchanged without a word."""
+    transformers = pytest.importorskip("transformers")
+    cfg = transformers.GPT2Config(vocab_size=64, n_embd=16, n_layer=1, n_head=2, n_positions=16)
+    model = transformers.GPT2LMHeadModel(cfg)
+    with pytest.warns(UserWarning, match="no layer was quantized.*Conv1D"):
+        quantize_model(model, "int8")
+    assert not any(isinstance(m, QuantizedLinear) for m in model.modules())

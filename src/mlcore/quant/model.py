@@ -98,4 +98,9 @@ def quantize_model(model: nn.Module, scheme: str, *, skip: tuple[str, ...] | lis
         setattr(parent, child, new)
     if skipped:
         warnings.warn(f"quantize_model({scheme}): kept in full precision: {', '.join(skipped)}", stacklevel=2)
+    if not new_layers and not skipped:  # e.g. GPT-2, whose projections are transformers' Conv1D (weight (in, out)), not nn.Linear
+        others = sorted({type(m).__name__ for _, m in model.named_modules() if type(m).__name__ == "Conv1D"})
+        hint = (f"; its {others[0]} layers are not nn.Linear (mlcore.finetune.prepare_qlora converts GPT-2's)"
+                if others else "")
+        warnings.warn(f"quantize_model({scheme}): no layer was quantized{hint}", stacklevel=2)
     return model
