@@ -235,3 +235,33 @@ def test_prompt_as_token_ids_equals_generate_and_is_guarded(tiny):
         card = tok.encode_ordinary("Refund card 4111 1111 1111 1111 please")
         r = client.completions.create(model="tiny-target", prompt=card, max_tokens=2, temperature=0)
         assert r.usage.prompt_tokens == len(tok.encode_ordinary("Refund card [CARD] please"))
+
+
+def test_content_parts_and_plain_text_response_format_are_served(tiny):
+    """OpenAI takes a message's content as a list of text parts, and ``response_format={"type": "text"}`` /
+    ``top_logprobs=0`` ask for nothing beyond plain text: all were refused as malformed. Parts are joined with
+    newlines (vLLM's rule), so the answer equals the one for the joined string; other formats are a 400 naming
+    the field."""
+    import openai
+
+    app, _ = make(tiny)
+    msg = {"model": "tiny-target", "max_tokens": 3, "temperature": 0}
+    with TestClient(app) as c:
+        client = openai.OpenAI(base_url="http://testserver/v1", api_key=KEY, http_client=c, max_retries=0)
+        joined = client.chat.completions.create(**msg, messages=[{"role": "user", "content": "The list\ntype"}])
+        parts = client.chat.completions.create(
+            **msg, response_format={"type": "text"}, extra_body={"top_logprobs": 0},
+            messages=[{"role": "user", "content": [{"type": "text", "text": "The list"},
+                                                   {"type": "text", "text": "type"}]}])
+        assert parts.choices[0].message.content == joined.choices[0].message.content
+        assert parts.usage.prompt_tokens == joined.usage.prompt_tokens
+        for change, param in [({"response_format": {"type": "json_object"}}, "response_format"),
+                              ({"top_logprobs": 2}, "top_logprobs")]:
+            with pytest.raises(openai.APIStatusError) as info:
+                client.chat.completions.create(**msg, messages=[{"role": "user", "content": "Hi"}],
+                                               extra_body=change)
+            assert info.value.status_code == 400 and info.value.param == param
+        with pytest.raises(openai.APIStatusError) as info:  # an image part is not served
+            client.chat.completions.create(**msg, messages=[{"role": "user", "content": [
+                {"type": "image_url", "image_url": {"url": "http://x/y.png"}}]}])
+        assert info.value.status_code == 400

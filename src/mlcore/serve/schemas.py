@@ -78,15 +78,47 @@ class CompletionRequest(_Common):
     prompt: str | list[str] | list[int] | list[list[int]]  # text, or token ids as OpenAI takes them; one prompt
 
 
+class TextPart(_Strict):
+    """One part of a message's content given as a list (OpenAI's content parts); only text is served."""
+
+    type: Literal["text"]
+    text: str
+
+
 class ChatMessage(_Strict):
     role: Literal["system", "developer", "user", "assistant"]  # "developer": OpenAI's newer name for "system"
-    content: str
+    content: str | Annotated[list[TextPart], Field(min_length=1)]
     name: str | None = None
+
+    @field_validator("content")
+    @classmethod
+    def _parts_as_text(cls, value: str | list[TextPart]) -> str:
+        # text parts are joined with newlines (vLLM's rule; OpenAI does not publish one), so the guard and the
+        # prompt template see one string whichever form the client sent
+        return value if isinstance(value, str) else "\n".join(part.text for part in value)
 
 
 class ChatRequest(_Common):
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: int | None = Field(default=None, ge=1)  # OpenAI's current name for max_tokens
+    # accepted only at the values that ask for nothing beyond plain text
+    response_format: dict[str, str] | None = None
+    top_logprobs: int | None = None
+
+    @field_validator("response_format")
+    @classmethod
+    def _text_only(cls, value: dict[str, str] | None) -> dict[str, str] | None:
+        if value is not None and value != {"type": "text"}:
+            raise ValueError(f"response_format is not served by this server (only {{'type': 'text'}} or null), "
+                             f"got {value}")
+        return value
+
+    @field_validator("top_logprobs")
+    @classmethod
+    def _no_top_logprobs(cls, value: int | None) -> int | None:
+        if value:
+            raise ValueError(f"top_logprobs is not served by this server (only 0 or null), got {value}")
+        return value
 
     @model_validator(mode="after")
     def _one_length_field(self) -> ChatRequest:
