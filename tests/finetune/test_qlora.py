@@ -38,6 +38,14 @@ from tests.finetune._lora_testutils import (
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
+def copy_adapters(ours: dict, theirs: dict) -> None:
+    """Give PEFT's layers ``theirs`` the A and B of mlcore's ``ours`` (same names)."""
+    with torch.no_grad():
+        for name, m in ours.items():
+            theirs[name].lora_A["default"].weight.copy_(m.lora_A.weight)
+            theirs[name].lora_B["default"].weight.copy_(m.lora_B.weight)
+
+
 def test_lora_over_nf4_equals_dequantize_then_linear_plus_lora() -> None:
     g = torch.Generator().manual_seed(0)
     dense = nn.Linear(128, 96)
@@ -148,10 +156,7 @@ def test_matches_peft_and_bitsandbytes_qlora_on_the_same_nf4_weights(tmp_path) -
         setattr(ours.get_submodule(parent), child, _as_mlcore(m.base_layer.weight))
     ours = apply_lora(ours, LoraConfig(**spec), verbose=False)
     randomize_lora_(ours)
-    with torch.no_grad():
-        for name, m in lora_layers(ours).items():
-            their_layers[name].lora_A["default"].weight.copy_(m.lora_A.weight)
-            their_layers[name].lora_B["default"].weight.copy_(m.lora_B.weight)
+    copy_adapters(lora_layers(ours), their_layers)
     ids = token_ids()
     mine, ref = logits_of(ours.train(), ids), theirs.train()(ids).logits
     torch.testing.assert_close(mine, ref, rtol=1e-4, atol=1e-4)
@@ -208,10 +213,7 @@ def test_prepare_qlora_quantizes_gpt2_conv1d_and_equals_peft_on_the_dequantized_
         theirs = peft.get_peft_model(dense, peft.LoraConfig(r=4, lora_alpha=8, target_modules="all-linear"))
     their_layers = peft_layers(theirs)
     assert set(their_layers) == set(layers)
-    with torch.no_grad():
-        for name, m in layers.items():
-            their_layers[name].lora_A["default"].weight.copy_(m.lora_A.weight)
-            their_layers[name].lora_B["default"].weight.copy_(m.lora_B.weight)
+    copy_adapters(layers, their_layers)
     ids = token_ids()
     mine, ref = logits_of(qlora.train(), ids), theirs.train()(ids).logits
     torch.testing.assert_close(mine, ref, rtol=1e-5, atol=1e-5)
