@@ -211,9 +211,7 @@ class LinearFusion:
         """The layers must run as themselves now (a LoRA wrapper, a hook): drop any copy made for them before. A
         traced step cannot check the layers and reads the copy the eager call before it kept (see ``__call__``):
         one kept from before ``apply_lora`` made the compiled step decode with the base weights alone."""
-        if self._fn is not None or self._tiles is not None:
-            self.release()
-        return None
+        self.release()
 
     def _build_tiles(self, srcs: list[Tensor | None]) -> None:
         """Each layer's weight as ``tiled_weight`` tiles for a traced batch-1 CPU step (None where it has none).

@@ -285,7 +285,7 @@ class CompiledDecoder:
             if device.type != p.device.type or other_index:
                 raise ValueError(f"device={device} differs from the model's {p.device}: move the model instead")
         self.batch, self.max_len, self.mode = batch, max_len, mode
-        self.dtype = dtype or p.dtype
+        self.dtype = p.dtype  # a dtype= argument was checked equal to it above
         self.device = p.device
         self._model = weakref.ref(model)  # the decoder is kept per model (decoder_for): no strong cycle
         # Normal tensors even when built under torch.inference_mode: the decoder is kept per model and reused,

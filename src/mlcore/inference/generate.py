@@ -38,8 +38,9 @@ Streamer = Callable[[Tensor], Any]
 
 
 def check_prompt(model: nn.Module, input_ids: Tensor, attention_mask: Tensor | None,
-                 max_new_tokens: int) -> Tensor:
-    """Validate a generation request once; return the (B, T) 0/1 mask (all ones when none was given)."""
+                 max_new_tokens: int, *, mask_name: str = "attention_mask") -> Tensor:
+    """Validate a generation request once; return the (B, T) 0/1 mask (all ones when none was given).
+    ``mask_name``: what the errors call the mask (one read from the pad id is not the caller's attention_mask)."""
     if not isinstance(input_ids, Tensor) or input_ids.dim() != 2 or input_ids.dtype not in (torch.long, torch.int):
         seen = f"{tuple(input_ids.shape)} {input_ids.dtype}" if isinstance(input_ids, Tensor) else repr(input_ids)
         raise ValueError(f"input_ids must be an integer (B, T) tensor, got {seen}")
@@ -59,9 +60,9 @@ def check_prompt(model: nn.Module, input_ids: Tensor, attention_mask: Tensor | N
     if bool(((attention_mask != 0) & (attention_mask != 1)).any()):
         raise ValueError("attention_mask must hold only 0 (pad) and 1 (token)")
     if bool((attention_mask.sum(dim=1) == 0).any()):
-        raise ValueError("attention_mask has a row with no token: every prompt needs at least one")
+        raise ValueError(f"{mask_name} has a row with no token: every prompt needs at least one")
     if not bool(attention_mask[:, -1].all()):
-        raise ValueError("attention_mask must be left-padded (every row's last column a token), got a row "
+        raise ValueError(f"{mask_name} must be left-padded (every row's last column a token), got a row "
                          "ending in padding")
     return attention_mask.to(input_ids.device).long()
 
@@ -108,15 +109,10 @@ def prompt_mask(model: nn.Module, input_ids: Tensor, attention_mask: Tensor | No
     when none is given; a refused inferred mask is blamed on the pad id, not on an attention_mask never passed."""
     if attention_mask is not None:
         return check_prompt(model, input_ids, attention_mask, max_new_tokens)
-    inferred = mask_from_padding(input_ids, pad_token_id, eos_token_id)
-    try:
-        return check_prompt(model, input_ids, inferred, max_new_tokens)
-    except ValueError as e:
-        if inferred is None or not str(e).startswith("attention_mask"):
-            raise
-        raise ValueError(f"no attention_mask was given, so pad_token_id={pad_token_id!r} in input_ids marks padding "
-                         f"(as in transformers), and that mask is refused: {e}; pass attention_mask (1 = token) "
-                         "explicitly") from None
+    return check_prompt(model, input_ids, mask_from_padding(input_ids, pad_token_id, eos_token_id), max_new_tokens,
+                        mask_name=f"no attention_mask was given, so pad_token_id={pad_token_id!r} in input_ids marks "
+                                  "padding (as in transformers; pass attention_mask, 1 = token, to say otherwise), "
+                                  "and that mask")
 
 
 def _check_streamer(streamer: Any) -> None:

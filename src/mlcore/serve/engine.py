@@ -37,7 +37,7 @@ from torch import nn
 
 from mlcore.inference.paged_batch import PagedBatch, allocate_pool
 from mlcore.inference.sampling import (
-    GREEDY_BELOW,
+    is_greedy,
     make_generator,
     process_logits,
     sample_next,
@@ -116,7 +116,7 @@ class Engine:
             raise ValueError(f"a request of {total} tokens needs more blocks than the pool has "
                              f"({self.config.num_blocks} of {self.config.block_size})")
         seq = Sequence(request_id or f"req-{next(self._ids)}", list(prompt), params, emit)
-        if params.temperature >= GREEDY_BELOW:
+        if not is_greedy(params.temperature):
             seq.generator = make_generator(params.seed, self.device)
         with self._lock:
             if self._stop:
@@ -199,7 +199,7 @@ class Engine:
         out = []
         for j, seq in enumerate(seqs):
             p = seq.params
-            if p.temperature < GREEDY_BELOW:
+            if is_greedy(p.temperature):
                 out.append(int(greedy[j]))
                 continue
             scores = process_logits(picked[j:j + 1], temperature=p.temperature, top_k=p.top_k, top_p=p.top_p)

@@ -32,7 +32,7 @@ POLICIES = ("continuous", "static")
 @dataclass
 class SamplingParams:
     """Per-request decoding knobs (OpenAI's names). ``temperature=0`` is greedy, and so is any temperature
-    below ``engine.GREEDY_BELOW`` (1e-5, as vLLM), where ``softmax(logits / T)`` would overflow."""
+    below ``inference.sampling.GREEDY_BELOW`` (1e-5, as vLLM; ``is_greedy``), where ``logits / T`` overflows."""
 
     max_tokens: int = 16
     temperature: float = 0.0
