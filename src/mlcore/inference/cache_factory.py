@@ -90,19 +90,10 @@ def _check_sliding_object(cache: Any, model: nn.Module, max_len: int) -> None:
 def _check_object_dtype(cache: Any, model: nn.Module) -> None:
     """A cache object allocated in another float dtype than the model's (``for_model(..., dtype=)``): attention
     would refuse its keys only after the prefill wrote layer 0 into it, so refuse it here, before any write.
-    Under autocast the queries take the autocast dtype instead: not checked there."""
+    Each preallocated cache says its dtype (``.dtype``; a DynamicCache has none). Under autocast the queries take
+    the autocast dtype instead: not checked there."""
     p = next(model.parameters())
-    if torch.is_autocast_enabled(p.device.type):
-        return
-    held = None
-    for name in ("keys", "k_pool"):  # StaticCache / SlidingWindowCache, PagedCache: float buffers per layer
-        buffers = getattr(cache, name, None)
-        if isinstance(buffers, dict) and buffers:
-            held = next(iter(buffers.values())).dtype
-            break
-    dtypes = getattr(cache, "_dtype", None)  # QuantizedCache: the dtype it dequantizes to
-    if held is None and isinstance(dtypes, dict) and dtypes:
-        held = next(iter(dtypes.values()))
-    if held is not None and held != p.dtype:
+    held = getattr(cache, "dtype", None)
+    if isinstance(held, torch.dtype) and not torch.is_autocast_enabled(p.device.type) and held != p.dtype:
         raise ValueError(f"cache was allocated in {held} but the model computes in {p.dtype}; build it with "
                          f"dtype={p.dtype} (or leave dtype= out of for_model)")

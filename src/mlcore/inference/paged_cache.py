@@ -71,6 +71,12 @@ class PagedCache:
         self._table_memo: tuple[tuple, Tensor] | None = None
         self._index_memo: tuple[tuple, Tensor] | None = None
 
+    @property
+    def dtype(self) -> torch.dtype | None:
+        """The float dtype the pools hold (what the model's keys must be), None before any allocation."""
+        buffers = next(iter(self.k_pool.values()), None)
+        return None if buffers is None else buffers.dtype
+
     @classmethod
     def for_model(cls, model: nn.Module, batch: int, max_len: int, *, device: torch.device | str | None = None,
                   dtype: torch.dtype | None = None, block_size: int = 16,

@@ -63,6 +63,11 @@ class QuantizedCache:
         self._length: dict[int, int] = {}
         self._index_view: tuple[int, Tensor] | None = None
 
+    @property
+    def dtype(self) -> torch.dtype | None:
+        """The float dtype the codes dequantize to (what the model's keys must be), None before any allocation."""
+        return next(iter(self._dtype.values()), None)
+
     @classmethod
     def for_model(cls, model: nn.Module, batch: int, max_len: int, *, device: torch.device | str | None = None,
                   dtype: torch.dtype | None = None) -> QuantizedCache:

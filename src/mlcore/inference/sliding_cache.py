@@ -108,6 +108,12 @@ class SlidingWindowCache:
         self.full_layers = frozenset(full_layers)
         self._full = DynamicCache()  # the full_layers' keys and values, every column
 
+    @property
+    def dtype(self) -> torch.dtype | None:
+        """The float dtype the ring buffers hold (what the model's keys must be), None before any allocation."""
+        buffers = next(iter(self.keys.values()), None)
+        return None if buffers is None else buffers.dtype
+
     @classmethod
     def for_model(cls, model: nn.Module, batch: int, max_len: int, *, device: torch.device | str | None = None,
                   dtype: torch.dtype | None = None, window: int | None = None, sinks: int = 0,

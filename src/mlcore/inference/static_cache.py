@@ -45,6 +45,12 @@ class StaticCache:
         self._index_view: tuple[int, Tensor] | None = None
         self._slot: tuple[int, int, Tensor] | None = None
 
+    @property
+    def dtype(self) -> torch.dtype | None:
+        """The float dtype the buffers hold (what the model's keys must be), None before any allocation."""
+        buffers = next(iter(self.keys.values()), None)
+        return None if buffers is None else buffers.dtype
+
     @classmethod
     def for_model(cls, model: nn.Module, batch: int, max_len: int, *, dtype: torch.dtype | None = None,
                   device: torch.device | str | None = None, full_view: bool = False) -> StaticCache:
