@@ -196,16 +196,20 @@ def profile_decode(model: nn.Module, prompt: list[int], steps: int = 16) -> tupl
 
 
 def weight_bytes(model: nn.Module) -> int:
-    """Bytes one decode step reads from the weights: every distinct tensor of the state dict (float weights, or
-    quantized codes + scales + zeros) once, a tied head once; an untied input embedding contributes one row."""
+    """Bytes one batch-1 decode step reads from the weights: every distinct tensor of the state dict (float
+    weights, or quantized codes + scales + zeros) once, a tied head once; an untied input embedding and an mlcore
+    learned position table (``pos_emb``) contribute one row each (a lookup), not the whole table."""
     seen: dict[tuple[int, int], int] = {}
     for t in model.state_dict().values():
         seen[(t.data_ptr(), t.numel())] = t.numel() * t.element_size()
     total = sum(seen.values())
     embed = model.get_input_embeddings().weight if hasattr(model, "get_input_embeddings") else model.embed.weight
     head = model.lm_head.weight
-    if embed.data_ptr() != head.data_ptr():
-        total -= (embed.shape[0] - 1) * embed.shape[1] * embed.element_size()
+    tables = [embed] if embed.data_ptr() != head.data_ptr() else []
+    pos = getattr(model, "pos_emb", None)
+    tables += [pos.weight] if pos is not None else []
+    for w in tables:
+        total -= (w.shape[0] - 1) * w.shape[1] * w.element_size()
     return total
 
 

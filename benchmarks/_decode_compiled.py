@@ -31,6 +31,7 @@ from ._decode_setup import (
     Pair,
     first_difference,
     interleaved,
+    mean_decode_context,
     paired_difference,
     paired_roofline,
     prompts,
@@ -109,7 +110,7 @@ def compiled_rows(ctx: Context, pair: Pair, tokenizer: Any, batch: int, *, promp
         "mode": "reduce-overhead" if dev.type == "cuda" else "default",
     }
     if ceiling is not None:  # the eager rows' roofline (decode.py): per round, the ideal step over the measured one
-        step_bytes = roofline_bytes(pair.mlcore, batch, P + N / 2)
+        step_bytes = roofline_bytes(pair.mlcore, batch, mean_decode_context(P, N))
         gbs, ceiling_name = ceiling.per_round(per)
         frac, median_gbs = paired_roofline(step_bytes, [r / (N - 1) for r in rounds_s["compiled"]], gbs)
         eager_frac, _ = paired_roofline(step_bytes, [r / (N - 1) for r in rounds_s["eager"]], gbs)

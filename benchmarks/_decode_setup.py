@@ -144,16 +144,29 @@ def first_difference(a: Tensor, b: Tensor) -> int | None:
     return int(diff[0]) if len(diff) else None
 
 
-def weight_bytes(model: nn.Module) -> int:
-    """Bytes a decode step reads from the weights: every distinct parameter once (a tied head counts once, as
-    the vocabulary projection reads it), except an untied input embedding, of which a step reads one row."""
+def weight_bytes(model: nn.Module, batch: int = 1) -> int:
+    """Bytes a decode step of ``batch`` rows reads from the weights of a float mlcore ``Transformer``:
+
+        sum of every distinct parameter's bytes                 (a tied head once: the vocabulary projection
+                                                                 reads the whole shared matrix)
+        - (V - min(B, V)) · d · itemsize  for an untied input embedding (a lookup reads B of its V rows)
+        - (P - 1) · d · itemsize          for a learned position table (one row: the batch shares the position)
+
+    Parameters only: the decode-layout copies a step reads instead of ``nn.Linear``'s weights
+    (``mlcore.attention.fused_linear``) are the same bytes, and the RoPE tables are buffers (one row per step).
+    A quantized model keeps its codes in buffers, which this does not count (``_anchors_setup.weight_bytes``
+    does)."""
     params = {id(p): p for p in model.parameters()}
     total = sum(p.numel() * p.element_size() for p in params.values())
     embed = getattr(model, "embed", None)
     head = getattr(model, "lm_head", None)
     if embed is not None and head is not None and embed.weight is not head.weight:
         w = embed.weight
-        total -= w.numel() * w.element_size() - w.shape[1] * w.element_size()
+        total -= (w.shape[0] - min(batch, w.shape[0])) * w.shape[1] * w.element_size()
+    pos = getattr(model, "pos_emb", None)  # LearnedEncoding (GPT-2 style): one row per step, not the table
+    if pos is not None:
+        w = pos.weight
+        total -= (w.shape[0] - 1) * w.shape[1] * w.element_size()
     return total
 
 
@@ -163,10 +176,20 @@ def kv_bytes_read(model: nn.Module, batch: int, context: float, itemsize: int) -
     return 2.0 * c.n_layers * batch * c.n_kv_heads * context * c.head_dim * itemsize
 
 
+def mean_decode_context(prompt: int, new: int) -> float:
+    """The mean number of keys the ``new - 1`` decode steps of ``generate(prompt, new)`` attend to: step ``i``
+    (i = 1 .. new - 1) feeds token ``i`` and sees the prompt, the ``i - 1`` tokens before it and itself,
+    ``prompt + i`` keys; their mean is ``prompt + new / 2``."""
+    return prompt + new / 2
+
+
 def roofline_bytes(model: nn.Module, batch: int, context: float) -> float:
-    """Bytes the ideal decode step reads: the weights and the K/V at ``context`` tokens, once each."""
+    """Bytes the ideal decode step reads, each once: ``weight_bytes(model, batch)`` (see there) plus the K and V
+    of ``context`` keys, ``2 · L · B · Hkv · T · D · itemsize`` in the model's dtype (pass
+    :func:`mean_decode_context` for a ``generate`` call). The roofline step time is these bytes over the probe's
+    batch-1 GEMV bandwidth of that dtype (:func:`paired_roofline`)."""
     item = torch.empty((), dtype=next(model.parameters()).dtype).element_size()
-    return weight_bytes(model) + kv_bytes_read(model, batch, context, item)
+    return weight_bytes(model, batch) + kv_bytes_read(model, batch, context, item)
 
 
 @dataclass

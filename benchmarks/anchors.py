@@ -69,6 +69,7 @@ from ._anchors_setup import (
     profile_decode,
     to_timing,
 )
+from ._decode_setup import mean_decode_context
 
 DESCRIPTION = ("llama.cpp (GGUF f32 / f16 / bf16 / q8_0 / q4_0 / q4_K_M) beside transformers and mlcore: decode "
                "tokens/s, bytes per token and bandwidth, behind a logits + greedy-token correctness gate")
@@ -141,7 +142,7 @@ def _measure(ctx: Context, case: Case, e: Engine, new: int, runs: int, ref_logit
     decode = to_timing([s.decode_s for s in samples])
     prefill = to_timing([s.prefill_s for s in samples])
     c = case.model.config
-    context = len(case.prompt) + (new - 1) / 2
+    context = mean_decode_context(len(case.prompt), new)  # the mean keys of the new - 1 steps: P + new / 2
     per_token = e.weight_bytes + kv_bytes(c, context, e.kv_itemsize)
     rate = (new - 1) / decode.median
     tokens = samples[0].tokens

@@ -12,8 +12,11 @@ batch, every call continues the same prompt greedily; the benchmark **asserts to
   decode time (measured seconds apart, so robust to a shared machine's load drifting between rounds); the
   speed-up goals use it, and count only rows whose tokens equal the twin's. ``frac_roofline``: the decode
   roofline, (weight bytes + K/V bytes read per step) / the probe's batch-1 GEMV bandwidth for this dtype, divided
-  by the measured step time. Every GEMV candidate of the probe (library layouts, the compiled row dots of
-  ``mlcore._row_dot`` on the plain and the tiled weight) is timed in every round beside the steps, and a round's
+  by the measured step time. Bytes per step (``roofline_bytes_per_step``, ``_decode_setup.roofline_bytes``): every
+  parameter once (the tied head once), less all but B rows of an untied embedding and all but one row of a learned
+  position table, plus the K/V of the mean context, ``2 L B Hkv (P + N/2) D`` elements in the model's dtype.
+  Every GEMV candidate of the probe (library layouts, the compiled row dots of ``mlcore._row_dot`` on the plain
+  and the tiled weight) is timed in every round beside the steps, and a round's
   ceiling is the fastest of them in that round (``gemv_kernel``: the one fastest most often); the fraction is the
   median of the per-round fractions (``gemv_gbs``: the median ceiling), so a VM whose speed drifts by 1.5x
   between the probe and a row does not move the fraction with it.
@@ -61,6 +64,7 @@ from ._decode_setup import (
     hf_cache_bytes,
     interleaved,
     make_pair,
+    mean_decode_context,
     missing,
     paired_difference,
     paired_roofline,
@@ -182,7 +186,7 @@ def _headline(ctx: Context, s: Settings, pair: Pair, tokenizer, batch: int,
     decode = {name: paired_difference(per[f"{name}|full"], per[f"{name}|first"]) for name in calls}
     first = {name: to_timing(per[f"{name}|first"]) for name in calls}
 
-    step_bytes = roofline_bytes(pair.mlcore, batch, P + N / 2)
+    step_bytes = roofline_bytes(pair.mlcore, batch, mean_decode_context(P, N))
     hf_step = decode["hf dynamic"].median / (N - 1)
     hf_frac, gemv = paired_roofline(step_bytes, [r / (N - 1) for r in rounds["hf dynamic"]], ceiling_gbs)
     for kind in kinds:

@@ -59,3 +59,18 @@ def test_position_ids_that_are_not_a_tensor_are_named() -> None:
     mha = MultiHeadAttention(8, 2, rope=RotaryEmbedding(4)).eval()
     with pytest.raises(ValueError, match="position_ids must be a \\(B, T\\) integer tensor, got list"):
         mha(torch.randn(1, 3, 8), position_ids=[[0, 1, 2]])
+
+
+@pytest.mark.parametrize("flag", ["no", 0, None, np.bool_(True)], ids=repr)
+def test_return_weights_and_use_triton_must_be_bools(flag) -> None:
+    """``return_weights="no"`` returned an (out, weights) tuple and ``use_triton="no"`` demanded Triton (a truthy
+    string), as ``is_causal="no"`` once applied a causal mask; both are named now."""
+    q, k, v = _qkv()
+    if flag is not None:  # None is flash's "choose for me"
+        with pytest.raises(ValueError, match="use_triton must be None or a bool"):
+            flash_attention(q, k, v, use_triton=flag)
+    with pytest.raises(ValueError, match="return_weights must be a bool"):
+        scaled_dot_product_attention(q, k, v, return_weights=flag)
+    out, w = scaled_dot_product_attention(q, k, v, return_weights=True)
+    torch.testing.assert_close(out, F.scaled_dot_product_attention(q, k, v))
+    torch.testing.assert_close(flash_attention(q, k, v, use_triton=False), out)

@@ -134,3 +134,16 @@ def test_bad_mask_arguments():
 def test_padding_mask_lengths_edge_cases_are_named(kw, named):
     with pytest.raises(ValueError, match=named):
         padding_mask(**kw)
+
+
+def test_padding_mask_T_and_combine_masks_devices_are_named():
+    """``padding_mask(am, T="3")`` said "attention_mask has T=3, but T=3 was given"; masks on two devices failed
+    inside torch's ``&``. Both name the argument now; a matching int T is still accepted."""
+    am = torch.ones(2, 3, dtype=torch.long)
+    for bad in ("3", 3.0, True, -1):
+        with pytest.raises(ValueError, match="T must be an int"):
+            padding_mask(am, T=bad)
+    assert padding_mask(am, T=3).shape == (2, 1, 1, 3)
+    on_meta = torch.ones(3, 3, dtype=torch.bool, device="meta")
+    with pytest.raises(ValueError, match="one device"):
+        combine_masks(causal_mask(3), on_meta)

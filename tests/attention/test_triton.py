@@ -131,3 +131,55 @@ def test_cuda_masked_or_odd_head_dim_falls_back_to_pytorch():
     out = flash_attention(q, q, q, attn_mask=mask)
     ref = F.scaled_dot_product_attention(q.float(), q.float(), q.float(), attn_mask=mask)
     torch.testing.assert_close(out.float(), ref, atol=2e-2, rtol=2e-2)
+
+
+BIG_OFFSET_SCRIPT = textwrap.dedent(
+    """
+    import json, math, torch, torch.nn.functional as F
+    from mlcore.attention.flash import Tiling
+    from mlcore.attention.triton_kernel import triton_flash_backward, triton_flash_forward
+    torch.manual_seed(0)
+    B, Tq, Tk, D = 3, 4, 5, 16
+    sb = 2**30 + 2**20  # q's batch stride fits int32, but batch 2 starts at 2 * sb > 2**31 elements
+    store = torch.empty(2 * sb + Tq * D, dtype=torch.float16)  # ~4 GiB of address space; only 3 slices are touched
+    q5 = store.as_strided((B, 1, 1, Tq, D), (sb, Tq * D, Tq * D, D, 1))
+    for b in range(B):
+        q5[b].copy_(torch.randn(1, 1, Tq, D))
+    k, v = torch.randn(B, 1, Tk, D, dtype=torch.float16), torch.randn(B, 1, Tk, D, dtype=torch.float16)
+    t = Tiling(B=B, Hkv=1, G=1, Tq=Tq, Tk=Tk, block_q=64, block_k=64, scale=1 / math.sqrt(D), offset=Tk - Tq,
+               mask=None, dropout_p=0.0, seed=0)
+    out, lse = triton_flash_forward(q5, k, v, t)
+    d_out = torch.randn(out.shape, dtype=torch.float16)
+    dq, dk, dv = triton_flash_backward(q5, k, v, out, lse, d_out, t)
+    qd, kd, vd = (x.double().reshape(B, 1, -1, D).requires_grad_() for x in (q5, k, v))
+    ref = F.scaled_dot_product_attention(qd, kd, vd, attn_mask=torch.ones(Tq, Tk, dtype=torch.bool).tril(Tk - Tq))
+    g_ref = torch.autograd.grad(ref, (qd, kd, vd), d_out.double().reshape(ref.shape))
+    err = (out.double().reshape(ref.shape) - ref).abs().max().item()
+    gerr = max((a.double().reshape(b.shape) - b).abs().max().item() for a, b in zip((dq, dk, dv), g_ref))
+    print("RESULT" + json.dumps({"out": err, "grad": gerr}))
+    """
+)
+
+
+def test_triton_kernels_address_past_2_31_elements_in_interpreter():
+    """Batch / head base offsets are int64: q's third batch starts 2**31 + 2**21 elements in. With int32 program
+    ids, ``b * stride`` wrapped to a negative offset (a segfault in the interpreter, a bad read on a GPU)."""
+    pytest.importorskip("triton")
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    proc = subprocess.run(
+        [sys.executable, "-c", BIG_OFFSET_SCRIPT], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, (proc.returncode, proc.stderr[-3000:])
+    row = json.loads(proc.stdout.split("RESULT", 1)[1])
+    assert row["out"] < 3e-3 and row["grad"] < 2e-2, row
+
+
+def test_inputs_whose_row_offsets_pass_int32_take_the_pytorch_path():
+    """Row offsets inside one (batch, head) slice stay int32 in the kernels: a (B, T, H, D) layout transposed
+    with T * H * D >= 2**31 must not be handed to Triton (meta tensors: shapes and strides only, no memory)."""
+    from mlcore.attention.flash import _slice_offsets_fit_int32
+
+    T, H, D = 2**19 + 1, 32, 128
+    bthd = torch.empty(1, T, H, D, device="meta", dtype=torch.float16).transpose(1, 2)  # stride_T = H * D
+    assert not _slice_offsets_fit_int32(bthd)
+    assert _slice_offsets_fit_int32(torch.empty(1, H, T, D, device="meta", dtype=torch.float16))  # stride_T = D

@@ -199,3 +199,26 @@ def test_cli_exits_1_when_a_topic_failed(fake_suite, monkeypatch, capsys):
     assert main(["good", "bad", "--device", "cpu", "--out", str(fake_suite / "reports")]) == 1
     assert "1 benchmark(s) failed: bad" in capsys.readouterr().err.splitlines()[-1]
     assert main(["good", "--device", "cpu", "--out", str(fake_suite / "reports")]) == 0
+
+
+def test_time_fn_and_roofline_name_the_bad_argument():
+    """Each was a TypeError from deep inside range(), "<", math.isfinite or torch.device, or a silent NaN."""
+    f = lambda: None  # noqa: E731
+    for kw, name in (({"warmup": 2.5}, "warmup"), ({"warmup": None}, "warmup"), ({"device": 0}, "device"),
+                     ({"min_run_time": "0.1"}, "min_run_time"), ({"device": None}, "device")):
+        with pytest.raises(TypeError, match=name):
+            time_fn(f, **{"min_run_time": 0.01, **kw})
+    with pytest.raises(ValueError, match="device"):
+        time_fn(f, device="cpux", min_run_time=0.01)
+    with pytest.raises(TypeError, match="fn"):
+        time_fn(None, min_run_time=0.01)
+    with pytest.raises(TypeError, match="fn"):
+        peak_memory(None)
+    probe = describe_machine(torch.device("cpu"))
+    probe.read_gbs = 10.0
+    for kw, err, name in (({"seconds": "1"}, TypeError, "seconds"), ({"bytes_moved": float("nan")}, ValueError,
+                          "bytes_moved"), ({"bytes_moved": -1}, ValueError, "bytes_moved"),
+                          ({"flops": float("inf")}, ValueError, "flops"), ({"dtype": 5}, ValueError, "dtype")):
+        with pytest.raises(err, match=name):
+            roofline(probe=probe, **{"seconds": 1.0, "bytes_moved": 1e9, **kw})
+    assert roofline(seconds=0.5, probe=probe, bytes_moved=1e9)["gbs"] == pytest.approx(2.0)

@@ -199,3 +199,50 @@ def write_report_text(result: Result) -> list[str]:
     from mlcore.bench.report import summary_table
 
     return summary_table([result], ["demo"], {})
+
+
+def test_an_infinite_speedup_is_undefined_not_a_win():
+    """A ~0 time (or an infinite rate) gave speedup inf, which the summary showed as "inf×  ✅ met"."""
+    for r in (_r(median=5e-324, twin="t", twin_median=1.0),  # seconds: twin / ~0
+              _r(median=float("inf"), unit="tokens/s", twin="t", twin_median=10.0),
+              _r(median=1.0, twin="t", twin_median=float("inf"))):
+        assert r.speedup is None
+    assert _r(median=float("nan"), unit="tokens/s", twin="t", twin_median=1.0).speedup != 1.0  # NaN stays NaN
+    assert Goal(">=", 1.25, "x").met(float("inf")) is None and Goal("<", 1, "x").met(-float("inf")) is None
+    row = write_report_text(_r(median=1.0, extra={"speedup_x": float("inf")},
+                               goal=Goal(">=", 2.0, "x", metric="speedup_x")))
+    assert not [line for line in row if "✅" in line]
+
+
+@pytest.mark.parametrize("value,op,shown,met", [(1.2496, ">=", "| 1.2496× | ≥ 1.25× | ❌ not met", False),
+                                                (1.2504, ">", "| 1.2504× | > 1.25× | ✅ met", True),
+                                                (1.25, ">=", "| 1.25× | ≥ 1.25× | ✅ met", True)])
+def test_summary_shows_enough_digits_at_the_goal_boundary(value, op, shown, met):
+    """1.2496 against >= 1.25 printed "1.25× | ≥ 1.25× | ❌ not met": the row contradicted itself."""
+    r = _r(median=1.0, extra={"speedup_x": value}, goal=Goal(op, 1.25, "x", metric="speedup_x"))
+    line = next(line for line in write_report_text(r) if line.startswith("| demo"))
+    assert shown in line and goal_rows([r])[0]["met"] is met
+    plain = _r(median=0.84996, goal=Goal(">=", 0.85, "frac", metric="median"))
+    line = next(x for x in write_report_text(plain) if x.startswith("| demo"))
+    assert "| 0.84996 | ≥ 0.85 | ❌ not met" in line
+
+
+def test_rates_from_zero_or_bad_timings_are_refused_by_name():
+    """Timing(0 s) raised a bare ZeroDivisionError; work=inf gave an inf rate; a string median was kept as text."""
+    ok = Timing(1.0, 0.0, 5)
+    for kw, name in (({"timing": Timing(0.0, 0.0, 5)}, "timing"),
+                     ({"timing": ok, "twin": "t", "twin_timing": Timing(0.0, 0.0, 5)}, "twin_timing"),
+                     ({"timing": Timing(float("nan"), 0.0, 5)}, "timing"),
+                     ({"timing": ok, "work": float("inf")}, "work")):
+        kw = {"work": 10, **kw}
+        with pytest.raises(ValueError, match=name):
+            Result.from_timing("d", "x", {}, device="cpu", dtype=None, unit="tokens/s", **kw)
+    with pytest.raises(TypeError, match="timing"):
+        Result.from_timing("d", "x", {}, device="cpu", dtype=None, timing=None)
+    for kw, name in (({"median": "1.0"}, "median"), ({"twin": "t", "twin_median": "2"}, "twin_median"),
+                     ({"runs": 2.5}, "runs"), ({"unit": None}, "unit")):
+        with pytest.raises(TypeError, match=name):
+            _r(**kw)
+    with pytest.raises(ValueError, match="extra"):
+        _r(extra=None)
+    assert Result.from_timing("d", "x", {}, device="cpu", dtype=None, timing=Timing(0.0, 0.0, 5)).median == 0.0

@@ -64,3 +64,12 @@ def test_labels_outside_the_classes_are_refused(labels):
     """A label that is no class index is an error, not a wrong prediction (ECE was scored on it silently)."""
     with pytest.raises(ValueError, match="labels"):
         expected_calibration_error(np.array([[0.9, 0.1], [0.2, 0.8]]), np.array(labels))
+
+
+def test_numpy_integer_n_bins_equals_int():
+    # n_bins=np.int64(10) (read from a config array) was refused as "must be an int"
+    rng = np.random.default_rng(4)
+    p, y = rng.uniform(0, 1, 200), rng.integers(0, 2, 200)
+    assert expected_calibration_error(p, y, n_bins=np.int64(10)) == expected_calibration_error(p, y, n_bins=10)
+    with pytest.raises(ValueError, match="n_bins"):
+        expected_calibration_error(p, y, n_bins=np.bool_(True))

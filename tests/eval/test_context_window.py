@@ -68,3 +68,33 @@ def test_bad_input(pair):
         position_nll(ours, random_ids(40)[0], "rope")
     with pytest.raises(ValueError, match="bin_size"):
         position_perplexity(ours, random_ids(40), bin_size=0)
+
+
+def test_sinks_on_a_text_inside_the_window_equals_a_full_forward(pair):
+    # a text no longer than the window is all prefill: was a RuntimeError (one logit column too many)
+    _, ours = pair
+    ids = random_ids(20, rows=2, seed=6)
+    with torch.no_grad():
+        full = torch.nn.functional.cross_entropy(ours(ids).transpose(1, 2)[:, :, :-1], ids[:, 1:], reduction="none")
+    torch.testing.assert_close(position_nll(ours, ids, "sinks"), full, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(position_nll(ours, ids[:, :2], "sinks", window=2), full[:, :1], rtol=1e-4, atol=1e-4)
+
+
+def test_sinks_window_past_the_trained_length_and_a_methods_str_are_named(pair):
+    _, ours = pair
+    ids = random_ids(48)
+    with pytest.raises(ValueError, match="window must be an int in \\[1, max_seq_len - sinks = 28\\], got 29"):
+        position_nll(ours, ids, "sinks", window=29, sinks=4)  # 33 cached tokens > the 32 trained positions
+    with pytest.raises(ValueError, match="sinks must be an int in \\[0, max_seq_len=32\\)"):
+        position_nll(ours, ids, "sinks", sinks=40)  # was "window must be an int >= 1, got -8"
+    with pytest.raises(ValueError, match="methods must be a sequence"):
+        position_perplexity(ours, ids, methods="rope")  # was "method must be one of ..., got 'r'"
+
+
+def test_heldout_batch_names_a_bad_length_or_rows():
+    from mlcore.eval.context_window import heldout_batch
+
+    tok = object()  # never read: the arguments are checked first
+    for length, rows in ((0, 2), (8, 0), (8.5, 2)):  # (0, 2) was a ZeroDivisionError, (8, 0) blamed the length
+        with pytest.raises(ValueError, match="(length|rows) must be an int >= 1"):
+            heldout_batch(tok, length, rows)

@@ -85,3 +85,23 @@ def test_psi_names_a_string_sample_unhashable_labels_and_bad_eps():
         psi(["a", "b"], [["a"], "b"], categorical=True)
     with pytest.raises(ValueError, match="eps must be a number"):
         psi([1.0, 2.0, 3.0], [1.0, 2.0, 3.0], eps="x")
+
+
+def test_a_non_numeric_base_is_named():
+    # base="2" was a TypeError "'>' not supported between instances of 'str' and 'int'"
+    for base in ("2", True, float("nan"), 1):
+        with pytest.raises(ValueError, match="base must be a positive number != 1"):
+            kl_divergence([1, 2], [2, 1], base=base)
+        with pytest.raises(ValueError, match="base must be a positive number != 1"):
+            js_divergence([1, 2], [2, 1], base=base)
+
+
+def test_float32_nan_categories_are_refused():
+    # float32 NaNs passed the NaN check and each became its own category (NaN != NaN): PSI 6.04, silently
+    ref = np.array([1, 2, np.nan, np.nan], dtype=np.float32)
+    cur = np.array([1, 2, 2, np.nan], dtype=np.float32)
+    for r, c in ((ref, cur), (list(ref), list(cur))):
+        with pytest.raises(ValueError, match="None / NaN categories"):
+            psi(r, c, categorical=True)
+    with pytest.raises(ValueError, match="min_samples must be an int >= 0"):
+        psi([1.0, 2.0], [1.0, 2.0], min_samples="2")  # was TypeError: int < str

@@ -88,3 +88,42 @@ def test_mmd_names_bad_bandwidth_and_non_numeric_rows():
         mmd2(x, x, bandwidth="1")
     with pytest.raises(ValueError, match="reference must be numeric"):
         mmd2([["a"], ["b"]], x)
+
+
+def test_cosine_shift_of_short_means_equals_scipy():
+    # F.cosine_similarity clamps norms at 1e-8: two equal means of norm ~1e-9 gave a shift of 0.97 (scipy: 0)
+    from scipy.spatial.distance import cosine
+
+    rng = np.random.default_rng(2)
+    for scale in (1e-12, 1e-9, 1.0, 1e6):
+        x, y = rng.normal(size=(7, 5)) * scale, (rng.normal(size=(9, 5)) + 0.5) * scale
+        assert cosine_shift(x, y) == pytest.approx(cosine(x.mean(0), y.mean(0)), abs=1e-12)
+    tiny = np.full((4, 3), 1e-9)
+    assert cosine_shift(tiny, tiny) == pytest.approx(0.0, abs=1e-12)
+
+
+def _loop_mmd2(x, y, sigma):
+    """The unbiased estimator written out in float64 (pairwise differences, no matrix-product shortcut)."""
+    k = lambda a, b: np.exp(-((a[:, None] - b[None]) ** 2).sum(-1) / (2 * sigma**2))  # noqa: E731
+    n, m = len(x), len(y)
+    kxx, kyy = k(x, x), k(y, y)
+    return ((kxx.sum() - np.trace(kxx)) / (n * (n - 1)) + (kyy.sum() - np.trace(kyy)) / (m * (m - 1))
+            - 2 * k(x, y).mean())
+
+
+def test_mmd_far_from_the_origin_and_extreme_bandwidths():
+    # 80 rows 1e6 from the origin, 1e-2 apart: cdist's matrix-product path cancelled (MMD^2 0.0169, exact 0.0285)
+    rng = np.random.default_rng(0)
+    x = 1e6 + rng.normal(size=(40, 8)) * 1e-2
+    y = 1e6 + rng.normal(0.3, 1.0, size=(40, 8)) * 1e-2
+    pooled = np.r_[x, y]
+    d = np.sqrt(((pooled[:, None] - pooled[None]) ** 2).sum(-1))
+    sigma = float(np.median(d[np.triu_indices(80, 1)]))
+    result = mmd_permutation_test(x, y, n_permutations=0)
+    assert result.bandwidth == pytest.approx(sigma, rel=1e-9)
+    assert result.mmd2 == pytest.approx(_loop_mmd2(x, y, sigma), rel=1e-9)
+    small = rng.normal(size=(5, 3))
+    assert mmd2(small, small + 1, bandwidth=1e-300) == 0.0  # was NaN (sigma**2 underflowed to 0)
+    assert mmd2(small, small + 1, bandwidth=1e300) == 0.0   # was OverflowError
+    with pytest.raises(ValueError, match="bandwidth must be a finite number > 0"):
+        mmd2(small, small + 1, bandwidth=float("inf"))     # was 0.0, p = 1: every kernel value 1

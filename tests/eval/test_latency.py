@@ -49,3 +49,22 @@ def test_bad_input():
     cfg = TransformerConfig(vocab_size=16, d_model=16, n_layers=1, n_heads=2, max_seq_len=16)
     with pytest.raises(ValueError, match="concurrency"):
         measure_generate(Transformer(cfg), [torch.tensor([1, 2])], max_new_tokens=2, concurrency=0)
+
+
+def test_malformed_records_and_percentiles_are_named():
+    # each was an AttributeError / TypeError from deep inside, or numpy's "Percentiles must be in the range"
+    ok = [RequestTiming(0.0, [0.5, 1.0, 2.0])]
+    for records, message in (([{"start": 0.0, "token_times": [1.0]}], "records\\[0\\] must be a RequestTiming"),
+                             (RequestTiming(0.0, [1.0]), "records must be a sequence"),
+                             ([RequestTiming(None, [1.0])], "records\\[0\\] must hold a number start")):
+        with pytest.raises(ValueError, match=message):
+            latency_summary(records)
+    for percentiles in (95, [101], [-1], ["50"], "50"):
+        with pytest.raises(ValueError, match="percentiles must be a sequence of numbers in \\[0, 100\\]"):
+            latency_summary(ok, percentiles=percentiles)
+    got = latency_summary(ok, percentiles=np.array([50, 90.5]))
+    assert got["tpot_p90.5"] == pytest.approx(np.percentile([0.75], 90.5))
+    assert got["e2e_p50"] == pytest.approx(2.0)
+    cfg = TransformerConfig(vocab_size=16, d_model=16, n_layers=1, n_heads=2, max_seq_len=16)
+    with pytest.raises(ValueError, match="prompts\\[0\\] must be a tensor"):
+        measure_generate(Transformer(cfg), [[1, 2, 3]], max_new_tokens=2)  # was AttributeError: no .dim()

@@ -4,7 +4,7 @@ and the demonstration stream (intent mix changing, a new product name appearing)
 import numpy as np
 import pytest
 
-from mlcore.eval import DriftEvent, DriftMonitor
+from mlcore.eval import DriftEvent, DriftMonitor, psi
 from mlcore.eval.streams import intent_shift_stream
 
 
@@ -62,3 +62,31 @@ def test_intent_mix_and_new_product_demo():
     events = mon.extend({"intent": r["intent"], "length": r["length"]} for r in stream)
     intent_alerts = [e for e in events if e.feature == "intent" and e.kind == "alert"]
     assert len(intent_alerts) == 1 and intent_alerts[0].n_seen > 300
+
+
+def test_numpy_reference_and_records_are_accepted_and_equal_psi():
+    # a reference read from a NumPy int / float32 array was refused ("must be a finite number, got np.int64(0)")
+    rng = np.random.default_rng(3)
+    ref = rng.integers(0, 20, 500)
+    cur = rng.integers(5, 25, 40)
+    for values in (ref, ref.astype(np.float32)):
+        mon = DriftMonitor({"x": values}, window=40, min_samples=40, every=40)
+        mon.extend({"x": v} for v in cur.astype(values.dtype))
+        assert mon.series("x") == [(40, pytest.approx(psi(ref, cur)))]
+
+
+def test_bad_eps_threshold_and_reference_values_are_named_up_front():
+    ref = {"c": ["a"] * 50 + ["b"] * 50}
+    for eps in (0.0, -1.0, 2.0, "x"):  # 2.0 floored every share to 2: PSI 0, never an alert
+        with pytest.raises(ValueError, match="eps must be a number in \\(0, 1\\)"):
+            DriftMonitor(ref, categorical=["c"], eps=eps)
+    with pytest.raises(ValueError, match="threshold must be a number > 0"):
+        DriftMonitor(ref, categorical=["c"], threshold="0.2")
+    with pytest.raises(ValueError, match="thresholds\\['c'\\] must be a number > 0"):
+        DriftMonitor(ref, categorical=["c"], thresholds={"c": None})
+    with pytest.raises(ValueError, match="categorical must be a collection"):
+        DriftMonitor(ref, categorical="c")
+    with pytest.raises(ValueError, match="reference\\['x'\\] must hold finite numbers"):
+        DriftMonitor({"x": [1.0] * 60 + [float("nan")]}, window=50)  # was raised at the first check, mid-stream
+    with pytest.raises(ValueError, match="reference\\['c'\\] holds a None / NaN category"):
+        DriftMonitor({"c": ["a"] * 60 + [None]}, categorical=["c"], window=50)

@@ -224,3 +224,41 @@ def test_save_adapter_refuses_a_directory_that_is_not_a_path(llama) -> None:
     model = apply_lora(copy.deepcopy(llama), LoraConfig(2, 4, ["q_proj"]), verbose=False)
     with pytest.raises(ValueError, match="save_adapter directory must be a str or a path, got NoneType"):
         save_adapter(model, None)
+
+
+def _encoder(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    layer = nn.TransformerEncoderLayer(16, 2, 32, dropout=0.0, batch_first=True)
+    return nn.TransformerEncoder(layer, 2, enable_nested_tensor=False).eval()
+
+
+def test_lora_in_a_torch_encoder_layer_runs_in_eval_mode_as_peft_in_train_mode():
+    # nn.TransformerEncoderLayer's eval fast path reads linear1 / linear2 .weight directly: the adapter was
+    # silently skipped (PEFT's too); its train-mode (modular) forward is the reference
+    import peft
+
+    base, x = _encoder(), torch.randn(3, 5, 16, generator=torch.Generator().manual_seed(1))
+    ours = apply_lora(copy.deepcopy(base), LoraConfig(2, 4, ["linear1", "linear2"]), verbose=False)
+    theirs = peft.get_peft_model(copy.deepcopy(base), peft.LoraConfig(r=2, lora_alpha=4,
+                                                                      target_modules=["linear1", "linear2"]))
+    randomize_lora_(ours)
+    with torch.no_grad():
+        for name, m in lora_layers(ours).items():
+            twin = theirs.base_model.model.get_submodule(name)
+            twin.lora_A["default"].weight.copy_(m.lora_A.weight)
+            twin.lora_B["default"].weight.copy_(m.lora_B.weight)
+        ref = theirs.train()(x)
+        assert not torch.allclose(ref, base(x))
+        torch.testing.assert_close(ours.eval()(x), ref, rtol=1e-5, atol=1e-6)
+        merged = merge_lora(copy.deepcopy(ours), unload=True)
+        torch.testing.assert_close(merged(x), ref, rtol=1e-5, atol=1e-5)
+
+
+def test_out_proj_of_torch_multihead_attention_is_refused_and_left_out_of_all_linear():
+    # nn.MultiheadAttention never calls out_proj (it reads out_proj.weight): LoRA there changed nothing until a
+    # merge, which then changed the output
+    model = _encoder()
+    with pytest.raises(ValueError, match="out_proj of an nn.MultiheadAttention"):
+        apply_lora(copy.deepcopy(model), LoraConfig(2, 4, ["out_proj"]), verbose=False)
+    targets = find_targets(model, LoraConfig(2, 4, "all-linear"))
+    assert targets == [f"layers.{i}.linear{j}" for i in range(2) for j in (1, 2)]

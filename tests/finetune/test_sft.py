@@ -182,3 +182,24 @@ def test_bad_records_name_their_number(tmp_path, tok):
         tokenize_sft(RECORDS, object(), max_length=64)
     with pytest.raises(ValueError, match="template must be"):
         tokenize_sft(RECORDS, tok, max_length=64, template="chatml")
+
+
+@pytest.mark.parametrize("kw, match", [
+    (dict(max_length=-1), "max_length"),      # was: the last token of every example silently sliced off
+    (dict(max_length=0), "max_length"),       # was: rows of width 0
+    (dict(max_length=0, pack=True), "max_length"),
+    (dict(max_length=2.5, pack=True), "max_length"),
+    (dict(pad_token_id=2.5), "pad_token_id"),  # was: truncated to 2 in the long tensor
+    (dict(pad_token_id=-1), "pad_token_id"),
+    (dict(pad_token_id=None), "pad_token_id"),
+    (dict(pack="no"), "pack"),                # was: a truthy string, so packed
+])
+def test_collate_refuses_bad_lengths_pads_and_pack_flags(tok, kw, match):
+    from mlcore.finetune.sft import SftExample
+
+    examples = [SftExample([1, 2, 3, 4], 2), SftExample([5, 6, 7], 1)]
+    args = {"max_length": 3, "pad_token_id": 0, **kw}
+    with pytest.raises(ValueError, match=match):
+        collate_sft(examples, **args)
+    with pytest.raises(ValueError, match="eos_token_id"):
+        tokenize_sft([{"instruction": "a", "response": "b"}], tok, max_length=8, eos_token_id="2")

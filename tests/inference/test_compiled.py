@@ -250,7 +250,7 @@ def test_each_decoder_compiles_its_own_graph_once():
 def test_changed_weights_reach_the_compiled_step(rows):
     """On CPU a batched step has the weights frozen into the graph: a changed weight compiles it again, never a
     stale graph. A batch-1 step is not frozen (constant folding would widen bf16 / int8 weights to float32, see
-    _ROW_DOT_OPTIONS): it reads the weights as inputs, so an edit reaches the same graph."""
+    ROW_DOT_OPTIONS): it reads the weights as inputs, so an edit reaches the same graph."""
     model = Transformer(_config()).eval()
     ids = torch.randint(0, 64, (rows, 5), generator=torch.Generator().manual_seed(5))
     assert torch.equal(generate(model, ids, max_new_tokens=6, compile=True), generate(model, ids, max_new_tokens=6))
@@ -447,12 +447,12 @@ def test_bfloat16_dense_model_compiles_with_stacked_projections():
 @pytest.mark.slow
 def test_steps_without_the_guard_skipping_stance_give_the_same_tokens(monkeypatch):
     """torch < 2.6 has no skip_guard_eval_unsafe: every step then runs with its guards, with the same result."""
-    import mlcore.inference.compiled as compiled
+    import mlcore.inference.compile_options as compile_options
 
     model = Transformer(_config()).eval()
     ids = torch.randint(0, 64, (1, 5), generator=torch.Generator().manual_seed(5))
     fast = generate(model, ids, max_new_tokens=6, compile=True)
-    monkeypatch.setattr(compiled, "_can_skip_guards", lambda: False)
+    monkeypatch.setattr(compile_options, "can_skip_guards", lambda: False)
     assert torch.equal(generate(model, ids, max_new_tokens=6, compile=True), fast)
     assert torch.equal(fast, generate(model, ids, max_new_tokens=6))
 
@@ -574,3 +574,45 @@ def decoder_tensors(model) -> list[torch.Tensor]:
         out += [*d.cache.keys.values(), *d.cache.values.values(), d._column]
     return out
 
+
+
+@pytest.mark.slow
+def test_a_hook_added_after_the_first_trace_reaches_the_compiled_step_with_its_settings(monkeypatch):
+    """dynamo skips guards on module hooks by default: a hook added after the decoder's first trace was ignored
+    by compile=True (tokens unlike eager's). Now the guarded call recompiles, and that second graph compiles
+    under the decoder's compiler settings (here ``size_asserts``, which the decoder switches off; inductor reads
+    settings only while compiling)."""
+    from torch._inductor import config as inductor_config
+
+    from mlcore.inference import direct_graph
+
+    seen: list[bool] = []
+    original = direct_graph.GraphCapture.__call__
+
+    def spy(self, gm, example_inputs, **kwargs):
+        seen.append(inductor_config.size_asserts)
+        return original(self, gm, example_inputs, **kwargs)
+
+    monkeypatch.setattr(direct_graph.GraphCapture, "__call__", spy)
+    model = Transformer(_config(n_layers=1, tie_embeddings=False)).eval()  # untied: tokens do not repeat
+    ids = torch.randint(0, 64, (1, 5), generator=torch.Generator().manual_seed(5))
+    plain = generate(model, ids, max_new_tokens=6, compile=True)
+    shift = torch.randn(32, generator=torch.Generator().manual_seed(6)) * 4
+    handle = model.layers[0].register_forward_hook(lambda module, args, out: -out + shift)
+    try:
+        eager = generate(model, ids, max_new_tokens=6)
+        assert not torch.equal(eager, plain)  # the hook changes the tokens: the check below can fail
+        assert torch.equal(generate(model, ids, max_new_tokens=6, compile=True), eager)
+    finally:
+        handle.remove()
+    assert seen == [False, False], seen
+
+
+@pytest.mark.slow
+def test_a_prompt_reaching_the_last_position_compiles_as_eager_generates():
+    """The last new token is never fed back: prompt + max_new_tokens - 1 cached columns may fill every position.
+    Eager generate accepts that (as transformers does); compile=True asked for one column more and refused it."""
+    model = Transformer(_config(n_layers=1, tie_embeddings=False)).eval()  # max_seq_len=32
+    ids = torch.randint(0, 64, (1, 30), generator=torch.Generator().manual_seed(7))
+    eager = generate(model, ids, max_new_tokens=3)
+    assert torch.equal(generate(model, ids, max_new_tokens=3, compile=True), eager)

@@ -60,6 +60,7 @@ SAMPLING = [
     (dict(pad_token_id=128, eos_token_id=3), "pad_token_id"),
     (dict(pad_token_id=-1, eos_token_id=3), "pad_token_id"),
     (dict(pad_token_id=2.5, eos_token_id=3), "pad_token_id"),
+    (dict(temperature=None), "temperature.*None"),  # was TypeError: '<' not supported ... NoneType and float
 ]
 
 
@@ -93,6 +94,9 @@ def test_bad_argument_is_named(fn, kw: dict, named: str) -> None:
     (dict(seed=2**64), "seed"),
     (dict(seed=1.5), "seed"),  # named although greedy decoding never draws
     (dict(input_ids=IDS - 1, repetition_penalty=1.2), "input_ids must be token ids >= 0"),
+    (dict(stop=13), "stop"),  # was TypeError: 'int' object is not iterable
+    (dict(streamer=transformers.TextStreamer), "streamer.*class TextStreamer"),  # was TypeError in put()
+    (dict(stop=[[5]], eos_token_id=500), "eos_token_id.*pad_token_id"),  # a stopped row is padded with eos[0]
 ])
 def test_generate_only_arguments(kw: dict, named: str) -> None:
     with pytest.raises(ValueError, match=named):
@@ -288,3 +292,17 @@ def test_a_cache_object_of_another_dtype_is_refused_before_it_is_written(kind: s
     with pytest.raises(ValueError, match="cache was allocated in torch.float16 but the model computes in"):
         generate(_model(), IDS, attention_mask=MASK, max_new_tokens=4, cache=cache)
     assert cache.get_seq_length() == 0
+
+
+@pytest.mark.parametrize("fn", [generate, speculative_generate], ids=["generate", "speculative"])
+def test_a_first_eos_outside_the_vocabulary_cannot_pad_a_finished_row(fn) -> None:
+    """pad_token_id defaults to the first EOS id (transformers' rule); one >= vocab_size was fed back to the model
+    by the first row to finish on the other EOS id: IndexError deep in the embedding. Named up front now; an EOS
+    list that can never finish a row keeps working, as does an explicit pad id."""
+    free = generate(_model(), IDS, attention_mask=MASK, max_new_tokens=4)[:, 9:]
+    eos = [500, int(free[0, 0])]  # row 0 finishes at its first new token
+    with pytest.raises(ValueError, match=r"eos_token_id\[0\]=500.*vocab_size=128.*pad_token_id"):
+        _call(fn, eos_token_id=eos)
+    torch.testing.assert_close(_call(fn, eos_token_id=[500]), _call(fn), rtol=0, atol=0)  # never finishes a row
+    out = _call(fn, eos_token_id=eos, pad_token_id=7)
+    assert out[0, 9:].tolist() == [eos[1], 7, 7, 7]

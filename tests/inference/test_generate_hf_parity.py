@@ -18,8 +18,10 @@ import torch
 
 from mlcore.inference import generate, make_cache
 from mlcore.inference.hf import hf_generate
+from mlcore.inference.speculative import speculative_generate
 from mlcore.model import Transformer
 
+from ..model._model_testutils import left_padded_batch
 from ._gen_testutils import (
     ARCHS,
     CACHE_KINDS,
@@ -210,3 +212,23 @@ def test_without_a_mask_a_pad_id_in_the_prompt_marks_padding_as_transformers(arc
     as_eos = hf_no_mask(pad_token_id=PAD, eos_token_id=PAD)
     out = generate(model, ids, max_new_tokens=NEW, pad_token_id=PAD, eos_token_id=PAD)
     torch.testing.assert_close(out, as_eos, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("cache", EXACT_KINDS)
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_a_prompt_reaching_the_last_position_generates_as_transformers(arch: str, cache: str) -> None:
+    """The last new token is never fed back, so a prompt of T tokens needs T + max_new_tokens - 1 positions:
+    a prompt filling all 64 of GPT-2's learned positions still gets its one next token, as in transformers
+    (mlcore refused it, counting T + max_new_tokens). One token more is refused, by name."""
+    hf, model = pair(arch)
+    L = model.config.max_seq_len
+    for new in (1, 3):
+        ids, mask = left_padded_batch([L - new + 1, 5], L - new + 1)
+        ref = hf_generate(hf, ids, attention_mask=mask, max_new_tokens=new)
+        out = generate(model, ids, attention_mask=mask, max_new_tokens=new, cache=cache)
+        torch.testing.assert_close(out, ref, rtol=0, atol=0)
+        spec = speculative_generate(model, model, ids, attention_mask=mask, max_new_tokens=new, cache=cache)
+        torch.testing.assert_close(spec, ref, rtol=0, atol=0)
+    if cache != "sliding":  # a ring buffer may stream past max_seq_len
+        with pytest.raises(ValueError, match=r"max_new_tokens.*max_seq_len=64"):
+            generate(model, ids, attention_mask=mask, max_new_tokens=new + 1, cache=cache)

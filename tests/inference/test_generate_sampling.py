@@ -119,6 +119,21 @@ def test_transformers_streamer_sees_what_transformers_gives_it() -> None:
     torch.testing.assert_close(torch.cat(ours.puts[1:]), out[0, PROMPT_LEN:], rtol=0, atol=0)
 
 
+def test_no_new_tokens_still_puts_the_prompt_and_ends_the_streamer() -> None:
+    """max_new_tokens=0 returned the prompt without a put or an end(): a TextIteratorStreamer's reader waited
+    forever. The streamer now gets what the docstring promises (transformers refuses 0 outright)."""
+    _, model = pair("llama")
+    ids, mask = batch("padded")
+    rec, calls = _Recorder(), []
+    out = generate(model, ids, attention_mask=mask, max_new_tokens=0, streamer=rec)
+    generate(model, ids, attention_mask=mask, max_new_tokens=0, streamer=calls.append)
+    torch.testing.assert_close(out, ids, rtol=0, atol=0)
+    assert rec.ends == 1 and len(rec.puts) == 1 and torch.equal(rec.puts[0], ids)
+    assert calls == []  # a callable gets each step's tokens: there are none
+    for n in (0, 2):  # int64 whatever the prompt's integer dtype, as transformers' output and generate's for n > 0
+        assert generate(model, ids.int(), attention_mask=mask, max_new_tokens=n).dtype == torch.long
+
+
 def test_stop_sequence_ends_a_row_and_pads_it() -> None:
     _, model = pair("llama")
     ids, mask = batch("padded")

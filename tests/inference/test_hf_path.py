@@ -144,3 +144,66 @@ def test_assisted_generation_bad_input() -> None:
         hf_assisted_generate(hf_target, other_vocab, ids[:1], max_new_tokens=4)
     with pytest.raises(ValueError, match="num_draft_tokens"):
         hf_assisted_generate(hf_target, hf_target, ids[:1], max_new_tokens=4, num_draft_tokens=0)
+
+
+def test_a_temperature_below_greedy_below_is_greedy_there_too() -> None:
+    """generate decodes greedily below GREEDY_BELOW (1e-5); hf_generate sampled in transformers at
+    temperature=1e-300 (logits / T overflowed: "probability tensor contains inf"). Both are argmax now; a
+    numpy seed is taken, as generate takes it."""
+    import numpy as np
+
+    hf, model = pair("llama")
+    ids, mask = batch("padded")
+    greedy = hf_generate(hf, ids, attention_mask=mask, max_new_tokens=NEW)
+    for t in (1e-300, 1e-6):
+        assert hf_generation_config(max_new_tokens=NEW, temperature=t).do_sample is False
+        out = hf_generate(hf, ids, attention_mask=mask, max_new_tokens=NEW, temperature=t, seed=np.int64(3))
+        torch.testing.assert_close(out, greedy, rtol=0, atol=0)
+        torch.testing.assert_close(generate(model, ids, attention_mask=mask, max_new_tokens=NEW, temperature=t),
+                                   greedy, rtol=0, atol=0)
+
+
+def test_a_padded_row_with_eos_and_numpy_draft_length_equals_assisted_generation() -> None:
+    """A left-padded row that stops at EOS mid-round, against transformers' assisted generation; a numpy
+    num_draft_tokens is taken (it was refused as "must be an int >= 1, got np.int64(3)", unlike max_new_tokens)."""
+    import numpy as np
+
+    hf_target = llama_family("qwen2", seed=31)
+    hf_draft = llama_family("llama", seed=41, num_hidden_layers=1)
+    target, draft = Transformer.from_hf(hf_target).eval(), Transformer.from_hf(hf_draft).eval()
+    ids, mask = batch("padded")
+    ids, mask = ids[:1], mask[:1]  # 4 tokens after 5 pads
+    eos = int(generate(target, ids, attention_mask=mask, max_new_tokens=NEW)[0, PROMPT_LEN + 5])
+    kw = dict(attention_mask=mask, max_new_tokens=NEW, eos_token_id=eos, pad_token_id=127)
+    assisted = hf_assisted_generate(hf_target, hf_draft, ids, num_draft_tokens=np.int64(3), **kw)
+    mine = speculative_generate(target, draft, ids, num_draft_tokens=np.int64(3), **kw)
+    torch.testing.assert_close(mine, assisted, rtol=0, atol=0)
+    torch.testing.assert_close(mine, hf_generate(hf_target, ids, **kw), rtol=0, atol=0)
+    assert mine[0, -1].item() == eos or mine.shape[1] == PROMPT_LEN + NEW
+
+
+def test_nothing_leaks_in_from_the_models_own_generation_config() -> None:
+    """transformers 5 fills every field of the passed GenerationConfig left None from ``model.generation_config``:
+    a checkpoint's no_repeat_ngram_size / suppress_tokens / min_p / return_dict_in_generate changed hf_generate's
+    tokens (or its return type) although the docstring promises only the given knobs apply."""
+    import copy
+
+    hf, model = pair("llama")
+    ids, mask = batch("padded")
+    greedy = generate(model, ids, attention_mask=mask, max_new_tokens=NEW)
+    sampled = hf_generate(hf, ids, attention_mask=mask, max_new_tokens=NEW, temperature=1.0, seed=0)
+    own = hf.generation_config
+    lent = copy.deepcopy(own)
+    lent.no_repeat_ngram_size, lent.min_p, lent.return_dict_in_generate = 1, 0.9, True
+    lent.suppress_tokens = greedy[:, PROMPT_LEN].tolist()
+    hf.generation_config = lent
+    try:
+        out = hf_generate(hf, ids, attention_mask=mask, max_new_tokens=NEW)
+        torch.testing.assert_close(out, greedy, rtol=0, atol=0)
+        again = hf_generate(hf, ids, attention_mask=mask, max_new_tokens=NEW, temperature=1.0, seed=0)
+        torch.testing.assert_close(again, sampled, rtol=0, atol=0)
+        assisted = hf_assisted_generate(hf, copy.deepcopy(hf), ids[1:2], max_new_tokens=NEW, num_draft_tokens=3)
+        torch.testing.assert_close(assisted, greedy[1:2], rtol=0, atol=0)  # row 1: no padding
+        assert hf.generation_config is lent  # handed back after each call
+    finally:
+        hf.generation_config = own

@@ -257,3 +257,22 @@ def test_cuda_greedy_equals_target_and_seeded_sampling_reproduces() -> None:
     a, b = (speculative_generate(target, draft, ids, attention_mask=mask, max_new_tokens=16, temperature=1.0,
                                  seed=3) for _ in range(2))
     assert a.device.type == "cuda" and torch.equal(a, b)
+
+
+def test_hand_built_ring_caches_need_a_rollback_of_the_draft_length() -> None:
+    """A SlidingWindowCache built with rollback < num_draft_tokens could not undo a round's rejected drafts once
+    its ring wrapped: crop failed rounds into the call, the prefill already written. Refused up front now (both
+    caches left empty); rollback = num_draft_tokens, as cache="sliding" builds them, equals generate(target)."""
+    from mlcore.inference import SlidingWindowCache
+
+    target = Transformer.from_hf(llama_family("mistral", seed=1, sliding_window=5)).eval()
+    draft = Transformer.from_hf(llama_family("mistral", seed=7, num_hidden_layers=1, sliding_window=5)).eval()
+    ids, mask = left_padded_batch([4, 9], 9)
+    kw = dict(attention_mask=mask, max_new_tokens=12, num_draft_tokens=4)
+    short = (SlidingWindowCache.for_model(target, 2, 21, rollback=2), SlidingWindowCache.for_model(draft, 2, 21))
+    with pytest.raises(ValueError, match=r"rollback=2, but num_draft_tokens=4"):
+        speculative_generate(target, draft, ids, cache=short, **kw)
+    assert [c.get_seq_length() for c in short] == [0, 0]
+    enough = tuple(SlidingWindowCache.for_model(m, 2, 21, rollback=4) for m in (target, draft))
+    torch.testing.assert_close(speculative_generate(target, draft, ids, cache=enough, **kw),
+                               generate(target, ids, attention_mask=mask, max_new_tokens=12), rtol=0, atol=0)

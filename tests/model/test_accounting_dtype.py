@@ -56,3 +56,24 @@ def test_non_int_sizes_are_value_errors(kwargs, name):
 def test_summary_accepts_a_dtype_name():
     cfg = _hf_cfg(llama_family("llama", num_key_value_heads=1))
     assert accounting.summary(cfg, dtype="bf16") == accounting.summary(cfg, dtype=torch.bfloat16)
+
+
+@pytest.mark.parametrize(("call", "name"), [
+    (lambda c: accounting.prefill_flops(c, 10, batch=-1), "batch"),            # was -721920 FLOPs
+    (lambda c: accounting.prefill_flops(c, 2.5), "seq_len"),                    # was a fractional count
+    (lambda c: accounting.prefill_flops(c, 0), "seq_len"),                      # blamed context_len
+    (lambda c: accounting.decode_flops_per_token(c, 5, batch=0), "batch"),      # was 0
+    (lambda c: accounting.training_flops(c, -5), "n_tokens"),                   # was negative
+    (lambda c: accounting.training_flops(c, 5, context_len=0), "context_len"),  # silently left attention out
+    (lambda c: accounting.flops_per_token(c, True), "context_len"),
+    (lambda c: accounting.flops_per_token(c, "8"), "context_len"),              # was a TypeError from '<='
+])
+def test_flop_counts_refuse_bad_sizes_by_name(call, name):
+    cfg = _hf_cfg(llama_family("llama", num_key_value_heads=1))
+    with pytest.raises(ValueError, match=rf"{name} must be a (positive|non-negative) int"):
+        call(cfg)
+
+
+def test_accounting_needs_a_config():
+    with pytest.raises(TypeError, match="config must be a TransformerConfig"):
+        accounting.count_parameters({"vocab_size": 10})  # was AttributeError: 'dict' object has no attribute

@@ -122,6 +122,11 @@ def test_logits_to_keep_returns_the_last_rows():
     ("qwen2", "max_window_layers", -1),
     ("gpt2", "layer_norm_epsilon", float("nan")),
     ("gpt2", "n_head", [4]),
+    ("gpt2", "scale_attn_weights", "false"),      # was read as True (bool("false")): logits off by ~20
+    ("qwen2", "use_sliding_window", "false"),     # was read as True: a window where none was meant
+    ("llama", "tie_word_embeddings", 0),
+    ("llama", "attention_bias", "false"),
+    ("qwen2", "layer_types", 2.0),                # was "object of type 'float' has no len()"
 ])
 def test_bad_config_json_values_name_the_field(kind, field, value):
     """A config.json value of the wrong type or range is refused with a ValueError naming the field (transformers'

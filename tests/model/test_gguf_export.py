@@ -228,3 +228,27 @@ def test_shipped_tokenizer_with_the_older_gpt4_spelling_exports() -> None:
     tok = load_tiny_tokenizer()
     assert tok.pattern == GPT4_PATTERN_MINBPE
     assert tokenizer_metadata(tok, 4096)["pre"] == "llama-bpe"
+
+
+def test_bad_name_and_non_finite_quantized_weights_are_refused(tmp_path, tokenizer):
+    """name=5 failed deep in GGUFWriter (len of an int); a NaN weight written as q8_0 / q4_0 became arbitrary int
+    codes with only a numpy RuntimeWarning. f32 keeps the NaN as it is (what the model holds)."""
+    with pytest.raises(ValueError, match="name must be a str"):
+        save_gguf(_model(), tmp_path / "n.gguf", tokenizer=tokenizer, name=5)
+    m = _model()
+    with torch.no_grad():
+        m.layers[1].mlp.up_proj.weight[3, 5] = float("nan")
+    for dtype in ("q8_0", "q4_0"):
+        with pytest.raises(ValueError, match=r"blk\.1\.ffn_up\.weight.*NaN or inf"):
+            save_gguf(m, tmp_path / f"{dtype}.gguf", tokenizer=tokenizer, dtype=dtype)
+    save_gguf(m, tmp_path / "f32.gguf", tokenizer=tokenizer, dtype="f32")
+
+
+def test_a_sliding_window_no_layer_uses_exports(tmp_path, tokenizer):
+    """layer_types with no sliding layer: the model attends to everything (to_hf writes no window either), so
+    the LLAMA export takes it; it was refused for sliding_window != None."""
+    m = _model(sliding_window=8, layer_types=["full_attention", "full_attention"])
+    r = gguf.GGUFReader(save_gguf(m, tmp_path / "w.gguf", tokenizer=tokenizer))
+    assert "llama.attention.sliding_window" not in r.fields
+    with pytest.raises(ValueError, match="sliding_window must be None"):
+        gguf_tensors(_model(sliding_window=8, layer_types=["full_attention", "sliding_attention"]))

@@ -213,3 +213,22 @@ def test_gpt2_float64_logits_match_to_float64_precision():
     with torch.no_grad():
         err = _max_err(Transformer.from_hf(hf)(ids), hf_logits(hf, ids))
     assert err < 1e-10
+
+
+@pytest.mark.parametrize("scaling", [{"type": "linear", "factor": 4.0}, {"type": "dynamic", "factor": 2.0}])
+def test_export_of_transformers_4_rope_type_spelling(tmp_path, scaling):
+    """rope_scaling spelled with transformers 4's "type" key (which mlcore's RoPE reads) is exported as
+    "rope_type": it was written next to a default "rope_type", and transformers 5 ran unscaled RoPE."""
+    from mlcore.model import TransformerConfig
+
+    cfg = TransformerConfig(vocab_size=VOCAB, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=96,
+                            max_seq_len=64, norm_eps=1e-6, rope_scaling=scaling)
+    if scaling["type"] == "dynamic":  # dynamic NTK changes the frequencies only past max_position_embeddings
+        cfg.rope_max_position_embeddings = 16
+    mine = randomize_(Transformer(cfg), seed=5)
+    mine.save_pretrained(tmp_path)
+    hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path, attn_implementation="eager").eval()
+    assert hf.config.rope_parameters["rope_type"] == scaling["type"]
+    ids = torch.randint(0, VOCAB, (2, 40), generator=torch.Generator().manual_seed(0))
+    _check(hf, ids, mine=mine)
+    _check(mine.to_hf(), ids, mine=mine)

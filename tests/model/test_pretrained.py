@@ -187,3 +187,57 @@ def test_gpt2_half_checkpoint_with_score_scaling_loads_in_float32(tmp_path, over
     gpt2(**overrides).to(torch.bfloat16).save_pretrained(tmp_path)
     hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.float32).eval()
     _assert_same_logits(hf, Transformer.from_pretrained(tmp_path, dtype=torch.float32))
+
+
+@pytest.mark.parametrize("model_type,kind,overrides", [
+    ("mistral", "mistral", dict(sliding_window=4)),   # was refused: "llama: config fields ['sliding_window']"
+    ("qwen2", "qwen2", {}),
+    ("llama", "llama", dict(attention_bias=True)),
+])
+def test_model_type_decides_over_architectures(tmp_path, model_type, kind, overrides):
+    """A config.json whose ``architectures`` names another family than its ``model_type`` is read by
+    ``model_type``, as AutoModelForCausalLM does (its config class picks the model class)."""
+    llama_family(kind, **overrides).save_pretrained(tmp_path)
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    assert cfg["model_type"] == model_type
+    cfg["architectures"] = ["MistralForCausalLM" if kind == "llama" else "LlamaForCausalLM"]
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.float32).eval()
+    assert type(hf).__name__.lower().startswith(kind)
+    _assert_same_logits(hf, Transformer.from_pretrained(tmp_path))
+
+
+@pytest.mark.parametrize("kind", ["llama", "gpt2"])
+def test_tied_checkpoint_storing_only_the_head(tmp_path, kind):
+    """A tied checkpoint whose shared matrix is stored as lm_head.weight only: transformers ties it back into the
+    input embedding, and so does mlcore (it was refused: "missing ['embed.weight']")."""
+    src = gpt2() if kind == "gpt2" else llama_family("llama", tie_word_embeddings=True)
+    src.save_pretrained(tmp_path)
+    sd = load_file(tmp_path / "model.safetensors")
+    embed = "transformer.wte.weight" if kind == "gpt2" else "model.embed_tokens.weight"
+    sd["lm_head.weight"] = sd.pop(embed)
+    save_file(sd, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.float32).eval()
+    mine = Transformer.from_pretrained(tmp_path)
+    assert mine.config.tie_embeddings and mine.lm_head.weight is mine.embed.weight
+    _assert_same_logits(hf, mine)
+    _assert_same_logits(src, mine)
+
+
+def test_null_rope_theta_and_bad_index_entries_are_named(tmp_path):
+    """A null RoPE base with no number elsewhere (transformers fails in RoPE with a TypeError) and an index mapping
+    a tensor to a non-string file were deep TypeErrors; both are ValueErrors naming what is wrong."""
+    llama_family("llama").save_pretrained(tmp_path, max_shard_size="20KB")
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    for rope in ({**cfg["rope_parameters"], "rope_theta": None}, None):
+        bad = {**cfg, "rope_parameters": rope, "rope_theta": None}
+        (tmp_path / "config.json").write_text(json.dumps(bad))
+        with pytest.raises(ValueError, match="rope_theta is null"):
+            Transformer.from_pretrained(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    index = tmp_path / "model.safetensors.index.json"
+    data = json.loads(index.read_text())
+    data["weight_map"][next(iter(data["weight_map"]))] = 5
+    index.write_text(json.dumps(data))
+    with pytest.raises(ValueError, match="index.json is not a valid safetensors index.*5"):
+        Transformer.from_pretrained(tmp_path)

@@ -244,15 +244,18 @@ def test_quant_options_without_quantize(tied_dir):
         Transformer.from_pretrained(tied_dir, quant_options={"blocksize": 64})
 
 
-@pytest.mark.parametrize("dtype", [torch.int8, "float32", None])
+@pytest.mark.parametrize("dtype", [torch.int8, "float32", None,
+                                   torch.float8_e4m3fn])  # loaded, then failed in the first forward's norm
 def test_bad_dtype(tied_dir, dtype):
     with pytest.raises(ValueError, match="dtype: expected a floating torch.dtype"):
         Transformer.from_pretrained(tied_dir, dtype=dtype)
 
 
-def test_bad_device(tied_dir):
-    with pytest.raises(ValueError, match="device"):
-        Transformer.from_pretrained(tied_dir, device="gpu0")
+@pytest.mark.parametrize(("device", "match"), [("gpu0", "device"),
+                                               ("meta", "device: 'meta' holds no weights")])  # blamed the file
+def test_bad_device(tied_dir, device, match):
+    with pytest.raises(ValueError, match=match):
+        Transformer.from_pretrained(tied_dir, device=device)
 
 
 def test_missing_folder(tmp_path):

@@ -86,3 +86,21 @@ def test_sinusoidal_dtype_does_not_depend_on_the_positions():
     torch.testing.assert_close(past[:3], inside)
     with pytest.raises(ValueError, match="max_len"):
         SinusoidalEncoding(4, max_len=True)
+
+
+def test_bool_sizes_non_tensor_positions_and_infinite_base_are_named() -> None:
+    """``LearnedEncoding(64, True)`` built a 1-wide table, ``LearnedEncoding(True, 4)`` failed inside torch.empty,
+    a list of positions raised AttributeError and ``base=inf`` encoded every position alike (w_i = 0 past the
+    first pair); each is now a ValueError naming the argument."""
+    with pytest.raises(ValueError, match="dim"):
+        LearnedEncoding(64, True)
+    with pytest.raises(ValueError, match="max_len"):
+        LearnedEncoding(True, 4)
+    with pytest.raises(ValueError, match="positions"):
+        LearnedEncoding(8, 4)([0, 1])
+    with pytest.raises(ValueError, match="positions"):
+        SinusoidalEncoding(4)([0, 1])
+    for base in (float("inf"), float("nan")):
+        with pytest.raises(ValueError, match="base"):
+            SinusoidalEncoding(4, base=base)
+    assert SinusoidalEncoding(4, base=1e300)(torch.arange(3)).isfinite().all()  # huge but finite is fine

@@ -162,6 +162,35 @@ def test_bad_input():
         awq_apply_scales(nn.Sequential(nn.Linear(8, 32), nn.Linear(64, 8)), [torch.randn(4, 8)], mapping={"0": ["1"]})
 
 
+
+@pytest.mark.parametrize(("kwargs", "match"), [
+    ({"x": torch.randn(0, 8)}, r"x must be \(N, in_features\) with N >= 1, got shape \(0, 8\)"),  # blamed "w"
+    ({"x": torch.ones(3, 8, dtype=torch.long)}, r"x.dtype: expected floating-point"),  # was accepted
+    ({"tie": torch.tensor([0, 0, 1, 1, 2, 2, 3, -1])}, r"tie: expected every value in 0 .. 3"),  # IndexError
+    ({"tie": torch.tensor([0, 0, 1, 1, 2, 2, 5, 5])}, r"tie: expected every value in 0 .. 5"),  # NaN scale, blamed "w"
+    ({"n_grid": True}, r"n_grid must be a positive int, got True"),  # TypeError inside torch.empty
+])
+def test_degenerate_search_inputs_are_named(kwargs, match):
+    """An empty calibration batch, integer activations, a tie with a negative or an unused index and a bool
+    n_grid failed deep (or blamed the weight) instead of naming the argument."""
+    args = {"x": torch.randn(3, 8, generator=torch.Generator().manual_seed(0)), **kwargs}
+    with pytest.raises(ValueError, match=match):
+        awq_search([torch.randn(4, 8, generator=torch.Generator().manual_seed(1))], args.pop("x"), group_size=8,
+                   **args)
+
+
+@pytest.mark.parametrize("bad", [0.0, float("nan"), float("inf")])
+def test_fold_refuses_scales_that_change_the_function(bad):
+    """awq_fold_scales divided the previous layer by a zero, NaN or infinite scale (inf / NaN / zero weights: the
+    model no longer computes the same function) without a word; refused now, the layers untouched."""
+    prev, lin = nn.Linear(4, 8), nn.Linear(8, 3)
+    before = (prev.weight.clone(), lin.weight.clone())
+    scales = torch.ones(8)
+    scales[2] = bad
+    with pytest.raises(ValueError, match="scales must be finite and non-zero"):
+        awq_fold_scales(prev, [lin], scales)
+    assert torch.equal(prev.weight, before[0]) and torch.equal(lin.weight, before[1])
+
 @pytest.mark.cuda
 def test_cuda_fold():
     model = _tiny_model().cuda()

@@ -120,3 +120,12 @@ def test_bool_group_size_is_refused():
     tensors, meta = quantize(W, "int4", group_size=32).state_dict()
     with pytest.raises(ValueError, match="group_size: expected a positive int, got True"):
         QuantizedTensor.from_state_dict(tensors, {**meta, "group_size": True})
+
+
+def test_quantized_tensor_to_a_dtype_is_refused():
+    """``qt.to(torch.float16)`` cast the int8 codes to floats and gave a QuantizedTensor that failed later, at
+    dequantize, with a layout error; the dtype is refused where it is passed."""
+    qt = quantize(torch.randn(32, 64, generator=torch.Generator().manual_seed(0)), "int8")
+    with pytest.raises(ValueError, match=r"device: expected a torch.device or device string, got torch.float16"):
+        qt.to(torch.float16)
+    assert torch.equal(dequantize(qt.to("cpu")), dequantize(qt))

@@ -159,6 +159,52 @@ def test_bad_input():
         gptq_quantize_model(nn.Sequential(nn.Linear(64, 64)), [])
 
 
+
+@pytest.mark.parametrize(("kwargs", "match"), [
+    ({"H": "asym"}, r"H must be symmetric"),  # Cholesky read one triangle: quantized against another H, silently
+    ({"H": [[1.0]]}, r"H must have shape \(in, in\) = \(8, 8\) .* got list"),  # AttributeError
+    ({"group_size": True}, r"group_size must be a positive divisor .* got True"),  # ran with groups of 1
+    ({"block_size": True}, r"block_size must be a positive int, got True"),  # ran with blocks of 1
+    ({"damp": "0.1"}, r"damp must be a finite number >= 0, got '0.1'"),  # TypeError from '>='
+    ({"act_order": "no"}, r"act_order must be True or False, got 'no'"),  # truthy: columns reordered
+])
+def test_gptq_arguments_are_checked_by_name(kwargs, match):
+    """Arguments that ran silently with another meaning, or failed deep, are refused naming the argument."""
+    g = torch.Generator().manual_seed(0)
+    w, x = torch.randn(4, 8, generator=g), torch.randn(32, 8, generator=g)
+    H = hessian_from_inputs(x)
+    if kwargs.get("H") == "asym":
+        kwargs = {"H": H + torch.triu(torch.ones(8, 8), diagonal=1)}
+    args = {"H": H, "group_size": 8, **kwargs}
+    with pytest.raises(ValueError, match=match):
+        gptq_quantize(w, args.pop("H"), **args)
+
+
+def test_rtn_and_hessian_arguments_are_checked():
+    """rtn_quantize with a group size not dividing in_features raised a reshape RuntimeError and took bits=1;
+    hessian_from_inputs of no rows returned a NaN Hessian."""
+    w = torch.randn(4, 8, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(ValueError, match="group_size must be a positive divisor of in_features=8"):
+        rtn_quantize(w, group_size=3)
+    with pytest.raises(ValueError, match=r"bits must be an int in \[2, 8\], got 1"):
+        rtn_quantize(w, group_size=8, bits=1)
+    with pytest.raises(ValueError, match=r"N >= 1, got shape \(0, 8\)"):
+        hessian_from_inputs(torch.randn(0, 8))
+
+
+@pytest.mark.parametrize(("kwargs", "match"), [
+    ({"group_size": 0}, r"group_size must be a positive even int .* got 0"),  # ZeroDivisionError
+    ({"group_size": None}, r"group_size must be a positive even int .* got None"),  # TypeError
+    ({"act_order": "yes"}, r"act_order must be True or False, got 'yes'"),
+    ({"sequential": "no"}, r"sequential must be True or False, got 'no'"),  # truthy: ran sequentially
+    ({"damp": -1.0}, r"damp must be a finite number >= 0, got -1.0"),  # unchecked when every layer was skipped
+])
+def test_gptq_quantize_model_checks_its_arguments_first(kwargs, match):
+    model = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 4))
+    with pytest.raises(ValueError, match=match):
+        gptq_quantize_model(model, [torch.randn(4, 8)], **{"group_size": 8, **kwargs})
+    assert all(type(m) is not QuantizedLinear for m in model)
+
 def _tiny_model() -> Transformer:
     cfg = TransformerConfig(vocab_size=128, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, max_seq_len=32)
     return Transformer(cfg).eval()

@@ -173,6 +173,23 @@ def test_bad_input(target):
         quantize_like_bnb(torch.nn.Linear(4, 4), "int8")
 
 
+
+@pytest.mark.parametrize(("scheme", "kwargs", "match"), [
+    ("llm_int8", {"threshold": float("nan")}, r"threshold: expected a finite number >= 0, got nan"),
+    ("llm_int8", {"threshold": -1.0}, r"threshold: expected a finite number >= 0, got -1.0"),
+    ("llm_int8", {"double_quant": "no"}, r"double_quant: expected True or False, got 'no'"),
+    ("nf4", {"compute_dtype": torch.int8}, r"compute_dtype: expected one of"),
+])
+def test_bnb_config_refuses_what_the_mlcore_twin_refuses(scheme, kwargs, match):
+    """bnb_config handed a NaN or negative LLM.int8 threshold (bitsandbytes then takes no outlier column at all),
+    a string double_quant and an integer compute dtype to transformers, which accepted them, while
+    quantize_like_bnb refused the same values: both sides now refuse them by name."""
+    with pytest.raises(ValueError, match=match):
+        bnb_config(scheme, **kwargs)
+    if "compute_dtype" not in kwargs:
+        with pytest.raises(ValueError, match=match.split(":")[0]):
+            quantize_like_bnb(torch.nn.Sequential(torch.nn.Linear(64, 64)), scheme, **kwargs)
+
 def _small_folder(tmp_path, tie: bool):
     from mlcore.model import Transformer, TransformerConfig
 
@@ -221,3 +238,25 @@ def test_tied_head_kept_out_with_an_empty_skip(tmp_path, scheme):
     our_q = {_hf_module(n) for n, m in ours.named_modules() if type(m).__name__ in kinds}
     assert hf_q == our_q and "lm_head" not in hf_q and len(hf_q) == 7
     assert (ref - mine).abs().max().item() < 1e-3  # measured 1.2e-7 (nf4), 5.6e-5 (llm_int8)
+
+
+@pytest.mark.parametrize("scheme", ["nf4", "llm_int8"])
+@pytest.mark.parametrize("skip", [("proj",), ("model.layers.0",), ("lm_head", "down_proj"), ("mlp",)])
+def test_skip_is_read_as_transformers_reads_it(scheme, skip):
+    """quantize_like_bnb matched ``skip`` only as whole trailing name parts, transformers' ``llm_int8_skip_modules``
+    also as a plain suffix ("proj" keeps every q/k/v/o/gate/up/down_proj) and as a module prefix ("model.layers.0"
+    keeps the whole block): on the same transformers model the twins quantized different layers."""
+    import transformers
+    from transformers.quantizers.quantizers_utils import should_convert_module
+
+    cfg = transformers.LlamaConfig(vocab_size=64, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                   num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False)
+    torch.manual_seed(0)
+    model = transformers.LlamaForCausalLM(cfg).eval()
+    linears = [n for n, m in model.named_modules() if type(m) is torch.nn.Linear]
+    expected = {n for n in linears if should_convert_module(n, list(skip))}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        quantize_like_bnb(model, scheme, skip=skip, double_quant=False)
+    kinds = ("QuantizedLinear", "Int8MixedLinear")
+    assert {n for n, m in model.named_modules() if type(m).__name__ in kinds} == expected

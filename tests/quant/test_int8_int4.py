@@ -10,7 +10,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mlcore.quant import dequantize, int4_from_codes, int4_rtn_codes, quantize
+from mlcore.quant import dequantize, int4_from_codes, int4_rtn_codes, quantize, rtn_quantize
 from mlcore.quant.int4 import int4_codes
 
 
@@ -150,3 +150,18 @@ def test_float16_extremes_stay_finite(scheme, options):
     assert back.dtype == torch.float16 and torch.isfinite(back).all()
     step = 131008 / (255 if scheme == "int8" else 15)
     assert (back.float() - w.float()).abs().max() <= step / 2 + 1
+
+
+@pytest.mark.parametrize(("scheme", "options"), [("int8", {"symmetric": False}),
+                                                  ("int8", {"symmetric": False, "granularity": "tensor"}),
+                                                  ("int4", {"group_size": 4})])
+def test_a_range_beyond_float32_gives_a_finite_scale(scheme, options):
+    """Finite float32 weights of both signs beyond ~1.7e38: max - min overflowed to an inf scale, so asymmetric
+    int8 dequantized the whole group to NaN and int4 was refused with "scales: expected finite" (about its own
+    scales); the scale is now recomputed in float64 there and every element stays within half a step."""
+    w = torch.tensor([[3e38, -3e38, 1.0, 0.0]])
+    qt = quantize(w, scheme, **options)
+    assert torch.isfinite(qt.scales).all()
+    step = qt.scales.max().double()
+    assert ((dequantize(qt).double() - w.double()).abs() <= step / 2 * (1 + 1e-4)).all()
+    assert torch.equal(rtn_quantize(w, group_size=4), dequantize(quantize(w, "int4", group_size=4)))

@@ -234,3 +234,30 @@ def test_integer_bias_of_a_quantized_layer_is_refused(tmp_path):
     _rewrite(path, tensors_fn=lambda t: t.__setitem__("0.bias", (t["0.bias"] * 100).to(torch.int32)))
     with pytest.raises(ValueError, match="layer '0': bias.dtype: expected a floating-point tensor, got torch.int32"):
         load_quantized(build(), path)
+
+
+def _small():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.ReLU())
+
+
+@pytest.mark.parametrize(("scheme", "opts", "key", "change", "match"), [
+    ("int8", {}, "weight_scales", lambda t: t.index_fill(0, torch.tensor([3]), float("nan")),
+     r"scales: expected finite values, got 1 NaN/Inf of 32"),
+    ("int4", {"group_size": 32}, "weight_scales", lambda t: t * float("inf"), r"scales: expected finite values"),
+    ("int4", {"group_size": 32}, "weight_zeros", lambda t: t + 100, r"zeros: expected int4 zero points in \[0, 15\]"),
+    ("nf4", {"double_quant": False}, "weight_scales", lambda t: t * float("nan"), r"scales: expected finite"),
+    ("nf4", {}, "weight_nested_absmax", lambda t: t * float("nan"), r"nested_absmax: expected finite values"),
+    ("nf4", {}, "weight_nested_offset", lambda t: t * float("nan"), r"nested_offset: expected finite values"),
+])
+def test_non_finite_scales_and_bad_zero_points_are_refused(tmp_path, scheme, opts, key, change, match):
+    """A NaN / Inf scale (or double-quant level) in a file loaded silently and made whole groups of outputs NaN;
+    an int4 zero point past 15 (a valid uint8, no int4 grid's) loaded too. Each is now refused naming the layer
+    and the tensor, before the model changes."""
+    path = tmp_path / "m.safetensors"
+    save_quantized(quantize_model(_small(), scheme, **opts), path)
+    _rewrite(path, tensors_fn=lambda t: t.__setitem__("0." + key, change(t["0." + key]).contiguous()))
+    skeleton = _small()
+    with pytest.raises(ValueError, match=rf"layer '0': {match}"):
+        load_quantized(skeleton, path)
+    assert type(skeleton[0]) is torch.nn.Linear

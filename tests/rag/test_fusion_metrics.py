@@ -2,6 +2,7 @@
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -145,3 +146,19 @@ def test_dedupe_refuses_ids_outside_group_of():
     for bad in ([-1], [5]):
         with pytest.raises(ValueError, match="group_of"):
             dedupe(bad, [0, 0, 1, 1, 2])
+
+
+def test_rrf_reads_tensor_and_numpy_rankings_as_ids():
+    # a DenseIndex.search row or a faiss array was refused ("a ranking must list int document ids");
+    # the metrics read them as ids since the third audit, and so does the fusion now
+    lexical, dense = [3, 1, 2], torch.tensor([[2, 3, 0]])
+    want = reciprocal_rank_fusion([lexical, [2, 3, 0]])
+    assert reciprocal_rank_fusion([lexical, dense[0]]) == want
+    assert reciprocal_rank_fusion([np.array(lexical), list(dense[0])]) == want
+    assert reciprocal_rank_fusion(torch.tensor([lexical, [2, 3, 0]])) == want
+    with pytest.raises(ValueError, match="k must be a finite number"):
+        reciprocal_rank_fusion([lexical], k=True)
+    with pytest.raises(ValueError, match="rankings\\[0\\] must be a collection"):
+        reciprocal_rank_fusion([1, 2])  # was TypeError: 'int' object is not iterable
+    with pytest.raises(ValueError, match="above must be a number or None"):
+        ranking_from_scores(torch.tensor([1.0, 3.0]), 2, above="0")  # was TypeError: Tensor > str

@@ -9,6 +9,7 @@ from mlcore.rag import (
     labelled_support_set,
     score_cases,
     split_sentences,
+    support_scores,
 )
 
 PASSAGE = ("The assert statement is a convenient way to insert debugging assertions into a program. "
@@ -58,3 +59,26 @@ def test_thresholds_sit_in_the_middle_of_the_tied_region():
     sims, overlaps = [0.9, 0.8, 0.2, 0.1], [1.0, 1.0, 1.0, 1.0]       # any sim threshold in (0.2, 0.8] separates
     s, o = choose_thresholds(sims, overlaps, [True, True, False, False])
     assert 0.45 <= s <= 0.6 and o <= 1.0
+
+
+def test_flag_scores_equal_sklearn_and_mismatched_lengths_are_refused():
+    from sklearn.metrics import precision_recall_fscore_support
+
+    sims, overlaps, supported = [0.9, 0.2, 0.7, 0.8, 0.1], [0.9, 0.1, 0.2, 0.9, 0.8], [True, False, True, False, False]
+    flags = [not (s >= 0.5 and o >= 0.5) for s, o in zip(sims, overlaps)]
+    want = precision_recall_fscore_support([not y for y in supported], flags, average="binary", zero_division=1.0)
+    got = flag_precision_recall(sims, overlaps, supported, 0.5, 0.5)
+    assert [got["precision"], got["recall"], got["f1"]] == pytest.approx(list(want[:3]))
+    with pytest.raises(ValueError, match="equally long"):  # zip scored the first 2 cases silently
+        flag_precision_recall(sims, overlaps, supported[:2], 0.5, 0.5)
+
+
+def test_a_single_str_of_passages_is_refused(embedder):
+    # the passage str was read one character per passage and the answer scored against characters, silently
+    checker = GroundednessChecker(embedder)
+    with pytest.raises(ValueError, match="passages must be a list of str, got a single str"):
+        checker.check("Assert statements insert debugging assertions into a program.", PASSAGE)
+    with pytest.raises(ValueError, match="answer must be a str"):
+        checker.check(None, [PASSAGE])
+    with pytest.raises(ValueError, match="passages must be a list of str, got items of type \\['int'\\]"):
+        support_scores(["An answer sentence here."], [1, 2], embedder)

@@ -90,3 +90,46 @@ def test_degenerate_inputs_are_named():
             index(torch.zeros(3, 0))
     with pytest.raises(ValueError, match="B, k >= 1"):
         recall_vs_exact(torch.zeros(2, 0, dtype=torch.long), torch.zeros(2, 0, dtype=torch.long))
+
+
+def test_corrupt_saved_index_is_refused_by_name(tmp_path):
+    # each was a KeyError / AttributeError / StopIteration / SafetensorError, or loaded silently (texts not str,
+    # an extra tensor whose shape was checked in place of the embeddings)
+    import json
+
+    from safetensors.torch import save_file
+
+    ident = {"name": "m", "dim": 4, "fingerprint": "f"}
+
+    def saved(name):
+        DenseIndex(torch.randn(3, 4), texts=["a", "b", "c"], embedder=ident).save(tmp_path / name)
+        return tmp_path / name
+
+    def edit(folder, **fields):
+        m = json.loads((folder / "manifest.json").read_text())
+        m.update(fields)
+        (folder / "manifest.json").write_text(json.dumps(m))
+
+    cases = [
+        (lambda f: (f / "manifest.json").write_text("{not json"), "not a readable JSON manifest"),
+        (lambda f: (f / "manifest.json").write_text("[1, 2]"), "must hold a JSON object"),
+        (lambda f: edit(f, embedder=None), "'embedder' must be the identity dict"),
+        (lambda f: edit(f, dim="four"), "'dim' must be a positive int"),
+        (lambda f: edit(f, texts=[1, 2, 3]), "'texts' must be null or a list of 3 str"),
+        (lambda f: edit(f, texts={"a": 1, "b": 2, "c": 3}), "'texts' must be null or a list of 3 str"),
+        (lambda f: (f / "index.safetensors").write_bytes(b"\0" * 64), "not a readable safetensors file"),
+        (lambda f: save_file({"foo": torch.randn(3, 4)}, str(f / "index.safetensors")), "holds tensors \\['foo'\\]"),
+        (lambda f: save_file({"aaa": torch.randn(3, 4), "embeddings": torch.randn(3, 4)},
+                             str(f / "index.safetensors")), "holds tensors \\['aaa', 'embeddings'\\]"),
+    ]
+    for i, (corrupt, message) in enumerate(cases):
+        folder = saved(f"ix{i}")
+        corrupt(folder)
+        with pytest.raises(ValueError, match=message):
+            DenseIndex.load(folder, embedder=ident)
+    with pytest.raises(ValueError, match="embedder must be an Embedder or its identity dict"):
+        DenseIndex.load(saved("ok"), embedder={"name": "m"})  # was KeyError: 'dim'
+    with pytest.raises(ValueError, match="texts must hold str"):
+        DenseIndex(torch.randn(2, 4), texts=[1, 2])
+    with pytest.raises(ValueError, match="embedder must be an identity dict"):
+        DenseIndex(torch.randn(2, 4), embedder="m")

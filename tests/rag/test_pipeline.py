@@ -59,3 +59,26 @@ def test_lora_trains_and_compare_runs(retriever, tiny, embedder, small_corpus):
     assert rag_row["tokens_per_question"] > rows[0]["tokens_per_question"]   # passages cost prompt tokens
     assert 0 <= rag_row["retrieval_hit"] <= 1 and rows[0]["retrieval_hit"] is None
     assert len(answers) == 2 and {"base", "lora", "rag"} <= set(answers[0])
+
+
+class _FixedRetriever:
+    """Returns the first ``k`` texts whatever the question."""
+
+    def __init__(self, texts):
+        self.texts = texts
+
+    def search(self, question, k, *, mode):
+        return list(range(min(k, len(self.texts))))
+
+
+@pytest.mark.parametrize("text", ["😀" * 200, "中文的文本" * 60, "é" * 300 + " end"])
+def test_passages_of_multibyte_characters_are_cut_to_fit(tiny, text):
+    # a cut inside an emoji decoded to U+FFFD, which re-encoded to more tokens: the prompt overflowed the context
+    # and answer() raised "prompt has 225 tokens + max_new_tokens=32 > the model's context 256"
+    from mlcore.finetune.sft import text_encoder
+
+    model, tok = tiny
+    rag = RagPipeline(_FixedRetriever([text, text]), model, tok, k=2, max_new_tokens=32, mask=False)
+    prompt, _, texts = rag.prompt_for("What?")
+    assert len(text_encoder(tok)(prompt)) + 32 <= model.config.max_seq_len
+    assert all(t and "\ufffd" not in t and text.startswith(t) for t in texts)

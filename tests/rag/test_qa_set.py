@@ -43,3 +43,14 @@ def test_retrieval_quality_floor(embedder, small_corpus, small_retriever):
         r.rank_all(["q"], mode="sparse")
     with pytest.raises(ValueError, match="empty corpus"):
         Retriever.build([], embedder)
+
+
+def test_bad_section_limits_and_split_fraction_are_named():
+    # max_chars=0 silently meant "no cut", max_chars=-5 cut the end off every body; split_qa("0.4") TypeError
+    assert all(len(s.body) <= 50 for s in pydoc_sections(limit=3, max_chars=50))
+    for kwargs in ({"max_chars": 0}, {"max_chars": -5}, {"min_chars": -1}, {"limit": 0}):
+        with pytest.raises(ValueError, match=f"{next(iter(kwargs))} must be"):
+            pydoc_sections(**kwargs)
+    items = build_qa_set(pydoc_sections(limit=6))
+    with pytest.raises(ValueError, match="test_fraction"):
+        split_qa(items, test_fraction="0.4")

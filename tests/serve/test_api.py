@@ -173,3 +173,30 @@ def test_tokens_made_after_a_stop_string_are_not_counted(served):
             assert usage["completion_tokens"] == stop_at + 1, stream
     finally:
         server.stop()
+
+
+def test_a_client_that_leaves_a_non_streamed_request_frees_its_slot(served):
+    """A timed-out (or closed) non-streamed request kept decoding for nobody until max_tokens, holding its slot and
+    blocks; now it is aborted as a closed stream is (vLLM's ``with_cancellation``), and the server keeps serving."""
+    from mlcore.serve.app import create_app
+    from mlcore.serve.audit_log import AuditLog
+    from mlcore.serve.config import ServeConfig
+    from mlcore.serve.engine import Engine, EngineConfig
+    from mlcore.serve.runner import ServerThread
+    from mlcore.serve.security import ApiKeys
+
+    engine = Engine(served.model, EngineConfig(num_blocks=32))
+    app = create_app(engine, served.tokenizer, ServeConfig(engine=engine.config), keys=ApiKeys({MAIN_KEY: 1e6}),
+                     audit=AuditLog(None), eos_token_id=None)  # no end-of-text: it would run all 240 tokens
+    body = {"model": "tiny-target", "prompt": "The list type", "max_tokens": 240, "temperature": 0}
+    headers = {"Authorization": f"Bearer {MAIN_KEY}"}
+    with ServerThread(app) as server:
+        with pytest.raises(httpx.TimeoutException):
+            httpx.post(server.url + "/v1/completions", json=body, headers=headers, timeout=0.2)
+        deadline = time.monotonic() + 1.0
+        while engine.stats()["running"] and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert engine.stats()["running"] == 0 and engine.tokens_out < 240
+        assert engine.blocks.available == 32
+        r = httpx.post(server.url + "/v1/completions", json={**body, "max_tokens": 3}, headers=headers, timeout=30)
+        assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 3

@@ -265,3 +265,25 @@ def test_content_parts_and_plain_text_response_format_are_served(tiny):
             client.chat.completions.create(**msg, messages=[{"role": "user", "content": [
                 {"type": "image_url", "image_url": {"url": "http://x/y.png"}}]}])
         assert info.value.status_code == 400
+
+
+def test_every_answer_of_the_generation_routes_counts_in_requests_total(tiny):
+    """mlcore_requests_total counted only 200s, 429s and guardrail 400s: a schema 400, 401, 404 or 413 was missing."""
+    app, _ = make(tiny, max_body_bytes=1024)
+
+    def counts(c: TestClient) -> dict[str, float]:
+        lines = [line for line in c.get("/metrics").text.splitlines() if line.startswith("mlcore_requests_total{")]
+        return {line.split("status=")[1].split('"')[1]: float(line.rsplit(" ", 1)[1]) for line in lines
+                if 'endpoint="/v1/completions"' in line}
+
+    with TestClient(app) as c:
+        sent = [c.post("/v1/completions", json=BODY, headers=H),
+                c.post("/v1/completions", json={**BODY, "max_tokens": "x"}, headers=H),
+                c.post("/v1/completions", json={**BODY, "max_tokens": 10**6}, headers=H),
+                c.post("/v1/completions", json={**BODY, "model": "nope"}, headers=H),
+                c.post("/v1/completions", json=BODY),
+                c.post("/v1/completions", json={**BODY, "prompt": "x" * 2000}, headers=H)]
+        assert [r.status_code for r in sent] == [200, 400, 400, 404, 401, 413]
+        assert counts(c) == {"200": 1, "400": 2, "404": 1, "401": 1, "413": 1}
+        c.get("/v1/models/any-id-at-all", headers=H)  # model ids share one label: clients cannot grow the label set
+        assert 'endpoint="/v1/models/{id}",status="404"' in c.get("/metrics").text

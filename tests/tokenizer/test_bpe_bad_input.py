@@ -244,3 +244,139 @@ def test_malformed_arguments_name_the_argument(call, message):
     """Regression: these failed deep inside with unpacking / dict() / hashing errors that named no argument."""
     with pytest.raises(ValueError, match=message):
         call()
+
+
+def test_split_pattern_with_a_lone_surrogate_is_refused(tmp_path):
+    """Regression: a pattern holding a lone surrogate was accepted (by train, the constructor and load), then
+    to_tiktoken and save_hf failed with UnicodeEncodeError: tiktoken takes the pattern as UTF-8, which it is not."""
+    import re
+
+    import tiktoken
+
+    pattern = "\ud800|\\S+|\\s+"
+    with pytest.raises(UnicodeEncodeError):  # the reference cannot take it at all
+        tiktoken.Encoding("x", pat_str=pattern, mergeable_ranks={bytes([i]): i for i in range(256)}, special_tokens={})
+    with pytest.raises(ValueError, match=r"pattern .* '\\ud800' at position 0 is a lone surrogate"):
+        BPETokenizer([], pattern=pattern)
+    with pytest.raises(ValueError, match="lone surrogate"):
+        BPETokenizer.train("ab ab", 257, pattern=pattern)
+    path = tmp_path / "tok.bpe"
+    BPETokenizer([], pattern="\\S+|\\s+").save(path)
+    path.write_text(path.read_text(encoding="utf-8").replace('"\\\\S+', '"\\ud800|\\\\S+'), encoding="utf-8")
+    with pytest.raises(ValueError, match=re.escape(str(path)) + ".*lone surrogate"):
+        BPETokenizer.load(path)
+
+
+def test_deeply_nested_json_in_a_saved_file_is_a_value_error(tmp_path):
+    """Regression: a hand-edited special-token line nested 100 000 deep gave a bare RecursionError from json."""
+    import re
+
+    path = tmp_path / "tok.bpe"
+    BPETokenizer([], special_tokens={"<s>": 256}).save(path)
+    text = path.read_text(encoding="utf-8")
+    path.write_text(text.replace('256 "<s>"', "256 " + "[" * 100_000 + "]" * 100_000), encoding="utf-8")
+    with pytest.raises(ValueError, match=re.escape(str(path)) + ": corrupt tokenizer file at line 4"):
+        BPETokenizer.load(path)
+
+
+def test_vocab_size_as_a_numpy_integer_like_hf_bpe_trainer():
+    """Regression: train(text, np.int64(260)) was refused ("must be an int"); HF's BpeTrainer takes it."""
+    import numpy as np
+    from tokenizers import trainers
+
+    assert trainers.BpeTrainer(vocab_size=np.int64(260)).vocab_size == 260
+    text = "hello world " * 5
+    t = BPETokenizer.train(text, np.int64(260), special_tokens=["<s>"])
+    assert list(t.merges.items()) == list(BPETokenizer.train(text, 260, special_tokens=["<s>"]).merges.items())
+    assert t.special_tokens == {"<s>": 259} and type(t.special_tokens["<s>"]) is int
+    for bad in (np.float64(260), True, 260.0):
+        with pytest.raises(ValueError, match="vocab_size must be an int"):
+            BPETokenizer.train(text, bad)
+
+
+def test_save_load_save_is_bit_identical_with_awkward_special_tokens(tmp_path):
+    """Special tokens holding characters that str.splitlines treats as line ends (\\x1c, \\x85, \\u2028), quotes and
+    backslashes survive the text format, and a reloaded tokenizer saves the very same bytes."""
+    specials = {"<\n>": 259, "\x1c\x85\u2028": 260, '"\\': 261, "\ufeff": 262}
+    tok = BPETokenizer.train("hello world " * 5, 263, special_tokens=list(specials))
+    first, second = tmp_path / "a.bpe", tmp_path / "b.bpe"
+    tok.save(str(first))
+    back = BPETokenizer.load(first)
+    back.save(second)
+    assert back.special_tokens == specials and list(back.merges.items()) == list(tok.merges.items())
+    assert first.read_bytes() == second.read_bytes()
+    text = "x<\n>y\x1c\x85\u2028\ufeff"
+    assert back.encode(text, allowed_special="all") == tok.to_tiktoken().encode(text, allowed_special="all")
+
+
+def test_special_token_ids_must_be_integers_like_tiktoken(tmp_path):
+    """Regression: {"<s>": 256.0} passed the id check (256.0 == 256), then encode returned the float id 256.0 and save
+    wrote "256.0", a file load refuses; tiktoken refuses a float id. A bool (True == 1) was taken in merges as id 1.
+    NumPy ids, which tiktoken takes, become Python ints (the HF export's JSON failed on np.int64)."""
+    import json
+
+    import numpy as np
+    import tiktoken
+
+    ranks = {bytes([i]): i for i in range(256)}
+    with pytest.raises(TypeError):
+        tiktoken.Encoding("x", pat_str=r"\S+|\s+", mergeable_ranks=ranks, special_tokens={"<s>": 256.0})
+    for bad in (256.0, True):
+        with pytest.raises(ValueError, match=r"special_tokens\['<s>'\] must be an int id"):
+            BPETokenizer([], special_tokens={"<s>": bad})
+    with pytest.raises(ValueError, match=r"merges\[0\] must be ints"):
+        BPETokenizer([((True, 98), 256)])
+
+    enc = tiktoken.Encoding("x", pat_str=r"\S+|\s+", mergeable_ranks=ranks, special_tokens={"<s>": np.int64(256)})
+    tok = BPETokenizer([((np.int64(97), 98), np.int64(256))], special_tokens={"<s>": np.int64(257)})
+    assert tok.encode("<s>", allowed_special="all") == [257] and enc.encode("<s>", allowed_special="all") == [256]
+    assert all(type(i) is int for i in tok.encode("ab<s>", allowed_special="all"))
+    assert json.loads(tok.to_hf_json())["added_tokens"][0]["id"] == 257
+    path = tmp_path / "tok.bpe"
+    tok.save(path)
+    assert BPETokenizer.load(path).special_tokens == {"<s>": 257}
+    trained = BPETokenizer.train("ab ab", 258, special_tokens={"<s>": np.int64(257)})
+    assert trained.special_tokens == {"<s>": 257}
+
+
+def test_count_pretokens_checks_special_tokens_as_train_does():
+    """Regression: special_tokens=[""] cut the text between every two characters (every pre-token one byte, silently),
+    "\\ud800" was silently never cut out (the text is repaired first), [5] / [b"l"] gave a bare TypeError, and None
+    (train's "no special tokens") a TypeError; train refuses the first ones by name."""
+    from mlcore.tokenizer import count_pretokens
+
+    assert count_pretokens("hello world", special_tokens=None) == count_pretokens("hello world") == {
+        b"hello": 1, b" world": 1}
+    for bad, message in (([""], "non-empty strings"), ([5], "non-empty strings, got int 5"),
+                         ([b"l"], "non-empty strings"), (["\ud800"], "lone surrogate")):
+        with pytest.raises(ValueError, match=message):
+            count_pretokens("hello \ud800 world", special_tokens=bad)
+        with pytest.raises(ValueError, match="special"):
+            BPETokenizer.train("hello \ud800 world", 258, special_tokens=bad)
+
+
+def test_split_text_names_a_pattern_of_the_wrong_type():
+    """Regression: split_text("ab", None) failed with AttributeError ('NoneType' object has no attribute 'findall');
+    a compiled pattern still works as is."""
+    import regex
+
+    from mlcore.tokenizer import split_text
+
+    assert split_text("ab cd", regex.compile(r"\S+|\s+")) == ["ab", " ", "cd"]
+    for bad in (None, 5, b"\\S+"):
+        with pytest.raises(ValueError, match="pattern must be a non-empty regular expression string"):
+            split_text("ab", bad)
+
+
+def test_bpe_merge_and_the_trainers_name_a_str_where_bytes_are_expected(tok):
+    """Regression: bpe_merge("hello", ranks) raised KeyError: 'h', train_fast({"ab": 3}, 257) a TypeError about list
+    indices; both take UTF-8 bytes (what count_pretokens gives)."""
+    from mlcore.tokenizer import bpe_merge, train_fast, train_naive
+
+    assert bpe_merge(b"hello", tok.ranks) == tok.encode_ordinary("hello")
+    with pytest.raises(ValueError, match="piece must be the pre-token's UTF-8 bytes, got str 'hello'"):
+        bpe_merge("hello", tok.ranks)
+    for trainer in (train_fast, train_naive):
+        assert trainer({b"ab": 3}, 257) == [((97, 98), 256)]
+        with pytest.raises(ValueError, match=r"word_counts keys must be pre-tokens as UTF-8 bytes .*got str 'ab'"):
+            trainer({"ab": 3}, 257)

@@ -1,6 +1,7 @@
 """DP-SGD with a transformers model and an attention_mask (vmap cannot trace transformers' own 2D->4D mask
 code, so mlcore passes the 4D mask); and the Opacus twin's final ``p.grad`` equal to mlcore's DPGradient."""
 
+import math
 import warnings
 
 import pytest
@@ -112,4 +113,36 @@ def test_opacus_twin_takes_a_transformers_model():
         twin.optimizer.pre_step()
     for name, p in twin_model.named_parameters():
         assert (p.grad - ours.params[name].grad).abs().max() < 1e-7, name
+    twin.close()
+
+
+@pytest.mark.parametrize("sigma", [0.0, 1.3])
+def test_opacus_twin_steps_on_an_empty_poisson_batch(sigma):
+    """Poisson sampling can draw no example; mlcore's loop then steps on noise / expected_batch_size, and Opacus'
+    DPOptimizer does too (its empty-batch branch). The twin ran the model on 0 rows, which the model refuses."""
+    pytest.importorskip("opacus")
+    from mlcore.model import Transformer, TransformerConfig
+    from mlcore.training.dp_opacus import OpacusDP
+
+    def tiny():
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            return Transformer(TransformerConfig(vocab_size=40, d_model=16, n_layers=1, n_heads=2, max_seq_len=8))
+
+    empty = {"input_ids": torch.zeros(0, 8, dtype=torch.long), "labels": torch.zeros(0, 8, dtype=torch.long)}
+    ours = DPGradient(tiny(), max_grad_norm=0.5, noise_multiplier=sigma, expected_batch_size=4)
+    ours.compute([], torch.Generator().manual_seed(7))
+    twin_model = tiny()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        twin = OpacusDP(twin_model, noise_multiplier=sigma, max_grad_norm=0.5, expected_batch_size=4, lr=0.0,
+                        generator=torch.Generator().manual_seed(7))
+        assert float(twin.backward(empty)) == 0.0
+        twin.optimizer.pre_step()
+        for name, p in twin_model.named_parameters():
+            assert torch.equal(p.grad, ours.params[name].grad), name
+        twin.optimizer.original_optimizer.step()
+        twin.optimizer.zero_grad(set_to_none=True)
+        ids = torch.randint(0, 40, (2, 8), generator=torch.Generator().manual_seed(1))
+        assert math.isfinite(twin.step({"input_ids": ids, "labels": ids}))  # a normal step still follows
     twin.close()

@@ -54,3 +54,15 @@ def test_load_tiny_bad_input(tmp_path):
         load_tiny("huge")
     with pytest.raises(FileNotFoundError, match="pretrain"):
         load_tiny("target", folder=tmp_path)
+
+
+@pytest.mark.parametrize("kind", ["target", "draft"])
+def test_hf_folder_names_the_tokenizers_end_of_text(kind):
+    """Without eos_token_id in config.json transformers fell back to LlamaConfig's eos 2 (an ordinary token here),
+    so its generate on the shipped folder stopped on the wrong token."""
+    from transformers import AutoModelForCausalLM
+
+    _, tok = load_tiny(kind)
+    hf = AutoModelForCausalLM.from_pretrained(tiny_dir() / kind)
+    assert hf.config.eos_token_id == hf.generation_config.eos_token_id == tok.special_tokens["<|endoftext|>"]
+    assert hf.config.bos_token_id is None

@@ -45,3 +45,29 @@ def test_good_rows_load_as_datasets_reads_them(tmp_path):
     path = _write_lines(tmp_path / "g.jsonl", [json.dumps(r) for r in rows])
     reference = datasets.load_dataset("json", data_files=str(path), split="train")
     assert load_text_dataset(path)["text"] == reference["text"] == ["hello", "", "world"]
+
+
+@pytest.mark.parametrize("suffix", [".txt", ".jsonl"])
+def test_a_file_that_is_not_utf8_is_named(tmp_path, suffix):
+    """datasets raised a bare DatasetGenerationError (text) or a UnicodeDecodeError naming no file (JSON, when
+    the column was read) for latin-1 bytes; now a ValueError with the file, byte offset and line."""
+    row = json.dumps({"text": "ok"}) if suffix == ".jsonl" else "ok"
+    path = tmp_path / f"d{suffix}"
+    path.write_bytes(f"{row}\n{row}\n".encode() + b'{"text": "caf\xe9"}\n')  # line 3, latin-1 e-acute
+    offset = 2 * len(row) + 2 + len('{"text": "caf')
+    with pytest.raises(ValueError, match=rf"d\{suffix}' is not UTF-8 text: byte 0xe9 at offset {offset} \(line 3\)"):
+        load_text_dataset(path)
+
+
+def test_utf8_bom_is_read_as_datasets_reads_it(tmp_path):
+    """A BOM is UTF-8: JSON rows come without it, a text file keeps it in its first row (datasets' own rows);
+    a bad JSON row of a BOM-prefixed array is named by its record number."""
+    bom = "\ufeff".encode()
+    (tmp_path / "a.jsonl").write_bytes(bom + b'{"text": "a"}\n{"text": "b"}\n')
+    (tmp_path / "a.txt").write_bytes(bom + b"x\ny\n")
+    for name, builder, kwargs in (("a.jsonl", "json", {}), ("a.txt", "text", {"sample_by": "line"})):
+        expected = datasets.load_dataset(builder, data_files=str(tmp_path / name), split="train", **kwargs)
+        assert load_text_dataset(tmp_path / name, **kwargs)["text"] == expected["text"]
+    (tmp_path / "b.json").write_bytes(bom + b'[{"text": "a"}, {"text": 3}]')
+    with pytest.raises(ValueError, match=r"record 1 \(0-based\) of the JSON array has 'text' = 3"):
+        load_text_dataset(tmp_path / "b.json")

@@ -136,3 +136,18 @@ def test_train_names_a_bad_model_or_forward(toy_factory, token_data):
         train(lambda ids: ids, token_data, cfg)
     with pytest.raises(ValueError, match="forward must be a callable"):
         train(toy_factory(), token_data, cfg, forward=None)
+
+
+def test_latest_checkpoint_skips_names_int_cannot_read(tmp_path):
+    """"step_²" passed str.isdigit and made latest_checkpoint fail in int(); like transformers'
+    get_last_checkpoint (checkpoint-\\d+), only decimal step numbers count, and an unfinished .tmp folder never."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    from mlcore.training import latest_checkpoint
+
+    names = ["2", "10", "²", "11.tmp", "x", "٣"]  # "٣" is Arabic-Indic 3: a decimal digit to both
+    for name in names:
+        (tmp_path / "checkpoints" / f"step_{name}").mkdir(parents=True)
+        (tmp_path / "hf" / f"checkpoint-{name}").mkdir(parents=True)
+    expected = Path(get_last_checkpoint(tmp_path / "hf")).name.split("-")[1]
+    assert expected == "10" and latest_checkpoint(tmp_path).name.split("_")[1] == expected

@@ -207,9 +207,22 @@ def _triton_supported(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, drop
         return False
     if q.shape[-1] not in (64, 128) or v.shape[-1] != q.shape[-1]:
         return False
+    if not all(_slice_offsets_fit_int32(x) for x in (q, k, v)):
+        return False
     from .triton_kernel import triton_available
 
     return triton_available()
+
+
+def _slice_offsets_fit_int32(x: Tensor) -> bool:
+    """True when every element offset inside one (batch, head) slice of x (B, heads, T, D) fits int32.
+
+    The Triton kernels add int64 batch / head base offsets to int32 row offsets ``t * stride_T + d * stride_D``;
+    a (B, T, heads, D) layout seen through ``transpose(1, 2)`` has ``stride_T = heads * D``, so a long enough
+    sequence would wrap those (e.g. T > 2**19 with 32 heads of 128). Such inputs take the PyTorch path.
+    """
+    _, _, T, D = x.shape
+    return (T - 1) * abs(x.stride(2)) + (D - 1) * abs(x.stride(3)) < 2**31
 
 
 def flash_attention(
@@ -249,6 +262,8 @@ def flash_attention(
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ValueError(f"{name} must be a positive int, got {value!r}")
     check_dropout_and_scale(dropout_p, scale, is_causal)
+    if use_triton is not None and not isinstance(use_triton, bool):  # "no" would read as True (demand Triton)
+        raise ValueError(f"use_triton must be None or a bool, got {use_triton!r} ({type(use_triton).__name__})")
     acc_dtype = torch.promote_types(q.dtype, torch.float32)
     mask = prepare_mask(attn_mask, B=B, H=H, Tq=Tq, Tk=Tk, dtype=acc_dtype, device=q.device)
     if mask is not None:
@@ -268,7 +283,8 @@ def flash_attention(
     supported = _triton_supported(q, k, v, mask, dropout_p)
     if use_triton and not supported:
         raise ValueError(
-            "use_triton=True needs CUDA, triton, fp16/bf16, D = Dv in {64, 128}, no attn_mask and no dropout; "
+            "use_triton=True needs CUDA, triton, fp16/bf16, D = Dv in {64, 128}, no attn_mask, no dropout and "
+            "(T - 1) * stride_T + (D - 1) * stride_D < 2**31 for q, k and v; "
             f"got device={q.device}, dtype={q.dtype}, D={D}, Dv={Dv}, mask={'yes' if mask is not None else 'no'}, "
             f"dropout_p={dropout_p}"
         )

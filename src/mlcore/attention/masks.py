@@ -65,6 +65,9 @@ def padding_mask(
     """
     if (attention_mask is None) == (lengths is None):
         raise ValueError("give exactly one of attention_mask (B, T) or lengths (B,)")
+    # checked for both forms: T="3" beside an attention_mask of width 3 used to read "has T=3, but T=3 was given"
+    if T is not None and (not isinstance(T, int) or isinstance(T, bool) or T < 0):
+        raise ValueError(f"T must be an int >= 0, got {T!r}")
     if attention_mask is not None:
         if not isinstance(attention_mask, Tensor) or attention_mask.dim() != 2:
             shape = tuple(attention_mask.shape) if isinstance(attention_mask, Tensor) else type(attention_mask)
@@ -75,8 +78,6 @@ def padding_mask(
     if (not isinstance(lengths, Tensor) or lengths.dim() != 1 or lengths.numel() == 0
             or lengths.dtype.is_floating_point or lengths.dtype == torch.bool):
         raise ValueError(f"lengths must be a non-empty 1-D integer tensor (B,), got {lengths!r}")
-    if T is not None and (not isinstance(T, int) or isinstance(T, bool) or T < 0):
-        raise ValueError(f"T must be an int >= 0, got {T!r}")
     T = int(lengths.max()) if T is None else T
     if int(lengths.max()) > T or int(lengths.min()) < 0:
         raise ValueError(f"lengths must lie in [0, T={T}], got {lengths.tolist()}")
@@ -95,6 +96,9 @@ def combine_masks(*masks: Tensor | None) -> Tensor | None:
     for idx, m in enumerate(present):
         if not isinstance(m, Tensor) or not (m.dtype == torch.bool or m.dtype.is_floating_point):
             raise ValueError(f"masks[{idx}] must be a bool or floating tensor, got {getattr(m, 'dtype', type(m))}")
+    devices = {m.device for m in present}
+    if len(devices) > 1:  # name the masks instead of torch's "Tensor on device meta is not on the expected device"
+        raise ValueError(f"masks must be on one device, got {[str(m.device) for m in present]}")
     try:  # shapes only, no data: name the masks instead of torch's "size of tensor a must match" from inside & / +
         torch.broadcast_shapes(*(m.shape for m in present))
     except RuntimeError:

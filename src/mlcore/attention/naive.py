@@ -102,6 +102,8 @@ def scaled_dot_product_attention(
     """
     B, H, Hkv, Tq, Tk, D, Dv = check_qkv(q, k, v)
     check_dropout_and_scale(dropout_p, scale, is_causal)
+    if not isinstance(return_weights, bool):  # "no" would read as True and change the return type to a tuple
+        raise ValueError(f"return_weights must be a bool, got {return_weights!r} ({type(return_weights).__name__})")
     G = H // Hkv
     acc = torch.promote_types(q.dtype, torch.float32)  # fp32 math for fp16/bf16 inputs
     if scale is None:  # D == 0 (empty heads): every score is 0 whatever the scale; torch then averages v too

@@ -70,7 +70,9 @@ def _build_kernel(interpret: bool) -> tuple[Any, Any]:
         IS_CAUSAL: tl.constexpr, D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     ):  # fmt: skip
         pid_m = tl.program_id(0)
-        pid_bh = tl.program_id(1)
+        # int64: the batch / head base offsets (b * sqb, pid_bh * Tq * D) pass 2**31 elements on large inputs, and
+        # int32 arithmetic would wrap to a negative address (an out-of-bounds read or a silently wrong row)
+        pid_bh = tl.program_id(1).to(tl.int64)
         b = pid_bh // H
         h = pid_bh % H
         hkv = h // G
@@ -194,7 +196,7 @@ def _build_backward_kernels(interpret: bool) -> tuple[Any, Any]:
         IS_CAUSAL: tl.constexpr, D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     ):  # fmt: skip
         pid_n = tl.program_id(0)
-        pid_bh = tl.program_id(1)  # b * Hkv + hkv
+        pid_bh = tl.program_id(1).to(tl.int64)  # b * Hkv + hkv; int64 as in _flash_fwd (base offsets past 2**31)
         b = pid_bh // Hkv
         hkv = pid_bh % Hkv
         cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -251,7 +253,7 @@ def _build_backward_kernels(interpret: bool) -> tuple[Any, Any]:
         IS_CAUSAL: tl.constexpr, D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     ):  # fmt: skip
         pid_m = tl.program_id(0)
-        pid_bh = tl.program_id(1)  # b * H + h
+        pid_bh = tl.program_id(1).to(tl.int64)  # b * H + h; int64 as in _flash_fwd (base offsets past 2**31)
         b = pid_bh // H
         h = pid_bh % H
         hkv = h // G

@@ -212,15 +212,24 @@ def quantize_gguf(src: str | Path, dst: str | Path, ftype: str = "q4_K_M", *, n_
 
 def gguf_tensor_bytes(path: str | Path) -> dict[str, int]:
     """Bytes of each tensor stored in a GGUF file (read with the ``gguf`` package), by name."""
+    return {name: nbytes for name, (nbytes, _) in _gguf_tensors(path).items()}
+
+
+def _gguf_tensors(path: str | Path) -> dict[str, tuple[int, int]]:
+    """(bytes, rows) of each tensor in a GGUF file; GGUF lists dimensions innermost first, so rows = ``ne[-1]``."""
     import gguf
 
-    return {t.name: int(t.n_bytes) for t in gguf.GGUFReader(str(path)).tensors}
+    return {t.name: (int(t.n_bytes), int(t.shape[-1]) if len(t.shape) else 1)
+            for t in gguf.GGUFReader(str(path)).tensors}
 
 
 def decode_weight_bytes(path: str | Path) -> int:
-    """Weight bytes one decode step reads from a llama.cpp model: every tensor, except that an untied
-    ``token_embd`` contributes one row (a lookup), not the whole table."""
-    sizes = gguf_tensor_bytes(path)
-    if "output.weight" in sizes:
-        sizes["token_embd.weight"] = 0
+    """Weight bytes one batch-1 decode step reads from a llama.cpp model: every tensor at its stored size
+    (quantized blocks with their scales), except that an untied ``token_embd`` contributes one row (a lookup,
+    ``bytes / vocab``), not the whole table; a tied one is the output projection and counts whole."""
+    tensors = _gguf_tensors(path)
+    sizes = {name: nbytes for name, (nbytes, _) in tensors.items()}
+    if "output.weight" in sizes and "token_embd.weight" in sizes:
+        nbytes, rows = tensors["token_embd.weight"]
+        sizes["token_embd.weight"] = nbytes // rows  # a row of whole blocks: ggml quantizes along rows
     return sum(sizes.values())

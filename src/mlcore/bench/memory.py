@@ -66,6 +66,8 @@ def _cpu_peak(fn: Callable[[], object]) -> int:
 def peak_memory(fn: Callable[[], object], *, device: torch.device | str = "cpu") -> int:
     """Bytes of tensor memory at the peak of ``fn()`` above what was live before it."""
     device = check_device(device)
+    if not callable(fn):  # else the profiler was started first and the error came from inside it
+        raise TypeError(f"fn must be a callable taking no arguments, got {type(fn).__name__}")
     if device.type == "cuda":
         with torch.cuda.device(device):
             torch.cuda.synchronize()

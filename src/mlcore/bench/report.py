@@ -8,6 +8,7 @@ its narrow tables (see ``tables.py``) and plots.
 from __future__ import annotations
 
 import json
+import math
 import traceback
 from collections import defaultdict
 from pathlib import Path
@@ -45,9 +46,22 @@ def goal_rows(results: list[Result]) -> list[dict[str, Any]]:
     return rows
 
 
-def _goal_text(op: str, target: float, speedup: bool) -> str:
+def _goal_texts(value: float | None, op: str, target: float, speedup: bool) -> tuple[str, str]:
+    """(measured, goal) cells. Where both round to the same text but differ (1.2496 against >= 1.25 printed as
+    "1.25×" and "≥ 1.25×", not met), they get the fewest significant digits that tell them apart, so the
+    status never contradicts what the row shows."""
+    def show(x: float) -> str:
+        return fmt_speedup(x) if speedup else fmt(float(x))
+
+    measured, goal = (show(value) if value is not None else ""), show(target)
+    if value is not None and math.isfinite(value) and value != target and measured == goal:
+        for digits in range(4, 18):
+            a, b = f"{value:.{digits}g}", f"{float(target):.{digits}g}"
+            if a != b:
+                measured, goal = (a + "×", b + "×") if speedup else (a, b)
+                break
     sign = {">=": "≥", "<=": "≤"}.get(op, op)
-    return f"{sign} {fmt_speedup(target) if speedup else fmt(float(target))}"
+    return measured, f"{sign} {goal}"
 
 
 def summary_table(results: list[Result], topics: list[str], failures: dict[str, str]) -> list[str]:
@@ -59,13 +73,12 @@ def summary_table(results: list[Result], topics: list[str], failures: dict[str, 
     for row in rows:
         goal = row["goal"]
         speedup = goal.metric.startswith("speedup")  # "speedup" or an extra such as "speedup_vs_naive"
-        measured = fmt_speedup(row["value"]) if speedup else fmt(row["value"])
+        measured, goal_text = _goal_texts(row["value"], goal.op, goal.target, speedup)
         status = {True: "✅ met", False: "❌ not met", None: "— not measured"}[row["met"]]
         if row["flags"]:
             status += f" (⚠ {', '.join(row['flags'])})"
         label = row["label"].replace("|", "\\|")  # a bare "|" would split the Markdown cell
-        lines.append(f"| {row['topic']} | {label} | {measured or '—'} | "
-                     f"{_goal_text(goal.op, goal.target, speedup)} | {status} |")
+        lines.append(f"| {row['topic']} | {label} | {measured or '—'} | {goal_text} | {status} |")
     lines += [f"| {name} | whole topic | — | — | ❌ benchmark failed (see its section) |" for name in sorted(failures)]
     met = sum(row["met"] is True for row in rows)
     noisy = sum(bool(row["flags"]) for row in rows)

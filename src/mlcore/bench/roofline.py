@@ -24,15 +24,24 @@ def roofline(
 ) -> dict[str, float]:
     """Achieved GFLOP/s and GB/s with their fractions of this machine's measured ceilings.
 
-    Bandwidth is compared with the read-bandwidth ceiling (or the GEMV ceiling of ``dtype``
-    when one was probed, being the more demanding practical limit of streaming weights).
-    ``dtype`` is a name ("bfloat16") or a torch.dtype; FLOP/s need a matmul ceiling probed for it.
+    Bandwidth is compared with the higher of the read-bandwidth ceiling and the GEMV ceiling of ``dtype``
+    (when one was probed: streaming weights through a GEMV can beat ``x.sum()``, and a ceiling must not be
+    lower than a rate the machine reaches): ``frac_peak_bw = bytes_moved / seconds / max(read, gemv[dtype])``.
+    ``dtype`` is a name ("bfloat16") or a torch.dtype; FLOP/s need a matmul ceiling probed for it
+    (``frac_peak_flops = flops / seconds / matmul[dtype]``). ``seconds`` must be finite and > 0, ``flops`` and
+    ``bytes_moved`` finite and >= 0.
     """
-    if not (math.isfinite(seconds) and seconds > 0):  # NaN would turn every figure into NaN, silently
-        raise ValueError(f"seconds must be finite and > 0, got {seconds}")
+    for name, value in (("seconds", seconds), ("flops", flops), ("bytes_moved", bytes_moved)):
+        if value is None and name != "seconds":
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise TypeError(f"{name} must be a number, got {value!r}")
+        # NaN would turn every figure into NaN, and a negative count a negative bandwidth, silently
+        if not (math.isfinite(value) and (value > 0 if name == "seconds" else value >= 0)):
+            raise ValueError(f"{name} must be finite and {'> 0' if name == 'seconds' else '>= 0'}, got {value}")
     if isinstance(dtype, torch.dtype):
         dtype = str(dtype).removeprefix("torch.")
-    if not isinstance(getattr(torch, dtype, None), torch.dtype):
+    if not isinstance(dtype, str) or not isinstance(getattr(torch, dtype, None), torch.dtype):
         raise ValueError(f"dtype must be a torch dtype or its name, got {dtype!r}; probed: "
                          f"{', '.join(probe.matmul_flops) or 'none'}")
     out: dict[str, float] = {}

@@ -103,8 +103,8 @@ class Goal:
         return as_number(value)
 
     def met(self, value: float | None) -> bool | None:
-        """Whether ``value`` meets the goal; None when there is no value (or it is NaN)."""
-        if value is None or math.isnan(value):
+        """Whether ``value`` meets the goal; None when there is no value (or it is NaN or infinite)."""
+        if value is None or not math.isfinite(value):  # inf comes from a division by a ~0 time: not a win
             return None
         return {">=": value >= self.target, ">": value > self.target, "<=": value <= self.target,
                 "<": value < self.target}[self.op]
@@ -145,13 +145,24 @@ class Result:
     extra_runs: dict[str, int | None] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if not isinstance(self.params, dict):
-            raise ValueError(f"params must be a dict, got {type(self.params).__name__}")
+        for name in ("params", "extra", "extra_runs"):  # extra=None failed later, inside the report's tables
+            if not isinstance(getattr(self, name), dict):
+                raise ValueError(f"{name} must be a dict, got {type(getattr(self, name)).__name__}")
         self.device = str(self.device)
+        if not isinstance(self.unit, str) or not self.unit:
+            raise TypeError(f"Result.unit must be a non-empty string such as 's' or 'tokens/s', got {self.unit!r}")
         for name in ("median", "spread", "twin_median", "twin_spread"):  # numpy / 0-d tensor figures -> float
-            number = as_number(getattr(self, name))
-            if number is not None:
-                setattr(self, name, number)
+            value = getattr(self, name)
+            number = as_number(value)
+            if number is None and (value is not None or name in ("median", "spread")):
+                # a string figure ("1.5") was kept as text and compared as text; None has no speed-up or flag
+                optional = "" if name in ("median", "spread") else " or None"
+                raise TypeError(f"Result.{name} must be a real number{optional} (NaN for not measured), got {value!r}")
+            setattr(self, name, number)
+        for name in ("runs", "twin_runs"):
+            runs = getattr(self, name)
+            if runs is not None and (isinstance(runs, bool) or not isinstance(runs, int) or runs < 0):
+                raise TypeError(f"Result.{name} must be a non-negative int (timed measurements) or None, got {runs!r}")
         if self.ratio is None and self.twin_median and not math.isnan(self.twin_median):
             self.ratio = self.median / self.twin_median
         if self.better is None:
@@ -221,11 +232,19 @@ class Result:
         """
         if (twin is None) != (twin_timing is None):
             raise ValueError(f"twin and twin_timing go together, got twin={twin!r} and twin_timing={twin_timing!r}")
-        if work is not None and (not work > 0 or unit is None):
-            raise ValueError(f"work must be > 0 (amount done per call) and come with a rate unit such as "
-                             f"'tokens/s', got work={work!r}, unit={unit!r}")
+        if work is not None and (as_number(work) is None or not 0 < work < math.inf or unit is None):
+            raise ValueError(f"work must be a finite number > 0 (amount done per call) and come with a rate unit "
+                             f"such as 'tokens/s', got work={work!r}, unit={unit!r}")
         if work is None and unit not in (None, "s"):
             raise ValueError(f"without work the figure is seconds per call: unit must be 's' or None, got {unit!r}")
+        for arg, t in (("timing", timing), ("twin_timing", twin_timing)):
+            if t is None and arg == "twin_timing":
+                continue
+            if not isinstance(t, Timing):
+                raise TypeError(f"{arg} must be a mlcore.bench.Timing (from time_fn), got {type(t).__name__}")
+            # a rate work / 0 s raised ZeroDivisionError, and work / 1e-320 s reached the report as an "inf×" win
+            if work is not None and not (0 < t.median < math.inf and work / t.median < math.inf):
+                raise ValueError(f"{arg}.median must be finite and > 0 seconds to give a rate, got {t.median!r}")
 
         def figure(t: Timing) -> tuple[float, float]:
             return (t.median, t.iqr) if work is None else (work / t.median, work * t.iqr / t.median**2)
@@ -250,9 +269,14 @@ def _noise(who: str, runs: int | None, spread: float | None, median: float | Non
 
 
 def _speedup(median: float, twin_median: float, better: str) -> float | None:
-    """How many times better mlcore is than the twin (> 1: mlcore faster / better); None when undefined."""
+    """How many times better mlcore is than the twin (> 1: mlcore faster / better); None when undefined: a zero
+    denominator, an infinite figure or an infinite quotient ("inf×" would read as a win where a time was ~0 or a
+    rate infinite). NaN stays NaN (a figure that was not measured)."""
     num, den = (twin_median, median) if better == "lower" else (median, twin_median)
-    return None if den == 0 else num / den
+    if den == 0 or math.isinf(num) or math.isinf(den):
+        return None
+    speedup = num / den
+    return None if math.isinf(speedup) else speedup
 
 
 @dataclass(frozen=True)

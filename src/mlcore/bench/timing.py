@@ -67,7 +67,12 @@ def check_device(device: torch.device | str) -> torch.device:
     Anything else would be timed with the host clock without a synchronize (meta, mps), and CUDA without a
     GPU fails deep inside torch.cuda with an unrelated TypeError.
     """
-    device = torch.device(device)
+    if not isinstance(device, (str, torch.device)):  # torch.device(0) means a GPU; None failed deep in torch
+        raise TypeError(f"device must be a str or torch.device ('cpu', 'cuda'), got {device!r}")
+    try:
+        device = torch.device(device)
+    except RuntimeError as exc:  # "cpux": torch's message lists every backend name it knows
+        raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}") from exc
     if device.type not in ("cpu", "cuda"):
         raise ValueError(f"device must be 'cpu' or 'cuda', got {str(device)!r}")
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -88,6 +93,12 @@ def time_fn(
     continue until ``min_run_time`` seconds have been spent.
     """
     device = check_device(device)
+    if not callable(fn):
+        raise TypeError(f"fn must be a callable taking no arguments, got {type(fn).__name__}")
+    if isinstance(warmup, bool) or not isinstance(warmup, int):  # 2.5 / None failed inside range() or "<"
+        raise TypeError(f"warmup must be an int (calls before timing), got {warmup!r}")
+    if isinstance(min_run_time, bool) or not isinstance(min_run_time, (int, float)):
+        raise TypeError(f"min_run_time must be a number of seconds, got {min_run_time!r}")
     # NaN passes "<= 0" and NaN / inf never satisfy the "until min_run_time" loop: it would never return
     if warmup < 0 or not (math.isfinite(min_run_time) and min_run_time > 0):
         raise ValueError(f"warmup must be >= 0 and min_run_time finite and > 0, got {warmup} and {min_run_time}")

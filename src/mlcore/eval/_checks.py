@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from numbers import Integral
 from typing import Any
 
 import numpy as np
@@ -34,6 +35,7 @@ def check_same_length(a_name: str, a: Sequence[Any], b_name: str, b: Sequence[An
 
 
 def check_positive_int(name: str, value: Any, low: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+    """``value`` as an int >= ``low``; NumPy integers count (``n_bins=np.int64(10)`` was refused), bools do not."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, Integral) or value < low:
         raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
-    return value
+    return int(value)

@@ -76,7 +76,9 @@ def _streaming_nll(model: nn.Module, ids: torch.Tensor, *, window: int, sinks: i
     for t in range(prefill, L - 1):
         pos = torch.full((B, 1), t, dtype=torch.long, device=ids.device)
         logits.append(model(ids[:, t:t + 1], cache=cache, position_ids=pos, validate=False).float())
-    out = torch.cat(logits, dim=1)  # (B, L-1, V): column t predicts token t+1
+    # (B, L-1, V): column t predicts token t+1; a text no longer than the window is all prefill, whose last
+    # column predicts a token past the text
+    out = torch.cat(logits, dim=1)[:, :L - 1]
     return F.cross_entropy(out.transpose(1, 2), ids[:, 1:], reduction="none")
 
 
@@ -91,7 +93,13 @@ def position_nll(model: nn.Module, input_ids: torch.Tensor, method: str, *, fact
     L = input_ids.shape[1]
     model = model.eval()
     if method == "sinks":
-        window = model.config.max_seq_len - sinks if window is None else window
+        context = model.config.max_seq_len
+        if isinstance(sinks, bool) or not isinstance(sinks, int) or not 0 <= sinks < context:
+            raise ValueError(f"sinks must be an int in [0, max_seq_len={context}) (a window needs room), got {sinks!r}")
+        window = context - sinks if window is None else window
+        if isinstance(window, bool) or not isinstance(window, int) or not 1 <= window <= context - sinks:
+            # past sinks + window cached tokens the model would attend beyond the length it was trained at
+            raise ValueError(f"window must be an int in [1, max_seq_len - sinks = {context - sinks}], got {window!r}")
         return _streaming_nll(model, input_ids, window=window, sinks=sinks)
     return _full_nll(scaled_model(model, method, max_seq_len=max(L, model.config.max_seq_len), factor=factor),
                      input_ids)
@@ -107,6 +115,9 @@ def position_perplexity(model: nn.Module, input_ids: torch.Tensor, *, methods: S
 
     if isinstance(bin_size, bool) or not isinstance(bin_size, int) or bin_size < 1:
         raise ValueError(f"bin_size must be an int >= 1, got {bin_size!r}")
+    if isinstance(methods, str):  # a str is a sequence too: "rope" would run the methods "r", "o", ...
+        raise ValueError(f"methods must be a sequence of method names from {METHODS}, got the str {methods!r}; "
+                         "wrap it in a list")
     trained = model.config.rope_max_position_embeddings or model.config.max_seq_len
     rows = []
     for method in methods:
@@ -126,6 +137,9 @@ def heldout_batch(tokenizer: Any, length: int, rows: int) -> torch.Tensor:
     """Up to ``rows`` disjoint ``length``-token rows of the tiny models' held-out text: (B, length) long."""
     from mlcore.training.assets import tiny_heldout_text
 
+    for name, value in (("length", length), ("rows", rows)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be an int >= 1, got {value!r}")
     ids = torch.tensor(tokenizer.encode(tiny_heldout_text()), dtype=torch.long)
     n = min(rows, ids.numel() // length)
     if n < 1:

@@ -56,8 +56,8 @@ def _pair(p: Any, q: Any) -> tuple[np.ndarray, np.ndarray]:
 def _log_base(base: float | None) -> float:
     if base is None:
         return 1.0
-    if not base > 0 or base == 1:
-        raise ValueError(f"base must be positive and != 1, got {base}")
+    if isinstance(base, bool) or not isinstance(base, Real) or not base > 0 or base == 1:
+        raise ValueError(f"base must be a positive number != 1 (or None: nats), got {base!r}")
     return math.log(base)
 
 
@@ -88,6 +88,7 @@ def histograms(reference: Any, current: Any, *, bins: int = 10, categorical: boo
     """Shares of ``reference`` and ``current`` over common bins: quantile bins of the reference (numeric) or
     one bin per category (``categorical``). Returns ``(ref_shares, cur_shares, labels)``."""
     check_positive_int("bins", bins, 2)
+    check_positive_int("min_samples", min_samples, 0)
     if categorical:
         for name, values in (("reference", reference), ("current", current)):
             if isinstance(values, (str, bytes)):
@@ -99,7 +100,8 @@ def histograms(reference: Any, current: Any, *, bins: int = 10, categorical: boo
                 raise ValueError(f"{name} holds an unhashable category label (a list or dict?); use str or int labels")
             if len(values) < min_samples:
                 raise ValueError(f"{name} needs at least {min_samples} sample(s), got {len(values)}")
-            if any(v is None or (isinstance(v, float) and math.isnan(v)) for v in values):
+            # Real, not float: a NumPy float32 NaN is no float, and each NaN (hashed by identity) became a category
+            if any(v is None or (isinstance(v, Real) and math.isnan(v)) for v in values):
                 raise ValueError(f"{name} holds None / NaN categories; label them (e.g. 'unknown') first")
         labels = sorted(set(ref) | set(cur), key=str)
         index = {c: i for i, c in enumerate(labels)}
@@ -114,6 +116,14 @@ def histograms(reference: Any, current: Any, *, bins: int = 10, categorical: boo
     c = np.bincount(np.searchsorted(edges, cur, side="left"), minlength=edges.size + 1) / cur.size
     labels = [(lo, hi) for lo, hi in zip(np.r_[-np.inf, edges], np.r_[edges, np.inf])]
     return r, c, labels
+
+
+def check_eps(eps: Any) -> float:
+    """``eps`` if it is a number in (0, 1), else a ValueError: 0 gives ``inf`` on an empty bin, >= 1 floors every
+    share to the same value (PSI 0 whatever the drift)."""
+    if isinstance(eps, bool) or not isinstance(eps, Real) or not 0 < eps < 1:
+        raise ValueError(f"eps must be a number in (0, 1) (it floors the share of an empty bin), got {eps!r}")
+    return float(eps)
 
 
 def psi_from_shares(ref_shares: Sequence[float], cur_shares: Sequence[float], *, eps: float = PSI_EPS) -> float:
@@ -132,7 +142,6 @@ def psi(reference: Any, current: Any, *, bins: int = 10, categorical: bool = Fal
     ``reference``, ``current``: 1-D samples (numbers, or category labels with ``categorical=True``).
     ``min_samples``: refuse samples smaller than this (a monitor's guard against noisy small windows).
     """
-    if isinstance(eps, bool) or not isinstance(eps, Real) or not 0 < eps < 1:
-        raise ValueError(f"eps must be a number in (0, 1) (it floors the share of an empty bin), got {eps!r}")
+    check_eps(eps)
     r, c, _ = histograms(reference, current, bins=bins, categorical=categorical, min_samples=min_samples)
     return psi_from_shares(r, c, eps=eps)

@@ -17,6 +17,7 @@ Shapes: ``reference`` (N, D), ``current`` (M, D).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from numbers import Real
 from typing import Any
@@ -52,11 +53,15 @@ def cosine_shift(reference: Any, current: Any) -> float:
     a, b = x.mean(dim=0), y.mean(dim=0)
     if float(a.norm()) == 0 or float(b.norm()) == 0:
         raise ValueError("a mean embedding is the zero vector: its direction (and cosine) is undefined")
-    return float(1 - torch.nn.functional.cosine_similarity(a, b, dim=0))
+    # written out (scipy's cosine distance): F.cosine_similarity clamps each norm at eps = 1e-8, so means
+    # shorter than that came out wrong (two equal means of norm 1e-9 gave a shift of 0.97)
+    a, b = a / a.norm(), b / b.norm()
+    return float(1 - (a @ b).clamp(-1.0, 1.0))
 
 
 def median_bandwidth(pooled: torch.Tensor) -> float:
     """Median heuristic: the median of the pairwise Euclidean distances (i < j) of ``pooled`` (N, D)."""
+    pooled = pooled - pooled.mean(dim=0)  # shift invariant; keeps cdist's matrix-product path from cancelling
     d = torch.cdist(pooled, pooled)
     i, j = torch.triu_indices(d.shape[0], d.shape[0], offset=1)
     pairs = d[i, j]
@@ -103,13 +108,17 @@ def mmd_permutation_test(reference: Any, current: Any, *, bandwidth: float | Non
         raise ValueError(f"n_permutations must be an int >= 0, got {n_permutations!r}")
     if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
         raise ValueError(f"chunk must be a positive int (permutations per batch), got {chunk!r}")
-    pooled = torch.cat([x, y])  # (P, D)
+    # (P, D), centred: distances do not move, and cdist's matrix-product path no longer cancels a large common
+    # offset (rows 1e6 apart from the origin, 1e-2 from each other: MMD^2 was off by 70 %)
+    pooled = torch.cat([x, y])
+    pooled = pooled - pooled.mean(dim=0)
     if bandwidth is not None and (isinstance(bandwidth, bool) or not isinstance(bandwidth, Real)):
         raise ValueError(f"bandwidth must be a number > 0 or None (median heuristic), got {bandwidth!r}")
     sigma = median_bandwidth(pooled) if bandwidth is None else float(bandwidth)
-    if not sigma > 0:
-        raise ValueError(f"bandwidth must be > 0, got {bandwidth}")
-    k = torch.exp(-torch.cdist(pooled, pooled).pow(2) / (2 * sigma**2))  # (P, P)
+    if not 0 < sigma < math.inf:  # inf made every kernel value 1: MMD^2 = 0, p = 1 whatever the drift
+        raise ValueError(f"bandwidth must be a finite number > 0, got {bandwidth}")
+    # (d / sigma)^2 rather than d^2 / sigma^2: sigma**2 overflows past 1e154 and underflows to 0 (NaN) below 1e-162
+    k = torch.exp(-0.5 * (torch.cdist(pooled, pooled) / sigma).pow(2))  # (P, P)
     n, P = x.shape[0], pooled.shape[0]
     order = torch.arange(P, device=k.device)
     observed = float(_mmd2_from_kernel(k, order[None, :n], order[None, n:])[0])

@@ -21,6 +21,7 @@ import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from numbers import Real
 from typing import Any
 
 import numpy as np
@@ -52,11 +53,26 @@ class RequestTiming:
         return self.token_times[-1] - self.start
 
 
-def _check(records: Sequence[RequestTiming]) -> None:
+def _check(records: Sequence[RequestTiming], percentiles: Sequence[float]) -> None:
+    if isinstance(records, RequestTiming) or not isinstance(records, Sequence):
+        raise ValueError(f"records must be a sequence of RequestTiming, got {type(records).__name__}")
     if len(records) == 0:
         raise ValueError("records must hold at least one RequestTiming, got none")
+    if isinstance(percentiles, (str, bytes)) or not isinstance(percentiles, (Sequence, np.ndarray)) or any(
+            isinstance(p, bool) or not isinstance(p, Real) or not 0 <= p <= 100 for p in percentiles):
+        raise ValueError(f"percentiles must be a sequence of numbers in [0, 100], got {percentiles!r}")
     for i, r in enumerate(records):
-        times = np.asarray(r.token_times, dtype=np.float64)
+        if not isinstance(r, RequestTiming):
+            raise ValueError(f"records[{i}] must be a RequestTiming, got {type(r).__name__}")
+        if isinstance(r.start, bool) or not isinstance(r.start, Real) or isinstance(r.token_times, (str, bytes)):
+            raise ValueError(f"records[{i}] must hold a number start and a list of token_times, got start="
+                             f"{r.start!r}, token_times of type {type(r.token_times).__name__}")
+        try:
+            times = np.asarray(r.token_times, dtype=np.float64)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"records[{i}].token_times must be numbers (seconds), got {err}") from None
+        if times.ndim != 1:
+            raise ValueError(f"records[{i}].token_times must be a flat list of seconds, got shape {times.shape}")
         if times.size == 0:
             raise ValueError(f"records[{i}] has no token_times: a request must produce at least one token")
         if not (np.isfinite(times).all() and np.isfinite(r.start)):
@@ -73,7 +89,7 @@ def latency_summary(records: Sequence[RequestTiming], *,
     ``e2e_mean``, ``tokens_per_s`` and ``requests_per_s`` (over the span from the first start to the last
     token). TPOT figures use only requests with >= 2 tokens (NaN if there are none).
     """
-    _check(records)
+    _check(records, percentiles)
     ttft = np.array([r.ttft for r in records])
     e2e = np.array([r.e2e for r in records])
     tpot = np.array([r.tpot for r in records if r.tpot is not None])
@@ -112,6 +128,9 @@ def measure_generate(model: nn.Module, prompts: Sequence[torch.Tensor], *, max_n
         raise ValueError(f"concurrency must be an int >= 1, got {concurrency!r}")
     if "streamer" in generate_kwargs:
         raise ValueError("measure_generate installs its own streamer; do not pass streamer=")
+    for i, p in enumerate(prompts):
+        if not isinstance(p, torch.Tensor):
+            raise ValueError(f"prompts[{i}] must be a tensor of token ids, (T,) or (1, T), got {type(p).__name__}")
     batch = [p[None] if p.dim() == 1 else p for p in prompts]
     for i, p in enumerate(batch):
         if p.dim() != 2 or p.shape[0] != 1:

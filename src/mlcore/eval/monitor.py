@@ -19,9 +19,12 @@ import math
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from numbers import Real
 from typing import Any
 
-from mlcore.eval.drift import PSI_EPS, histograms, psi_from_shares
+import numpy as np
+
+from mlcore.eval.drift import PSI_EPS, check_eps, histograms, psi_from_shares
 
 
 @dataclass(frozen=True)
@@ -62,23 +65,25 @@ class DriftMonitor:
         self.every = max(window // 10, 1) if every is None else every
         if isinstance(self.every, bool) or not isinstance(self.every, int) or self.every < 1:
             raise ValueError(f"every must be an int >= 1, got {every!r}")
+        if isinstance(categorical, str):  # set("intent") would be {"i", "n", "t", "e"}
+            raise ValueError(f"categorical must be a collection of feature names, got the str {categorical!r}; "
+                             "wrap it in a list")
         self.categorical = set(categorical)
         unknown = self.categorical - set(reference)
         if unknown:
             raise ValueError(f"categorical names features {sorted(unknown)} missing from reference {sorted(reference)}")
-        self.thresholds = {f: float(threshold) for f in reference}
+        self.thresholds = {f: self._threshold("threshold", threshold) for f in reference}
         for f, t in (thresholds or {}).items():
             if f not in reference:
                 raise ValueError(f"thresholds names feature {f!r}, not in reference {sorted(reference)}")
-            self.thresholds[f] = float(t)
-        if any(not t > 0 for t in self.thresholds.values()):
-            raise ValueError(f"thresholds must be > 0, got {self.thresholds}")
-        self.window, self.min_samples, self.bins, self.eps = window, min_samples, bins, eps
+            self.thresholds[f] = self._threshold(f"thresholds[{f!r}]", t)
+        self.window, self.min_samples, self.bins, self.eps = window, min_samples, bins, check_eps(eps)
         self.reference = {f: list(v) for f, v in reference.items()}
         for f, values in self.reference.items():
             if len(values) < min_samples:
                 raise ValueError(f"reference[{f!r}] needs at least min_samples={min_samples} values, got {len(values)}")
-            self._check_value(f, values[0])
+            for v in values:  # every value, once: a bad one would otherwise surface at the first check, mid-stream
+                self._check_value(f, v, where=f"reference[{f!r}]")
         self.callback = callback
         self.windows: dict[str, deque[Any]] = {f: deque(maxlen=window) for f in reference}
         self.alarmed = {f: False for f in reference}
@@ -86,12 +91,20 @@ class DriftMonitor:
         self.history: list[tuple[int, dict[str, float]]] = []
         self.events: list[DriftEvent] = []
 
-    def _check_value(self, feature: str, value: Any) -> None:
+    @staticmethod
+    def _threshold(name: str, value: Any) -> float:
+        if isinstance(value, (bool, np.bool_)) or not isinstance(value, Real) or not value > 0:
+            raise ValueError(f"{name} must be a number > 0 (a PSI level; inf: never alert), got {value!r}")
+        return float(value)
+
+    def _check_value(self, feature: str, value: Any, where: str = "") -> None:
+        where = where or f"feature {feature!r}"
         if feature in self.categorical:
-            if value is None or (isinstance(value, float) and math.isnan(value)):
-                raise ValueError(f"feature {feature!r} got a None / NaN category")
-        elif isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise ValueError(f"feature {feature!r} must be a finite number, got {value!r}")
+            if value is None or (isinstance(value, Real) and math.isnan(value)):
+                raise ValueError(f"{where} holds a None / NaN category")
+        # numbers.Real takes NumPy's ints and floats (a reference read from an array), as psi does
+        elif isinstance(value, (bool, np.bool_)) or not isinstance(value, Real) or not math.isfinite(value):
+            raise ValueError(f"{where} must hold finite numbers, got {value!r}")
 
     def check(self) -> dict[str, float]:
         """PSI of every feature's current window against its reference; ValueError below ``min_samples``."""

@@ -60,10 +60,23 @@ def name_matches(names: list[str] | str, key: str) -> bool:
     return key in names or any(key.endswith("." + n) for n in names)
 
 
+def mha_out_proj_names(model: nn.Module) -> set[str]:
+    """Names of the ``out_proj`` layers of ``nn.MultiheadAttention`` modules.
+
+    ``nn.MultiheadAttention.forward`` reads ``out_proj.weight`` / ``.bias`` directly and never calls
+    ``out_proj``, so a LoRA layer put there would be silently skipped (PEFT wraps it anyway: its adapter changes
+    nothing until merged, and merging then changes the output). mlcore does not wrap them.
+    """
+    return {f"{name}.out_proj" if name else "out_proj" for name, m in model.named_modules()
+            if isinstance(m, nn.MultiheadAttention)}
+
+
 def linear_module_names(model: nn.Module) -> list[str]:
-    """Names of all modules LoRA can wrap (linear-like, not inside an existing LoRA layer)."""
+    """Names of all modules LoRA can wrap (linear-like, not inside an existing LoRA layer, not the ``out_proj``
+    of an ``nn.MultiheadAttention``, which never calls it)."""
+    skipped = mha_out_proj_names(model)
     return [name for name, m in model.named_modules() if name and linear_dims(m) is not None
-            and ".lora_" not in name and not name.endswith(".base_layer")]
+            and ".lora_" not in name and not name.endswith(".base_layer") and name not in skipped]
 
 
 def _candidates_message(model: nn.Module) -> str:
@@ -139,12 +152,18 @@ def find_targets(model: nn.Module, config: LoraConfig) -> list[str]:
                              f"{type(model).__name__}")
         return targets
     targets = []
+    mha_out = mha_out_proj_names(model)
     for name, module in model.named_modules():
         if not name or not name_matches(config.target_modules, name):
             continue
         if _excluded_as_saved(config, name):
             excluded.append(name)
             continue
+        if name in mha_out:
+            raise ValueError(f"target_modules={config.target_modules!r} matches {name!r}, the out_proj of an "
+                             "nn.MultiheadAttention, whose forward reads out_proj.weight directly and never calls "
+                             "out_proj: a LoRA layer there would be silently ignored; "
+                             + _candidates_message(model))
         if linear_dims(module) is None:
             raise ValueError(f"target_modules={config.target_modules!r} matches {name!r}, a "
                              f"{type(module).__name__}, but LoRA wraps only linear layers; "
@@ -202,8 +221,15 @@ def apply_lora(model: nn.Module, config: LoraConfig, *, generator: torch.Generat
         _untie(model, name)
     for name in targets:
         base = model.get_submodule(name)
-        _set_module(model, name, LoraLinear(base, config.r, config.lora_alpha, lora_dropout=config.lora_dropout,
-                                            use_rslora=config.use_rslora, init=config.init, generator=generator))
+        layer = LoraLinear(base, config.r, config.lora_alpha, lora_dropout=config.lora_dropout,
+                           use_rslora=config.use_rslora, init=config.init, generator=generator)
+        parent_name = name.rpartition(".")[0]
+        if isinstance(model.get_submodule(parent_name) if parent_name else model, nn.TransformerEncoderLayer):
+            # In eval mode nn.TransformerEncoderLayer takes a fused kernel that reads linear1 / linear2 .weight
+            # directly (the LoRA path silently skipped, as under PEFT); it keeps the modular path when any
+            # submodule has a hook, so this no-op hook keeps the adapter in the forward.
+            layer.register_forward_pre_hook(_keep_modular_path)
+        _set_module(model, name, layer)
     for name, p in model.named_parameters():
         p.requires_grad_(".lora_A." in f".{name}" or ".lora_B." in f".{name}")
     if config.bias == "all":
@@ -223,6 +249,11 @@ def apply_lora(model: nn.Module, config: LoraConfig, *, generator: torch.Generat
         print(f"trainable params: {trainable:,d} || all params: {total:,d} || "
               f"trainable%: {100 * trainable / max(total, 1):.4f}")
     return model
+
+
+def _keep_modular_path(module: nn.Module, args: tuple) -> None:
+    """A no-op forward pre-hook; its presence turns off ``nn.TransformerEncoderLayer``'s fused fast path."""
+    return None
 
 
 def _untie(model: nn.Module, name: str) -> None:

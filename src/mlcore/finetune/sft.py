@@ -38,6 +38,7 @@ in GPT-style packing (TRL's ``packing=True`` did the same).
 from __future__ import annotations
 
 import json
+import numbers
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -197,6 +198,9 @@ def tokenize_sft(records: Sequence[Record] | Any, tokenizer: Any, *, max_length:
     """
     if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 2:
         raise ValueError(f"max_length must be an int >= 2, got {max_length!r}")
+    if eos_token_id is not None and (isinstance(eos_token_id, bool) or not isinstance(eos_token_id, numbers.Integral)
+                                     or eos_token_id < 0):
+        raise ValueError(f"eos_token_id must be a non-negative int or None, got {eos_token_id!r}")
     encode = text_encoder(tokenizer)
     eos = None if template == "hf" else (eos_token_id if eos_token_id is not None else eos_id_of(tokenizer))
     fields = dict(instruction_field=instruction_field, response_field=response_field, input_field=input_field)
@@ -223,6 +227,15 @@ def collate_sft(examples: Sequence[SftExample], *, max_length: int, pad_token_id
     """
     if not examples:
         raise ValueError("examples is empty: nothing to collate")
+    # checked here because a bad value fails silently below: max_length=-1 slices the last token off every
+    # example, 0 gives empty rows, a float pad id is truncated into the long tensor, pack="no" is truthy
+    if isinstance(max_length, bool) or not isinstance(max_length, numbers.Integral) or max_length < 1:
+        raise ValueError(f"max_length must be a positive int, got {max_length!r}")
+    if isinstance(pad_token_id, bool) or not isinstance(pad_token_id, numbers.Integral) or pad_token_id < 0:
+        raise ValueError(f"pad_token_id must be a non-negative int (a token id), got {pad_token_id!r}")
+    if not isinstance(pack, bool):
+        raise ValueError(f"pack must be a bool, got {pack!r}")
+    max_length, pad_token_id = int(max_length), int(pad_token_id)
     if pack:
         ids = [t for e in examples for t in e.input_ids]
         labels = [t for e in examples for t in e.labels]

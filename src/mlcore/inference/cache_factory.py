@@ -17,6 +17,7 @@ def make_cache(cache: str | Any, model: nn.Module, *, batch: int, max_len: int,
     """A fresh cache of the named kind sized for ``batch`` rows of ``max_len`` columns, or ``cache`` checked.
 
     A cache object passed in must be empty; a StaticCache must be long enough for ``max_len`` columns.
+    ``generate`` asks for prompt + max_new_tokens - 1 columns: the last new token is never fed back.
     ``options`` go to the cache's constructor (e.g. ``window=``, ``sinks=`` for "sliding", ``block_size=``
     for "paged").
     """
@@ -36,13 +37,14 @@ def make_cache(cache: str | Any, model: nn.Module, *, batch: int, max_len: int,
                              "columns (call .crop(0) / .reset(), or pass a new one)")
         cap = getattr(cache, "max_len", None)
         if cap is not None and cap < max_len and not getattr(cache, "streaming", False):
-            raise ValueError(f"cache holds at most max_len={cap} columns, but prompt + max_new_tokens = {max_len}")
+            raise ValueError(f"cache holds at most max_len={cap} columns, but prompt + max_new_tokens - 1 = "
+                             f"{max_len} are cached")
         return cache
     if cache not in CACHE_NAMES:
         raise ValueError(f"cache must be one of {CACHE_NAMES} or a cache object, got {cache!r}")
     if cache != "sliding" and max_len > c.max_seq_len:
-        raise ValueError(f"prompt + max_new_tokens = {max_len} exceeds the model's max_seq_len={c.max_seq_len} "
-                         "(lower max_new_tokens, or use cache='sliding' with a RoPE model)")
+        raise ValueError(f"prompt + max_new_tokens - 1 = {max_len} cached columns exceed the model's max_seq_len="
+                         f"{c.max_seq_len} (lower max_new_tokens, or use cache='sliding' with a RoPE model)")
     if cache == "dynamic":
         from mlcore.inference.dynamic_cache import DynamicCache
 
@@ -60,9 +62,9 @@ def make_cache(cache: str | Any, model: nn.Module, *, batch: int, max_len: int,
 
         sliding = SlidingWindowCache.for_model(model, batch, max_len, device=device, **options)
         if max_len > c.max_seq_len and not sliding.streaming:
-            raise ValueError(f"prompt + max_new_tokens = {max_len} exceeds the model's max_seq_len={c.max_seq_len}, "
-                             "and this model's positions cannot stream past it (learned positions, or a window "
-                             "longer than the training length)")
+            raise ValueError(f"prompt + max_new_tokens - 1 = {max_len} cached columns exceed the model's "
+                             f"max_seq_len={c.max_seq_len}, and this model's positions cannot stream past it "
+                             "(learned positions, or a window longer than the training length)")
         return sliding
     from mlcore.inference.quantized_cache import QuantizedCache
 
@@ -82,9 +84,9 @@ def _check_sliding_object(cache: Any, model: nn.Module, max_len: int) -> None:
                          "keep their old rotation on this RoPE model; build it with "
                          "SlidingWindowCache.for_model(model, ...) or pass rope=")
     if max_len > c.max_seq_len and not can_stream(c, cache.window, cache.sinks):  # for_model's rule
-        raise ValueError(f"prompt + max_new_tokens = {max_len} exceeds the model's max_seq_len={c.max_seq_len}, "
-                         "and this model cannot stream past it with this cache (learned positions, or "
-                         "window + sinks longer than max_seq_len)")
+        raise ValueError(f"prompt + max_new_tokens - 1 = {max_len} cached columns exceed the model's max_seq_len="
+                         f"{c.max_seq_len}, and this model cannot stream past it with this cache (learned positions, "
+                         "or window + sinks longer than max_seq_len)")
 
 
 def _check_object_dtype(cache: Any, model: nn.Module) -> None:

@@ -29,7 +29,7 @@ On a CPU a batch-1 step computes its float32 / bfloat16 / int8 linear layers as 
 generates itself (:mod:`mlcore._row_dot`: 1.4-1.7x the weight-read rate of MKL, oneDNN or torch's int8 GEMV on
 a small model's matrices on a 2-core EPYC; on a Xeon with AVX-512 and a 480 MB L3, where MKL and oneDNN are much
 better, the tiled step still beat the frozen library graph per token of the 27M model: float32 1.14x, bfloat16
-1.04x); see :data:`_ROW_DOT_OPTIONS` for the two compiler settings that graph needs. Its
+1.04x); see :data:`mlcore.inference.compile_options.ROW_DOT_OPTIONS` for the two compiler settings that graph needs. Its
 float32 / bfloat16 ``nn.Linear`` layers read their weights as cache-line tiles (:func:`mlcore._row_dot.tiled_weight`,
 1.04-1.24x faster per token on the 27M model), which each layer's ``LinearFusion`` keeps from the prefill of every
 generation once a batch-1 decoder has started (one more copy of those weights, refilled in place when they are
@@ -51,9 +51,6 @@ the host), the "flash" attention backend, and caches other than a StaticCache ma
 
 from __future__ import annotations
 
-import contextlib
-import functools
-import inspect
 import types
 import weakref
 from collections.abc import Callable, Iterator
@@ -64,62 +61,22 @@ from torch import Tensor, nn
 from mlcore._tensor_state import normal_tensors, tensor_state_key
 from mlcore.attention import AttentionInputs
 from mlcore.attention.fused_linear import LinearFusion
+from mlcore.inference.compile_options import (
+    COMPILE_MODES,
+    CPU_OPTIONS,
+    INDUCTOR_OPTIONS,
+    ROW_DOT_OPTIONS,
+    bucket_length,
+    check_compilable,
+    compile_errors,
+    grad_mode,
+    recompile_limit_errors,
+    without_guards,
+)
 from mlcore.inference.direct_graph import DirectCall, GraphCapture
 from mlcore.inference.static_cache import StaticCache
 
 __all__ = ["CompiledDecoder", "decoder_for", "check_compilable", "COMPILE_MODES"]
-
-COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
-_BACKENDS = ("naive", "torch")
-
-
-def _compile_errors() -> tuple[type[Exception], ...]:
-    """What tracing or compiling a step raises for code it cannot capture (a host read, an unsupported op)."""
-    import torch._dynamo.exc
-    from torch.fx.experimental.symbolic_shapes import GuardOnDataDependentSymNode
-
-    return torch._dynamo.exc.TorchDynamoException, GuardOnDataDependentSymNode
-
-
-def _recompile_limit_errors() -> tuple[type[Exception], ...]:
-    """What a fullgraph function raises once its code holds ``recompile_limit`` graphs (older torch: the second name)."""
-    import torch._dynamo.exc
-
-    names = ("FailOnRecompileLimitHit", "FailOnCacheLimitHit")
-    return tuple(getattr(torch._dynamo.exc, n) for n in names if hasattr(torch._dynamo.exc, n))
-
-
-def resolve_mode(compile: bool | str, device: torch.device) -> str:
-    """``compile`` as a torch.compile mode: True = "reduce-overhead" (CUDA graphs) on CUDA, "default" elsewhere."""
-    if compile is True:
-        return "reduce-overhead" if device.type == "cuda" else "default"
-    if not isinstance(compile, str) or compile not in COMPILE_MODES:
-        raise ValueError(f"compile must be False, True or one of {COMPILE_MODES}, got {compile!r}")
-    return compile
-
-
-def check_compilable(model: nn.Module) -> None:
-    """Raise a ValueError saying why ``model``'s decode step cannot run compiled (see the module docstring)."""
-    from mlcore.model import Transformer
-
-    if not isinstance(model, Transformer):
-        raise ValueError(f"compiled decoding needs an mlcore Transformer, got {type(model).__name__}")
-    if model.training:
-        raise ValueError("compiled decoding runs the model in eval mode only: call model.eval() first")
-    c = model.config
-    if c.attn_backend not in _BACKENDS:
-        raise ValueError(f"compiled decoding supports attn_backend in {_BACKENDS}, got {c.attn_backend!r} "
-                         "(mlcore's tiled flash kernel is a Python loop: use it eagerly)")
-    if model.rope is not None and getattr(model.rope, "rope_type", "default") == "dynamic":
-        raise ValueError("compiled decoding does not support dynamic NTK RoPE scaling: its angles depend on the "
-                         "longest position, read on the host every step (decode without compile)")
-
-
-def bucket_length(needed: int, max_seq_len: int) -> int:
-    """The cache length a request of ``needed`` columns compiles for: the next power of two >= max(needed, 64),
-    at most ``max_seq_len`` (so requests of similar length share one graph)."""
-    return min(max(64, 1 << (needed - 1).bit_length()), max(max_seq_len, needed))
-
 
 class _SlotWriter:
     """The cache a compiled step hands to the attention layers: ``update`` writes at the tensor ``slots``."""
@@ -153,37 +110,11 @@ def _decode_step(model: nn.Module, cache: StaticCache, token: Tensor, column: Te
     return model.head_layout.run_layer(model.lm_head, model.norm(x), model.training)  # (B, 1, V)
 
 
-# Inductor options for the step's graph. The generated wrapper checks every external kernel's output size and
-# stride, and the alignment of every input (~140 checks per step of an 8-layer model, ~75 us on this CPU): with
-# static shapes traced from these very tensors they can only fail on an inductor bug, so they are left out.
-_INDUCTOR_OPTIONS = {"size_asserts": False, "alignment_asserts": False}
-
-# _CPU_OPTIONS: on a CPU the step's wrapper -- the code that allocates the step's buffers, makes ~150 views of
-# them and calls each kernel and library matmul in turn -- is generated in C++ rather than Python (inductor's
-# ``cpp_wrapper``). In Python each of those calls costs a few microseconds: ~0.25 ms of a 3.5 ms step of the
-# 27M Llama in bfloat16 (one thread). Measured per generated token, interleaved in one process: bfloat16 1.13x,
-# float32 1.08x faster, the same tokens; cold compile time unchanged (~21 s). CUDA steps keep the Python
-# wrapper: their launches are replayed by a CUDA graph in mode="reduce-overhead", and the C++ wrapper is
-# unmeasured there.
-_CPU_OPTIONS = {"cpp_wrapper": True}
-
-# _ROW_DOT_OPTIONS: what a batch-1 CPU step (row-dot linears, see mlcore/_row_dot.py) needs on top, unless every
-# linear layer of the model reads tiled weights (see _tiled_everywhere).
-# - No freezing: constant folding would turn ``weight.float()`` of a frozen bf16 or int8 weight into a float32
-#   copy, which the step then reads (2x / 4x the bytes: measured 1.3x / 1.9x slower steps); and no library
-#   matmul is left to prepack. The weights stay graph inputs, so in-place edits are seen without recompiling.
-# - realize_opcount_threshold=0: inductor otherwise inlines the producer of a row-dot's input (RMSNorm, the
-#   embedding lookup, SiLU(gate) * up) into the reduction's inner loop, recomputing it once per weight row;
-#   realizing every element-wise result computes each once (buffers of one token: a few KB). Measured on the
-#   27M int8 step: 4.3 -> 2.5 ms; float32 and bfloat16 steps 5-15% faster.
-_ROW_DOT_OPTIONS = {"realize_opcount_threshold": 0}
-
-
 def _tiled_everywhere(model: nn.Module) -> bool:
     """True when every ``nn.Linear`` of ``model`` is read through ``tiled_weight`` tiles in a traced batch-1 CPU
     step (the prefill just built them, ``LinearFusion.trace_tiles``) and no other layer computes row dots.
 
-    Then the step compiles with inductor's default ``realize_opcount_threshold``: at 0 (``_ROW_DOT_OPTIONS``)
+    Then the step compiles with inductor's default ``realize_opcount_threshold``: at 0 (``ROW_DOT_OPTIONS``)
     inductor would also realize a tile's product ``x_i * tiles[t, i, r]`` -- whose loop order is not the
     reduction's -- as a float32 buffer 2-4x the weight's size (measured 17x slower). A tile recomputes an
     inlined input (RMSNorm, SiLU(gate) * up) once per tile of R rows, not once per row, so nothing is lost.
@@ -213,35 +144,6 @@ def _set_trace_tiles(model: nn.Module, on: bool) -> None:
     for fusion in _fusions(model):
         fusion.set_trace_tiles(on)
 
-# _GUARDS_ONCE: before running a compiled graph, dynamo checks its guards: that every module attribute, parameter,
-# buffer and cache tensor the trace read is still what it was (type, identity, dtype, shape, flags) -- about 3,500
-# checks for an 8-layer model, 0.6-0.8 ms on this CPU, as long as the whole int8 matmul work of the 27M model's
-# step. Between two steps of one generation none of that can change: the same model in eval mode, the same
-# cache, tokens and positions of the shapes, dtypes and device ``step`` checks. So the first step after
-# ``start()`` runs with every guard; later ones skip them (``torch.compiler.set_stance(
-# skip_guard_eval_unsafe=True)``, scoped to the call), and ``start()`` re-checks the weights for the next one.
-# Where the graph was compiled through GraphCapture (every mode but CUDA graphs), those later steps do not enter
-# dynamo at all: see inference/direct_graph.py.
-
-
-def _grad_mode() -> tuple[bool, bool]:
-    """What a compiled graph depends on beyond its inputs' metadata: grad mode and inference mode."""
-    return torch.is_grad_enabled(), torch.is_inference_mode_enabled()
-
-
-@functools.cache
-def _can_skip_guards() -> bool:
-    set_stance = getattr(torch.compiler, "set_stance", None)
-    return set_stance is not None and "skip_guard_eval_unsafe" in inspect.signature(set_stance).parameters
-
-
-def _without_guards() -> contextlib.AbstractContextManager:
-    """The stance that skips guard evaluation (see _GUARDS_ONCE); torch < 2.6 has none: guards run every step."""
-    if not _can_skip_guards():
-        return contextlib.nullcontext()
-    return torch.compiler.set_stance(skip_guard_eval_unsafe=True)
-
-
 class CompiledDecoder:
     """A StaticCache of ``batch`` rows x ``max_len`` columns and the compiled decode step that writes it.
 
@@ -252,7 +154,7 @@ class CompiledDecoder:
     Args:
         mode: the ``torch.compile`` mode ("reduce-overhead" = CUDA graphs on CUDA).
         freeze: fold the weights into the graph as constants (default: on a CPU for batch > 1; a batch-1 CPU
-            step reads them as inputs, see :data:`_ROW_DOT_OPTIONS`); ``start()`` recompiles when the frozen
+            step reads them as inputs, see :data:`ROW_DOT_OPTIONS`); ``start()`` recompiles when the frozen
             weights changed since.
         dtype, device: of the cache (default: the model's parameters').
     """
@@ -298,7 +200,7 @@ class CompiledDecoder:
                 torch._dynamo.mark_static_address(t)
         tensors = [*model.parameters(), *model.buffers()]
         # inference tensors keep no version counter: a change to frozen weights could not be seen
-        self.row_dots = self.device.type == "cpu" and batch == 1  # see _ROW_DOT_OPTIONS
+        self.row_dots = self.device.type == "cpu" and batch == 1  # see ROW_DOT_OPTIONS
         self.tiles: bool | None = None if self.row_dots else False  # decided at the first trace (_tiled_everywhere)
         default_freeze = self.device.type == "cpu" and not self.row_dots
         self.freeze = (default_freeze if freeze is None else bool(freeze)) and not any(
@@ -311,7 +213,7 @@ class CompiledDecoder:
         self._guarded = False  # a step since start() ran with dynamo's guards checked
         self._capture: GraphCapture | None = None  # the backend that keeps the graph dynamo ran (not on CUDA graphs)
         self._direct: DirectCall | None = None  # the graph and its inputs for steps after the guarded one
-        self._guarded_mode = _grad_mode()  # (grad, inference) of that guarded step
+        self._guarded_mode = grad_mode()  # (grad, inference) of that guarded step
         self.steps = 0  # compiled steps run (all calls)
         self.compiles = 0  # compiled functions made (more than one: frozen weights that changed)
 
@@ -341,22 +243,30 @@ class CompiledDecoder:
         self._capture = GraphCapture(self.mode)  # see mlcore/inference/direct_graph.py
         return torch.compile(step, backend=self._capture, fullgraph=True, dynamic=False)
 
-    def _call(self, *args: object) -> Tensor:
-        """Run the compiled step; its first call traces and compiles it under :data:`_INDUCTOR_OPTIONS`, with
-        inductor's freezing switched on when ``freeze`` (inductor reads these while compiling)."""
+    def _call(self, *args: object, guarded: bool = False) -> Tensor:
+        """Run the compiled step; its first call traces and compiles it under :data:`INDUCTOR_OPTIONS`, with
+        inductor's freezing switched on when ``freeze`` (inductor reads these while compiling).
+
+        ``guarded``: a call with every guard checked, where dynamo may compile another graph (a hook added since
+        the first trace): it runs under the same compiler settings, which inductor reads only while compiling.
+        Unguarded steps (one per token) skip the settings' patch: they cannot compile."""
         fn = self._fn or self._compiled()
-        if self._traced:
+        if self._traced and not guarded:
             return fn(*args)
+        from torch._dynamo import config as dynamo_config
         from torch._inductor import config as inductor_config
 
-        if self.row_dots:  # tiles for every linear layer, or for none (see _tiled_everywhere)
+        if self.row_dots and not self._traced:  # tiles for every linear layer, or none (see _tiled_everywhere)
             self.tiles = _tiled_everywhere(self.model)
             if not self.tiles:
                 _set_trace_tiles(self.model, False)
-        row_dot_options = _ROW_DOT_OPTIONS if self.row_dots and not self.tiles else {}
-        wanted = {**_INDUCTOR_OPTIONS, **(_CPU_OPTIONS if self.device.type == "cpu" else {}), **row_dot_options}
+        row_dot_options = ROW_DOT_OPTIONS if self.row_dots and not self.tiles else {}
+        wanted = {**INDUCTOR_OPTIONS, **(CPU_OPTIONS if self.device.type == "cpu" else {}), **row_dot_options}
         options = {k: v for k, v in wanted.items() if hasattr(inductor_config, k)}  # older torch lacks some
-        with inductor_config.patch(freezing=self.freeze, **options):
+        # dynamo skips guards on module hooks by default: a hook added after the trace would be ignored by the
+        # compiled step, silently unlike eager decoding; with hook guards on, the guarded call recompiles
+        hooks = {"skip_nnmodule_hook_guards": False} if hasattr(dynamo_config, "skip_nnmodule_hook_guards") else {}
+        with inductor_config.patch(freezing=self.freeze, **options), dynamo_config.patch(**hooks):
             out = fn(*args)
         self._traced = True
         return out
@@ -369,11 +279,11 @@ class CompiledDecoder:
         function refuses to run at all, and every later call of this decoder failed. A new code copy (see
         :meth:`_make`) compiles for the model as it is now; the refused call ran nothing, so the cache is intact."""
         try:
-            return self._call(self.model, self.cache, token, self._column, positions)
-        except _recompile_limit_errors():
+            return self._call(self.model, self.cache, token, self._column, positions, guarded=True)
+        except recompile_limit_errors():
             self._fn, self._traced = self._make(), False
             self.compiles += 1
-            return self._call(self.model, self.cache, token, self._column, positions)
+            return self._call(self.model, self.cache, token, self._column, positions, guarded=True)
 
     def _plan(self, token: Tensor, positions: Tensor) -> DirectCall | None:
         """After a guarded step: the graph it ran with its inputs, for direct calls until the next start()."""
@@ -451,22 +361,22 @@ class CompiledDecoder:
         if self.cudagraphs:
             torch.compiler.cudagraph_mark_step_begin()
         # After the first step since start() (every guard checked), later steps under the same grad mode skip
-        # the guards (_GUARDS_ONCE) or, better, dynamo altogether (direct_graph.py); another grad mode is
+        # the guards (compile_options.GUARDS_ONCE) or, better, dynamo altogether (direct_graph.py); another grad mode is
         # another graph: those steps go through dynamo with their guards.
-        same_mode = self._guarded and _grad_mode() == self._guarded_mode
+        same_mode = self._guarded and grad_mode() == self._guarded_mode
         try:
             if same_mode and self._direct is not None:
                 logits = self._direct.call(token, positions)
             elif same_mode:
-                with _without_guards():
+                with without_guards():
                     logits = self._call(self.model, self.cache, token, self._column, positions)
             else:
                 logits = self._guarded_call(token, positions)
                 if not self._guarded:
-                    self._guarded, self._guarded_mode = True, _grad_mode()
+                    self._guarded, self._guarded_mode = True, grad_mode()
                     self._direct = self._plan(token, positions)
         except Exception as exc:
-            if isinstance(exc, _compile_errors()):  # the step could not be traced: say what to do instead
+            if isinstance(exc, compile_errors()):  # the step could not be traced: say what to do instead
                 raise RuntimeError(f"torch.compile could not compile this model's decode step "
                                    f"({type(exc).__name__}); decode with compile=False") from exc
             raise
@@ -484,7 +394,7 @@ def decoder_for(model: nn.Module, *, batch: int, needed: int, mode: str) -> Comp
     later calls (per model, dropped with it)."""
     check_compilable(model)
     if needed > model.config.max_seq_len:
-        raise ValueError(f"prompt + max_new_tokens = {needed} exceeds the model's max_seq_len="
+        raise ValueError(f"prompt + max_new_tokens - 1 = {needed} cached columns exceed the model's max_seq_len="
                          f"{model.config.max_seq_len}")
     p = next(model.parameters())
     # decoders made before the model moved to another dtype or device can never serve it again: free them

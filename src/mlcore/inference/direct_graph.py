@@ -1,7 +1,7 @@
 """Calling a compiled decode step's graph directly, without dynamo's per-call entry.
 
 Every call of a ``torch.compile``d function enters dynamo first: it finds the frame's cache entry, checks its
-guards (the decode loop skips those after the first step, see ``compiled._GUARDS_ONCE``), gathers the graph's
+guards (the decode loop skips those after the first step, see ``compile_options.GUARDS_ONCE``), gathers the graph's
 inputs by walking the attribute paths the trace read (an 8-layer model's ~75 weights and 17 cache buffers),
 and only then calls the graph inductor compiled. For a small model that entry is a large share of a step:
 measured on the 27M Llama's bfloat16 batch-1 CPU step (one thread), 4.9 ms through dynamo against 4.0 ms

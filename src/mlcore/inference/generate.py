@@ -67,10 +67,21 @@ def check_prompt(model: nn.Module, input_ids: Tensor, attention_mask: Tensor | N
     return attention_mask.to(input_ids.device).long()
 
 
-def pad_token(pad_token_id: int | None, eos: Tensor | None, vocab: int) -> int:
-    """The id a finished row is padded with: ``pad_token_id``, else the first EOS id, else 0 (as transformers)."""
+def pad_token(pad_token_id: int | None, eos: Tensor | None, vocab: int, *, stops: bool = False) -> int:
+    """The id a finished row is padded with: ``pad_token_id``, else the first EOS id, else 0 (as transformers).
+
+    A first EOS id outside the vocabulary cannot pad a row that finished (the pad is fed back to the model, whose
+    embedding would fail deep inside the next step): refused when a row can finish, by an in-vocabulary EOS id or
+    by a ``stop`` sequence (``stops``)."""
     if pad_token_id is None:
-        return int(eos[0]) if eos is not None else 0
+        if eos is None:
+            return 0
+        first = int(eos[0])
+        if first >= vocab and (stops or bool((eos < vocab).any())):
+            raise ValueError(f"eos_token_id[0]={first} is outside the vocabulary (vocab_size={vocab}), so it cannot "
+                             "pad the rows that finish (pad_token_id defaults to the first EOS id); pass "
+                             "pad_token_id, or list an in-vocabulary EOS id first")
+        return first
     if not isinstance(pad_token_id, Integral) or isinstance(pad_token_id, bool) or not 0 <= pad_token_id < vocab:
         raise ValueError(f"pad_token_id must be an int in [0, vocab_size={vocab}), got {pad_token_id!r}")
     return int(pad_token_id)  # numpy integers too, as for eos_token_id
@@ -116,6 +127,9 @@ def prompt_mask(model: nn.Module, input_ids: Tensor, attention_mask: Tensor | No
 
 
 def _check_streamer(streamer: Any) -> None:
+    if isinstance(streamer, type):  # TextStreamer, not TextStreamer(tokenizer): put() would miss its argument
+        raise ValueError(f"streamer must be a streamer object, got the class {streamer.__name__}; pass an instance "
+                         f"(e.g. {streamer.__name__}(tokenizer))")
     if streamer is not None and not hasattr(streamer, "put") and not callable(streamer):
         raise ValueError(f"streamer must be None, a callable taking each step's tokens (B,) or an object with "
                          f"put() / end() (transformers' streamer), got {type(streamer).__name__}")
@@ -124,6 +138,8 @@ def _check_streamer(streamer: Any) -> None:
 def _stop_sequences(stop: Sequence[Sequence[int]] | None) -> list[list[int]]:
     if stop is None:
         return []
+    if isinstance(stop, (str, bytes)) or not hasattr(stop, "__iter__"):  # stop=13 raised "int is not iterable"
+        raise ValueError(f"stop must be a list of non-empty token-id lists, e.g. [[13, 13]], got {stop!r}")
     seqs = [list(s) if isinstance(s, Sequence) and not isinstance(s, str) else None for s in stop]
     if not all(s and all(isinstance(i, Integral) and not isinstance(i, bool) and i >= 0 for i in s) for s in seqs):
         raise ValueError(f"stop must be a list of non-empty token-id lists, e.g. [[13, 13]], got {stop!r}")
@@ -173,7 +189,8 @@ def generate(
         sequence; later positions hold ``pad_token_id`` (default: the first EOS id, else 0). Generation ends
         early when every row has finished, as transformers' does.
     cache: "dynamic" | "static" | "paged" | "sliding" | "int8", or a cache object (mlcore's KVCache protocol)
-        that is empty (it is filled from the prompt on).
+        that is empty (it is filled from the prompt on; a preallocated one needs prompt + max_new_tokens - 1
+        columns: the last new token is never fed back).
     streamer: called with each step's new tokens (B,); a transformers streamer (``put`` / ``end``) gets what
         transformers' ``generate`` gives it: ``put(prompt)`` first (TextStreamer's ``skip_prompt`` drops it),
         then ``put(tokens)`` per step and ``end()``.
@@ -190,21 +207,26 @@ def generate(
     validate_sampling_args(temperature, top_k, top_p, repetition_penalty)
     eos = _eos_tensor(eos_token_id, input_ids.device)
     stops = _stop_sequences(stop)
-    pad_token_id = pad_token(pad_token_id, eos, model.config.vocab_size)
+    pad_token_id = pad_token(pad_token_id, eos, model.config.vocab_size, stops=bool(stops))
     _check_streamer(streamer)
     if seed is not None:
         make_generator(seed)  # a bad seed is named even when greedy decoding never draws
     B, T = input_ids.shape
     mode = None if compile is False else _compile_mode(compile, cache, model, input_ids.device)
     if max_new_tokens == 0:
-        return input_ids.clone()
+        if hasattr(streamer, "put"):  # the promised put(prompt) / end(): a TextIteratorStreamer's reader would hang
+            streamer.put(input_ids.cpu())
+        if hasattr(streamer, "end"):
+            streamer.end()
+        return input_ids.to(torch.long, copy=True)  # int64 as every longer output (an int32 prompt too)
     decoder = None
     if mode is None:
-        kv = make_cache(cache, model, batch=B, max_len=T + max_new_tokens, device=input_ids.device)
+        # the last new token is never fed back: T + max_new_tokens - 1 columns (and positions) are ever cached
+        kv = make_cache(cache, model, batch=B, max_len=T + max_new_tokens - 1, device=input_ids.device)
     else:
         from mlcore.inference.compiled import decoder_for
 
-        decoder = decoder_for(model, batch=B, needed=T + max_new_tokens, mode=mode)
+        decoder = decoder_for(model, batch=B, needed=T + max_new_tokens - 1, mode=mode)  # columns, as above
         kv = decoder.start()
     greedy = is_greedy(temperature)  # 0, or so small that logits / T would overflow: the T -> 0 limit
     generator = None if greedy else make_generator(seed, input_ids.device)
@@ -267,7 +289,7 @@ def generate(
 
 def _compile_mode(compile: bool | str, cache: str | Any, model: nn.Module, device: torch.device) -> str:
     """The torch.compile mode ``generate(compile=...)`` asks for, after checking the request is supported."""
-    from mlcore.inference.compiled import check_compilable, resolve_mode
+    from mlcore.inference.compile_options import check_compilable, resolve_mode
 
     mode = resolve_mode(compile, device)
     if not (isinstance(cache, str) and cache == "static"):

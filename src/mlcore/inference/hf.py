@@ -6,10 +6,12 @@
     generate(model, ids, max_new_tokens=32, cache="static")                      # from scratch
     hf_generate(model.to_hf(), ids, max_new_tokens=32, cache_implementation="static")   # transformers
 
-``hf_generate`` builds one explicit ``GenerationConfig`` so that nothing leaks in from the model's own
-generation config or transformers' global defaults (``top_k=50``, the config's ``eos_token_id``): ``None``
-means "off" here exactly as in mlcore's ``generate``. Greedy decoding (``temperature=0``) is
-``do_sample=False``; ``cache_implementation`` picks transformers' ``DynamicCache`` or ``StaticCache``.
+``hf_generate`` builds one explicit ``GenerationConfig`` and lends the model a blank ``generation_config`` for the
+call, so that nothing leaks in from the model's own generation config (transformers fills every field left unset
+from it) or transformers' global defaults (``top_k=50``, the config's ``eos_token_id``): ``None``
+means "off" here exactly as in mlcore's ``generate``. Greedy decoding (``temperature=0``, or below
+``GREEDY_BELOW`` as in ``generate``) is ``do_sample=False``; ``cache_implementation`` picks transformers'
+``DynamicCache`` or ``StaticCache``.
 
 ``hf_assisted_generate`` is transformers' assisted generation (its speculative decoding, Leviathan et al. 2023):
 ``generate(..., assistant_model=draft)`` with a constant number of draft tokens per round, the twin of
@@ -31,7 +33,7 @@ import torch
 from torch import Tensor, nn
 
 from mlcore.inference.generate import _eos_tensor, mask_from_padding
-from mlcore.inference.sampling import validate_sampling_args
+from mlcore.inference.sampling import is_greedy, validate_sampling_args
 
 __all__ = ["hf_generate", "hf_assisted_generate", "hf_generation_config"]
 
@@ -61,7 +63,7 @@ def hf_generation_config(
     eos = [] if eos_token_id is None else _eos_tensor(eos_token_id, torch.device("cpu")).tolist()
     if pad_token_id is None:
         pad_token_id = eos[0] if eos else 0
-    sample = temperature > 0
+    sample = not is_greedy(temperature)  # as generate: below GREEDY_BELOW (1e-5) is argmax, not logits / T
     return GenerationConfig(
         max_new_tokens=int(max_new_tokens),
         do_sample=sample,
@@ -87,13 +89,23 @@ def _run(hf_model: nn.Module, input_ids: Tensor, attention_mask: Tensor | None, 
     if tuple(attention_mask.shape) != tuple(input_ids.shape):
         raise ValueError(f"attention_mask must match input_ids' shape {tuple(input_ids.shape)}, "
                          f"got {tuple(attention_mask.shape)}")
-    if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):
-        raise ValueError(f"seed must be None or an int, got {seed!r}")
+    if seed is not None and (not isinstance(seed, Integral) or isinstance(seed, bool)):
+        raise ValueError(f"seed must be None or an int, got {seed!r}")  # numpy integers too, as generate
+    from transformers import GenerationConfig
+
     devices = [input_ids.device] if input_ids.device.type == "cuda" else []
-    with torch.no_grad(), torch.random.fork_rng(devices=devices, enabled=config.do_sample):
-        if config.do_sample and seed is not None:
-            torch.manual_seed(seed)  # inside fork_rng: the caller's RNG state is restored on exit
-        return hf_model.generate(input_ids, attention_mask=attention_mask, generation_config=config, **kwargs)
+    # transformers fills every field our config leaves None from the model's own generation_config (the checkpoint's
+    # no_repeat_ngram_size, suppress_tokens, bad_words_ids, forced_eos_token_id, min_p, return_dict_in_generate,
+    # ...): lend the model a blank one for the call, so that only what `config` says applies.
+    own = hf_model.generation_config
+    hf_model.generation_config = GenerationConfig()
+    try:
+        with torch.no_grad(), torch.random.fork_rng(devices=devices, enabled=config.do_sample):
+            if config.do_sample and seed is not None:
+                torch.manual_seed(int(seed))  # inside fork_rng: the caller's RNG state is restored on exit
+            return hf_model.generate(input_ids, attention_mask=attention_mask, generation_config=config, **kwargs)
+    finally:
+        hf_model.generation_config = own
 
 
 def hf_generate(
@@ -148,8 +160,9 @@ def hf_assisted_generate(
     The draft proposes ``num_draft_tokens`` per round (schedule "constant", no confidence early exit), as in
     :func:`mlcore.inference.speculative.speculative_generate`. transformers runs it for batch size 1 only.
     """
-    if not isinstance(num_draft_tokens, int) or isinstance(num_draft_tokens, bool) or num_draft_tokens < 1:
+    if not isinstance(num_draft_tokens, Integral) or isinstance(num_draft_tokens, bool) or num_draft_tokens < 1:
         raise ValueError(f"num_draft_tokens must be an int >= 1, got {num_draft_tokens!r}")
+    num_draft_tokens = int(num_draft_tokens)  # numpy integers too, as max_new_tokens (the caches take a Python int)
     if isinstance(input_ids, Tensor) and input_ids.dim() == 2 and input_ids.shape[0] != 1:
         raise ValueError(f"input_ids must hold one row: transformers' assisted generation supports batch size 1, "
                          f"got {tuple(input_ids.shape)}")

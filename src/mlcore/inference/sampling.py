@@ -44,7 +44,12 @@ GREEDY_BELOW = 1e-5
 
 
 def is_greedy(temperature: float) -> bool:
-    """True when ``temperature`` (validated, >= 0) means argmax decoding: 0, or below :data:`GREEDY_BELOW`."""
+    """True when ``temperature`` (validated, >= 0) means argmax decoding: 0, or below :data:`GREEDY_BELOW`.
+
+    A decoding loop needs a number here: None (which the logits processors read as "no scaling") is refused by
+    name rather than compared (a bare ``TypeError`` from ``None < float``)."""
+    if temperature is None:
+        raise ValueError("temperature must be a real number >= 0 for decoding (0 = greedy), got None")
     return temperature < GREEDY_BELOW
 
 

@@ -82,7 +82,7 @@ class SlidingWindowCache:
         sinks: first tokens kept forever (StreamingLLM uses 4).
         rope: the model's ``RotaryEmbedding`` (``model.rope``), needed to re-rotate sinks of a RoPE model.
         rollback: ``crop`` can always drop the last ``rollback`` columns (the ring keeps ``rollback - 1``
-            spare slots); speculative decoding needs its number of draft tokens + 1.
+            spare slots); speculative decoding needs its number of draft tokens (``num_draft_tokens``).
         streaming: let a model run past ``max_seq_len`` (see the module docstring).
         full_layers: layers that keep every column (full attention in a model that slides only some layers).
     """

@@ -29,6 +29,7 @@ takes a Python int), and one more checks for EOS when ``eos_token_id`` is given.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from numbers import Integral
 from typing import Any
 
 import torch
@@ -83,7 +84,7 @@ def _caches(cache: str | Sequence[Any], target: nn.Module, draft: nn.Module, bat
     else:
         raise ValueError(f"cache must be a cache name or a (target_cache, draft_cache) pair, got {cache!r}")
     if isinstance(pair[1], str) and pair[1] != "sliding" and max_len > draft.config.max_seq_len:
-        raise ValueError(f"prompt + max_new_tokens = {max_len} exceeds the draft's max_seq_len="
+        raise ValueError(f"prompt + max_new_tokens - 1 = {max_len} cached columns exceed the draft's max_seq_len="
                          f"{draft.config.max_seq_len} (lower max_new_tokens)")
     # a ring buffer must keep `rollback` columns beyond its window to undo a rejected draft
     opts = [{"rollback": rollback} if c == "sliding" else {} for c in pair]
@@ -91,7 +92,24 @@ def _caches(cache: str | Sequence[Any], target: nn.Module, draft: nn.Module, bat
     draft_cache = make_cache(pair[1], draft, batch=batch, max_len=max_len, device=device, **opts[1])
     if target_cache is draft_cache:
         raise ValueError("cache: target and draft need two different cache objects")
+    for name, kv in (("target", target_cache), ("draft", draft_cache)):
+        _check_ring_rollback(name, kv, max_len, rollback)
     return target_cache, draft_cache
+
+
+def _check_ring_rollback(name: str, kv: Any, max_len: int, rollback: int) -> None:
+    """A hand-built SlidingWindowCache whose ring wraps within ``max_len`` columns must undo up to
+    ``num_draft_tokens`` rejected columns per round: with a smaller ``rollback`` its ``crop`` failed only rounds
+    later, after the prefill had written into it. Refused here, before any write."""
+    from mlcore.inference.sliding_cache import SlidingWindowCache
+
+    if not isinstance(kv, SlidingWindowCache) or kv.rollback >= rollback:
+        return
+    held = (kv.sinks + 1 if kv.sinks else 0) + kv.capacity  # columns the ring holds before it wraps
+    if max_len > held:
+        raise ValueError(f"the {name}'s SlidingWindowCache was built with rollback={kv.rollback}, but "
+                         f"num_draft_tokens={rollback} rejected drafts may be rolled back per round and its ring "
+                         f"wraps after {held} of the {max_len} cached columns; build it with rollback={rollback}")
 
 
 def _forward(model: nn.Module, kv: Any, tokens: Tensor, start: int, mask: Tensor, offset: Tensor,
@@ -149,8 +167,9 @@ def speculative_generate(
     max_new_tokens = int(max_new_tokens)  # a numpy integer would leak into the caches' sizes
     validate_sampling_args(temperature, top_k, top_p)
     _check_pair(target, draft, input_ids)
-    if not isinstance(num_draft_tokens, int) or isinstance(num_draft_tokens, bool) or num_draft_tokens < 1:
+    if not isinstance(num_draft_tokens, Integral) or isinstance(num_draft_tokens, bool) or num_draft_tokens < 1:
         raise ValueError(f"num_draft_tokens must be an int >= 1, got {num_draft_tokens!r}")
+    num_draft_tokens = int(num_draft_tokens)  # numpy integers too, as max_new_tokens (the caches take a Python int)
     eos = _eos_tensor(eos_token_id, input_ids.device)
     vocab = target.config.vocab_size
     pad_token_id = pad_token(pad_token_id, eos, vocab)
@@ -159,7 +178,8 @@ def speculative_generate(
     seq = input_ids.long()
     if max_new_tokens == 0:
         return (seq.clone(), stats) if return_stats else seq.clone()
-    target_kv, draft_kv = _caches(cache, target, draft, B, T + max_new_tokens, input_ids.device,
+    # at most T + max_new_tokens - 1 columns are ever cached (the last round proposes fewer drafts to keep it so)
+    target_kv, draft_kv = _caches(cache, target, draft, B, T + max_new_tokens - 1, input_ids.device,
                                   rollback=num_draft_tokens)
     greedy = is_greedy(temperature)  # 0, or below GREEDY_BELOW (sampling.py)
     generator = None if greedy else make_generator(seed, input_ids.device)

@@ -52,6 +52,18 @@ class ParameterCount:
                 "total": self.total}
 
 
+def _check_count(name: str, value: object, low: int = 1) -> None:
+    """ValueError naming the argument unless ``value`` is an int >= ``low`` (a float, bool or negative count would
+    give a fractional or negative FLOP / byte figure without complaint)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ValueError(f"{name} must be a {'positive' if low == 1 else 'non-negative'} int, got {value!r}")
+
+
+def _check_config(config: object) -> None:
+    if not isinstance(config, TransformerConfig):
+        raise TypeError(f"config must be a TransformerConfig, got {type(config).__name__}")
+
+
 def _norm_params(config: TransformerConfig) -> int:
     return config.d_model * (2 if config.norm == "layernorm" else 1)
 
@@ -75,6 +87,7 @@ def mlp_params_per_layer(config: TransformerConfig) -> int:
 
 def count_parameters(config: TransformerConfig) -> ParameterCount:
     """Parameter count by component, from the config alone."""
+    _check_config(config)
     c = config
     return ParameterCount(
         embedding=c.vocab_size * c.d_model,
@@ -96,26 +109,31 @@ def matmul_params(config: TransformerConfig) -> int:
 
 def attention_flops_per_token(config: TransformerConfig, context_len: int) -> int:
     """``2 · n_layers · T · d_attn · 2``: scores ``Q K^T`` and the weighted sum ``A V`` over ``T`` keys."""
+    _check_config(config)
+    _check_count("context_len", context_len)
     return 2 * config.n_layers * context_len * config.d_attn * 2
 
 
 def flops_per_token(config: TransformerConfig, context_len: int) -> int:
     """Forward FLOPs for one token that attends to ``context_len`` keys: ``2N + 4 · n_layers · T · d_attn``."""
-    if context_len <= 0:
-        raise ValueError(f"context_len must be positive, got {context_len}")
+    _check_config(config)
+    _check_count("context_len", context_len)
     return 2 * matmul_params(config) + attention_flops_per_token(config, context_len)
 
 
 def prefill_flops(config: TransformerConfig, seq_len: int, batch: int = 1) -> int:
     """Forward FLOPs of a prompt of ``seq_len`` tokens: every token computes a dense row of ``seq_len`` scores."""
+    _check_count("seq_len", seq_len)
+    _check_count("batch", batch)
     return batch * seq_len * flops_per_token(config, seq_len)
 
 
 def decode_flops_per_token(config: TransformerConfig, context_len: int, batch: int = 1) -> int:
     """FLOPs of one decode step whose new token sees ``context_len`` keys (cache + itself), capped at the
     window in sliding-window layers."""
-    if context_len <= 0:
-        raise ValueError(f"context_len must be positive, got {context_len}")
+    _check_config(config)
+    _check_count("context_len", context_len)
+    _check_count("batch", batch)
     c = config
     keys = [min(context_len, w) if (w := c.layer_window(i)) else context_len for i in range(c.n_layers)]
     return batch * (2 * matmul_params(c) + sum(2 * t * c.d_attn * 2 for t in keys))
@@ -127,6 +145,8 @@ def training_flops(config: TransformerConfig, n_tokens: int, *, context_len: int
     With ``context_len`` the attention term is added too, three times over (its backward, like a matmul's,
     costs twice its forward).
     """
+    _check_config(config)
+    _check_count("n_tokens", n_tokens, low=0)
     flops = 6 * matmul_params(config) * n_tokens
     if context_len is not None:
         flops += 3 * attention_flops_per_token(config, context_len) * n_tokens
@@ -167,9 +187,9 @@ def kv_cache_bytes(config: TransformerConfig, batch: int, seq_len: int,
     ``dtype`` is a ``torch.dtype`` or its name (``"float16"``, ``"bf16"``, ``"int8"``, ...). For an int8 cache
     this counts the codes only; the scales a quantized cache keeps beside them are extra.
     """
-    for arg, value in (("batch", batch), ("seq_len", seq_len)):
-        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-            raise ValueError(f"{arg} must be a positive int, got {value!r}")
+    _check_config(config)
+    _check_count("batch", batch)
+    _check_count("seq_len", seq_len)
     itemsize = resolve_dtype(dtype).itemsize
     return 2 * config.n_layers * batch * config.n_kv_heads * seq_len * config.head_dim * itemsize
 

@@ -83,11 +83,14 @@ def check_exportable(model: nn.Module) -> None:
     if config is None or not hasattr(config, "rope_interleaved") or not hasattr(model, "layers"):
         raise ValueError(f"model must be an mlcore Transformer, got {type(model).__name__}")
     wanted = {"norm": "rmsnorm", "mlp": "swiglu", "activation": "silu", "position": "rope", "qkv_bias": False,
-              "out_bias": False, "mlp_bias": False, "sliding_window": None, "partial_rotary_factor": 1.0}
+              "out_bias": False, "mlp_bias": False, "partial_rotary_factor": 1.0}
     for key, value in wanted.items():
         if getattr(config, key) != value:
             raise ValueError(f"model.config.{key} must be {value!r} for llama.cpp's LLAMA architecture, "
                              f"got {getattr(config, key)!r}")
+    if any(config.layer_window(i) is not None for i in range(config.n_layers)):  # a window no layer uses is fine
+        raise ValueError(f"model.config.sliding_window must be None (or used by no layer) for llama.cpp's LLAMA "
+                         f"architecture, got {config.sliding_window!r}")
     scaling = config.rope_scaling
     if scaling is not None and scaling.get("rope_type", scaling.get("type")) != "linear":
         raise ValueError(f"model.config.rope_scaling: only None or linear scaling is exported, got {scaling!r}")
@@ -163,6 +166,8 @@ def save_gguf(model: nn.Module, path: str | Path, *, tokenizer: Any, dtype: str 
     """
     if dtype not in GGUF_DTYPES:
         raise ValueError(f"dtype must be one of {GGUF_DTYPES}, got {dtype!r}")
+    if not isinstance(name, str):
+        raise ValueError(f"name must be a str (general.name), got {name!r}")
     gguf = _import_gguf()
     tensors = gguf_tensors(model)
     c = model.config
@@ -204,6 +209,10 @@ def save_gguf(model: nn.Module, path: str | Path, *, tokenizer: Any, dtype: str 
         w.add_eos_token_id(meta["eos_token_id"])
     w.add_add_bos_token(False)  # mlcore's tokenizer adds nothing; the prompt's ids are fed as they are
 
+    if dtype in ("q8_0", "q4_0"):  # a NaN / inf block casts to arbitrary int codes, with only numpy's warning
+        bad = [k for k, t in tensors.items() if t.dim() > 1 and not bool(torch.isfinite(t).all())]
+        if bad:
+            raise ValueError(f"dtype={dtype!r}: tensors {bad[:4]} hold NaN or inf, which {dtype} blocks cannot store")
     for tname, t in tensors.items():
         data, raw_dtype = _encode(gguf, t.numpy(), dtype)
         w.add_tensor(tname, data, raw_dtype=raw_dtype)

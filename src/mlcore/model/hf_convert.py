@@ -96,7 +96,14 @@ def _refuse(arch: str, what: str) -> ValueError:
 
 
 def architecture_of(config: dict[str, Any]) -> str:
-    """The mlcore family name (``"llama"``, ``"mistral"``, ``"qwen2"``, ``"gpt2"``) of an HF config dict."""
+    """The mlcore family name (``"llama"``, ``"mistral"``, ``"qwen2"``, ``"gpt2"``) of an HF config dict.
+
+    ``model_type`` decides when it names a supported family, as in ``AutoModelForCausalLM.from_pretrained`` (its
+    config class picks the model class; ``architectures`` is not read): a config.json saying ``model_type="qwen2"``
+    with ``architectures=["LlamaForCausalLM"]`` is a Qwen2 model. ``architectures`` is the fallback.
+    """
+    if config.get("model_type") in _ARCH_KEYS:
+        return config["model_type"]
     archs = config.get("architectures") or []
     for name in archs:
         if name in SUPPORTED_ARCHITECTURES:
@@ -112,7 +119,11 @@ def _rope_parameters(d: dict[str, Any], arch: str) -> dict[str, Any]:
     rope = dict(d.get("rope_parameters") or d.get("rope_scaling") or {})
     if any(isinstance(v, dict) for v in rope.values()):
         raise _refuse(arch, f"per-layer-type rope_parameters {sorted(rope)}")
-    rope.setdefault("rope_theta", d.get("rope_theta", 10000.0))
+    if rope.get("rope_theta") is None:  # absent or null here: the top-level field, else transformers' default base
+        if d.get("rope_theta") is None and ("rope_theta" in rope or "rope_theta" in d):
+            # a null base with no number anywhere (transformers fails deep in RoPE on it): refuse, not guess 10000
+            raise ValueError(f"{arch} config: rope_theta is null and no RoPE base is given elsewhere")
+        rope["rope_theta"] = 10000.0 if d.get("rope_theta") is None else d["rope_theta"]
     rope["rope_type"] = rope.get("rope_type", rope.pop("type", "default"))
     rope.pop("type", None)
     if rope["rope_type"] not in SUPPORTED_ROPE_TYPES:
@@ -133,6 +144,9 @@ _INT_FIELDS = {
     "llama": _REQUIRED_DECODER + ("max_position_embeddings", "num_key_value_heads", "head_dim"),
 }
 _NUMBER_FIELDS = {"rms_norm_eps": 0.0, "layer_norm_epsilon": 0.0, "rope_theta": 0.0, "initializer_range": 0.0}
+# Boolean fields that change the forward pass (transformers 5.25's config classes refuse non-bools in them too).
+_BOOL_FIELDS = ("tie_word_embeddings", "attention_bias", "mlp_bias", "use_sliding_window", "scale_attn_weights",
+                "scale_attn_by_inverse_layer_idx", "add_cross_attention", "reorder_and_upcast_attn")
 
 
 def _check_field_types(d: dict[str, Any], arch: str) -> None:
@@ -161,6 +175,17 @@ def _check_field_types(d: dict[str, Any], arch: str) -> None:
     for key in ("hidden_act", "activation_function"):
         if key in d and not isinstance(d[key], str):
             raise ValueError(f"{arch} config: {key} must be an activation name, got {d[key]!r}")
+    for key in _BOOL_FIELDS:  # bool("false") is True: a string or number here would silently flip the model
+        if d.get(key) is not None and not isinstance(d[key], bool):
+            raise ValueError(f"{arch} config: {key} must be true or false (a JSON boolean), got {d[key]!r}")
+    types = d.get("layer_types")
+    if types is not None and (not isinstance(types, list) or not all(isinstance(t, str) for t in types)):
+        raise ValueError(f"{arch} config: layer_types must be a list of layer type names, got {types!r}")
+
+
+def _flag(d: dict[str, Any], key: str, default: bool) -> bool:
+    """A boolean config field (checked by ``_check_field_types``); null or absent = transformers' default."""
+    return default if d.get(key) is None else d[key]
 
 
 def config_from_hf(d: dict[str, Any]) -> TransformerConfig:
@@ -193,12 +218,12 @@ def config_from_hf(d: dict[str, Any]) -> TransformerConfig:
         # the sequence, with no hard end in transformers; allow a generous multiple of the factor-scaled length
         max_seq_len = _DYNAMIC_HEADROOM * int(max_pos * max(float(rope.get("factor", 1.0)), 1.0))
     sliding_window, layer_types = None, None
-    attn_bias = bool(d.get("attention_bias", False))
+    attn_bias = _flag(d, "attention_bias", False)
     qkv_bias, out_bias = attn_bias, attn_bias
     if arch in ("mistral", "qwen2"):
         if arch == "qwen2":
             qkv_bias, out_bias = True, False
-            sliding_window = d.get("sliding_window") if d.get("use_sliding_window") else None
+            sliding_window = d.get("sliding_window") if _flag(d, "use_sliding_window", False) else None
             types = d.get("layer_types")
         else:  # MistralForCausalLM slides every layer when sliding_window is set, whatever layer_types says
             sliding_window, types = d.get("sliding_window"), None
@@ -218,11 +243,11 @@ def config_from_hf(d: dict[str, Any]) -> TransformerConfig:
         n_heads=n_heads, n_kv_heads=int(d.get("num_key_value_heads") or n_heads),
         head_dim=int(d.get("head_dim") or d["hidden_size"] // n_heads), d_ff=int(d["intermediate_size"]),
         max_seq_len=max_seq_len, norm="rmsnorm", norm_eps=float(d.get("rms_norm_eps", 1e-6)), mlp="swiglu",
-        activation=_ACTIVATIONS[act], mlp_bias=bool(d.get("mlp_bias", False)), position="rope",
+        activation=_ACTIVATIONS[act], mlp_bias=_flag(d, "mlp_bias", False), position="rope",
         rope_theta=theta, rope_scaling=None if rope["rope_type"] == "default" else rope,
         rope_max_position_embeddings=max_pos, qkv_bias=qkv_bias, out_bias=out_bias,
         sliding_window=sliding_window, layer_types=layer_types,
-        tie_embeddings=bool(d.get("tie_word_embeddings", False)), dropout=0.0,
+        tie_embeddings=_flag(d, "tie_word_embeddings", False), dropout=0.0,
         initializer_range=float(d.get("initializer_range") or 0.02),
     )
 
@@ -231,7 +256,7 @@ def _gpt2_config(d: dict[str, Any]) -> TransformerConfig:
     # reorder_and_upcast_attn only changes the order of float operations (it upcasts to float32): same values.
     # scale_attn_weights / scale_attn_by_inverse_layer_idx change the score scale; gpt2_query_scales folds
     # them into the query projection.
-    if d.get("add_cross_attention", False):
+    if _flag(d, "add_cross_attention", False):
         raise _refuse("gpt2", "add_cross_attention=True")
     act = d.get("activation_function", "gelu_new")
     if act not in _ACTIVATIONS:
@@ -242,7 +267,7 @@ def _gpt2_config(d: dict[str, Any]) -> TransformerConfig:
         d_ff=int(d.get("n_inner") or 4 * d_model), max_seq_len=int(d["n_positions"]), norm="layernorm",
         norm_eps=float(d.get("layer_norm_epsilon", 1e-5)), mlp="gelu", activation=_ACTIVATIONS[act],
         mlp_bias=True, position="learned", qkv_bias=True, out_bias=True,
-        tie_embeddings=bool(d.get("tie_word_embeddings", True)), dropout=0.0,
+        tie_embeddings=_flag(d, "tie_word_embeddings", True), dropout=0.0,
         initializer_range=float(d.get("initializer_range") or 0.02),
     )
 
@@ -260,8 +285,8 @@ def gpt2_query_scales(d: dict[str, Any]) -> list[float] | None:
     if architecture_of(d) != "gpt2":
         return None
     head_dim = int(d["n_embd"]) // int(d["n_head"])
-    base = 1.0 if d.get("scale_attn_weights", True) else head_dim ** 0.5
-    inverse = bool(d.get("scale_attn_by_inverse_layer_idx", False))
+    base = 1.0 if _flag(d, "scale_attn_weights", True) else head_dim ** 0.5
+    inverse = _flag(d, "scale_attn_by_inverse_layer_idx", False)
     scales = [base / (i + 1 if inverse else 1) for i in range(int(d["n_layer"]))]
     return None if all(x == 1.0 for x in scales) else scales
 
@@ -287,7 +312,7 @@ def from_hf(hf_model: nn.Module) -> nn.Module:
     if cls_name not in SUPPORTED_ARCHITECTURES:
         raise ValueError(f"unsupported architecture {cls_name!r}; supported: {sorted(SUPPORTED_ARCHITECTURES)}")
     d = hf_model.config.to_dict()
-    d["architectures"] = [cls_name]
+    d["architectures"], d["model_type"] = [cls_name], SUPPORTED_ARCHITECTURES[cls_name]  # the class that runs
     config = config_from_hf(d)
     sd = hf_model.state_dict()
     config = untie_if_stored_head_differs(config, sd.keys(), SUPPORTED_ARCHITECTURES[cls_name], sd.__getitem__)
@@ -321,7 +346,11 @@ def config_to_hf(config: TransformerConfig) -> dict[str, Any]:
     act = {"gelu_tanh": "gelu_pytorch_tanh"}.get(c.activation, c.activation)  # every other name is HF's too
     if problems:
         raise ValueError(f"to_hf exports Llama-family models (RMSNorm, SwiGLU, RoPE); this config has {problems}")
-    rope: dict[str, Any] = {"rope_type": "default", **(c.rope_scaling or {}), "rope_theta": c.rope_theta}
+    rope: dict[str, Any] = {**(c.rope_scaling or {}), "rope_theta": c.rope_theta}
+    # transformers 4's spelling "type" (which mlcore's RoPE reads too) becomes "rope_type": a dict holding both a
+    # default "rope_type" and "type": "linear" loads in transformers 5 as unscaled RoPE
+    rope = {"rope_type": rope.pop("rope_type", rope.pop("type", "default")), **rope}
+    rope.pop("type", None)
     max_pos = c.rope_max_position_embeddings or c.max_seq_len
     d: dict[str, Any] = {
         "vocab_size": c.vocab_size, "hidden_size": c.d_model, "intermediate_size": c.d_ff,

@@ -25,7 +25,8 @@ with output columns [q | k | v]; the optional score scalings are folded into the
 **Tied embeddings (the rule).** With ``tie_embeddings`` (HF ``tie_word_embeddings``) the vocabulary matrix is
 one tensor, ``embed.weight``; ``lm_head.weight`` is the same object. On import an ``lm_head.weight`` in the file
 equal to the embedding is ignored; one with other values means the model is not tied, whatever the config says
-(transformers 5 keeps both then, with a warning, and so does :func:`stored_head_differs`'s caller). On export only
+(transformers 5 keeps both then, with a warning, and so does :func:`stored_head_differs`'s caller); a tied file that
+stores the matrix as ``lm_head.weight`` only gives the embedding from it, as transformers' tying does. On export only
 ``model.embed_tokens.weight`` is written. Untied, both are separate tensors and both must be present.
 """
 
@@ -190,6 +191,13 @@ def import_plan(keys: Iterable[str], arch: str, *, tie_embeddings: bool,
                 raise ValueError(f"checkpoint tensors {sources[name].key!r} and {key!r} both map to mlcore's "
                                  f"{name!r}")
             sources[name] = source
+    if tie_embeddings and "embed.weight" not in sources:
+        # a tied checkpoint may keep the shared matrix under the head's name only; transformers ties it back into
+        # the input embedding (both are (V, C), in GPT-2 too), so read the embedding from there
+        heads = [k for k in ignored if _head_name(k, arch) == "lm_head.weight"]
+        if heads:
+            ignored.remove(heads[0])
+            sources["embed.weight"] = Source(heads[0])
     if query_scales is not None:
         for i, scale in enumerate(query_scales):
             for kind in ("weight", "bias"):
@@ -197,6 +205,12 @@ def import_plan(keys: Iterable[str], arch: str, *, tie_embeddings: bool,
                 if name in sources:
                     sources[name] = _scaled(sources[name], scale)
     return ImportPlan(sources, ignored, unknown)
+
+
+def _head_name(key: str, arch: str) -> str | None:
+    """The mlcore name HF tensor ``key`` maps to when it is a single tensor (None otherwise)."""
+    found = _gpt2_sources(key) if arch == "gpt2" else {from_hf_name(key): None}
+    return next(iter(found)) if found is not None and len(found) == 1 else None
 
 
 def stored_head_differs(keys: Iterable[str], arch: str, read: Callable[[str], torch.Tensor]) -> bool:

@@ -75,6 +75,8 @@ class SafetensorsFolder:
                 weight_map = json.loads(index.read_text())["weight_map"]
                 shards: dict[str, list[str]] = {}
                 for key, shard in weight_map.items():
+                    if not isinstance(key, str) or not isinstance(shard, str):
+                        raise TypeError(f"entry {key!r}: {shard!r} is not a tensor name mapped to a file name")
                     shards.setdefault(shard, []).append(key)
             except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as e:
                 raise ValueError(f"{index} is not a valid safetensors index (needs a 'weight_map'): {e}") from e
@@ -137,9 +139,12 @@ def read_config(folder: str | Path) -> dict[str, Any]:
 
 
 def check_dtype(dtype: object) -> torch.dtype:
-    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
-        raise ValueError(f"dtype: expected a floating torch.dtype (torch.float32, torch.bfloat16, ...), "
-                         f"got {dtype!r}")
+    """``dtype`` if the model can compute in it: a float dtype of 2 bytes or more. The 8-bit float formats are
+    storage formats (PyTorch has no norm or matmul kernels for them): a load in one only failed at the first
+    forward, so they are refused here (quantize= gives small weights that compute)."""
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point or dtype.itemsize < 2:
+        raise ValueError(f"dtype: expected a floating torch.dtype to compute in (torch.float32, torch.bfloat16, "
+                         f"torch.float16, torch.float64), got {dtype!r}")
     return dtype
 
 
@@ -164,6 +169,9 @@ def from_pretrained(folder: str | Path, *, dtype: torch.dtype = torch.float32, q
         device = torch.device(device)
     except (RuntimeError, TypeError) as e:
         raise ValueError(f"device: expected a torch device such as 'cpu' or 'cuda', got {device!r}") from e
+    if device.type == "meta":  # safetensors cannot read onto it, and the error blamed the file
+        raise ValueError("device: 'meta' holds no weights; for a model without memory use "
+                         "mlcore.model.streaming.build_on_meta(Transformer, config)")
     source = SafetensorsFolder(folder, device)
     config = untie_if_stored_head_differs(config, source.keys(), architecture_of(d), source.read)
     plan = import_plan(source.keys(), architecture_of(d), tie_embeddings=config.tie_embeddings,

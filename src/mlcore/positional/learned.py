@@ -15,9 +15,10 @@ class LearnedEncoding(nn.Module):
 
     def __init__(self, max_len: int, dim: int) -> None:
         super().__init__()
-        if not isinstance(max_len, int) or max_len < 1:
+        # bool is an int subclass: LearnedEncoding(64, True) would silently build a 1-wide table
+        if not isinstance(max_len, int) or isinstance(max_len, bool) or max_len < 1:
             raise ValueError(f"max_len must be an int >= 1, got {max_len!r}")
-        if not isinstance(dim, int) or dim < 1:
+        if not isinstance(dim, int) or isinstance(dim, bool) or dim < 1:
             raise ValueError(f"dim must be an int >= 1, got {dim!r}")
         self.max_len, self.dim = max_len, dim
         self.weight = nn.Parameter(torch.empty(max_len, dim))
@@ -29,6 +30,8 @@ class LearnedEncoding(nn.Module):
         ``validate`` checks the range on the host (one device sync); the model's decode steps and vmapped
         per-sample gradients (which cannot read a value on the host) pass False: their positions were checked
         once per call, and an index past the table still fails in the lookup itself."""
+        if not isinstance(positions, torch.Tensor):
+            raise ValueError(f"positions must be an integer tensor, got {type(positions).__name__}")
         if positions.dtype.is_floating_point or positions.dtype == torch.bool:
             raise ValueError(f"positions must be an integer tensor, got dtype {positions.dtype}")
         if validate and positions.numel() and not torch.compiler.is_compiling():

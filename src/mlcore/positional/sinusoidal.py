@@ -30,8 +30,9 @@ class SinusoidalEncoding(nn.Module):
             raise ValueError(f"dim must be a positive int, got {dim!r}")
         if not isinstance(max_len, int) or isinstance(max_len, bool) or max_len < 1:
             raise ValueError(f"max_len must be an int >= 1, got {max_len!r}")
-        if isinstance(base, bool) or not isinstance(base, (int, float)) or not base > 1:
-            raise ValueError(f"base must be > 1, got {base!r}")
+        # base = inf passes "> 1" but gives w_i = 0 past the first pair: every position encoded alike (sin 0, cos 1)
+        if isinstance(base, bool) or not isinstance(base, (int, float)) or not 1 < base < float("inf"):
+            raise ValueError(f"base must be a finite number > 1, got {base!r}")
         self.dim, self.max_len, self.base = dim, max_len, float(base)
         self.register_buffer("inv_freq", self._inv_freq().float(), persistent=False)  # (ceil(dim/2),): w_i
         self.register_buffer("table", self._encode(torch.arange(max_len)), persistent=False)  # (max_len, dim)
@@ -48,6 +49,8 @@ class SinusoidalEncoding(nn.Module):
 
     def forward(self, positions: torch.Tensor) -> torch.Tensor:
         """``positions`` int (T,) or (B, T), >= 0 -> encodings (T, dim) or (B, T, dim)."""
+        if not isinstance(positions, torch.Tensor):
+            raise ValueError(f"positions must be an integer tensor, got {type(positions).__name__}")
         if positions.dtype.is_floating_point or positions.dtype == torch.bool:
             raise ValueError(f"positions must be an integer tensor, got dtype {positions.dtype}")
         if positions.numel() and int(positions.min()) < 0:

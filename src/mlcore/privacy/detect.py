@@ -144,18 +144,37 @@ def check_recognizers(recognizers: object) -> tuple[Recognizer, ...]:
 _UNICODE_SPACES = "\u00a0\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009\u200a\u202f\u205f\u3000"
 _UNICODE_DASHES = "\u2010\u2011\u2012\u2013\u2014\u2015\u2212\ufe63\uff0d"
 _SEPARATORS = {**{ord(c): 32 for c in _UNICODE_SPACES}, **{ord(c): 45 for c in _UNICODE_DASHES}}
+# Full-width ASCII (U+FF01-U+FF5E, what CJK input methods type: "ＮＬ５３ＡＰＴＨ...", "０８５．９５．...") is its
+# ASCII character shifted by 0xFEE0; NFKC folds it the same way, one character to one.
+_FULLWIDTH_OFFSET = 0xFEE0
 
 
 def ascii_form(text: str) -> str:
     """`text` with every Unicode decimal digit (Arabic-Indic, fullwidth, Devanagari, ...) replaced by its
-    ASCII digit, and the Unicode spaces and dashes above by " " and "-". One character maps to one
-    character, so offsets into the result are offsets into `text`."""
+    ASCII digit, full-width letters and punctuation by their ASCII ones, and the Unicode spaces and dashes
+    above by " " and "-". One character maps to one character, so offsets into the result are offsets into
+    `text`."""
     if text.isascii():
         return text
     chars = set(text)
-    table = {ord(c): 48 + unicodedata.decimal(c) for c in chars if not c.isascii() and c.isdecimal()}
+    table = {ord(c): ord(c) - _FULLWIDTH_OFFSET for c in chars if "\uff01" <= c <= "\uff5e"}
+    table.update((ord(c), 48 + unicodedata.decimal(c)) for c in chars if not c.isascii() and c.isdecimal())
     table.update((ord(c), _SEPARATORS[ord(c)]) for c in chars if ord(c) in _SEPARATORS)
     return text.translate(table) if table else text
+
+
+def visible_form(text: str) -> tuple[str, list[int] | None]:
+    """`text` without its invisible format characters (general category Cf: zero-width space and joiners,
+    soft hyphen, word joiner, BOM, bidi controls), and the index in `text` of each character kept (None when
+    nothing was removed). They render as nothing, so "4\\u200b1\\u200b1\\u200b1..." *shows* a card number that
+    no pattern reads as one; the recognizers read the visible form and spans are mapped back."""
+    if text.isascii():
+        return text, None
+    hidden = {c for c in set(text) if unicodedata.category(c) == "Cf"}
+    if not hidden:
+        return text, None
+    index = [i for i, c in enumerate(text) if c not in hidden]
+    return "".join(text[i] for i in index), index
 
 
 def detect_pii(
@@ -181,11 +200,21 @@ def detect_pii(
         raise ValueError(
             f"text has {len(text)} characters, more than {MAX_CHARS}; stream it with mask_stream or StreamScanner"
         )
-    scanned = ascii_form(text)  # recognizers read ASCII digits and separators; spans report the original characters
+    visible, index = visible_form(text)
+    scanned = ascii_form(visible)  # recognizers read ASCII digits and separators; spans report the original characters
     found = [
-        span if scanned is text else PiiSpan(span.kind, span.start, span.end, text[span.start : span.end], span.score)
+        span if scanned is text else _original(span, text, index)
         for recognize in recognizers
         for span in recognize(scanned)
         if span.score >= min_score and (wanted is None or span.kind in wanted)
     ]
     return resolve_overlaps(found)
+
+
+def _original(span: PiiSpan, text: str, index: list[int] | None) -> PiiSpan:
+    """`span` (found in the visible ASCII form) as offsets and characters of the original `text`; invisible
+    characters inside the value belong to it, those around it do not."""
+    start, end = span.start, span.end
+    if index is not None and end > start:
+        start, end = index[start], index[end - 1] + 1
+    return PiiSpan(span.kind, start, end, text[start:end], span.score)

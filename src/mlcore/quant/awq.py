@@ -73,8 +73,10 @@ def awq_search(linear_weights: Sequence[Tensor], x: Tensor, *, group_size: int =
     """
     if not linear_weights:
         raise ValueError("linear_weights is empty; pass the weights (out_i, in) of the linears that read x")
-    if x.dim() != 2:
-        raise ValueError(f"x must be (N, in_features), got shape {tuple(x.shape)}")
+    if x.dim() != 2 or x.shape[0] == 0:  # no rows: mean |x| would be NaN and every scale NaN
+        raise ValueError(f"x must be (N, in_features) with N >= 1, got shape {tuple(x.shape)}")
+    if not x.dtype.is_floating_point:
+        raise ValueError(f"x.dtype: expected floating-point activations, got {x.dtype}")
     in_f = x.shape[1]
     for i, w in enumerate(linear_weights):
         if w.dim() != 2 or w.shape[1] != in_f:
@@ -83,7 +85,7 @@ def awq_search(linear_weights: Sequence[Tensor], x: Tensor, *, group_size: int =
             raise ValueError(f"linear_weights[{i}] contains NaN or Inf")
     if not torch.isfinite(x).all():
         raise ValueError("x (calibration activations) contains NaN or Inf")
-    if not isinstance(n_grid, int) or n_grid < 1:
+    if not isinstance(n_grid, int) or isinstance(n_grid, bool) or n_grid < 1:
         raise ValueError(f"n_grid must be a positive int, got {n_grid!r}")
     x = x.float()
     stat = x.abs().mean(dim=0)  # (in,) mean |x| per input channel
@@ -91,6 +93,11 @@ def awq_search(linear_weights: Sequence[Tensor], x: Tensor, *, group_size: int =
         if tuple(tie.shape) != (in_f,) or tie.dtype != torch.long:
             raise ValueError(f"tie must be a (in,) = ({in_f},) long tensor, got {tie.dtype} {tuple(tie.shape)}")
         n = int(tie.max()) + 1
+        # every index in 0 .. n-1 must be used: a negative one would index out of range, an unused one would
+        # average no channels (0 / 0, a NaN scale)
+        if int(tie.min()) < 0 or int((torch.bincount(tie, minlength=n) == 0).sum()):
+            raise ValueError(f"tie: expected every value in 0 .. {n - 1} used at least once (no negatives), "
+                             f"got {sorted(set(tie.tolist()))[:8]}")
         stat = torch.zeros(n, device=x.device).index_add_(0, tie, stat) / torch.bincount(tie, minlength=n)
     weights = torch.cat([w.detach().float() for w in linear_weights])  # (sum out_i, in)
     y_ref = x @ weights.t()
@@ -123,7 +130,12 @@ def awq_fold_scales(prev: nn.Module, linears: Sequence[nn.Linear], scales: Tenso
     ``prev``: a norm with a ``weight`` (and maybe ``bias``) over its last dimension, or an ``nn.Linear`` whose
     output rows are the scaled channels. The composed float function is unchanged.
     """
+    if not isinstance(scales, Tensor) or scales.dim() != 1:
+        raise ValueError(f"scales must be a 1-D tensor, got "
+                         f"{tuple(scales.shape) if isinstance(scales, Tensor) else type(scales).__name__}")
     s = scales.detach().float()
+    if not bool(torch.isfinite(s).all()) or not bool((s != 0).all()):  # 0 / NaN / inf would break the model
+        raise ValueError(f"scales must be finite and non-zero, got min {float(s.min())}, max {float(s.max())}")
     s_full = s if tie is None else s[tie]
     if isinstance(prev, nn.Linear):
         if prev.out_features != s.numel():

@@ -143,7 +143,7 @@ def capture_inputs(model: nn.Module, modules: dict[str, nn.Module], batches: Seq
 
 def hessian_from_inputs(x: Tensor) -> Tensor:
     """x (N, in) -> H = 2 X^T X / N, (in, in) float32: the Hessian of the layer's squared output error."""
-    if x.dim() != 2:
-        raise ValueError(f"x must be (N, in_features), got shape {tuple(x.shape)}")
+    if x.dim() != 2 or x.shape[0] == 0:  # no rows: 0 / 0, a NaN Hessian
+        raise ValueError(f"x must be (N, in_features) with N >= 1, got shape {tuple(x.shape)}")
     x = x.float()
     return 2.0 * (x.t() @ x) / x.shape[0]

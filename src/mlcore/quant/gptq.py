@@ -42,7 +42,7 @@ from torch import Tensor, nn
 from . import calibration as calib
 from .int4 import int4_from_codes
 from .linear import QuantizedLinear
-from .tensor import QuantizedTensor
+from .tensor import QuantizedTensor, range_scale
 
 __all__ = ["GPTQResult", "gptq_quantize", "gptq_quantize_model", "minmax_params", "rtn_quantize",
            "layer_output_error"]
@@ -55,7 +55,7 @@ def minmax_params(w: Tensor, bits: int) -> tuple[Tensor, Tensor]:
     maxq = 2**bits - 1
     lo = w.amin(dim=1).clamp(max=0.0)
     hi = w.amax(dim=1).clamp(min=0.0)
-    scale = (hi - lo) / maxq
+    scale = range_scale(lo, hi, maxq)
     scale = torch.where(scale > 0, scale, torch.ones_like(scale))  # an all-zero group: any scale is exact
     zero = torch.round(-lo / scale).clamp(0, maxq)
     return scale, zero
@@ -69,9 +69,12 @@ def _quant(w: Tensor, scale: Tensor, zero: Tensor, maxq: int) -> Tensor:
 def rtn_quantize(weight: Tensor, *, group_size: int | None = 128, bits: int = 4) -> Tensor:
     """Round-to-nearest on the same grid as :func:`gptq_quantize` (the baseline GPTQ improves on): the
     dequantized weight (out, in) float32."""
+    if not isinstance(weight, Tensor) or weight.dim() != 2 or not weight.dtype.is_floating_point:
+        seen = f"{weight.dtype} {tuple(weight.shape)}" if isinstance(weight, Tensor) else type(weight).__name__
+        raise ValueError(f"weight must be a 2-D floating-point (out, in) tensor, got {seen}")
+    g = _check_grid(weight.shape[1], group_size, bits)
     w = weight.detach().float()
     out, cols = w.shape
-    g = cols if group_size is None else group_size
     wg = w.reshape(out * (cols // g), g)
     scale, zero = minmax_params(wg, bits)
     q = _quant(wg, scale[:, None], zero[:, None], 2**bits - 1)
@@ -108,27 +111,41 @@ class GPTQResult:
         return int4_from_codes(self.codes, self.scales, self.zeros, self.group_size, self.dtype)
 
 
-def _check(weight: Tensor, H: Tensor, group_size: int | None, bits: int, damp: float, block_size: int) -> int:
-    if weight.dim() != 2 or not weight.dtype.is_floating_point:
-        raise ValueError(f"weight must be a 2-D floating-point (out, in) tensor, got {weight.dtype} "
-                         f"{tuple(weight.shape)}")
+def _check_grid(cols: int, group_size: int | None, bits: int) -> int:
+    """The group size (``cols`` for None) after checking it divides ``cols``, and ``bits`` in [2, 8]."""
+    g = cols if group_size is None else group_size
+    if not isinstance(g, int) or isinstance(g, bool) or g < 1 or cols % g != 0:
+        raise ValueError(f"group_size must be a positive divisor of in_features={cols} (or None), got {group_size!r}")
+    if not isinstance(bits, int) or isinstance(bits, bool) or not 2 <= bits <= 8:
+        raise ValueError(f"bits must be an int in [2, 8], got {bits!r}")
+    return g
+
+
+def _check(weight: Tensor, H: Tensor, group_size: int | None, bits: int, damp: float, block_size: int,
+           act_order: bool) -> int:
+    if not isinstance(weight, Tensor) or weight.dim() != 2 or not weight.dtype.is_floating_point:
+        seen = f"{weight.dtype} {tuple(weight.shape)}" if isinstance(weight, Tensor) else type(weight).__name__
+        raise ValueError(f"weight must be a 2-D floating-point (out, in) tensor, got {seen}")
     cols = weight.shape[1]
-    if tuple(H.shape) != (cols, cols):
-        raise ValueError(f"H must have shape (in, in) = ({cols}, {cols}) for weight {tuple(weight.shape)}, "
-                         f"got {tuple(H.shape)}")
+    if not isinstance(H, Tensor) or tuple(H.shape) != (cols, cols) or H.dtype.is_complex or H.dtype == torch.bool:
+        seen = f"{H.dtype} {tuple(H.shape)}" if isinstance(H, Tensor) else type(H).__name__
+        raise ValueError(f"H must have shape (in, in) = ({cols}, {cols}) for weight {tuple(weight.shape)} "
+                         f"(a real tensor), got {seen}")
     if not torch.isfinite(weight).all():
         raise ValueError("weight contains NaN or Inf")
     if not torch.isfinite(H).all():
         raise ValueError("H contains NaN or Inf (check the calibration activations)")
-    g = cols if group_size is None else group_size
-    if not isinstance(g, int) or g < 1 or cols % g != 0:
-        raise ValueError(f"group_size must be a positive divisor of in_features={cols} (or None), got {group_size!r}")
-    if not isinstance(bits, int) or not 2 <= bits <= 8:
-        raise ValueError(f"bits must be an int in [2, 8], got {bits!r}")
-    if not damp >= 0.0:
-        raise ValueError(f"damp must be >= 0, got {damp!r}")
-    if not isinstance(block_size, int) or block_size < 1:
+    # the Cholesky factorisation reads one triangle only: a non-symmetric H would be quantized against silently
+    h = H.detach().double()
+    if not torch.allclose(h, h.t(), rtol=1e-5, atol=1e-6 * float(h.abs().max())):
+        raise ValueError("H must be symmetric (2 X^T X / N of the layer's inputs), got a non-symmetric matrix")
+    g = _check_grid(cols, group_size, bits)
+    if isinstance(damp, bool) or not isinstance(damp, (int, float)) or not 0.0 <= damp < float("inf"):
+        raise ValueError(f"damp must be a finite number >= 0, got {damp!r}")
+    if not isinstance(block_size, int) or isinstance(block_size, bool) or block_size < 1:
         raise ValueError(f"block_size must be a positive int, got {block_size!r}")
+    if not isinstance(act_order, bool):  # a string such as "no" is truthy: it would reorder the columns
+        raise ValueError(f"act_order must be True or False, got {act_order!r}")
     return g
 
 
@@ -139,7 +156,7 @@ def gptq_quantize(weight: Tensor, H: Tensor, *, group_size: int | None = 128, bi
 
     ``group_size=None`` means one group per row. ``damp`` is λ as a fraction of ``mean(diag(H))``.
     """
-    g = _check(weight, H, group_size, bits, damp, block_size)
+    g = _check(weight, H, group_size, bits, damp, block_size, act_order)
     maxq = 2**bits - 1
     W = weight.detach().float().clone()
     rows, cols = W.shape
@@ -209,6 +226,17 @@ def gptq_quantize_model(model: nn.Module, calibration_batches: Iterable[Any], *,
     """
     if not isinstance(model, nn.Module):
         raise ValueError(f"model must be an nn.Module, got {type(model).__name__}")
+    # checked before any layer is touched: group_size=0 / None failed as ZeroDivisionError / TypeError, and a
+    # truthy string act_order or sequential would run with another meaning
+    if not isinstance(group_size, int) or isinstance(group_size, bool) or group_size < 2 or group_size % 2:
+        raise ValueError(f"group_size must be a positive even int (mlcore's int4 format), got {group_size!r}")
+    for name, flag in (("act_order", act_order), ("sequential", sequential)):
+        if not isinstance(flag, bool):
+            raise ValueError(f"{name} must be True or False, got {flag!r}")
+    if isinstance(damp, bool) or not isinstance(damp, (int, float)) or not 0.0 <= damp < float("inf"):
+        raise ValueError(f"damp must be a finite number >= 0, got {damp!r}")
+    if not isinstance(block_size, int) or isinstance(block_size, bool) or block_size < 1:
+        raise ValueError(f"block_size must be a positive int, got {block_size!r}")
     batches = calib.as_batch_list(calibration_batches)
     linears = calib.find_linears(model, skip)
     kept = [f"{n} (in_features {m.in_features} not divisible by group_size {group_size})"

@@ -37,7 +37,7 @@ from .linear import QuantizedLinear
 from .llm_int8 import Int8MixedLinear
 from .model import quantize_model
 from .nf4 import check_not_repacked, from_bitsandbytes
-from .tensor import QuantizedTensor
+from .tensor import FLOAT_DTYPES, QuantizedTensor
 
 BNB_SCHEMES: tuple[str, ...] = ("nf4", "fp4", "llm_int8")
 BNB_BLOCKSIZE = 64  # transformers' Linear4bit uses bitsandbytes' default; BitsAndBytesConfig has no knob for it
@@ -57,6 +57,14 @@ def bnb_config(scheme: str, *, double_quant: bool = True, compute_dtype: torch.d
     import transformers
 
     skip = _check(scheme, skip)
+    # the same rules as mlcore's twin (quantize_like_bnb): transformers would pass a NaN or negative threshold
+    # (no outlier columns at all), a non-bool double_quant under llm_int8 or an integer compute dtype through
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0.0 <= threshold < float("inf"):
+        raise ValueError(f"threshold: expected a finite number >= 0, got {threshold!r}")
+    if not isinstance(double_quant, bool):
+        raise ValueError(f"double_quant: expected True or False, got {double_quant!r}")
+    if compute_dtype not in FLOAT_DTYPES:
+        raise ValueError(f"compute_dtype: expected one of {FLOAT_DTYPES}, got {compute_dtype!r}")
     if scheme == "llm_int8":
         return transformers.BitsAndBytesConfig(load_in_8bit=True, llm_int8_threshold=threshold,
                                                llm_int8_skip_modules=list(skip))
@@ -77,6 +85,8 @@ def load_bnb(folder: str | Path, scheme: str, *, double_quant: bool = True, dtyp
 
     if not Path(folder).is_dir():
         raise ValueError(f"folder: {folder} is not a directory")
+    if dtype not in FLOAT_DTYPES:  # also the 4-bit compute dtype: named here, not as bnb_config's compute_dtype
+        raise ValueError(f"dtype: expected one of {FLOAT_DTYPES}, got {dtype!r}")
     skip = _check(scheme, skip)
     # An explicit skip list replaces transformers' own (which keeps tied weights out): a tied lm_head would then
     # be quantized and crash bitsandbytes at the first forward. Keep it in full precision, as quantize_like_bnb
@@ -133,6 +143,14 @@ def bnb_int8_weights(hf_model: nn.Module) -> dict[str, tuple[torch.Tensor, torch
     return out
 
 
+def _skipped_like_transformers(name: str, skip: tuple[str, ...]) -> bool:
+    """Whether transformers' ``llm_int8_skip_modules`` rule keeps module ``name`` unquantized: an entry equal to
+    the name, a suffix of it (plain string suffix: "proj" keeps "q_proj" too) or a prefix at a module boundary
+    ("model.layers.0" keeps everything under it). That much holds for transformers 5.24 and 5.25 alike; their
+    regex readings of an entry differ (5.24 lets "layers.1" reach "layers.11"), so regexes are not followed."""
+    return any(name == s or name.endswith(s) or name.startswith(s + ".") for s in skip)
+
+
 def _replace(model: nn.Module, name: str, layer: nn.Module) -> None:
     parent, _, child = name.rpartition(".")
     setattr(model.get_submodule(parent) if parent else model, child, layer)
@@ -142,18 +160,24 @@ def quantize_like_bnb(model: nn.Module, scheme: str, *, double_quant: bool = Tru
                       skip: tuple[str, ...] = ("lm_head",)) -> nn.Module:
     """mlcore's twin of ``load_bnb(..., scheme)``, in place: the same layers, quantized by mlcore's code.
 
-    "nf4" / "fp4": ``quantize_model(model, scheme, blocksize=64, double_quant=double_quant, skip=skip)``;
+    "nf4" / "fp4": ``quantize_model(model, scheme, blocksize=64, double_quant=double_quant)``;
     "llm_int8": every ``nn.Linear`` (not skipped, not tied) becomes ``Int8MixedLinear(threshold=threshold)``.
-    """
+    ``skip`` is read as transformers reads ``llm_int8_skip_modules``: an entry equal to a module's name, a suffix
+    of it, or a prefix ending at a module boundary (see ``_skipped_like_transformers``)."""
     skip = _check(scheme, skip)
+    if not isinstance(double_quant, bool):  # unused by llm_int8, but refused as bnb_config refuses it
+        raise ValueError(f"double_quant: expected True or False, got {double_quant!r}")
     if scheme != "llm_int8":
-        return quantize_model(model, scheme, skip=skip, blocksize=BNB_BLOCKSIZE, double_quant=double_quant)
+        # quantize_model's own rule matches whole name parts only: hand it the exact names transformers skips
+        names = tuple(n for n, m in model.named_modules()
+                      if type(m) is nn.Linear and _skipped_like_transformers(n, skip))
+        return quantize_model(model, scheme, skip=names, blocksize=BNB_BLOCKSIZE, double_quant=double_quant)
     uses: dict[int, int] = {}
     for _, p in model.named_parameters(remove_duplicate=False):
         uses[id(p)] = uses.get(id(p), 0) + 1
     tied = []
     for name, m in list(model.named_modules()):
-        if type(m) is not nn.Linear or any(name == s or name.endswith("." + s) for s in skip):
+        if type(m) is not nn.Linear or _skipped_like_transformers(name, skip):
             continue
         if uses[id(m.weight)] > 1:
             tied.append(name)

@@ -22,6 +22,7 @@ from .tensor import (
     check_layout,
     check_weight,
     pack_nibbles,
+    range_scale,
     rows_cols,
     to_weight_dtype,
     unpack_nibbles,
@@ -48,7 +49,7 @@ def int4_rtn_codes(w: torch.Tensor, group_size: int = 128) -> tuple[torch.Tensor
     groups = w.detach().float().reshape(out_f, in_f // g, g)
     lo = groups.amin(dim=-1, keepdim=True).clamp(max=0.0)
     hi = groups.amax(dim=-1, keepdim=True).clamp(min=0.0)
-    scale = (hi - lo) / 15.0
+    scale = range_scale(lo, hi, 15)
     scale = torch.where(scale > 0, scale, torch.ones_like(scale))  # an all-zero group: any scale is exact
     zero = torch.clamp(torch.round(-lo / scale), 0, 15)
     codes = torch.clamp(torch.round(groups / scale) + zero, 0, 15)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from .tensor import QuantizedTensor, check_layout, check_weight, rows_cols, to_weight_dtype
+from .tensor import QuantizedTensor, check_layout, check_weight, range_scale, rows_cols, to_weight_dtype
 
 
 def _grouped(w2: torch.Tensor, granularity: str, group_size: int | None) -> torch.Tensor:
@@ -54,7 +54,7 @@ def quantize_int8(w: torch.Tensor, *, symmetric: bool = True, granularity: str =
     else:
         lo = g.amin(dim=-1, keepdim=True).clamp(max=0.0)
         hi = g.amax(dim=-1, keepdim=True).clamp(min=0.0)
-        scale = (hi - lo) / 255.0
+        scale = range_scale(lo, hi, 255)
         scale = torch.where(scale > 0, scale, torch.ones_like(scale))
         zero = torch.clamp(torch.round(-lo / scale), 0, 255)
         q = torch.clamp(torch.round(g / scale) + zero, 0, 255).to(torch.uint8)

@@ -12,7 +12,8 @@ The file holds the model's whole ``state_dict`` (quantized layers as their ``wei
 ``load_quantized(skeleton, path)`` takes an unquantized model of the same architecture (randomly initialised is
 fine), swaps the listed layers for ``QuantizedLinear`` built from the file and copies everything else in. A file
 that is not safetensors, lacks this metadata, or does not fit the skeleton (a missing or extra tensor, a layer
-of another shape) raises ``ValueError`` saying what differs; nothing is unpickled.
+of another shape) raises ``ValueError`` saying what differs; so do NaN / Inf scales and int4 zero points past 15
+(``tensor.check_values``), which would otherwise load and turn outputs into NaN. Nothing is unpickled.
 """
 
 from __future__ import annotations

@@ -99,6 +99,11 @@ class QuantizedTensor:
 
     def to(self, device: torch.device | str) -> QuantizedTensor:
         """A copy with every tensor on ``device`` (metadata unchanged)."""
+        if not isinstance(device, (torch.device, str, int)) or isinstance(device, bool):
+            # a dtype here would turn the codes into floats (torch's Tensor.to takes either): the stored dtypes
+            # are part of the format; dequantize() gives the weight in the dtype it came from
+            raise ValueError(f"device: expected a torch.device or device string, got {device!r} (a "
+                             "QuantizedTensor keeps its stored dtypes; use dequantize(qt).to(dtype))")
         nested = None
         if self.nested is not None:
             nested = replace(self.nested, absmax=self.nested.absmax.to(device),
@@ -146,6 +151,7 @@ class QuantizedTensor:
                  shape=shape, dtype=_DTYPE_NAMES[dtype_name], group_size=group_size, granularity=granularity,
                  symmetric=symmetric, nested=nested)
         check_layout(qt)
+        check_values(qt)
         return qt
 
 
@@ -218,6 +224,20 @@ def check_layout(qt: QuantizedTensor) -> None:
         _expect(qt.zeros is None, "zeros", "a tensor", f"None for {qt.scheme} (symmetric={qt.symmetric})")
 
 
+def check_values(qt: QuantizedTensor) -> None:
+    """The stored values can stand for a weight (ValueError naming the tensor otherwise): finite float scales
+    (a NaN / Inf scale, or a NaN double-quant level, turns whole groups of outputs into NaN) and int4 zero points
+    in [0, 15] (a zero of 200 is a valid uint8 but no int4 grid's, as ``int4_from_codes`` says). For tensors read
+    from outside (``from_state_dict``, so ``load_quantized``): ``quantize`` never makes such values, and this
+    syncs with the host, so it is not run per forward."""
+    for key, t in qt.tensors().items():
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            bad = int((~torch.isfinite(t)).sum())
+            raise ValueError(f"{key}: expected finite values, got {bad} NaN/Inf of {t.numel()}")
+    if qt.scheme == "int4" and qt.zeros is not None and qt.zeros.numel() and int(qt.zeros.max()) > 15:
+        raise ValueError(f"zeros: expected int4 zero points in [0, 15], got a maximum of {int(qt.zeros.max())}")
+
+
 def check_weight(w: object, name: str = "w") -> torch.Tensor:
     """A finite float32 / float16 / bfloat16 tensor with at least one dimension, else ValueError."""
     if not isinstance(w, torch.Tensor):
@@ -232,6 +252,14 @@ def check_weight(w: object, name: str = "w") -> torch.Tensor:
         bad = int((~torch.isfinite(w)).sum())
         raise ValueError(f"{name}: expected finite values, got {bad} NaN/Inf of {w.numel()}")
     return w
+
+
+def range_scale(lo: torch.Tensor, hi: torch.Tensor, steps: int) -> torch.Tensor:
+    """``(hi - lo) / steps`` in float32 (bit-identical to PyTorch's observers), recomputed in float64 where the
+    float32 difference overflows: finite weights of both signs beyond about +-1.7e38 (an inf scale would
+    dequantize every element of the group to NaN)."""
+    s = (hi - lo) / steps
+    return torch.where(torch.isfinite(s), s, ((hi.double() - lo.double()) / steps).float())
 
 
 def to_weight_dtype(w: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

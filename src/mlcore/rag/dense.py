@@ -48,8 +48,14 @@ class DenseIndex:
             raise ValueError("texts must be a list of str (one per row), got a single str")
         if texts is not None and len(texts) != emb.shape[0]:
             raise ValueError(f"texts has {len(texts)} entries but embeddings has {emb.shape[0]} rows")
-        if embedder is not None and int(embedder.get("dim", emb.shape[1])) != emb.shape[1]:
-            raise ValueError(f"embedder dim {embedder['dim']} does not match embeddings dimension {emb.shape[1]}")
+        if texts is not None and not all(isinstance(t, str) for t in texts):
+            bad = next(t for t in texts if not isinstance(t, str))
+            raise ValueError(f"texts must hold str (one per row), got a {type(bad).__name__}: {bad!r}")
+        if embedder is not None and not isinstance(embedder, dict):
+            raise ValueError(f"embedder must be an identity dict (Embedder.identity) or None, got "
+                             f"{type(embedder).__name__}")
+        if embedder is not None and embedder.get("dim", emb.shape[1]) != emb.shape[1]:
+            raise ValueError(f"embedder dim {embedder['dim']!r} does not match embeddings dimension {emb.shape[1]}")
         self.embeddings = torch.nn.functional.normalize(emb, dim=-1).to(device)
         self.texts = list(texts) if texts is not None else None
         self.embedder = dict(embedder) if embedder is not None else None

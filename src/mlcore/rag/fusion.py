@@ -14,6 +14,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -30,6 +31,8 @@ def ranking_from_scores(scores: Tensor, depth: int, *, above: float | None = Non
     if not isinstance(scores, Tensor) or scores.dim() != 1:
         raise ValueError(f"scores must be a 1-D tensor (N,), got {getattr(scores, 'shape', type(scores))}")
     _positive_int("depth", depth)
+    if above is not None and (isinstance(above, bool) or not isinstance(above, (int, float))):
+        raise ValueError(f"above must be a number or None, got {above!r}")
     if bool(torch.isnan(scores).any()):
         raise ValueError(f"scores holds {int(torch.isnan(scores).sum())} NaN values; a ranking needs "
                          "comparable numbers")
@@ -41,12 +44,18 @@ def ranking_from_scores(scores: Tensor, depth: int, *, above: float | None = Non
 
 def reciprocal_rank_fusion(rankings: Sequence[Sequence[int]], *, k: float = 60.0) -> list[tuple[int, float]]:
     """Fuse rankings (lists of document ids, best first) -> ``[(id, RRF score)]`` sorted best first."""
-    if not rankings:
+    from mlcore.rag.metrics import _ids
+
+    if isinstance(rankings, (Tensor, np.ndarray)) and rankings.ndim != 2:
+        raise ValueError(f"rankings must be (R, depth) or a list of R rankings, got shape {tuple(rankings.shape)}")
+    if len(rankings) == 0:
         raise ValueError("rankings is empty: give at least one ranking to fuse")
-    if not (isinstance(k, (int, float)) and math.isfinite(k) and k >= 0):
+    if isinstance(k, bool) or not (isinstance(k, (int, float)) and math.isfinite(k) and k >= 0):
         raise ValueError(f"k must be a finite number >= 0, got {k!r}")
     fused: dict[int, float] = {}
-    for ranking in rankings:
+    # a tensor / array row (DenseIndex.search, faiss) or NumPy / 0-d tensor ids are read as Python ints, as the
+    # metrics read them
+    for ranking in (_ids(f"rankings[{i}]", r) for i, r in enumerate(rankings)):
         if any(isinstance(doc, bool) or not isinstance(doc, int) for doc in ranking):
             raise ValueError(f"a ranking must list int document ids, got {list(ranking)[:20]}")
         if len(set(ranking)) != len(ranking):

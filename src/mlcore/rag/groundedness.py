@@ -67,8 +67,19 @@ class GroundednessReport:
         return [s.sentence for s in self.sentences if not s.supported]
 
 
+def _texts(name: str, texts: Sequence[str]) -> list[str]:
+    # a str is a sequence too: its characters would be scored (or searched) one by one
+    if isinstance(texts, str):
+        raise ValueError(f"{name} must be a list of str, got a single str; wrap it in a list")
+    texts = list(texts)
+    if not all(isinstance(t, str) for t in texts):
+        raise ValueError(f"{name} must be a list of str, got items of type {sorted({type(t).__name__ for t in texts})}")
+    return texts
+
+
 def support_scores(sentences: Sequence[str], passages: Sequence[str], embedder: Any) -> tuple[list[float], list[float]]:
     """``(sim, overlap)`` of each sentence against ``passages`` (see the module docstring)."""
+    sentences, passages = _texts("sentences", sentences), _texts("passages", passages)
     if not passages:
         raise ValueError("passages is empty: groundedness needs the passages the answer was given")
     if not sentences:
@@ -91,6 +102,8 @@ class GroundednessChecker:
         self.embedder, self.sim_threshold, self.overlap_threshold = embedder, sim_threshold, overlap_threshold
 
     def check(self, answer: str, passages: Sequence[str]) -> GroundednessReport:
+        if not isinstance(answer, str):
+            raise ValueError(f"answer must be a str, got {type(answer).__name__}")
         sentences = split_sentences(answer)
         sims, overlaps = support_scores(sentences, passages, self.embedder)
         return GroundednessReport([SentenceSupport(s, sim, ov, sim >= self.sim_threshold and ov >= self.overlap_threshold)
@@ -145,6 +158,9 @@ def score_cases(cases: Sequence[tuple[str, Sequence[str], bool]], embedder: Any)
 def flag_precision_recall(sims: Sequence[float], overlaps: Sequence[float], supported: Sequence[bool],
                           sim_threshold: float, overlap_threshold: float) -> dict[str, float]:
     """Precision / recall / F1 of flagging unsupported sentences (positive class = unsupported)."""
+    if not len(sims) == len(overlaps) == len(supported):  # zip would score the shortest prefix silently
+        raise ValueError(f"sims, overlaps and supported must be equally long, got {len(sims)}, {len(overlaps)}, "
+                         f"{len(supported)}")
     flags = [not (s >= sim_threshold and o >= overlap_threshold) for s, o in zip(sims, overlaps)]
     tp = sum(f and not y for f, y in zip(flags, supported))
     fp = sum(f and y for f, y in zip(flags, supported))

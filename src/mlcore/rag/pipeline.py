@@ -101,6 +101,13 @@ class RagPipeline:
                  mask: bool = True) -> None:
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
             raise ValueError(f"k must be a positive int, got {k!r}")
+        from mlcore.rag.retriever import MODES
+
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        for name, value in (("max_new_tokens", max_new_tokens), ("context", context)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
         self.retriever, self.model, self.tokenizer, self.k, self.mode = retriever, model, tokenizer, k, mode
         self.max_new_tokens, self.checker, self.mask = max_new_tokens, checker, mask
         self.context = context or int(getattr(getattr(model, "config", None), "max_seq_len", 256))
@@ -115,11 +122,19 @@ class RagPipeline:
         if share < 8:
             raise ValueError(f"the question leaves {share} tokens per passage in a context of {self.context}; "
                              "use a shorter question, fewer passages or fewer new tokens")
-        out = []
-        for p in passages:
-            ids = encode(p)
-            out.append(p if len(ids) <= share else self.tokenizer.decode(ids[:share - 1]).strip())
-        return out
+        # one token of slack per passage for merges across its edges in the prompt
+        return [p if len(encode(p)) <= share else self._cut(encode, p, share - 1) for p in passages]
+
+    def _cut(self, encode: Any, text: str, budget: int) -> str:
+        """The longest prefix of ``text`` (whole tokens) that re-encodes to at most ``budget`` tokens. A cut inside
+        a character of several byte-level tokens (emoji, CJK) decodes to U+FFFD, which re-encodes to more tokens
+        than it replaced: dropped, and the cut moved back until it fits."""
+        ids = encode(text)
+        for n in range(budget, 0, -1):
+            cut = self.tokenizer.decode(ids[:n]).rstrip("\ufffd").strip()
+            if len(encode(cut)) <= budget:
+                return cut
+        return ""
 
     def prompt_for(self, question: str) -> tuple[str, list[int], list[str]]:
         """``(prompt, passage ids, passage texts as they appear in the prompt)``."""

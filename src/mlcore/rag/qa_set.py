@@ -60,8 +60,12 @@ def pydoc_sections(*, limit: int | None = None, max_chars: int | None = None, mi
     bodies over ``max_chars`` cut (for quick runs); at most ``limit`` sections."""
     from pydoc_data.topics import topics
 
-    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
-        raise ValueError(f"limit must be a positive int or None, got {limit!r}")
+    for name, value in (("limit", limit), ("max_chars", max_chars)):
+        # max_chars=0 meant "no cut" (falsy) and a negative one cut the end off the body
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ValueError(f"{name} must be a positive int or None, got {value!r}")
+    if isinstance(min_chars, bool) or not isinstance(min_chars, int) or min_chars < 0:
+        raise ValueError(f"min_chars must be an int >= 0, got {min_chars!r}")
     out: list[Section] = []
     seen: set[str] = set()
     for topic in sorted(topics):
@@ -73,7 +77,7 @@ def pydoc_sections(*, limit: int | None = None, max_chars: int | None = None, mi
             if heading in seen or len(body) < min_chars:
                 continue
             seen.add(heading)
-            out.append(Section(len(out), topic, heading, body[:max_chars] if max_chars else body))
+            out.append(Section(len(out), topic, heading, body if max_chars is None else body[:max_chars]))
             if limit is not None and len(out) == limit:
                 return out
     return out
@@ -112,7 +116,7 @@ def build_qa_set(sections: list[Section], *, seed: int = 0) -> list[QAItem]:
 
 def split_qa(items: list[QAItem], *, test_fraction: float = 0.4, seed: int = 0) -> tuple[list[QAItem], list[QAItem]]:
     """A seeded ``(train, test)`` split of the questions (train: for fine-tuning; test: for every comparison)."""
-    if not 0 < test_fraction < 1:
+    if isinstance(test_fraction, bool) or not isinstance(test_fraction, (int, float)) or not 0 < test_fraction < 1:
         raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction!r}")
     if len(items) < 2:
         raise ValueError(f"items must hold at least 2 questions to split, got {len(items)}")

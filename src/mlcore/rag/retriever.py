@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -24,6 +25,8 @@ class Retriever:
         if not (len(texts) == bm25.n_docs == len(dense)):
             raise ValueError(f"texts ({len(texts)}), bm25 ({bm25.n_docs}) and dense ({len(dense)}) must index the "
                              "same corpus")
+        if isinstance(rrf_k, bool) or not (isinstance(rrf_k, (int, float)) and math.isfinite(rrf_k) and rrf_k >= 0):
+            raise ValueError(f"rrf_k must be a finite number >= 0, got {rrf_k!r}")
         self.texts, self.bm25, self.dense, self.embedder, self.rrf_k = list(texts), bm25, dense, embedder, rrf_k
 
     @classmethod

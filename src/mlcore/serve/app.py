@@ -28,6 +28,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from mlcore.serve.audit_log import AuditLog
 from mlcore.serve.config import ServeConfig
+from mlcore.serve.disconnect import unless_disconnected
 from mlcore.serve.engine import Engine
 from mlcore.serve.guard import GuardedText, guard_input
 from mlcore.serve.metrics import CONTENT_TYPE, Metrics
@@ -44,6 +45,7 @@ class ApiError(Exception):
         super().__init__(message)
         self.status, self.message, self.kind, self.code, self.headers = status, message, kind, code, headers
         self.param = param
+        self.counted = False  # already in mlcore_requests_total (a failed generation counts itself)
 
 
 def _error_body(err: ApiError) -> dict[str, Any]:
@@ -113,6 +115,12 @@ def create_app(engine: Engine, tokenizer: Any, config: ServeConfig | None = None
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, err: ApiError) -> Response:
+        # every error answer of a route counts (only 429s and guardrail 400s did: a 400, 401, 404, 413 or 503
+        # left mlcore_requests_total short); model ids share one label, so clients cannot grow the label set
+        if not err.counted:
+            path = request.url.path
+            metrics.requests.labels("/v1/models/{id}" if path.startswith("/v1/models/") else path,
+                                    str(err.status)).inc()
         return _error(err)
 
     @app.exception_handler(StarletteHTTPException)
@@ -143,7 +151,6 @@ def create_app(engine: Engine, tokenizer: Any, config: ServeConfig | None = None
                            "authentication_error", "invalid_api_key")
         ok, retry = limiter.allow(record)
         if not ok:
-            metrics.requests.labels(request.url.path, "429").inc()
             raise ApiError(429, f"rate limit of {record.rpm:g} requests per minute exceeded for this key",
                            "rate_limit_error", "rate_limit_exceeded", {"Retry-After": f"{max(1, round(retry))}"})
         return record
@@ -230,7 +237,6 @@ def create_app(engine: Engine, tokenizer: Any, config: ServeConfig | None = None
         if not verdict.allowed:
             audit.record(event="blocked", id=rid, key_id=record.key_id, path=endpoint, status=400,
                          input_guard=reasons, prompt=None)
-            metrics.requests.labels(endpoint, "400").inc()
             raise ApiError(400, verdict.message, code="guardrail_input")
         if given_ids is not None and text == given:  # token ids the guard left alone go to the model as sent
             ids = given_ids
@@ -298,8 +304,10 @@ def create_app(engine: Engine, tokenizer: Any, config: ServeConfig | None = None
                     if delta:
                         yield delta, None
                 if reason == "error":  # the engine step failed: a server error, not a finish reason
-                    raise ApiError(500, f"the server failed while generating this response (request {rid})",
-                                   "server_error", "engine_error")
+                    failed = ApiError(500, f"the server failed while generating this response (request {rid})",
+                                      "server_error", "engine_error")
+                    failed.counted = True  # by the finally below
+                    raise failed
                 tail = out.close()
                 if tail:
                     yield tail, None
@@ -365,11 +373,17 @@ def create_app(engine: Engine, tokenizer: Any, config: ServeConfig | None = None
 
             return StreamingResponse(sse(), media_type="text/event-stream",
                                      headers={"Cache-Control": "no-store", "X-Request-Id": rid})
-        parts, reason = [], None
-        async for delta, r in tokens():
-            parts.append(delta)
-            reason = r or reason
-        content = "".join(parts)
+        async def collect() -> tuple[str, str | None]:
+            parts, reason = [], None
+            async for delta, r in tokens():
+                parts.append(delta)
+                reason = r or reason
+            return "".join(parts), reason
+
+        answered, result = await unless_disconnected(request, collect())
+        if not answered or result is None:  # the client left (closed, timed out): tokens() aborted the request
+            return Response(status_code=499)  # nginx's "client closed request"; nobody reads it
+        content, reason = result
         choice = ({"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": reason}
                   if chat else {"index": 0, "text": content, "logprobs": None, "finish_reason": reason})
         return JSONResponse({"id": rid, "object": obj, "created": created, "model": config.model_name,

@@ -103,28 +103,41 @@ class BlockManager:
             self.refcount[b] -= 1
             if self.refcount[b] == 0:
                 if b in self.hash_of:
+                    # the most recently used go last in the LRU order (evicted last); within one release the
+                    # tail goes in first, so it is evicted before its head (vLLM's free-block queue). Evicting a
+                    # head first would strand its whole chain: lookups stop at the first missing hash.
                     self.evictable[b] = None
-                    self.evictable.move_to_end(b, last=False)  # released tail goes ahead of the head in LRU
                 else:
                     self.cache.free_list.append(b)
 
     # --- prefix caching -------------------------------------------------------------------------------
 
-    def match_prefix(self, hashes: Sequence[bytes]) -> list[int]:
-        """Take (refcount + 1) the cached blocks of the longest cached prefix of ``hashes``; return them."""
+    def match_prefix(self, hashes: Sequence[bytes], *, record: bool = True) -> list[int]:
+        """Take (refcount + 1) the cached blocks of the longest cached prefix of ``hashes``; return them.
+
+        ``record=False`` leaves ``hits`` / ``queries`` alone: a scheduler that may give the blocks back (the
+        request is not admitted this step) counts the lookup with :meth:`record_lookup` once it is admitted.
+        """
         if not self.prefix_caching:
             return []
         out = []
         for h in hashes:
-            self.queries += 1
             b = self.block_of.get(h)
             if b is None:
                 break
             self.refcount[b] += 1
             self.evictable.pop(b, None)
             out.append(b)
-            self.hits += 1
+        if record:
+            self.record_lookup(len(hashes), len(out))
         return out
+
+    def record_lookup(self, looked_up: int, matched: int) -> None:
+        """Count one prefix lookup of ``looked_up`` hashes whose first ``matched`` were cached (a lookup stops at
+        its first miss, so it queried ``matched + 1`` blocks, or all of them)."""
+        if self.prefix_caching:
+            self.queries += min(looked_up, matched + 1)
+            self.hits += matched
 
     def register(self, block: int, h: bytes) -> None:
         """Record that full ``block`` holds the tokens keyed ``h`` (first writer wins; a duplicate stays private)."""

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from numbers import Real
 
+from mlcore.privacy.detect import check_str_list
 from mlcore.serve.engine import EngineConfig
 from mlcore.serve.guard import PII_POLICIES
 
@@ -30,14 +32,29 @@ class ServeConfig:
     def __post_init__(self) -> None:
         if self.pii_policy not in PII_POLICIES:
             raise ValueError(f"pii_policy must be one of {PII_POLICIES}, got {self.pii_policy!r}")
-        if self.max_body_bytes < 256:
-            raise ValueError(f"max_body_bytes must be >= 256, got {self.max_body_bytes}")
-        # refused at construction, naming the field: later they break every request (500, or 503 for max_queue);
+        # refused at construction, naming the field: later they break every request (500, or 503 for max_queue;
+        # default_max_tokens=1.5 answered every completion without max_tokens a 400 about a field it never sent,
+        # a NaN max_body_bytes let any body through, a string blocklist raised in every request);
         # max_prompt_tokens > the model's context is checked by create_app, which knows the model
-        if self.max_prompt_tokens is not None and self.max_prompt_tokens < 1:
-            raise ValueError(f"max_prompt_tokens must be >= 1 or None, got {self.max_prompt_tokens}")
+        def is_int(value: object) -> bool:
+            return isinstance(value, int) and not isinstance(value, bool)
+
+        if not is_int(self.max_body_bytes) or self.max_body_bytes < 256:
+            raise ValueError(f"max_body_bytes must be an int >= 256, got {self.max_body_bytes!r}")
+        if self.max_prompt_tokens is not None and (not is_int(self.max_prompt_tokens) or self.max_prompt_tokens < 1):
+            raise ValueError(f"max_prompt_tokens must be an int >= 1 or None, got {self.max_prompt_tokens!r}")
         for name in ("default_max_tokens", "max_queue"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+            if not is_int(getattr(self, name)) or getattr(self, name) < 1:
+                raise ValueError(f"{name} must be an int >= 1, got {getattr(self, name)!r}")
+        if not is_int(self.port) or not 0 <= self.port <= 65535:
+            raise ValueError(f"port must be an int in [0, 65535], got {self.port!r}")
+        rpm = self.default_rpm
+        if not isinstance(rpm, Real) or isinstance(rpm, bool) or not rpm > 0:  # `not >` also refuses NaN
+            raise ValueError(f"default_rpm must be a number > 0, got {rpm!r}")
+        if not isinstance(self.host, str) or not self.host:
+            raise ValueError(f"host must be a non-empty str, got {self.host!r}")
+        self.blocklist = check_str_list(self.blocklist, "blocklist")
+        if not isinstance(self.engine, EngineConfig):
+            raise TypeError(f"engine must be an EngineConfig, got {type(self.engine).__name__}")
         if (self.ssl_certfile is None) != (self.ssl_keyfile is None):
             raise ValueError("ssl_certfile and ssl_keyfile go together: pass both or neither")

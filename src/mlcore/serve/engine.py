@@ -30,6 +30,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass
+from numbers import Integral, Real
 from typing import Any
 
 import torch
@@ -44,7 +45,7 @@ from mlcore.inference.sampling import (
     validate_sampling_args,
 )
 from mlcore.serve.block_manager import BlockManager
-from mlcore.serve.scheduler import Emit, SamplingParams, Scheduler, Sequence
+from mlcore.serve.scheduler import POLICIES, Emit, SamplingParams, Scheduler, Sequence
 
 
 @dataclass
@@ -61,11 +62,22 @@ class EngineConfig:
     history: int = 10_000  # steps of pool-use history kept (time, used blocks, running, waiting)
 
     def __post_init__(self) -> None:
-        # refused here, naming the field, rather than as a bare deque / wait error at the first request
-        if not isinstance(self.history, int) or self.history < 0:
+        # refused here, naming the field, rather than at the first request: max_step_tokens=1.5 failed every
+        # step (a 500 for every request), a NaN max_running / max_step_tokens admitted nothing (requests hung),
+        # prefix_caching="no" was truthy
+        for name in ("num_blocks", "block_size", "max_running", "max_step_tokens"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+        if not isinstance(self.history, int) or isinstance(self.history, bool) or self.history < 0:
             raise ValueError(f"history must be an int >= 0, got {self.history!r}")
-        if self.batch_timeout < 0:
-            raise ValueError(f"batch_timeout must be >= 0, got {self.batch_timeout!r}")
+        if not isinstance(self.prefix_caching, bool):
+            raise ValueError(f"prefix_caching must be a bool, got {self.prefix_caching!r}")
+        if self.policy not in POLICIES:
+            raise ValueError(f"policy must be one of {POLICIES}, got {self.policy!r}")
+        t = self.batch_timeout
+        if not isinstance(t, Real) or isinstance(t, bool) or not t >= 0:  # `not >=` also refuses NaN
+            raise ValueError(f"batch_timeout must be a real number >= 0 (seconds), got {t!r}")
 
 
 class Engine:
@@ -88,6 +100,7 @@ class Engine:
         self._lock = threading.Condition()
         self._inbox: deque[Sequence] = deque()
         self._aborts: set[str] = set()
+        self._live: set[str] = set()  # ids of requests not finished yet (abort() finds requests by id)
         self._thread: threading.Thread | None = None
         self._stop = False
         self._drain = True
@@ -100,8 +113,19 @@ class Engine:
 
     def submit(self, prompt: list[int], params: SamplingParams | None = None, *, emit: Emit | None = None,
                request_id: str | None = None) -> Sequence:
-        """Queue a request; ``emit(token, None)`` is called per token and ``emit(None, reason)`` at the end."""
-        params = params or SamplingParams()
+        """Queue a request; ``emit(token, None)`` is called per token and ``emit(None, reason)`` at the end (an
+        ``emit`` that raises ends its own request with reason "error"). ``request_id`` must not name a request
+        that has not finished (ValueError)."""
+        params = params if params is not None else SamplingParams()
+        if not isinstance(params, SamplingParams):
+            raise TypeError(f"params must be a SamplingParams, got {type(params).__name__}")
+        stops = params.stop_token_ids
+        # checked here: a bad value (None, a bare int or str) raised inside step() and failed the whole batch
+        if (not isinstance(stops, (list, tuple, set, frozenset))
+                or not all(isinstance(t, Integral) and not isinstance(t, bool) for t in stops)):
+            raise TypeError(f"stop_token_ids must be a tuple (or list, set) of int token ids, got {stops!r}")
+        if not isinstance(prompt, (list, tuple)):
+            raise TypeError(f"prompt must be a list of int token ids, got {type(prompt).__name__}")
         if not prompt or not all(isinstance(t, int) and 0 <= t < self.vocab_size for t in prompt):
             raise ValueError(f"prompt must be a non-empty list of token ids in [0, {self.vocab_size}), got "
                              f"{len(prompt)} ids")
@@ -118,9 +142,14 @@ class Engine:
         seq = Sequence(request_id or f"req-{next(self._ids)}", list(prompt), params, emit)
         if not is_greedy(params.temperature):
             seq.generator = make_generator(params.seed, self.device)
+        elif params.seed is not None:
+            make_generator(params.seed)  # a bad seed is named even when greedy never draws, as in generate()
         with self._lock:
             if self._stop:
                 raise RuntimeError("the engine is shutting down and takes no new requests")
+            if seq.request_id in self._live:  # abort(id) would stop both requests
+                raise ValueError(f"request_id {seq.request_id!r} is already in use by a request not finished yet")
+            self._live.add(seq.request_id)
             self._inbox.append(seq)
             self._lock.notify()
         return seq
@@ -142,11 +171,25 @@ class Engine:
             if seq.request_id in aborts:
                 self._finish(seq, "abort")
 
+    def _emit(self, seq: Sequence, token: int | None, reason: str | None) -> bool:
+        """Call ``seq``'s callback; False if it raised. A caller's callback that fails must cost only its own
+        request: raised inside step() it failed every request in the batch, and raised again by the error
+        handler it killed the engine thread (every later request hung)."""
+        if seq.emit is None:
+            return True
+        try:
+            seq.emit(token, reason)
+        except Exception as err:
+            self.last_error = err
+            return False
+        return True
+
     def _finish(self, seq: Sequence, reason: str) -> None:
         self.scheduler.retire(seq)
         seq.finish_reason, seq.finish_time = reason, time.perf_counter()
-        if seq.emit is not None:
-            seq.emit(None, reason)
+        with self._lock:
+            self._live.discard(seq.request_id)
+        self._emit(seq, None, reason)
 
     @torch.no_grad()
     def step(self) -> int:
@@ -174,9 +217,9 @@ class Engine:
             self.tokens_out += 1
             if seq.first_token_time is None:
                 seq.first_token_time = now
-            if seq.emit is not None:
-                seq.emit(token, None)
-            if token in seq.params.stop_token_ids:
+            if not self._emit(seq, token, None):
+                self._finish(seq, "error")  # its callback raised: this request ends, the batch goes on
+            elif token in seq.params.stop_token_ids:
                 self._finish(seq, "stop")
             elif len(seq.output) >= seq.params.max_tokens or len(seq.tokens) >= self.max_seq_len:
                 self._finish(seq, "length")

@@ -4,9 +4,10 @@ Each app owns its own ``CollectorRegistry`` (no process-global registry), so sev
 process (tests, notebooks). Gauges read the engine when scraped; histograms are fed per request:
 
 - ``mlcore_queue_depth``, ``mlcore_running_sequences``, ``mlcore_free_blocks``, ``mlcore_used_blocks``,
-  ``mlcore_prefix_cache_hits_total`` (gauges read from the engine);
+  ``mlcore_prefix_cache_hits``, ``mlcore_preemptions`` (gauges read from the engine);
 - ``mlcore_time_to_first_token_seconds``, ``mlcore_time_per_output_token_seconds`` (histograms);
-- ``mlcore_requests_total{endpoint,status}``, ``mlcore_guardrail_hits_total{stage,rule}``,
+- ``mlcore_requests_total{endpoint,status}`` (every answer, errors included; model ids share the endpoint
+  ``/v1/models/{id}``), ``mlcore_guardrail_hits_total{stage,rule}``,
   ``mlcore_completion_tokens_total``.
 """
 

@@ -111,16 +111,20 @@ class Scheduler:
         self.blocks.release(seq.blocks)
         seq.blocks = []
 
-    def _admit_prefix(self, seq: Sequence) -> None:
-        """Reuse cached blocks of the longest cached prefix (never the whole sequence: one token must run)."""
+    def _admit_prefix(self, seq: Sequence) -> int:
+        """Reuse cached blocks of the longest cached prefix (never the whole sequence: one token must run).
+        Returns the number of block hashes looked up."""
         bs = self.blocks.block_size
         tokens = seq.tokens
         usable = (len(tokens) - 1) // bs
         hashes = block_hashes(tokens[:usable * bs], bs, salt=self.salt)
-        seq.blocks = self.blocks.match_prefix(hashes)
+        # not counted yet: a request that waits for room looks up again next step (vLLM counted every retry,
+        # inflating its hit rate, until vllm-project/vllm#48860); schedule() counts it once, at admission
+        seq.blocks = self.blocks.match_prefix(hashes, record=False)
         seq.hashes = hashes[:len(seq.blocks)]
         seq.num_computed = len(seq.blocks) * bs
         seq.cached_tokens = seq.num_computed
+        return len(hashes)
 
     def schedule(self) -> list[tuple[Sequence, int]]:
         """This step's (sequence, new tokens) pairs; takes the blocks they need."""
@@ -149,7 +153,7 @@ class Scheduler:
         watermark = max(1, self.blocks.num_blocks // 100)
         while self.waiting and len(self.running) < self.max_running and budget > 0:
             seq = self.waiting[0]
-            self._admit_prefix(seq)
+            looked_up = self._admit_prefix(seq)
             n = min(seq.to_compute, budget)
             need = self._need(seq, n)
             if need + watermark > self.blocks.available and (self.running or need > self.blocks.available):
@@ -157,6 +161,7 @@ class Scheduler:
                 seq.blocks, seq.num_computed, seq.hashes, seq.cached_tokens = [], 0, [], 0
                 break
             self.waiting.popleft()
+            self.blocks.record_lookup(looked_up, len(seq.blocks))
             seq.blocks += self.blocks.allocate(need)
             self.running.append(seq)
             plan.append((seq, n))

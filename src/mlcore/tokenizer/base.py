@@ -88,8 +88,10 @@ class BaseTokenizer:
     # -- construction checks -------------------------------------------------------------------
     def _add_merge(self, n: int, a: int, b: int, new_id: int) -> None:
         size = len(self.vocab)
-        if not all(isinstance(x, int) for x in (a, b, new_id)):
+        ints = [strict_id(x) for x in (a, b, new_id)]
+        if None in ints:
             raise ValueError(f"merges[{n}] must be ints (a, b) -> id, got ({a!r}, {b!r}) -> {new_id!r}")
+        a, b, new_id = ints
         if not (0 <= a < size and 0 <= b < size):
             raise ValueError(f"merges[{n}] = ({a}, {b}) uses an id outside the {size} tokens known so far")
         if (a, b) in self.merges:
@@ -115,10 +117,14 @@ class BaseTokenizer:
     def _check_specials(self, specials: dict[str, int]) -> dict[str, int]:
         first = len(self.vocab)
         expected = set(range(first, first + len(specials)))
-        for text in specials:
+        for text, i in specials.items():
             if not isinstance(text, str) or not text:
                 raise ValueError(f"special_tokens keys must be non-empty strings, got {text!r}")
             check_special_text(text)
+            # 256.0 == 256 would pass the check below, then encode returns 256.0 and save writes a file load refuses
+            if strict_id(i) is None:
+                raise ValueError(f"special_tokens[{text!r}] must be an int id, got {type(i).__name__} {i!r}")
+        specials = {text: strict_id(i) for text, i in specials.items()}  # NumPy ids as Python ints (JSON, torch)
         if set(specials.values()) != expected:
             raise ValueError(
                 f"special_tokens ids must be exactly {first}..{first + len(specials) - 1} (after the "
@@ -206,6 +212,20 @@ def _as_id(value: object) -> int:
         raise ValueError(f"token ids must be integers, got {type(value).__name__} {value!r}") from None
 
 
+def strict_id(value: object) -> int | None:
+    """``value`` as a Python int if it is an integer (Python, NumPy or 0-d torch), else None. Stricter than
+    decode's :func:`_as_id`, for building a tokenizer: a bool (``True`` would silently be id 1) and a float (even
+    ``256.0``, which tiktoken refuses too) are not ids."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return int(value)
+    try:
+        return operator.index(value)  # type: ignore[arg-type]
+    except TypeError:
+        return None
+
+
 def excerpt(value: object, limit: int = 40) -> str:
     """`repr` of at most `limit` characters of `value`, so an error never quotes a whole (huge) file line."""
     text = str(value)
@@ -271,7 +291,7 @@ def parse_saved(lines: Sequence[str], source: str) -> dict:
                 raise fail("a merge 'a b id'", line)
             a, b, new_id = (int(p) for p in parts)
             merges.append(((a, b), new_id))
-    except (json.JSONDecodeError, ValueError) as exc:
+    except (json.JSONDecodeError, ValueError, RecursionError) as exc:  # RecursionError: JSON nested too deep
         if str(exc).startswith(source):
             raise
         raise ValueError(f"{source}: corrupt tokenizer file at line {pos}: {excerpt(exc, 80)}") from exc

@@ -10,6 +10,7 @@ pre-tokenization, GPT-2), OpenAI's tiktoken (encoding by rank; the ``allowed_spe
 
 from __future__ import annotations
 
+import numbers
 from collections import Counter
 from collections.abc import Collection, Iterable, Mapping
 from pathlib import Path
@@ -17,7 +18,7 @@ from typing import Literal
 
 import regex
 
-from .base import BaseTokenizer, Pair, check_special_text
+from .base import BaseTokenizer, Pair, check_special_text, strict_id
 from .encoder import ChunkEncoder
 from .fast_trainer import train_fast
 from .naive_trainer import train_naive
@@ -26,18 +27,27 @@ from .patterns import GPT4_PATTERN, compile_pattern
 TRAINERS = {"fast": train_fast, "naive": train_naive}
 
 
-def count_pretokens(text: str, pattern: str = GPT4_PATTERN, special_tokens: Iterable[str] = ()) -> Counter[bytes]:
+def count_pretokens(
+    text: str, pattern: str = GPT4_PATTERN, special_tokens: Iterable[str] | None = ()
+) -> Counter[bytes]:
     """Distinct pre-tokens of ``text`` as UTF-8 bytes with their frequencies; special tokens are cut out."""
     if not isinstance(text, str):
         raise ValueError(f"text must be a str, got {type(text).__name__}")
     if isinstance(special_tokens, str):  # would be cut out character by character
         raise ValueError(f"special_tokens must be a list of strings, not a single str: use [{special_tokens!r}]")
+    specials = list(special_tokens or ())  # None: none, as in train
+    for special in specials:
+        # "" would cut the text between every two characters (nothing merges); a lone surrogate never matches the
+        # repaired text below, so it would not be cut out: both silently wrong, as train refuses them
+        if not isinstance(special, str) or not special:
+            raise ValueError(f"special_tokens must be non-empty strings, got {type(special).__name__} {special!r}")
+        check_special_text(special)
     compiled = compile_pattern(pattern)
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
         text = _fix_surrogates(text)
-    specials = sorted(special_tokens, key=len, reverse=True)
+    specials.sort(key=len, reverse=True)
     pieces = regex.split("|".join(regex.escape(s) for s in specials), text) if specials else [text]
     counts: Counter[str] = Counter()
     for piece in pieces:
@@ -83,8 +93,9 @@ class BPETokenizer(BaseTokenizer):
         """
         if not isinstance(text, str):
             raise ValueError(f"text must be a str, got {type(text).__name__}")
-        if isinstance(vocab_size, bool) or not isinstance(vocab_size, int):
+        if isinstance(vocab_size, bool) or not isinstance(vocab_size, numbers.Integral):
             raise ValueError(f"vocab_size must be an int, got {vocab_size!r}")
+        vocab_size = int(vocab_size)  # a NumPy integer too, as HF's BpeTrainer takes it
         specials = _special_list(special_tokens, vocab_size)
         if vocab_size < 256 + len(specials):
             raise ValueError(
@@ -198,8 +209,8 @@ def _special_list(special_tokens: Iterable[str] | Mapping[str, int] | None, voca
         raise ValueError(f"special_tokens must be a list of strings, got {type(special_tokens).__name__} "
                          f"{special_tokens!r:.60}")
     if isinstance(special_tokens, Mapping):
-        items = list(special_tokens.items())
-        if not all(isinstance(i, int) and not isinstance(i, bool) for _, i in items):
+        items = [(s, strict_id(i)) for s, i in special_tokens.items()]  # NumPy ids too, as tiktoken takes them
+        if any(i is None for _, i in items):
             raise ValueError(f"special_tokens dict values must be int ids, got {special_tokens!r}")
         first = vocab_size - len(items)
         if sorted(i for _, i in items) != list(range(first, vocab_size)):

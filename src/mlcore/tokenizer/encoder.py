@@ -24,6 +24,13 @@ LONG_PIECE = 64  # bytes; longer pieces use the heap version
 
 def bpe_merge(piece: bytes, ranks: dict[bytes, int]) -> list[int]:
     """Token ids of one pre-token, lowest-rank merge first. ``O(len(piece)^2)``; pieces are short."""
+    if not isinstance(piece, (bytes, bytearray)):  # a str would fail deep inside with KeyError: 'h'
+        raise ValueError(f"piece must be the pre-token's UTF-8 bytes, got {type(piece).__name__} {piece!r:.60}")
+    return _bpe_merge(bytes(piece), ranks)
+
+
+def _bpe_merge(piece: bytes, ranks: dict[bytes, int]) -> list[int]:
+    """:func:`bpe_merge` without the argument check, for the encoder's loop (which always passes bytes)."""
     rank = ranks.get(piece)
     if rank is not None:
         return [rank]
@@ -98,7 +105,7 @@ class ChunkEncoder:
         for chunk in self.pattern.findall(text):
             ids = cache.get(chunk)
             if ids is None:
-                ids = bpe_merge(chunk.encode("utf-8"), ranks)
+                ids = _bpe_merge(chunk.encode("utf-8"), ranks)
                 if len(cache) >= self.cache_size:
                     cache.clear()
                 cache[chunk] = ids

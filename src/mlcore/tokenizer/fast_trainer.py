@@ -23,12 +23,13 @@ from collections import defaultdict
 from collections.abc import Mapping
 
 from .base import Pair, corpus_too_small
-from .naive_trainer import add_merge, merge_word
+from .naive_trainer import add_merge, check_word_counts, merge_word
 
 
 def train_fast(word_counts: Mapping[bytes, int], num_tokens: int, *, vocab_size: int | None = None
                ) -> list[tuple[Pair, int]]:
     """Learn merges until there are ``num_tokens`` ordinary tokens; same contract as ``train_naive``."""
+    check_word_counts(word_counts)
     words = [list(w) for w in word_counts]
     freqs = list(word_counts.values())
     counts: dict[Pair, int] = defaultdict(int)

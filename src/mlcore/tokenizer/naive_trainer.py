@@ -57,6 +57,18 @@ def count_pairs(words: list[list[int]], freqs: list[int]) -> Counter[Pair]:
     return counts
 
 
+def check_word_counts(word_counts: Mapping[bytes, int]) -> None:
+    """Both trainers' argument check: ``{pre-token bytes: count}`` (a str key would fail deep inside, on ``vocab[c]``)."""
+    if not isinstance(word_counts, Mapping):
+        raise ValueError(f"word_counts must be a dict {{bytes: count}}, got {type(word_counts).__name__}")
+    for word in word_counts:
+        if not isinstance(word, bytes):
+            raise ValueError(
+                f"word_counts keys must be pre-tokens as UTF-8 bytes (see count_pretokens), got "
+                f"{type(word).__name__} {word!r:.40}"
+            )
+
+
 def train_naive(word_counts: Mapping[bytes, int], num_tokens: int, *, vocab_size: int | None = None
                 ) -> list[tuple[Pair, int]]:
     """Learn merges until there are ``num_tokens`` ordinary tokens (256 bytes + learned ones).
@@ -64,6 +76,7 @@ def train_naive(word_counts: Mapping[bytes, int], num_tokens: int, *, vocab_size
     ``word_counts`` maps each distinct pre-token's UTF-8 bytes to its frequency. Returns the merges
     ``((a, b), id)`` in learning order. ``vocab_size`` is only quoted in the error message.
     """
+    check_word_counts(word_counts)
     words = [list(w) for w in word_counts]
     freqs = list(word_counts.values())
     vocab = [bytes([i]) for i in range(256)]

@@ -64,6 +64,13 @@ def compile_pattern(pattern: str) -> SplitPattern:
     """Compile a split pattern with the ``regex`` package, naming the argument if it is invalid."""
     if not isinstance(pattern, str) or not pattern:
         raise ValueError(f"pattern must be a non-empty regular expression string, got {pattern!r}")
+    try:  # tiktoken (Rust) and the HF export take the pattern as UTF-8: a lone surrogate would fail there, not here
+        pattern.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(
+            f"pattern {pattern!r} is not valid Unicode text: {pattern[exc.start]!r} at position {exc.start} is a lone "
+            "surrogate, which UTF-8 cannot encode"
+        ) from None
     try:
         compiled = SplitPattern(pattern)
     except regex.error as exc:
@@ -97,5 +104,8 @@ def split_text(text: str, pattern: str | SplitPattern = GPT4_PATTERN) -> list[st
     """Cut ``text`` into pre-tokens, e.g. ``"Hello world!!"`` -> ``["Hello", " world", "!!"]``."""
     if not isinstance(text, str):
         raise ValueError(f"text must be a str, got {type(text).__name__}")
-    compiled = compile_pattern(pattern) if isinstance(pattern, str) else pattern
+    # a compiled pattern is used as is; anything else (a str, or None / bytes: named there) goes to compile_pattern
+    compiled = pattern if hasattr(pattern, "findall") and not isinstance(pattern, (str, bytes)) else None
+    if compiled is None:
+        compiled = compile_pattern(pattern)  # type: ignore[arg-type]
     return compiled.findall(text)

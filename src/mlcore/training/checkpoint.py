@@ -281,5 +281,7 @@ def _check_hyperparameters(group: dict[str, Any], current: dict[str, Any], where
 def latest_checkpoint(out_dir: str | Path) -> Path | None:
     """The ``step_*`` folder with the highest step under ``out_dir/checkpoints``, or ``None``."""
     root = Path(out_dir) / "checkpoints"
-    found = [p for p in root.glob("step_*") if p.is_dir() and p.name.split("_", 1)[1].isdigit()]
+    # isdecimal, not isdigit: "step_²" is a digit to isdigit but int() refuses it (transformers'
+    # get_last_checkpoint matches \d+, which ² is not); unfinished "step_N.tmp" folders are skipped
+    found = [p for p in root.glob("step_*") if p.is_dir() and p.name.split("_", 1)[1].isdecimal()]
     return max(found, key=lambda p: int(p.name.split("_")[1]), default=None)

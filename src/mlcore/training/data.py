@@ -12,6 +12,7 @@ of ``(seed, i)``, resuming at step ``s`` serves exactly the batches an uninterru
 
 from __future__ import annotations
 
+import codecs
 import json
 import numbers
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -33,7 +34,9 @@ def load_text_dataset(path: str | Path, *, text_field: str = "text", sample_by: 
     with one string column ``text_field``. Nothing is downloaded.
 
     ``sample_by`` ("document", "paragraph" or "line") tells the text builder what one row is.
-    Raises ``FileNotFoundError`` for a missing file and ``ValueError`` for an unknown suffix, a JSON file
+    The file must be UTF-8 (a BOM is allowed; ``datasets`` keeps it in a text file's first row, as here).
+    Raises ``FileNotFoundError`` for a missing file and ``ValueError`` for an unknown suffix, a file that is not
+    UTF-8 (naming the first bad byte's offset and line), a JSON file
     without ``text_field``, a JSON row whose ``text_field`` is missing, null or not a string (naming its line, or
     its record number in a JSON array), or a dataset with no text in it.
     """
@@ -47,6 +50,8 @@ def load_text_dataset(path: str | Path, *, text_field: str = "text", sample_by: 
     if not path.is_file():
         raise FileNotFoundError(f"data file {str(path)!r} does not exist (expected a local .txt, .md or .jsonl file)")
     suffix = path.suffix.lower()
+    if suffix in TEXT_SUFFIXES + JSON_SUFFIXES:
+        _check_utf8(path)
     if suffix in TEXT_SUFFIXES:
         ds = datasets.load_dataset("text", data_files=str(path), split="train", sample_by=sample_by)
         if text_field != "text":
@@ -67,12 +72,36 @@ def load_text_dataset(path: str | Path, *, text_field: str = "text", sample_by: 
     return ds
 
 
+def _check_utf8(path: Path, chunk_bytes: int = 1 << 20) -> None:
+    """Refuse a file that is not UTF-8, naming the first bad byte and its line. ``datasets`` reads text and
+    JSON as UTF-8 but failed with a bare ``DatasetGenerationError`` (text) or a ``UnicodeDecodeError`` naming
+    no file when the column was read (JSON: pyarrow keeps the invalid bytes). A UTF-8 BOM is valid UTF-8."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    offset, lines = 0, 1
+    with path.open("rb") as f:
+        while True:
+            chunk = f.read(chunk_bytes)
+            try:
+                decoder.decode(chunk, final=not chunk)
+            except UnicodeDecodeError as err:
+                data = err.object  # the bytes held back from the previous chunk (an unfinished character) + chunk
+                start = offset - (len(data) - len(chunk)) + err.start
+                lines += data[:err.start].count(b"\n")
+                raise ValueError(f"data file {str(path)!r} is not UTF-8 text: byte {data[err.start]:#04x} at "
+                                 f"offset {start} (line {lines}) cannot be decoded ({err.reason}); convert it "
+                                 "first, e.g. `iconv -f latin1 -t utf-8` for a latin-1 file") from None
+            if not chunk:
+                return
+            offset += len(chunk)
+            lines += chunk.count(b"\n")
+
+
 def _json_record(path: Path, index: int) -> tuple[str, object]:
     """Where row ``index`` of a JSON file is ("line N" of JSON lines, "record N" of an array) and what it holds.
 
     ``datasets`` skips blank lines, so row ``index`` is the ``index``-th non-blank line.
     """
-    with path.open(encoding="utf-8") as f:
+    with path.open(encoding="utf-8-sig") as f:  # datasets reads a JSON file with a BOM; so must this
         head = f.read(4096).lstrip()
         f.seek(0)
         if head.startswith("["):

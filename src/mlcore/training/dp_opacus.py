@@ -56,7 +56,16 @@ class OpacusDP:
 
     def backward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Forward + backward of the mean over the batch of the per-example losses; fills ``p.grad_sample``
-        with each example's own gradient. Returns the summed per-example loss."""
+        with each example's own gradient. Returns the summed per-example loss.
+
+        An empty batch (0 rows: Poisson sampling drew no example) runs no forward (models refuse 0 rows); the
+        twin stores empty ``grad_sample`` (0, *shape) as Opacus' hooks do for the empty batches its Poisson
+        data loader yields, so the step is noise / ``expected_batch_size``, as in mlcore's loop."""
+        if batch["input_ids"].size(0) == 0:
+            for p in self.model.parameters():
+                if p.requires_grad:
+                    p.grad_sample = torch.zeros((0, *p.shape), dtype=p.dtype, device=p.device)
+            return torch.zeros(())
         out = self.model(batch["input_ids"], attention_mask=batch.get("attention_mask"))
         logits = out if isinstance(out, torch.Tensor) else out.logits  # transformers models return a ModelOutput
         loss = opacus_sequence_loss(logits, batch["labels"])

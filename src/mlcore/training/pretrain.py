@@ -99,7 +99,8 @@ def _blocks(texts: dict[str, str], tokenizer, block_size: int) -> dict[str, torc
 
 def _train_one(kind: str, spec: dict[str, Any], *, vocab_size: int, block_size: int, seed: int,
                train_data, eval_data, out: Path, store_dtype: str, progress: bool,
-               work_dir: Path | None, resume: bool = False) -> tuple[dict[str, Any], dict[str, Any]]:
+               work_dir: Path | None, eos_token_id: int, resume: bool = False
+               ) -> tuple[dict[str, Any], dict[str, Any]]:
     from mlcore.model import Transformer, TransformerConfig
 
     model_cfg = TransformerConfig(vocab_size=vocab_size, max_seq_len=block_size, **spec["model"])
@@ -122,6 +123,7 @@ def _train_one(kind: str, spec: dict[str, Any], *, vocab_size: int, block_size: 
     folder = out / kind
     stored = copy.deepcopy(model).to(getattr(torch, store_dtype))
     stored.save_pretrained(folder)
+    _name_special_ids(folder / "config.json", eos_token_id=eos_token_id)
     reloaded = Transformer.from_pretrained(folder)
     stored_eval = evaluate(reloaded, eval_data, **eval_kwargs)
     log = {
@@ -178,7 +180,7 @@ def pretrain(preset: str = "tiny", *, out: str | Path = DEFAULT_OUT, seed: int =
         log[kind], curves[kind] = _train_one(
             kind, p[kind], vocab_size=p["vocab_size"], block_size=p["block_size"], seed=seed,
             train_data=train_data, eval_data=eval_data, out=out, store_dtype=p["store_dtype"], progress=progress,
-            work_dir=Path(work_dir) if work_dir else None, resume=resume)
+            work_dir=Path(work_dir) if work_dir else None, eos_token_id=tokenizer.special_tokens[EOT], resume=resume)
         print(f"{kind}: {log[kind]['parameters'] / 1e6:.2f}M params, {log[kind]['train_seconds']:.0f} s, "
               f"held-out perplexity {log[kind]['heldout_perplexity']:.2f} ({p['store_dtype']} weights; "
               f"{log[kind]['heldout_perplexity_fp32']:.2f} in fp32), "
@@ -214,3 +216,14 @@ def main(argv: list[str] | None = None) -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def _name_special_ids(config_file: Path, *, eos_token_id: int) -> None:
+    """Write the tokenizer's end-of-text id into the HF config (no BOS: the models were trained without one).
+
+    Without them ``AutoModelForCausalLM.from_pretrained`` falls back to LlamaConfig's defaults (bos 1, eos 2), and
+    transformers' ``generate`` on the folder would stop on token 2 instead of ``<|endoftext|>``."""
+    config = json.loads(config_file.read_text(encoding="utf-8"))
+    config.update(bos_token_id=None, eos_token_id=int(eos_token_id))
+    config_file.write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+

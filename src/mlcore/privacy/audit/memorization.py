@@ -113,6 +113,8 @@ def skewnorm_logcdf(x: float, a: float, loc: float, scale: float, *, grid: int =
     """log CDF of the skew-normal at `x`, by integrating the log-density on a grid (log-sum-exp)."""
     if scale <= 0:
         raise ValueError(f"scale must be > 0, got {scale}")
+    if math.isinf(x):  # a candidate the model gives probability 0 (+inf) or 1 (-inf): scipy's 0 and -inf
+        return 0.0 if x > 0 else -math.inf
     z = (x - loc) / scale
     lo = min(z, -12.0) - 1.0 if a >= 0 else min(z, -40.0) - 1.0
     lo = min(lo, z - 12.0) if z < -12 else lo
@@ -143,6 +145,10 @@ def fit_skewnorm(samples: torch.Tensor, *, use_scipy: bool = True) -> tuple[floa
     """(a, loc, scale): scipy.stats.skewnorm.fit (maximum likelihood) if available, else moments."""
     if samples.numel() < 10:
         raise ValueError(f"need at least 10 samples to fit a skew-normal, got {samples.numel()}")
+    if not bool(torch.isfinite(samples).all()):  # scipy refuses deep inside its fit, the moments go NaN
+        bad = int((~torch.isfinite(samples)).sum())
+        raise ValueError(f"sample log-perplexities must be finite to fit a skew-normal, got {bad} of "
+                         f"{samples.numel()} infinite or NaN; rank them with method='sampled' or 'exact' instead")
     if use_scipy:
         try:
             from scipy.stats import skewnorm

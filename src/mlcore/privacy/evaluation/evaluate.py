@@ -1,8 +1,10 @@
 """Precision, recall and F-beta per kind, by span matching against gold labels.
 
-A predicted span is a true positive when it has the gold span's kind and their intersection-over-union
-(in characters) is at least `min_iou` (0.5 by default, so a card found with or without a trailing space
-still counts); each gold span can be matched once. With TP, FP, FN per kind,
+A predicted span is a true positive when it has the gold span's kind, overlaps it, and their
+intersection-over-union (in characters) is at least `min_iou` (0.5 by default, so a card found with or
+without a trailing space still counts; 1.0 asks for exact spans); each gold span can be matched once, and
+the matching is a maximum one (a prediction does not take the only gold another prediction could match,
+which first-come matching did at low `min_iou`). With TP, FP, FN per kind,
 
     P = TP / (TP + FP),  R = TP / (TP + FN),  F_beta = (1 + beta^2) P R / (beta^2 P + R)
 
@@ -52,31 +54,52 @@ def _iou(a: tuple[int, int], b: tuple[int, int]) -> float:
     return inter / (max(a[1], b[1]) - min(a[0], b[0]))
 
 
+def _max_matching(edges: list[list[int]], n_gold: int) -> int:
+    """Size of a maximum matching of predictions to golds (Kuhn's augmenting paths; `edges[p]` = golds that
+    prediction p may match). Spans per record are few, so the O(P * E) search is cheap."""
+    owner = [-1] * n_gold
+
+    def augment(p: int, seen: list[bool]) -> bool:
+        for g in edges[p]:
+            if not seen[g]:
+                seen[g] = True
+                if owner[g] < 0 or augment(owner[g], seen):
+                    owner[g] = p
+                    return True
+        return False
+
+    return sum(augment(p, [False] * n_gold) for p in range(len(edges)))
+
+
 def evaluate(
     records: Iterable[LabelledText],
     detector: Callable[[str], list[PiiSpan]],
     *,
     min_iou: float = 0.5,
 ) -> dict[str, KindScore]:
-    """Per-kind TP/FP/FN of `detector` on `records` (kinds seen in either gold or predictions)."""
+    """Per-kind TP/FP/FN of `detector` on `records` (kinds seen in either gold or predictions).
+
+    min_iou: in (0, 1]; 1.0 counts only exact spans, a small value any overlap."""
     if isinstance(records, str | bytes) or isinstance(records, LabelledText):
         raise TypeError(f"records must be a list of LabelledText, got a single {type(records).__name__}")
+    if isinstance(min_iou, bool) or not isinstance(min_iou, int | float) or not 0 < min_iou <= 1:
+        raise ValueError(f"min_iou must be a number in (0, 1] (1.0: exact spans), got {min_iou!r}")
     scores: dict[str, KindScore] = {}
     for rec in records:
+        for k, s, e in rec.spans:
+            if not 0 <= s < e <= len(rec.text):
+                raise ValueError(f"gold span ({k!r}, {s}, {e}) is empty or outside its text of {len(rec.text)} characters")
         predicted = detector(rec.text)
-        used: set[int] = set()
-        for p in predicted:
-            score = scores.setdefault(p.kind, KindScore(p.kind))
-            match = next((i for i, (k, s, e) in enumerate(rec.spans)
-                          if i not in used and k == p.kind and _iou((s, e), (p.start, p.end)) >= min_iou), None)
-            if match is None:
-                score.fp += 1
-            else:
-                used.add(match)
-                score.tp += 1
-        for i, (k, _, _) in enumerate(rec.spans):
-            if i not in used:
-                scores.setdefault(k, KindScore(k)).fn += 1
+        for kind in {p.kind for p in predicted} | {k for k, _, _ in rec.spans}:
+            preds = [(p.start, p.end) for p in predicted if p.kind == kind]
+            golds = [(s, e) for k, s, e in rec.spans if k == kind]
+            edges = [[g for g, gold in enumerate(golds) if min(p[1], gold[1]) > max(p[0], gold[0])
+                      and _iou(gold, p) >= min_iou] for p in preds]
+            tp = _max_matching(edges, len(golds))
+            score = scores.setdefault(kind, KindScore(kind))
+            score.tp += tp
+            score.fp += len(preds) - tp
+            score.fn += len(golds) - tp
     return dict(sorted(scores.items()))
 
 

@@ -78,9 +78,16 @@ def iban_mod97(iban: str) -> int:
 
 
 def iban_checksum_valid(iban: str) -> bool:
-    """True if the IBAN's check digits are right (the per-country length is checked in `banking`)."""
+    """True if the IBAN's check digits are right (the per-country length is checked in `banking`).
+
+    `iban` is the electronic form, without spaces: a printed "GB82 WEST 1234 ..." is refused (ValueError) rather
+    than answered False, as `luhn_valid` refuses "4111-1111" (its check digits may well be right)."""
     if not isinstance(iban, str):
         raise TypeError(f"iban must be a str, got {type(iban).__name__}")
+    if not (iban.isascii() and iban.isalnum()) and iban:
+        raise ValueError(f"iban must be letters and digits only, without spaces or separators (the electronic form, "
+                         f"e.g. ''.join(iban.split())); got {len(iban)} characters with "
+                         f"{sum(not (c.isascii() and c.isalnum()) for c in iban)} others")
     try:
         return iban[2:4].isdigit() and iban_mod97(iban) == 1
     except ValueError:

@@ -33,6 +33,7 @@ from mlcore.privacy.detect import (
     detect_pii,
 )
 from mlcore.privacy.keys import check_key, keyed_digest, normalise
+from mlcore.privacy.recognizers.cards import _MAESTRO_IINS as MAESTRO_IINS
 from mlcore.privacy.recognizers.cards import BRANDS, card_brand
 from mlcore.privacy.recognizers.checksums import aba_check_digit, iban_check_digits, luhn_check_digit
 from mlcore.privacy.recognizers.contact import DATE_PATTERN, parse_date
@@ -68,8 +69,11 @@ def _relayout(original: str, digits: str) -> str:
 def _card(value: str, rng: random.Random) -> str:
     digits = normalise("CARD", value)  # ASCII digits, whatever digit script the value was written in
     brand = card_brand(digits)
-    keep = 4 if digits.startswith("0604") else 1
-    for b in BRANDS:
+    # a Maestro number is read as a card without a context word only with a well-known IIN: keep those 4 digits,
+    # or "5018 ..." would become "50xx ...", a Maestro number the recognizer no longer reports on its own
+    well_known = brand == "maestro" and digits.startswith(MAESTRO_IINS)
+    keep = 4 if well_known else 1
+    for b in BRANDS if not well_known else ():
         if b.name == brand and len(digits) in b.lengths:
             for lo, hi in b.ranges:
                 w = len(str(lo))
@@ -249,6 +253,7 @@ class Pseudonymizer:
     >>> p = Pseudonymizer(b"0123456789abcdef-key")
     >>> masked = p.pseudonymize("card 4111 1111 1111 1111")   # 'card 4xxx xxxx xxxx xxxx', Luhn-valid
     >>> p.reveal(masked)                                        # the original text
+    'card 4111 1111 1111 1111'
 
     For a `datasets.Dataset`: ``ds.map(p.map_function("text"), batched=True)``. Pseudonyms do not depend on
     order or process (only on the key), so ``num_proc > 1`` gives the same result; each process then fills

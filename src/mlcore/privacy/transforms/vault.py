@@ -80,7 +80,9 @@ class Vault:
 
     >>> vault = Vault(b"conversation-key-0123")
     >>> prompt = vault.pseudonymize("my card 4111 1111 1111 1111 was declined")   # '... 4xxx xxxx xxxx 1111 ...'
+    >>> model_answer = "Card " + prompt.split()[2] + " " + " ".join(prompt.split()[3:6]) + " is blocked."
     >>> vault.reveal(model_answer)                                                 # real values back
+    'Card 4111 1111 1111 1111 is blocked.'
 
     Args:
         key: at least 16 bytes; pseudonyms are HMAC-derived from it (same key, same pseudonyms).
