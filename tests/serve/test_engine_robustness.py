@@ -3,7 +3,7 @@ failing per-request callback, bad stop ids, duplicate request ids and config val
 
 References: ``mlcore.inference.generate`` on each request alone; vLLM v1's free-block queue (evict the least
 recently freed block first, a freed request's tail before its head) and prefix-cache stats (one count per
-admitted request, vllm-project/vllm#48860)."""
+admitted request)."""
 
 from __future__ import annotations
 

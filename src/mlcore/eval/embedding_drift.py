@@ -61,8 +61,19 @@ def cosine_shift(reference: Any, current: Any) -> float:
 
 def median_bandwidth(pooled: torch.Tensor) -> float:
     """Median heuristic: the median of the pairwise Euclidean distances (i < j) of ``pooled`` (N, D)."""
-    pooled = pooled - pooled.mean(dim=0)  # shift invariant; keeps cdist's matrix-product path from cancelling
-    d = torch.cdist(pooled, pooled)
+    return _median_distance(_distances(pooled))
+
+
+def _distances(pooled: torch.Tensor) -> torch.Tensor:
+    """Pairwise Euclidean distances (N, N) of the rows of ``pooled``, computed after centring them: distances do
+    not move, and cdist's matrix-product path no longer cancels a large common offset (rows 1e6 from the origin,
+    1e-2 from each other: MMD^2 was off by 70 %)."""
+    pooled = pooled - pooled.mean(dim=0)
+    return torch.cdist(pooled, pooled)
+
+
+def _median_distance(d: torch.Tensor) -> float:
+    """The median of the distances above the diagonal of ``d`` (N, N); 1.0 when it is 0."""
     i, j = torch.triu_indices(d.shape[0], d.shape[0], offset=1)
     pairs = d[i, j]
     # numpy's median (the midpoint of the two middle values for an even count); kthvalue, unlike quantile,
@@ -108,18 +119,15 @@ def mmd_permutation_test(reference: Any, current: Any, *, bandwidth: float | Non
         raise ValueError(f"n_permutations must be an int >= 0, got {n_permutations!r}")
     if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
         raise ValueError(f"chunk must be a positive int (permutations per batch), got {chunk!r}")
-    # (P, D), centred: distances do not move, and cdist's matrix-product path no longer cancels a large common
-    # offset (rows 1e6 apart from the origin, 1e-2 from each other: MMD^2 was off by 70 %)
-    pooled = torch.cat([x, y])
-    pooled = pooled - pooled.mean(dim=0)
     if bandwidth is not None and (isinstance(bandwidth, bool) or not isinstance(bandwidth, Real)):
         raise ValueError(f"bandwidth must be a number > 0 or None (median heuristic), got {bandwidth!r}")
-    sigma = median_bandwidth(pooled) if bandwidth is None else float(bandwidth)
+    d = _distances(torch.cat([x, y]))  # (P, P), once: the median heuristic and the kernel both read it
+    sigma = _median_distance(d) if bandwidth is None else float(bandwidth)
     if not 0 < sigma < math.inf:  # inf made every kernel value 1: MMD^2 = 0, p = 1 whatever the drift
         raise ValueError(f"bandwidth must be a finite number > 0, got {bandwidth}")
     # (d / sigma)^2 rather than d^2 / sigma^2: sigma**2 overflows past 1e154 and underflows to 0 (NaN) below 1e-162
-    k = torch.exp(-0.5 * (torch.cdist(pooled, pooled) / sigma).pow(2))  # (P, P)
-    n, P = x.shape[0], pooled.shape[0]
+    k = torch.exp(-0.5 * (d / sigma).pow(2))  # (P, P)
+    n, P = x.shape[0], d.shape[0]
     order = torch.arange(P, device=k.device)
     observed = float(_mmd2_from_kernel(k, order[None, :n], order[None, n:])[0])
     if n_permutations == 0:

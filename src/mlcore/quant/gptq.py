@@ -121,6 +121,14 @@ def _check_grid(cols: int, group_size: int | None, bits: int) -> int:
     return g
 
 
+def _check_damp_and_block(damp: float, block_size: int) -> None:
+    """``damp`` a finite number >= 0 (a fraction of mean(diag(H))), ``block_size`` a positive int."""
+    if isinstance(damp, bool) or not isinstance(damp, (int, float)) or not 0.0 <= damp < float("inf"):
+        raise ValueError(f"damp must be a finite number >= 0, got {damp!r}")
+    if not isinstance(block_size, int) or isinstance(block_size, bool) or block_size < 1:
+        raise ValueError(f"block_size must be a positive int, got {block_size!r}")
+
+
 def _check(weight: Tensor, H: Tensor, group_size: int | None, bits: int, damp: float, block_size: int,
            act_order: bool) -> int:
     if not isinstance(weight, Tensor) or weight.dim() != 2 or not weight.dtype.is_floating_point:
@@ -140,10 +148,7 @@ def _check(weight: Tensor, H: Tensor, group_size: int | None, bits: int, damp: f
     if not torch.allclose(h, h.t(), rtol=1e-5, atol=1e-6 * float(h.abs().max())):
         raise ValueError("H must be symmetric (2 X^T X / N of the layer's inputs), got a non-symmetric matrix")
     g = _check_grid(cols, group_size, bits)
-    if isinstance(damp, bool) or not isinstance(damp, (int, float)) or not 0.0 <= damp < float("inf"):
-        raise ValueError(f"damp must be a finite number >= 0, got {damp!r}")
-    if not isinstance(block_size, int) or isinstance(block_size, bool) or block_size < 1:
-        raise ValueError(f"block_size must be a positive int, got {block_size!r}")
+    _check_damp_and_block(damp, block_size)
     if not isinstance(act_order, bool):  # a string such as "no" is truthy: it would reorder the columns
         raise ValueError(f"act_order must be True or False, got {act_order!r}")
     return g
@@ -233,10 +238,7 @@ def gptq_quantize_model(model: nn.Module, calibration_batches: Iterable[Any], *,
     for name, flag in (("act_order", act_order), ("sequential", sequential)):
         if not isinstance(flag, bool):
             raise ValueError(f"{name} must be True or False, got {flag!r}")
-    if isinstance(damp, bool) or not isinstance(damp, (int, float)) or not 0.0 <= damp < float("inf"):
-        raise ValueError(f"damp must be a finite number >= 0, got {damp!r}")
-    if not isinstance(block_size, int) or isinstance(block_size, bool) or block_size < 1:
-        raise ValueError(f"block_size must be a positive int, got {block_size!r}")
+    _check_damp_and_block(damp, block_size)
     batches = calib.as_batch_list(calibration_batches)
     linears = calib.find_linears(model, skip)
     kept = [f"{n} (in_features {m.in_features} not divisible by group_size {group_size})"

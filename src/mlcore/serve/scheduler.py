@@ -118,8 +118,8 @@ class Scheduler:
         tokens = seq.tokens
         usable = (len(tokens) - 1) // bs
         hashes = block_hashes(tokens[:usable * bs], bs, salt=self.salt)
-        # not counted yet: a request that waits for room looks up again next step (vLLM counted every retry,
-        # inflating its hit rate, until vllm-project/vllm#48860); schedule() counts it once, at admission
+        # not counted yet: a request that waits for room looks up again next step, and counting every retry
+        # inflated the hit rate; schedule() counts the lookup once, at admission
         seq.blocks = self.blocks.match_prefix(hashes, record=False)
         seq.hashes = hashes[:len(seq.blocks)]
         seq.num_computed = len(seq.blocks) * bs
