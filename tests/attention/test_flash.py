@@ -209,7 +209,7 @@ def saved_bytes(fn) -> tuple[int, list[Tensor]]:
 
 
 def test_saves_only_linear_memory_for_backward():
-    """Saved-for-backward bytes double with T for flash (q, k, v, O, L) but quadruple for dense attention."""
+    """Saved-for-backward bytes double with T for flash (q, k, v, O, row max m, log l) but quadruple for dense attention."""
 
     def dense(q, k, v):  # attention the textbook way: autograd keeps the (T, T) probabilities
         return torch.softmax(q @ k.transpose(-1, -2) / q.shape[-1] ** 0.5, dim=-1) @ v
@@ -219,7 +219,7 @@ def test_saves_only_linear_memory_for_backward():
         q, k, v = qkv(1, 2, 2, T, T, 16)
         flash_b.append(saved_bytes(lambda q=q, k=k, v=v: flash_attention(q, k, v, is_causal=True))[0])
         dense_b.append(saved_bytes(lambda q=q, k=k, v=v: dense(q, k, v))[0])
-        per_row = 2 * (4 * 16 + 1) * 4  # heads * (q, k, v, O rows of D floats + one L float) * 4 bytes
+        per_row = 2 * (4 * 16 + 2) * 4  # heads * (q, k, v, O rows of D floats + m and log l) * 4 bytes
         assert flash_b[-1] == T * per_row
     assert flash_b[2] / flash_b[0] == pytest.approx(4.0)  # T x4 -> x4 (linear)
     assert dense_b[2] / dense_b[0] > 10.0  # T x4 -> ~x16 (quadratic)

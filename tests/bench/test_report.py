@@ -246,3 +246,18 @@ def test_rates_from_zero_or_bad_timings_are_refused_by_name():
     with pytest.raises(ValueError, match="extra"):
         _r(extra=None)
     assert Result.from_timing("d", "x", {}, device="cpu", dtype=None, timing=Timing(0.0, 0.0, 5)).median == 0.0
+
+
+def test_results_json_is_strict_json(tmp_path):
+    """NaN / inf were written as Python's NaN / Infinity tokens, which JSON.parse, jq and RFC 8259 refuse."""
+    np = pytest.importorskip("numpy")
+    r = _r(median=float("nan"), extra={"speedup": float("inf"), "np": np.float64("nan"), "ok": 0.5,
+                                       "runs": [1.0, float("-inf")]})
+    write_report(tmp_path, probe=describe_machine(torch.device("cpu")), results=[r], failures={}, plots={}, meta={})
+
+    def refuse(token):
+        raise ValueError(f"non-standard JSON token {token}")
+
+    data = json.loads((tmp_path / "results.json").read_text(), parse_constant=refuse)
+    row = data["results"][0]
+    assert row["median"] is None and row["extra"] == {"speedup": None, "np": None, "ok": 0.5, "runs": [1.0, None]}

@@ -195,3 +195,34 @@ def test_pefts_bias_all_folder_with_a_module_to_save_that_has_a_bias_loads(tmp_p
     with torch.no_grad():
         ref = theirs.eval()(ids).logits
         torch.testing.assert_close(load_adapter(copy.deepcopy(base), tmp_path)(ids).logits, ref, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("spec", [
+    dict(r=2, lora_alpha=4, target_modules=["q_proj", "v_proj", "lm_head"], bias="all"),
+    dict(r=3, lora_alpha=5, target_modules=r".*\.self_attn\.(q|o)_proj", use_rslora=True, modules_to_save=["lm_head"]),
+])
+def test_pefts_adapter_on_the_hf_export_loads_into_the_mlcore_decoder(tmp_path, spec: dict) -> None:
+    # An adapter PEFT saved on model.to_hf() (HF module names) was refused by load_adapter on the mlcore model it
+    # came from ("does not fit"); its names are now read through the export's naming, logits equal PEFT's.
+    base = tiny_mlcore()
+    base.lm_head.weight = torch.nn.Parameter(base.embed.weight.detach() + 0.1)  # untied: lm_head can be adapted
+    base.config.tie_embeddings = False
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        theirs = peft.get_peft_model(base.to_hf(), peft.LoraConfig(**spec, init_lora_weights=False))
+    g = torch.Generator().manual_seed(4)
+    with torch.no_grad():
+        for n, p in theirs.named_parameters():
+            if p.requires_grad and ".lora_" not in n:
+                p.add_(torch.randn(p.shape, generator=g) * 0.2)  # trained biases / head differ from the base
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # PEFT: "Setting save_embedding_layers to True" (lm_head is targeted)
+        theirs.save_pretrained(tmp_path)
+    ours = load_adapter(copy.deepcopy(base), tmp_path)
+    ids = token_ids()
+    with torch.no_grad():
+        ref = theirs.eval()(ids).logits
+        torch.testing.assert_close(ours(ids), ref, rtol=1e-5, atol=1e-5)
+        save_adapter(ours, tmp_path / "again", hf_names=True)  # and mlcore's own hf_names folder loads back
+        torch.testing.assert_close(load_adapter(copy.deepcopy(base), tmp_path / "again")(ids), ref,
+                                   rtol=1e-5, atol=1e-5)

@@ -26,7 +26,8 @@ from mlcore.finetune import (
     trainable_parameters,
     unmerge_lora,
 )
-from tests.finetune._lora_testutils import peft_twin, randomize_lora_, tiny_llama, tiny_mlcore
+from mlcore.model import Transformer
+from tests.finetune._lora_testutils import peft_twin, randomize_lora_, tiny_gpt2, tiny_llama, tiny_mlcore
 
 
 @pytest.fixture(scope="module")
@@ -199,6 +200,16 @@ def test_save_without_adapters_and_hf_names_on_a_foreign_model(tmp_path, llama) 
     model = apply_lora(copy.deepcopy(llama), LoraConfig(4, 8, ["q_proj"]), verbose=False)
     with pytest.raises(ValueError, match="hf_names=True needs an mlcore Transformer"):
         save_adapter(model, tmp_path, hf_names=True)
+
+
+def test_save_with_hf_names_refuses_a_decoder_to_hf_cannot_export(tmp_path) -> None:
+    # A GPT-2 imported into mlcore has no to_hf() twin (LayerNorm, GELU, learned positions); hf_names=True wrote
+    # Llama names ("model.layers.0.self_attn.q_proj") that GPT-2's "transformer.h.0.attn.c_attn" never matches.
+    model = apply_lora(Transformer.from_hf(tiny_gpt2()), LoraConfig(2, 4, ["q_proj"]), verbose=False)
+    with pytest.raises(ValueError, match=r"hf_names=True .* cannot export this model: .*norm='layernorm'"):
+        save_adapter(model, tmp_path, hf_names=True)
+    assert not (tmp_path / "adapter_config.json").exists()
+    save_adapter(model, tmp_path)  # mlcore's own names still save
 
 
 @pytest.mark.parametrize("call, match", [

@@ -267,3 +267,17 @@ def test_merge_into_a_half_precision_weight_rounds_once_as_peft(dtype) -> None:
     mine = merge_lora(copy.deepcopy(ours), unload=True).proj.weight
     assert torch.equal(mine, theirs.merge_and_unload().proj.weight)
     assert torch.equal(mine, exact)
+
+
+@pytest.mark.parametrize("kind, tie, saved", [
+    ("mlcore", True, ["norm"]), ("llama", False, ["lm_head"]), ("llama", True, ["lm_head", "embed_tokens"]),
+    ("gpt2", True, ["lm_head"]), ("gpt2", True, ["ln_f"]),
+])
+def test_trainable_and_total_counts_with_modules_to_save_equal_peft(kind: str, tie: bool, saved: list) -> None:
+    # PEFT keeps the frozen original of each module to save beside the trained copy and counts both in "all
+    # params"; mlcore's total left the originals out (e.g. 78,656 vs PEFT's 78,976 for "norm" on Llama).
+    base = tiny_llama(tie_word_embeddings=tie) if kind == "llama" else make(kind)
+    targets = ["c_attn"] if kind == "gpt2" else ["q_proj"]
+    ours = apply_lora(copy.deepcopy(base), LoraConfig(2, 4, targets, modules_to_save=saved), verbose=False)
+    theirs = peft_twin(base, r=2, lora_alpha=4, target_modules=targets, modules_to_save=saved)
+    assert trainable_parameters(ours) == tuple(theirs.get_nb_trainable_parameters())

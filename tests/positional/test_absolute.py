@@ -104,3 +104,19 @@ def test_bool_sizes_non_tensor_positions_and_infinite_base_are_named() -> None:
         with pytest.raises(ValueError, match="base"):
             SinusoidalEncoding(4, base=base)
     assert SinusoidalEncoding(4, base=1e300)(torch.arange(3)).isfinite().all()  # huge but finite is fine
+
+
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.int8, torch.int16])
+def test_narrow_integer_positions_are_named(dtype: torch.dtype) -> None:
+    """Regression: uint8 positions were read by torch indexing as a boolean mask -- [0, 1, 2] gave rows 1 and 2
+    (two rows, silently) -- and int8 / int16 failed deep inside indexing. nn.Embedding (GPT-2's wpe) takes int64 /
+    int32 only; so do both encodings, with a ValueError naming positions. int32 gives the int64 rows."""
+    torch.manual_seed(0)
+    learned, sinus = LearnedEncoding(3, 4), SinusoidalEncoding(4, max_len=3)
+    pos = torch.arange(3, dtype=dtype)
+    for enc in (learned, sinus):
+        with pytest.raises(ValueError, match="positions must be an int64 or int32"):
+            enc(pos)
+        torch.testing.assert_close(enc(pos.to(torch.int32)), enc(pos.long()), rtol=0, atol=0)
+    with pytest.raises(RuntimeError):  # the reference refuses it too
+        torch.nn.Embedding(3, 4)(pos)

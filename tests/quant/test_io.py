@@ -261,3 +261,32 @@ def test_non_finite_scales_and_bad_zero_points_are_refused(tmp_path, scheme, opt
     with pytest.raises(ValueError, match=rf"layer '0': {match}"):
         load_quantized(skeleton, path)
     assert type(skeleton[0]) is torch.nn.Linear
+
+
+@pytest.mark.parametrize("scheme,opts,prefer", [("int8", {}, "int8pack"), ("int4", {"group_size": 32}, "int4pack"),
+                                                ("int4", {"group_size": 32}, "dequant")])
+def test_prefer_survives_the_round_trip(tmp_path, scheme, opts, prefer):
+    """load_quantized rebuilt every layer with prefer="auto": a bf16 model forced onto the exact dequantize path
+    came back on int4pack (bf16-rounded scales), an fp32 one forced onto a kernel came back on dequantize; the
+    logits changed. ``prefer`` is now saved and restored (a file without it still reads as "auto")."""
+    dtype = torch.bfloat16 if prefer == "dequant" else torch.float32
+    model = quantize_model(mlcore_model().to(dtype), scheme, prefer=prefer, **opts)
+    path = tmp_path / "q.safetensors"
+    save_quantized(model, path)
+    loaded = load_quantized(_fresh_mlcore().to(dtype), path)
+    layers = [m for m in loaded.modules() if isinstance(m, QuantizedLinear)]
+    assert {(m.prefer, m.kernel) for m in layers} == {(prefer, prefer)}
+    with torch.no_grad():
+        assert torch.equal(logits(loaded, IDS), logits(model, IDS))
+    with safe_open(str(path), framework="pt") as f:  # an older file: no prefer in the metadata
+        meta, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+    layers_meta = json.loads(meta["quantized_layers"])
+    for name in layers_meta:
+        del layers_meta[name]["prefer"]
+    save_file(tensors, str(path), metadata={**meta, "quantized_layers": json.dumps(layers_meta)})
+    assert {m.prefer for m in load_quantized(_fresh_mlcore().to(dtype), path).modules()
+            if isinstance(m, QuantizedLinear)} == {"auto"}
+    layers_meta[name]["prefer"] = "fastest"  # a tampered value is refused, naming the layer
+    save_file(tensors, str(path), metadata={**meta, "quantized_layers": json.dumps(layers_meta)})
+    with pytest.raises(ValueError, match=rf"layer '{name}': prefer: expected 'auto' or one of"):
+        load_quantized(_fresh_mlcore().to(dtype), path)

@@ -72,6 +72,17 @@ def test_decode_out_of_range(tok):
         tok.decode([1.5])
 
 
+def test_decode_of_a_non_sequence_names_ids(tok):
+    """Regression: ``decode(5)`` / ``decode(None)`` failed with "'int' object is not iterable" (tiktoken also raises a
+    TypeError; transformers' decode takes a bare id, so this is an easy slip when porting)."""
+    with pytest.raises(TypeError, match=r"ids must be a sequence of token ids, got int \(for one id, pass \[5\]\)"):
+        tok.decode(5)
+    with pytest.raises(TypeError, match="ids must be a sequence of token ids, got NoneType"):
+        tok.decode_bytes(None)
+    with pytest.raises(TypeError):
+        tok.to_tiktoken().decode(5)
+
+
 def test_decode_accepts_numpy_and_torch_ints(tok):
     import numpy as np
     import torch

@@ -66,3 +66,21 @@ def test_hf_folder_names_the_tokenizers_end_of_text(kind):
     hf = AutoModelForCausalLM.from_pretrained(tiny_dir() / kind)
     assert hf.config.eos_token_id == hf.generation_config.eos_token_id == tok.special_tokens["<|endoftext|>"]
     assert hf.config.bos_token_id is None
+
+
+def test_transformers_auto_tokenizer_reads_the_shipped_folder():
+    """tokenizer_config.json beside tokenizer.json: AutoTokenizer knows the end-of-text token the models'
+    config.json names, the context length, and encodes the held-out text as our tokenizer does."""
+    from pydoc_data.topics import topics
+    from transformers import AutoConfig, AutoTokenizer
+
+    _, tok = load_tiny("target")
+    hf_tok = AutoTokenizer.from_pretrained(tiny_dir())
+    eot = tok.special_tokens["<|endoftext|>"]
+    assert hf_tok.eos_token == "<|endoftext|>" and hf_tok.eos_token_id == eot
+    assert AutoConfig.from_pretrained(tiny_dir() / "target").eos_token_id == hf_tok.eos_token_id
+    assert hf_tok.model_max_length == tiny_train_log()["block_size"]
+    text = topics[tiny_train_log()["heldout_topics"][0]][:4000]
+    ids = tok.encode_ordinary(text)
+    assert hf_tok(text)["input_ids"] == ids
+    assert hf_tok.decode(ids) == tok.decode(ids) == text

@@ -7,7 +7,7 @@ References
 - T. Dao et al., "FlashAttention: Fast and Memory-Efficient Exact Attention with IO-Awareness" (2022).
 - T. Dao, "FlashAttention-2: Faster Attention with Better Parallelism and Work Partitioning" (2023):
   the outer loop runs over query blocks, the inner loop over key blocks; the backward pass recomputes
-  the probabilities from the saved log-sum-exp instead of storing them.
+  the probabilities from the saved row statistics instead of storing them.
 
 The forward pass, for one block of queries Q_i (rows) and key/value blocks K_j, V_j::
 
@@ -16,9 +16,14 @@ The forward pass, for one block of queries Q_i (rows) and key/value blocks K_j, 
     P_ij   = exp(S_ij - m_new)
     l      = exp(m - m_new) * l + rowsum(P_ij)
     acc    = exp(m - m_new) * acc + P_ij V_j
-    O_i    = acc / l,      L_i = m + log(l)                (log-sum-exp of the row)
+    O_i    = acc / l,      m_i, log(l_i)                   (the row's max and log-sum-exp past it)
 
-Only ``O`` (B, H, Tq, Dv) and ``L`` (B, H, Tq) are saved for backward, so memory is linear in T;
+Only ``O`` (B, H, Tq, Dv), ``m`` and ``log l`` (B, H, Tq) are saved for backward, so memory is linear in T;
+FA-2 saves their sum ``L = m + log l`` instead, but when every score of a row is huge (an additive mask of
+``finfo.min`` or -1e9 on the whole row, as transformers' masks put on a padding query) ``m + log l`` rounds
+back to ``m`` and ``exp(S - L)`` would recompute P as 1 for every key instead of 1 / n: wrong gradients.
+Backward computes ``P = exp((S - m) - log l)``, where ``S - m`` is exact.
+
 the (Tq, Tk) matrix of scores never exists. The backward pass is in ``flash_backward.py``.
 
 Grouped-query attention (GQA/MQA): the G = H / Hkv query heads that share one key/value head are
@@ -33,7 +38,6 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
-from torch.autograd.function import once_differentiable
 
 from ._checks import check_dropout_and_scale, check_qkv, prepare_mask
 
@@ -129,17 +133,19 @@ def query_tile(q5: Tensor, i0: int, i1: int, dtype: torch.dtype) -> Tensor:
     return q5[:, :, :, i0:i1].reshape(B, Hkv, G * (i1 - i0), D).to(dtype)
 
 
-def flash_forward(q5: Tensor, k: Tensor, v: Tensor, t: Tiling) -> tuple[Tensor, Tensor]:
+def flash_forward(q5: Tensor, k: Tensor, v: Tensor, t: Tiling) -> tuple[Tensor, Tensor, Tensor]:
     """Tiled forward pass (FA-2 order: query blocks outside, key blocks inside).
 
     q5: (B, Hkv, G, Tq, D); k: (B, Hkv, Tk, D); v: (B, Hkv, Tk, Dv).
-    Returns O (B, Hkv, G, Tq, Dv) in q's dtype and L (B, Hkv, G, Tq) in fp32 (+inf for a row that
-    sees no key, so that exp(S - L) = 0 there in backward).
+    Returns O (B, Hkv, G, Tq, Dv) in q's dtype and, each (B, Hkv, G, Tq) in ``t.acc_dtype``, the row max m
+    and log l, l = sum_j exp(S_ij - m) (m = 0 and log l = +inf for a row that sees no key, so that
+    exp((S - m) - log l) = 0 there in backward).
     """
     B, Hkv, G, Tq, _ = q5.shape
     Dv, acc, dev = v.shape[-1], t.acc_dtype, q5.device
     out = torch.zeros(B, Hkv, G, Tq, Dv, dtype=q5.dtype, device=dev)
-    lse = torch.full((B, Hkv, G, Tq), float("inf"), dtype=acc, device=dev)
+    row_max = torch.zeros((B, Hkv, G, Tq), dtype=acc, device=dev)
+    row_log_l = torch.full((B, Hkv, G, Tq), float("inf"), dtype=acc, device=dev)
     for i0, i1 in t.query_blocks():
         bq = i1 - i0
         qb = query_tile(q5, i0, i1, acc)  # (B, Hkv, G*bq, D)
@@ -157,16 +163,24 @@ def flash_forward(q5: Tensor, k: Tensor, v: Tensor, t: Tiling) -> tuple[Tensor, 
                 p = p * t.dropout_keep(i0, j0, tuple(p.shape), dev)
             o_acc = alpha * o_acc + torch.matmul(p, v[:, :, j0:j1].to(acc))
             m = m_new
-        seen = l > 0
+        # l == 0 only for a row whose scores are all -inf (else its max term is exp(0) = 1); NaN scores (a NaN
+        # in q, k or the mask, an infinite scale) leave l NaN, and NaN must come out, as torch's SDPA gives it.
+        seen = l != 0
         o = torch.where(seen, o_acc / torch.where(seen, l, 1.0), 0.0)  # a row that sees nothing -> zeros
-        row_lse = torch.where(seen, m + torch.log(torch.where(seen, l, 1.0)), float("inf"))
         out[:, :, :, i0:i1] = o.view(B, Hkv, G, bq, Dv).to(q5.dtype)
-        lse[:, :, :, i0:i1] = row_lse.view(B, Hkv, G, bq)
-    return out, lse
+        row_max[:, :, :, i0:i1] = torch.where(seen, m, 0.0).view(B, Hkv, G, bq)
+        row_log_l[:, :, :, i0:i1] = torch.where(seen, torch.log(torch.where(seen, l, 1.0)), float("inf")).view(
+            B, Hkv, G, bq)
+    return out, row_max, row_log_l
 
 
 class FlashAttentionFunction(torch.autograd.Function):
-    """Autograd wrapper: saves q, k, v, O and L only; backward recomputes P tile by tile."""
+    """Autograd wrapper: saves q, k, v, O and the row statistics only; backward recomputes P tile by tile.
+
+    First derivatives only: a backward with ``create_graph=True`` (a gradient penalty, a Hessian-vector
+    product, ``gradgradcheck``) is refused. (``once_differentiable`` alone does not: with a ``grad_output``
+    that needs no grad it returns gradients without a graph, so a penalty on them is silently a constant.)
+    """
 
     @staticmethod
     def forward(  # type: ignore[override]
@@ -177,26 +191,32 @@ class FlashAttentionFunction(torch.autograd.Function):
             from .triton_kernel import triton_flash_forward
 
             out, lse = triton_flash_forward(q5, k, v, tiling)
+            ctx.save_for_backward(q5, k, v, out, lse)
         else:
-            out, lse = flash_forward(q5, k, v, tiling)
-        ctx.save_for_backward(q5, k, v, out, lse)
+            out, row_max, row_log_l = flash_forward(q5, k, v, tiling)
+            ctx.save_for_backward(q5, k, v, out, row_max, row_log_l)
         ctx.tiling = tiling
         ctx.use_triton = use_triton
         return out
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, d_out: Tensor):  # type: ignore[override]
         from .flash_backward import flash_backward
 
-        q5, k, v, out, lse = ctx.saved_tensors
+        if torch.is_grad_enabled():  # grad mode is on inside backward only under create_graph=True
+            raise RuntimeError(
+                "flash_attention has no second derivative (a backward with create_graph=True); use "
+                "mlcore.attention.scaled_dot_product_attention, whose backward is differentiable"
+            )
         if ctx.use_triton:  # the Triton path has no mask and no dropout
             from .triton_kernel import triton_flash_backward
 
+            q5, k, v, out, lse = ctx.saved_tensors
             dq, dk, dv = triton_flash_backward(q5, k, v, out, lse, d_out, ctx.tiling)
             return dq, dk, dv, None, None, None
+        q5, k, v, out, row_max, row_log_l = ctx.saved_tensors
         dq, dk, dv, dmask = flash_backward(
-            q5, k, v, out, lse, d_out, ctx.tiling, mask_grad=ctx.needs_input_grad[3]
+            q5, k, v, out, row_max, row_log_l, d_out, ctx.tiling, mask_grad=ctx.needs_input_grad[3]
         )
         return dq, dk, dv, dmask, None, None
 
@@ -255,7 +275,8 @@ def flash_attention(
     - block_q, block_k: tile sizes. use_triton: None picks the Triton kernel when supported (CUDA, fp16/bf16,
       D in {64, 128}, no mask, no dropout); False forces plain PyTorch; True demands Triton.
 
-    Saved for backward: q, k, v, O and the row log-sum-exp L (B, H, Tq) -- memory linear in T.
+    Saved for backward: q, k, v, O and the row max and log-sum-exp (B, H, Tq) -- memory linear in T.
+    First derivatives only: a backward with ``create_graph=True`` raises (the naive version has second ones).
     """
     B, H, Hkv, Tq, Tk, D, Dv = check_qkv(q, k, v)
     for name, value in (("block_q", block_q), ("block_k", block_k)):

@@ -1,9 +1,10 @@
-"""FlashAttention-2 backward pass in plain PyTorch: recompute P tile by tile from the saved log-sum-exp.
+"""FlashAttention-2 backward pass in plain PyTorch: recompute P tile by tile from the saved row statistics.
 
 Reference: T. Dao, "FlashAttention-2" (2023), Algorithm 2. With O = P V, P = softmax(S),
-S = scale * Q K^T + M and the saved row log-sum-exp L::
+S = scale * Q K^T + M, the saved row max m and log l (log-sum-exp past the max; FA-2 saves L = m + log l,
+which rounds to m when the row's scores are huge, see ``flash.py``)::
 
-    P_ij  = exp(S_ij - L_i)                       (recomputed; never stored whole)
+    P_ij  = exp((S_ij - m_i) - log l_i)           (recomputed; never stored whole)
     D_i   = rowsum(dO_i * O_i)                    (= rowsum(P_i * dP_i), one number per query row)
     dV_j += P_ij^T dO_i
     dP_ij = dO_i V_j^T
@@ -34,7 +35,8 @@ def flash_backward(
     k: Tensor,
     v: Tensor,
     out5: Tensor,
-    lse: Tensor,
+    row_max: Tensor,
+    row_log_l: Tensor,
     d_out5: Tensor,
     t: Tiling,
     *,
@@ -43,7 +45,7 @@ def flash_backward(
     """Gradients of flash attention.
 
     q5: (B, Hkv, G, Tq, D); k: (B, Hkv, Tk, D); v: (B, Hkv, Tk, Dv); out5, d_out5: (B, Hkv, G, Tq, Dv);
-    lse: (B, Hkv, G, Tq) fp32. Returns dq5 (B, Hkv, G, Tq, D), dk (B, Hkv, Tk, D), dv (B, Hkv, Tk, Dv)
+    row_max, row_log_l: (B, Hkv, G, Tq) in ``t.acc_dtype``, from ``flash_forward``. Returns dq5 (B, Hkv, G, Tq, D), dk (B, Hkv, Tk, D), dv (B, Hkv, Tk, Dv)
     and, if ``mask_grad``, the gradient of the additive mask ``t.mask`` (dM = dS, summed over the dims
     the mask broadcasts along; else None), each in its input's dtype (accumulated in ``t.acc_dtype``, fp32 or fp64).
     """
@@ -64,9 +66,10 @@ def flash_backward(
             bq = i1 - i0
             qb = query_tile(q5, i0, i1, acc)  # (B, Hkv, G*bq, D)
             dob = query_tile(d_out5, i0, i1, acc)  # (B, Hkv, G*bq, Dv)
-            lb = lse[:, :, :, i0:i1].reshape(B, Hkv, G * bq, 1)
+            mb = row_max[:, :, :, i0:i1].reshape(B, Hkv, G * bq, 1)
+            lb = row_log_l[:, :, :, i0:i1].reshape(B, Hkv, G * bq, 1)
             db = delta[:, :, :, i0:i1].reshape(B, Hkv, G * bq, 1)
-            p = torch.exp(t.scores(qb, kb, i0, i1, j0, j1) - lb)  # (B, Hkv, G*bq, bk)
+            p = torch.exp((t.scores(qb, kb, i0, i1, j0, j1) - mb) - lb)  # (B, Hkv, G*bq, bk)
             dp = torch.matmul(dob, vb.transpose(-1, -2))  # dP = dO V^T
             if t.dropout_p > 0.0:
                 keep = t.dropout_keep(i0, j0, tuple(p.shape), dev)

@@ -112,7 +112,7 @@ def _build_kernel(interpret: bool) -> tuple[Any, Any]:
             acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
             m_i = m_new
 
-        seen = l_i > 0.0
+        seen = l_i != 0.0  # NaN scores leave l NaN: NaN comes out, as from torch SDPA (not zeros)
         l_safe = tl.where(seen, l_i, 1.0)
         out = tl.where(seen[:, None], acc / l_safe[:, None], 0.0)
         lse = tl.where(seen, (m_i + tl.log2(l_safe)) * 0.6931471805599453, float("inf"))

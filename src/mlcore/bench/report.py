@@ -1,5 +1,9 @@
 """Report writer: ``results.json``, ``REPORT.md`` and PNG plots.
 
+``results.json`` is strict JSON (RFC 8259): a figure that was not measured (NaN) or an unbounded one (an
+infinite speed-up) is written as ``null``, since Python's ``NaN`` / ``Infinity`` tokens break other readers
+(JavaScript's ``JSON.parse``, ``jq``, most non-Python parsers).
+
 REPORT.md opens with a summary of every topic's headline figures against their goals (met / not met, with a
 warning where the figure is noisy), then the machine and its probed ceilings, then one section per topic with
 its narrow tables (see ``tables.py``) and plots.
@@ -139,9 +143,23 @@ def draw_plot(plot: Plot, results: list[Result], path: Path) -> bool:
 
 
 def _json_default(value: Any) -> Any:
-    """numpy scalars and 0-d tensors as numbers, anything else JSON cannot write as its text."""
+    """numpy scalars and 0-d tensors as numbers (null when not finite), anything else JSON cannot write as its
+    text."""
     number = as_number(value)
-    return str(value) if number is None else number
+    if number is None:
+        return str(value)
+    return number if math.isfinite(number) else None
+
+
+def _finite_or_null(value: Any) -> Any:
+    """``value`` with every NaN / infinite float inside dicts, lists and tuples replaced by None (JSON null)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: _finite_or_null(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite_or_null(item) for item in value]
+    return value
 
 
 def write_report(
@@ -167,7 +185,8 @@ def write_report(
         "results": [r.to_dict() for r in results],
         "failures": failures,
     }
-    (out_dir / "results.json").write_text(json.dumps(payload, indent=2, default=_json_default))
+    text = json.dumps(_finite_or_null(payload), indent=2, default=_json_default, allow_nan=False)
+    (out_dir / "results.json").write_text(text)
 
     by_bench: dict[str, list[Result]] = defaultdict(list)
     for r in results:

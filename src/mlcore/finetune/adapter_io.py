@@ -32,6 +32,7 @@ from mlcore.finetune.inject import (
     find_targets,
     has_adapters,
     lora_layers,
+    name_matches,
     resolve_modules_to_save,
 )
 from mlcore.finetune.lora import check_module, linear_dims
@@ -121,6 +122,13 @@ def save_adapter(model: nn.Module, directory: str | Path, *, base_model_name_or_
 
         if not isinstance(model, Transformer):
             raise ValueError(f"save_adapter hf_names=True needs an mlcore Transformer, got {type(model).__name__}")
+        from mlcore.model.hf_convert import config_to_hf
+
+        try:  # the names are those of model.to_hf(); a model it cannot export (GPT-2's layout) has no such names
+            config_to_hf(model.config)
+        except ValueError as e:
+            raise ValueError(f"save_adapter hf_names=True writes the module names of model.to_hf(), which cannot "
+                             f"export this model: {e}") from None
         rename = hf_module_name
     tensors = adapter_state_dict(model, rename=rename)
     directory = Path(directory)
@@ -232,13 +240,56 @@ def _tensors_by_name(model: nn.Module) -> dict[str, torch.Tensor]:
     return model.state_dict(keep_vars=True)
 
 
+def _from_hf_names(model: nn.Module, config: LoraConfig,
+                   tensors: dict[str, torch.Tensor]) -> tuple[LoraConfig, dict[str, torch.Tensor]]:
+    """An adapter written on the HF twin of an mlcore ``Transformer`` (``PeftModel.save_pretrained`` on
+    ``model.to_hf()`` or on the Llama / Mistral / Qwen2 model it came ``from_hf``, or :func:`save_adapter` with
+    ``hf_names``) -> the same adapter in mlcore's module names.
+
+    The config's ``target_modules`` are matched on the HF names (PEFT's rule, as PEFT did when it wrote the
+    folder) and replaced by the mlcore names they select; tensor keys are renamed through :func:`hf_module_name`.
+    Anything else (another model, or a folder already in mlcore's names) is returned unchanged.
+    """
+    from mlcore.model import Transformer
+
+    if not isinstance(model, Transformer):
+        return config, tensors
+    modules = {hf_module_name(n): n for n, _ in model.named_modules() if n}
+    lora_keys = [k.rsplit(".lora_", 1)[0] for k in tensors if ".lora_" in k]
+    if not any(modules.get(k, k) != k or k.startswith("model.") for k in lora_keys):
+        return config, tensors  # mlcore's own names (or no LoRA weights: read_adapter's checks report it)
+    if config.modules_to_save:
+        hf_saved = [h for h in modules if any(h.endswith(m) for m in config.modules_to_save)]
+        mapped = [modules[h] for h in hf_saved]
+        if mapped and sorted(resolve_modules_to_save(model, replace(config, modules_to_save=mapped))) != sorted(mapped):
+            raise ValueError(f"adapter modules_to_save={config.modules_to_save} is in the HF export's names; on "
+                             f"mlcore's Transformer they map to {mapped}, which PEFT's suffix rule reads as other "
+                             "modules too: save the adapter on the mlcore model instead")
+        # none mapped: left as written, so apply's check names the modules_to_save that match nothing
+        config = replace(config, modules_to_save=mapped or config.modules_to_save)
+    if config.target_modules != ALL_LINEAR:  # "all-linear" selects the same layers in both namings
+        targets = [n for h, n in modules.items() if name_matches(config.target_modules, h)]
+        config = replace(config, target_modules=targets or config.target_modules)
+    params = {hf_module_name(n): n for n in model.state_dict()}
+    renamed = {}
+    for key, value in tensors.items():
+        owner, sep, leaf = key.rpartition(".lora_")
+        if sep:
+            renamed[f"{modules.get(owner, owner)}.lora_{leaf}"] = value  # a name it lacks: _check_fits says so
+        else:
+            plain = key.replace(".base_layer.", ".")
+            renamed[params.get(plain, key)] = value
+    return config, renamed
+
+
 def load_adapter(model: nn.Module, directory: str | Path, *, is_trainable: bool = False) -> nn.Module:
     """Apply LoRA to ``model`` as the folder's config says and load its weights (whoever wrote the folder).
 
-    Like ``PeftModel.from_pretrained``, the adapter is frozen and the model put in eval mode unless
-    ``is_trainable``. Raises ValueError when
-    the model already has adapters, or when the folder does not fit the model (target names, shapes) or is
-    corrupt; the model is only modified once every check has passed.
+    An mlcore ``Transformer`` also reads a folder in its HF twin's module names (PEFT on ``to_hf()``, or on the
+    Llama-family model it was imported from). Like ``PeftModel.from_pretrained``, the adapter is frozen and the
+    model put in eval mode unless ``is_trainable``. Raises ValueError when the model already has adapters, or
+    when the folder does not fit the model (target names, shapes) or is corrupt; the model is only modified once
+    every check has passed.
     """
     check_module("load_adapter", model)
     _check_directory("load_adapter", directory)
@@ -246,6 +297,7 @@ def load_adapter(model: nn.Module, directory: str | Path, *, is_trainable: bool 
         raise ValueError(f"load_adapter: {type(model).__name__} already has LoRA adapters; load into a model "
                          "without adapters (or merge_lora(model, unload=True) first)")
     config, tensors = read_adapter(directory)
+    config, tensors = _from_hf_names(model, config, tensors)
     lora, rest = _split_keys(tensors)
     try:
         targets = find_targets(model, config)

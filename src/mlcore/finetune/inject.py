@@ -187,7 +187,8 @@ def _set_module(model: nn.Module, name: str, new: nn.Module) -> None:
 
 def trainable_parameters(model: nn.Module) -> tuple[int, int]:
     """``(trainable, total)`` parameter counts as PEFT's ``get_nb_trainable_parameters`` counts them: each shared
-    (tied) tensor once, and a quantized linear layer's weight (stored in buffers) as its ``in * out`` values."""
+    (tied) tensor once, a quantized linear layer's weight (stored in buffers) as its ``in * out`` values, and each
+    module of ``modules_to_save`` twice in ``total`` (PEFT keeps its frozen original beside the trained copy)."""
     check_module("trainable_parameters", model)
     trainable = total = 0
     for p in model.parameters():
@@ -196,6 +197,9 @@ def trainable_parameters(model: nn.Module) -> tuple[int, int]:
     for m in model.modules():
         if hasattr(type(m), "quantized_weight") and linear_dims(m) is not None:
             total += m.in_features * m.out_features  # frozen 4- or 8-bit codes
+    # the frozen originals PEFT keeps beside its trained copies of modules_to_save (see apply_lora)
+    info = getattr(model, "_mlcore_lora", None)
+    total += info.get("saved_originals", 0) if isinstance(info, dict) else 0
     return trainable, total
 
 
@@ -217,8 +221,13 @@ def apply_lora(model: nn.Module, config: LoraConfig, *, generator: torch.Generat
     check_generator("apply_lora", generator)
     targets = find_targets(model, config)
     saved = resolve_modules_to_save(model, config)
+    before = _unique_numel(model)
+    copies = sum(_unique_numel(model.get_submodule(name)) for name in saved)
     for name in saved:
         _untie(model, name)
+    # PEFT's ModulesToSaveWrapper keeps each module's frozen original next to a trained copy and counts both;
+    # mlcore trains the module itself (untying a shared weight): the originals it has no longer, for the counts
+    saved_originals = before + copies - _unique_numel(model)
     for name in targets:
         base = model.get_submodule(name)
         layer = LoraLinear(base, config.r, config.lora_alpha, lora_dropout=config.lora_dropout,
@@ -243,7 +252,8 @@ def apply_lora(model: nn.Module, config: LoraConfig, *, generator: torch.Generat
     for name in saved:
         for p in model.get_submodule(name).parameters():
             p.requires_grad_(True)
-    model._mlcore_lora = {"config": config, "targets": targets, "modules_to_save": saved}
+    model._mlcore_lora = {"config": config, "targets": targets, "modules_to_save": saved,
+                          "saved_originals": saved_originals}
     if verbose:
         trainable, total = trainable_parameters(model)
         print(f"trainable params: {trainable:,d} || all params: {total:,d} || "
@@ -254,6 +264,11 @@ def apply_lora(model: nn.Module, config: LoraConfig, *, generator: torch.Generat
 def _keep_modular_path(module: nn.Module, args: tuple) -> None:
     """A no-op forward pre-hook; its presence turns off ``nn.TransformerEncoderLayer``'s fused fast path."""
     return None
+
+
+def _unique_numel(module: nn.Module) -> int:
+    """Number of parameter values in ``module``, each shared tensor once."""
+    return sum(p.numel() for p in module.parameters())
 
 
 def _untie(model: nn.Module, name: str) -> None:

@@ -11,7 +11,9 @@ length S whose last token ``x_S`` is not yet in either cache:
     rollback: target cache -> S + n columns (x, d_1..d_n); draft cache -> at most the same (``crop``)
 
 The target sees ``x_S`` and the drafts together, so its k+1 output rows are exactly the distributions it
-would have produced one token at a time; with temperature 0 acceptance means ``d_i == argmax p_i`` and the
+would have produced one token at a time (for RoPE scalings whose frequencies follow the call's longest
+position, dynamic NTK and LongRoPE, the pass is cut where ``generate``'s calls would switch frequencies); with
+temperature 0 acceptance means ``d_i == argmax p_i`` and the
 output is token for token the target's own greedy decoding. The new token that ends a round enters both
 caches at the start of the next one (with ``d_k`` too, for the draft, when all k were accepted).
 
@@ -46,7 +48,8 @@ __all__ = ["speculative_generate", "SpeculativeStats"]
 class SpeculativeStats(AcceptanceStats):
     """:class:`AcceptanceStats` (``rate``, ``tokens_per_round``) plus the call counts of one generation.
 
-    rounds: target forward passes (prefill included, as round one); draft_forwards: draft forward passes;
+    rounds: target verify passes (prefill included, as round one; a dynamic-NTK / LongRoPE target may cut one
+    pass into several calls, see :func:`_target_forward`); draft_forwards: draft forward passes;
     new_tokens: tokens appended per row. ``rate`` counts each row's own accepted drafts, before the batch
     minimum; ``new_tokens / rounds`` is what a row actually gained per target pass.
     """
@@ -125,6 +128,38 @@ def _forward(model: nn.Module, kv: Any, tokens: Tensor, start: int, mask: Tensor
         return model(tokens, attention_mask=full, cache=kv, logits_to_keep=keep)
     positions = torch.arange(start, start + n, device=tokens.device)[None, :] + offset  # (B, n)
     return model(tokens, cache=kv, position_ids=positions, logits_to_keep=keep, validate=False)
+
+
+def _target_forward(model: nn.Module, kv: Any, tokens: Tensor, start: int, mask: Tensor, offset: Tensor,
+                    keep: int, prompt_len: int) -> Tensor:
+    """:func:`_forward` for the target, whose rows must equal the ones ``generate`` computes one token at a time.
+
+    With dynamic NTK or LongRoPE (``rope.per_call``) the rotary frequencies of a call depend on its longest
+    position, so one pass over ``[x_S, d_1..d_k]`` rotated the earlier columns with the later columns'
+    frequencies (LongRoPE's long factors, a larger NTK base): the target's greedy tokens then differed from
+    ``generate(target)`` (and from transformers' greedy ``generate``) once a round reached past
+    ``original_max_position_embeddings`` / ``max_position_embeddings``. The pass is cut where ``generate``'s own
+    calls would see other frequencies: the prompt alone (its prefill), the columns within ``L0`` together, then
+    LongRoPE's long columns together and dynamic NTK's one by one."""
+    rope = getattr(model, "rope", None)
+    n = tokens.shape[1]
+    if not getattr(rope, "per_call", False):
+        return _forward(model, kv, tokens, start, mask, offset, keep)
+    limit = (rope.scaling["original_max_position_embeddings"] if rope.rope_type == "longrope"
+             else rope.max_position_embeddings)
+    # generate's step at column c sees the largest position of that column over the rows: c + max(offset)
+    first_past = max(limit - int(offset.max()), prompt_len)  # first column whose call would reach past L0
+    cuts = {start + n} | {c for c in (prompt_len, first_past) if start < c < start + n}
+    if rope.rope_type == "dynamic":  # the NTK base grows with every column past L0
+        cuts |= set(range(max(first_past, start) + 1, start + n))
+    pieces, a = [], start
+    for b in sorted(cuts):
+        kept = max(0, b - max(a, start + n - keep))  # this piece's share of the last `keep` columns
+        logits = _forward(model, kv, tokens[:, a - start:b - start], a, mask, offset, max(kept, 1))
+        if kept:
+            pieces.append(logits)
+        a = b
+    return torch.cat(pieces, dim=1)  # (B, keep, V)
 
 
 def _probs(logits: Tensor, temperature: float, top_k: int | None, top_p: float | None) -> Tensor:
@@ -211,7 +246,7 @@ def speculative_generate(
 
         # 2. The target scores [uncached tail of x, d_1..d_k] in one pass: p_1..p_{k+1}.
         fed = torch.cat([seq[:, target_len:], proposal], dim=1)
-        logits = _forward(target, target_kv, fed, target_len, mask, offset, keep=k + 1)  # (B, k+1, V)
+        logits = _target_forward(target, target_kv, fed, target_len, mask, offset, k + 1, T)  # (B, k+1, V)
         stats.rounds += 1
         target_len += fed.shape[1]
         if greedy:  # argmax of the logits is the argmax of p; no softmax rounding can create ties

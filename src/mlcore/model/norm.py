@@ -4,7 +4,8 @@
   statistics over the feature dimension; used by GPT-2.
 - RMSNorm (Zhang & Sennrich 2019, "Root Mean Square Layer Normalization"): ``y = x / sqrt(mean(x^2) + eps) * g``,
   no centring and no bias; used by Llama, Mistral and Qwen2. Statistics are computed in float32 and the result is
-  cast back before the gain is applied, the order Hugging Face's ``LlamaRMSNorm`` uses. The forward calls
+  cast back before the gain is applied, the order Hugging Face's ``LlamaRMSNorm`` uses (a float64 input is
+  rounded to float32 too, as there, so float64 logits equal a float64 transformers model's). The forward calls
   ``torch.nn.functional.rms_norm`` (torch >= 2.4), one fused call with the same float32 arithmetic (bit for bit
   on CPU, measured); the formula is written out in :meth:`RMSNorm.reference`. LayerNorm computes
   everything, gain and bias included, in float32 (float64 for a float64 input) and rounds once, as
@@ -35,6 +36,10 @@ class RMSNorm(nn.Module):
         w = self.weight
         if x.dtype == torch.float32 and w.dtype == torch.float32:
             return F.rms_norm(x, (x.shape[-1],), w, self.eps)  # one call; the gain inside is exact here
+        if x.dtype == torch.float64:
+            # HF's LlamaRMSNorm casts *every* input to float32 (float64 too) and casts the result back: a float64
+            # rms_norm here would differ from a float64 transformers model by ~1e-6 in the logits
+            return w * F.rms_norm(x.float(), (x.shape[-1],), None, self.eps).to(x.dtype)
         # half inputs: rms_norm computes in float32 and rounds once, then the gain multiplies in x's dtype
         return w * F.rms_norm(x, (x.shape[-1],), None, self.eps)
 

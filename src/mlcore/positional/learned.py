@@ -32,8 +32,10 @@ class LearnedEncoding(nn.Module):
         once per call, and an index past the table still fails in the lookup itself."""
         if not isinstance(positions, torch.Tensor):
             raise ValueError(f"positions must be an integer tensor, got {type(positions).__name__}")
-        if positions.dtype.is_floating_point or positions.dtype == torch.bool:
-            raise ValueError(f"positions must be an integer tensor, got dtype {positions.dtype}")
+        # int64 / int32 only, as nn.Embedding takes: torch reads a uint8 index tensor as a boolean mask (rows 1 and 2
+        # of positions [0, 1, 2], silently), and int8 / int16 indices fail deep inside indexing
+        if positions.dtype not in (torch.int64, torch.int32):
+            raise ValueError(f"positions must be an int64 or int32 tensor, got dtype {positions.dtype}")
         if validate and positions.numel() and not torch.compiler.is_compiling():
             lo, hi = int(positions.min()), int(positions.max())
             if lo < 0 or hi >= self.max_len:

@@ -51,8 +51,10 @@ class SinusoidalEncoding(nn.Module):
         """``positions`` int (T,) or (B, T), >= 0 -> encodings (T, dim) or (B, T, dim)."""
         if not isinstance(positions, torch.Tensor):
             raise ValueError(f"positions must be an integer tensor, got {type(positions).__name__}")
-        if positions.dtype.is_floating_point or positions.dtype == torch.bool:
-            raise ValueError(f"positions must be an integer tensor, got dtype {positions.dtype}")
+        # int64 / int32 only, as nn.Embedding takes: torch reads a uint8 index tensor as a boolean mask (rows 1 and 2
+        # of positions [0, 1, 2], silently), and int8 / int16 indices fail deep inside indexing
+        if positions.dtype not in (torch.int64, torch.int32):
+            raise ValueError(f"positions must be an int64 or int32 tensor, got dtype {positions.dtype}")
         if positions.numel() and int(positions.min()) < 0:
             raise ValueError(f"positions must be >= 0, got min {int(positions.min())}")
         if positions.numel() == 0 or int(positions.max()) < self.max_len:

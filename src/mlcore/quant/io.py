@@ -5,7 +5,8 @@ The file holds the model's whole ``state_dict`` (quantized layers as their ``wei
 
 - ``format = "mlcore.quant"``, ``format_version = "1"``;
 - ``quantized_layers``: JSON ``{layer name: QuantizedLinear.quant_metadata}`` (scheme, shape, dtype, group /
-  block size, granularity, symmetric, double-quant block size, in / out features, bias);
+  block size, granularity, symmetric, double-quant block size, in / out features, bias, ``prefer``: the kernel
+  choice, restored on load; absent in older files, read as "auto");
 - ``aliases``: JSON ``{name: stored name}`` for tensors that share memory (a tied ``lm_head`` / embedding is
   stored once, as safetensors requires).
 
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from typing import Any
 
 import torch
@@ -27,6 +29,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
+from .kernels import unavailable_reason
 from .linear import QuantizedLinear
 from .tensor import QuantizedTensor
 
@@ -112,7 +115,13 @@ def _quantized_layer(path: str, model: nn.Module, name: str, meta: dict[str, Any
         unexpected = sorted(parts.keys() - qt.tensors().keys())
         if unexpected:  # an unknown tensor would otherwise be dropped without a word
             raise ValueError(f"unexpected tensors {[prefix + k for k in unexpected]} for its {qt.scheme} weight")
-        return QuantizedLinear(qt, bias)
+        prefer = meta.get("prefer", "auto")  # files written before prefer was saved: "auto"
+        if prefer in ("int8pack", "int4pack") and unavailable_reason(prefer, qt) is not None:
+            # a kernel this torch lacks must not make the file unloadable: warn and let "auto" choose
+            warnings.warn(f"load_quantized: layer {name!r} was saved with prefer={prefer!r}, which cannot run "
+                          f"here ({unavailable_reason(prefer, qt)}); using prefer='auto'", stacklevel=3)
+            prefer = "auto"
+        return QuantizedLinear(qt, bias, prefer=prefer)
     except ValueError as e:
         raise ValueError(f"path: {path!r}: layer {name!r}: {e}") from e
 

@@ -13,6 +13,11 @@ and float16 paths are scalar code), which is why ``QuantizedLinear`` picks them 
   not an integer subtracted before it. Our ``(q - z) * s`` is the same line with ``sz = (s, (8 - z) * s)``.
   Needs N % 16 == 0 and g in {32, 64, 128, 256}; ``sz`` has ``x``'s dtype (bf16 activations are the fast case;
   rounding ``s`` and ``(8 - z) * s`` to bf16 is the only difference from dequantize-then-matmul).
+
+Alignment: torch 2.13's AVX-512 bfloat16 path of ``_weight_int8pack_mm`` uses aligned vector loads once it
+has 4 rows or more, and segfaults on a weight not 16-byte aligned or activations not 32-byte aligned. The
+tensors safetensors hands out (``load_quantized``) start 8 bytes past a 64-byte boundary, and a view at an
+odd offset may too; ``aligned`` copies such a tensor (torch's CPU allocator returns 64-byte aligned memory).
 """
 
 from __future__ import annotations
@@ -28,6 +33,13 @@ KERNELS: tuple[str, ...] = ("int8pack", "int4pack", "dequant")
 # bf16, 31 ms fp32, 30 ms fp16; a dense bf16 matmul takes 1.0 ms, fp32 1.8 ms.
 AUTO_FAST_DTYPES: tuple[torch.dtype, ...] = (torch.bfloat16,)
 INT4_GROUP_SIZES: tuple[int, ...] = (32, 64, 128, 256)
+KERNEL_ALIGN = 64  # bytes: covers the 16 (weight) and 32 (activations) that _weight_int8pack_mm needs
+
+
+def aligned(t: torch.Tensor) -> torch.Tensor:
+    """``t`` itself when its data starts on a ``KERNEL_ALIGN``-byte boundary, else a contiguous copy (which does:
+    see the module docstring). Eager tensors only (a traced fake tensor has no address)."""
+    return t if t.data_ptr() % KERNEL_ALIGN == 0 else t.contiguous().clone()
 
 
 def _has_op(name: str) -> bool:

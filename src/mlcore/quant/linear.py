@@ -45,7 +45,9 @@ from mlcore._tensor_state import tensor_state_key
 from .api import dequantize, dequantize_unchecked, quantize
 from .kernels import (
     AUTO_FAST_DTYPES,
+    KERNEL_ALIGN,
     KERNELS,
+    aligned,
     int4pack_mm_op,
     int4pack_weight,
     int8_channel_scales,
@@ -89,7 +91,8 @@ class QuantizedLinear(nn.Module):
         self.last_kernel: str | None = None  # the path the latest forward took
         self._keys = tuple(weight.tensors())
         for key, t in weight.tensors().items():
-            self.register_buffer("weight_" + key, t)
+            # codes read by the int8 kernel must be aligned (kernels.aligned: a file's tensors segfault it)
+            self.register_buffer("weight_" + key, aligned(t) if key == "data" and t.device.type == "cpu" else t)
         self.bias = None if bias is None else nn.Parameter(bias.detach().clone(), requires_grad=False)
         self.register_buffer("_int4_packed", None, persistent=False)
         self.register_buffer("_int4_sz", None, persistent=False)
@@ -165,9 +168,10 @@ class QuantizedLinear(nn.Module):
 
     @property
     def quant_metadata(self) -> dict[str, Any]:
-        """JSON-able description of the layer (what ``save_quantized`` writes)."""
+        """JSON-able description of the layer (what ``save_quantized`` writes), ``prefer`` included: a layer
+        forced onto a kernel (or onto the exact ``"dequant"`` path) computes the same after a round trip."""
         return {**self._meta, "in_features": self.in_features, "out_features": self.out_features,
-                "bias": self.bias is not None}
+                "bias": self.bias is not None, "prefer": self.prefer}
 
     def dequantized_weight(self) -> torch.Tensor:
         """The weight (out, in) in its original dtype."""
@@ -225,7 +229,7 @@ class QuantizedLinear(nn.Module):
             if kernel == "int8pack":
                 if scales is None or scales.dtype != dtype:
                     scales = int8_channel_scales(qt).to(dtype)
-                args = (kernel, qt.data.contiguous(), scales, bias)
+                args = (kernel, aligned(qt.data.contiguous()), scales, bias)
             else:
                 packed, sz = self._int4_cache(qt)
                 args = (kernel, packed, scales if scales is not None and scales.dtype == dtype else sz.to(dtype),
@@ -251,7 +255,7 @@ class QuantizedLinear(nn.Module):
                     self.last_kernel = kernel
                 for src in self._stacked_from:  # a plain attribute: write it without Module.__setattr__
                     src.__dict__["last_kernel"] = kernel
-                return self._packed_matmul(x, kernel, w, aux, bias)
+                return self._packed_matmul(x, kernel, w, aux, bias, align=True)
         return self._forward_general(x)
 
     def prepare_traced(self) -> None:
@@ -271,6 +275,9 @@ class QuantizedLinear(nn.Module):
         if kernel not in _FAST:
             self._buffers["_traced_scales"], self._traced_key = None, None
             return
+        data = self._buffers["weight_data"]
+        if kernel == "int8pack" and data.data_ptr() % KERNEL_ALIGN:  # a graph reads the buffer itself: align it
+            self._buffers["weight_data"] = aligned(data)
         qt = self._view()
         key = (dtype, *tensor_state_key(qt.tensors().values()))
         if key != self._traced_key:
@@ -321,14 +328,18 @@ class QuantizedLinear(nn.Module):
         else:
             weight, aux = int4_weight(qt)
         # traced, the scales computed here would reach inductor's lowering unmaterialised: go through custom ops
-        return self._packed_matmul(x, kernel, weight, aux.to(x.dtype), bias, opaque=torch.compiler.is_compiling())
+        traced = torch.compiler.is_compiling()
+        return self._packed_matmul(x, kernel, weight, aux.to(x.dtype), bias, opaque=traced, align=not traced)
 
     def _packed_matmul(self, x: torch.Tensor, kernel: str, weight: torch.Tensor, aux: torch.Tensor,
-                       bias: torch.Tensor | None, *, opaque: bool = False) -> torch.Tensor:
+                       bias: torch.Tensor | None, *, opaque: bool = False, align: bool = False) -> torch.Tensor:
         """x (..., in) -> (..., out) through torch's CPU kernel ``kernel`` on the packed ``weight``, with ``aux``
         the int8 scales (N,) or int4 scales-and-zeros (K / g, N, 2) in x's dtype; ``opaque``: through the
-        ``mlcore::`` custom ops (see ``kernels.py``)."""
+        ``mlcore::`` custom ops (see ``kernels.py``); ``align`` (eager only): copy a misaligned ``x`` or int8
+        ``weight`` first, which the int8 kernel would crash on (``kernels.aligned``)."""
         x2 = x.reshape(-1, self.in_features).contiguous()
+        if kernel == "int8pack" and align:
+            x2, weight = aligned(x2), aligned(weight)
         if kernel == "int8pack":
             y = (int8pack_mm_op if opaque else torch.ops.aten._weight_int8pack_mm)(x2, weight, aux)
         else:

@@ -5,7 +5,7 @@
 - ``naive_trainer`` / ``fast_trainer``: the textbook loop and the incremental one (same merges)
 - ``encoder``: rank-ordered merging with a per-chunk cache (tiktoken's algorithm)
 - ``bpe``: ``BPETokenizer`` — train, encode, decode, save/load, export
-- ``export``: ``tiktoken.Encoding`` and Hugging Face ``tokenizers`` JSON
+- ``export``: ``tiktoken.Encoding``, Hugging Face ``tokenizers`` JSON and a ``transformers`` folder (``save_pretrained``)
 - ``train_corpus``: the project tokenizer, trained on ``pydoc_data.topics``
 """
 

@@ -159,6 +159,10 @@ class BaseTokenizer:
     # -- decoding --------------------------------------------------------------------------------
     def decode_bytes(self, ids: Iterable[int]) -> bytes:
         """Concatenate the bytes of ``ids``; this never fails on valid ids, even mid-character."""
+        if not isinstance(ids, Iterable):
+            # else "'int' object is not iterable", naming nothing (transformers' decode takes a bare id; we do not)
+            hint = f" (for one id, pass [{ids!r}])" if isinstance(ids, int) else ""
+            raise TypeError(f"ids must be a sequence of token ids, got {type(ids).__name__}{hint}")
         return b"".join(self.token_bytes(_as_id(i)) for i in ids)
 
     def decode(self, ids: Iterable[int]) -> str:

@@ -191,8 +191,25 @@ class BPETokenizer(BaseTokenizer):
         return to_hf_json(self)
 
     def save_hf(self, path: str | Path) -> None:
-        """Write :meth:`to_hf_json` to ``path`` (conventionally ``tokenizer.json``)."""
+        """Write :meth:`to_hf_json` to ``path`` (conventionally ``tokenizer.json``). It names no EOS / BOS / padding
+        token: for ``transformers.AutoTokenizer``, write a folder with :meth:`save_pretrained`."""
         Path(path).write_text(self.to_hf_json(), encoding="utf-8")
+
+    def save_pretrained(
+        self,
+        folder: str | Path,
+        *,
+        eos_token: str | None = None,
+        bos_token: str | None = None,
+        pad_token: str | None = None,
+        model_max_length: int | None = None,
+    ) -> Path:
+        """A folder ``transformers.AutoTokenizer.from_pretrained`` loads: ``tokenizer.json`` plus a
+        ``tokenizer_config.json`` naming the EOS / BOS / padding special tokens (``export.save_pretrained``)."""
+        from .export import save_pretrained
+
+        return save_pretrained(self, folder, eos_token=eos_token, bos_token=bos_token, pad_token=pad_token,
+                               model_max_length=model_max_length)
 
     def __repr__(self) -> str:
         return (f"BPETokenizer(vocab_size={self.vocab_size}, merges={len(self.merges)}, "

@@ -13,6 +13,16 @@ HF ``tokenizers`` describes the same tokenizer as a pipeline:
   token already), no unknown token, no dropout;
 - decoder ``ByteLevel``; special tokens as ``added_tokens`` with ``special=True``.
 
+Special-token text is always split out of the text by HF (as ``encode(text, allowed_special="all")``; transformers'
+``split_special_tokens=True`` gives ``encode_ordinary``), while mlcore's and tiktoken's ``encode`` refuse it by
+default. HF adds nothing around the text (no post-processor: no BOS / EOS, as the shipped models expect), and its
+decode round trips exactly (``clean_up_tokenization_spaces`` would drop the space in ``"a ,"``: transformers 5.25
+skips it for BPE models, and the config below sets it off for every version).
+
+A ``tokenizer.json`` cannot say which special token is the EOS / BOS / padding token: transformers reads that from
+``tokenizer_config.json``, which :func:`save_pretrained` writes beside it (without it ``AutoTokenizer`` has
+``eos_token=None`` while the model's ``config.json`` names an ``eos_token_id``).
+
 Decoding special tokens. HF's decoder also runs on added tokens (tokenizers 0.23; no ``added_tokens`` flag changes
 that): ``ByteLevel`` reads a token whose characters are all in GPT-2's byte table as byte-level text, so ``"«sep»"``
 or ``"<|día|>"`` would decode to other bytes (a token with any character outside the table is passed through as
@@ -30,9 +40,11 @@ overlapping in one word (``ab|a|ba``), where HF takes list order and tiktoken th
 from __future__ import annotations
 
 import json
+import numbers
 import string
 import warnings
 from functools import lru_cache
+from pathlib import Path
 
 from .base import BaseTokenizer
 
@@ -133,6 +145,41 @@ def to_hf_json(tok: BaseTokenizer) -> str:
         },
     }
     return json.dumps(spec, ensure_ascii=False)
+
+
+def save_pretrained(
+    tok: BaseTokenizer,
+    folder: str | Path,
+    *,
+    eos_token: str | None = None,
+    bos_token: str | None = None,
+    pad_token: str | None = None,
+    model_max_length: int | None = None,
+) -> Path:
+    """Write ``tokenizer.json`` and ``tokenizer_config.json`` to ``folder`` (created), for
+    ``transformers.AutoTokenizer.from_pretrained(folder)``. ``eos_token`` / ``bos_token`` / ``pad_token`` name
+    special tokens of ``tok`` (None: the role is unset); ``model_max_length`` is the model's context length
+    (None: transformers' "very large" default). Nothing is added to encoded text (module docstring)."""
+    roles = {"eos_token": eos_token, "bos_token": bos_token, "pad_token": pad_token}
+    for name, value in roles.items():
+        if value is not None and (not isinstance(value, str) or value not in tok.special_tokens):
+            raise ValueError(f"{name} must be one of the special tokens {sorted(tok.special_tokens)} or None, "
+                             f"got {value!r}")
+    if model_max_length is not None and (
+        isinstance(model_max_length, bool) or not isinstance(model_max_length, numbers.Integral)
+        or model_max_length < 1
+    ):
+        raise ValueError(f"model_max_length must be a positive int or None, got {model_max_length!r}")
+    spec = to_hf_json(tok)  # before creating anything: it may raise
+    config: dict = {"tokenizer_class": "PreTrainedTokenizerFast", "clean_up_tokenization_spaces": False, **roles}
+    if model_max_length is not None:
+        config["model_max_length"] = int(model_max_length)
+    out = Path(folder)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "tokenizer.json").write_text(spec, encoding="utf-8")
+    (out / "tokenizer_config.json").write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n",
+                                               encoding="utf-8")
+    return out
 
 
 def special_token_replaces(tok: BaseTokenizer, names: list[str]) -> list[dict]:

@@ -10,7 +10,7 @@ out (a seeded ~5 % of the characters) so that no held-out document was seen in t
 3. train the target, then the draft, with :func:`mlcore.training.train` (AdamW, warm-up + cosine);
 4. store each with ``Transformer.save_pretrained`` (HF ``LlamaForCausalLM`` folder, bf16 to stay small),
    reload it and measure held-out perplexity of the *stored* weights;
-5. write ``tokenizer.bpe`` (+ HF ``tokenizer.json``), ``train_log.json``, ``loss_curve.png``, ``COMMAND.txt``.
+5. write ``tokenizer.bpe`` (+ HF ``tokenizer.json`` and ``tokenizer_config.json``), ``train_log.json``, ``loss_curve.png``, ``COMMAND.txt``.
 
 Load the results with :func:`mlcore.training.assets.load_tiny` instead of retraining.
 """
@@ -163,7 +163,8 @@ def pretrain(preset: str = "tiny", *, out: str | Path = DEFAULT_OUT, seed: int =
     tokenizer = BPETokenizer.train("\n\n".join(train_texts.values()), p["vocab_size"], special_tokens=[EOT])
     tokenizer_seconds = time.perf_counter() - t0
     tokenizer.save(out / "tokenizer.bpe")
-    tokenizer.save_hf(out / "tokenizer.json")
+    # tokenizer.json + tokenizer_config.json: AutoTokenizer then knows the EOS token and the context length
+    tokenizer.save_pretrained(out, eos_token=EOT, model_max_length=p["block_size"])
     train_data = _blocks(train_texts, tokenizer, p["block_size"])
     eval_data = _blocks(held_texts, tokenizer, p["block_size"])
 

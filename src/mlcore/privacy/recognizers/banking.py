@@ -119,7 +119,9 @@ def find_routing_numbers(text: str) -> Iterator[PiiSpan]:
             yield PiiSpan("ABA_ROUTING", s, e, m.group(), 0.9)
 
 
-_SORT_CODE = re.compile(r"(?i:sort[ -]?code|\bsc\b)[ \t]*(?:no\.?|number|is)?[ \t]*[:#=]?[ \t]*"
+# LABEL_BREAK: the value may open the next line or table cell ("Sort code:\n20-00-00", "| Account | 12345678 |")
+LABEL_BREAK = r"(?:(?:\||\r?\n)[ \t]*)?"
+_SORT_CODE = re.compile(r"(?i:sort[ -]?code|\bsc\b)[ \t]*(?:no\.?|number|is)?[ \t]*[:#=]?[ \t]*" + LABEL_BREAK +
                         r"([0-9]{2}([- ]?)[0-9]{2}\2[0-9]{2})(?![\w]|[.-][0-9])")
 
 
@@ -137,7 +139,7 @@ def find_sort_codes(text: str) -> Iterator[PiiSpan]:
 
 
 _ACCOUNT = re.compile(
-    r"(?<![a-z])(?:account|acct|a/c|acc)\.?(?:[ \t]*(?:number|num|no\.?|nr\.?|#))?[ \t]*(?:[:#=]|is\b|was\b)?[ \t]*"
+    r"(?<![a-z])(?:account|acct|a/c|acc)\.?(?:[ \t]*(?:number|num|no\.?|nr\.?|#))?[ \t]*(?:[:#=]|is\b|was\b)?[ \t]*" + LABEL_BREAK +
     r"((?-i:[A-Z]{1,4})?\d(?:-?\d){5,16})(?![\w]|[.,-]\d)",
     re.IGNORECASE,
 )

@@ -358,7 +358,11 @@ def _card_span(text: str, start: int, end: int, digits: str, seps: frozenset[str
         if not digits.startswith(_MAESTRO_IINS) and not has_context(text, start, "CARD"):
             return None
         base -= 0.1
-    return PiiSpan("CARD", start, end, text[start:end], score_with_context(text, start, "CARD", base))
+    # An argue-against word ("order", "ref", "USPS") keeps a listed network's valid number from being
+    # *reported*, never from being masked: it stays at UNKNOWN_IIN_SCORE at least (a Maestro or glued number
+    # after "ref", or a window a neighbouring group continues, would drop below MASK_MIN_SCORE and leak raw).
+    score = max(score_with_context(text, start, "CARD", base), UNKNOWN_IIN_SCORE)
+    return PiiSpan("CARD", start, end, text[start:end], score)
 
 
 def find_cards(text: str) -> Iterator[PiiSpan]:

@@ -216,17 +216,33 @@ def _after_abbreviation(text: str, k: int) -> bool:
             or text[j:k].lstrip(".").lower() in _ABBREVIATIONS)
 
 
-def _window_start(text: str, start: int, window: int) -> int:
-    """Start of the look-back window, clipped at the last clause break (newline, ';', '|', '. '); a '. '
-    after an abbreviation ("routing no. 0210...", "tel. 555...") does not end a clause."""
-    lo = max(0, start - window)
+# What may sit between a clause break and a value that opens its line or table cell: blanks and the marks of
+# a label ("Routing number:\n**021000021**", "| SSN | 123456789 |").
+_LABEL_GAP = " \t\r:#=*"
+
+
+def _clause_start(text: str, lo: int, end: int) -> tuple[int, int]:
+    """(start of the clause that ends at `end`, clipped to `lo`; index of the break before it, or -1)."""
+    clause, at = lo, -1
     for brk in _CLAUSE_BREAKS:
-        k = text.rfind(brk, lo, start)
+        k = text.rfind(brk, lo, end)
         while brk == ". " and k >= lo and _after_abbreviation(text, k):
             k = text.rfind(brk, lo, k)
-        if k >= 0:
-            lo = max(lo, k + len(brk))
-    return lo
+        if k >= 0 and k + len(brk) > clause:
+            clause, at = k + len(brk), k
+    return clause, at
+
+
+def _window_start(text: str, start: int, window: int) -> int:
+    """Start of the look-back window, clipped at the last clause break (newline, ';', '|', '. '); a '. '
+    after an abbreviation ("routing no. 0210...", "tel. 555...") does not end a clause. A value that opens
+    its line or table cell is read with the clause before the break, which labels it: a form's
+    "Routing number:\n021000021" and a table's "| Routing number | 021000021 |" (a blank line still cuts)."""
+    lo = max(0, start - window)
+    clause, brk = _clause_start(text, lo, start)
+    if brk > lo and not text[clause:start].strip(_LABEL_GAP):
+        clause = _clause_start(text, lo, brk)[0]
+    return clause
 
 
 def has_context(text: str, start: int, kind: str, *, window: int = 40, words: tuple[str, ...] | None = None) -> bool:

@@ -33,6 +33,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 
+from mlcore.privacy.recognizers.banking import LABEL_BREAK
 from mlcore.privacy.recognizers.cards import DASHES
 from mlcore.privacy.recognizers.checksums import luhn_valid
 from mlcore.privacy.recognizers.classes import find_all, nino_classes, ssn_classes
@@ -183,8 +184,8 @@ def find_uk_ninos(text: str) -> Iterator[PiiSpan]:
         yield PiiSpan("UK_NINO", m.start(), m.end(), m.group(), score)
 
 
-_PASSPORT = re.compile(r"(?i:passport)(?:[ \t]*(?i:number|num|no\.?|nr\.?|#))?[ \t]*(?:[:#=]|is\b)?[ \t]*"
-                       r"((?-i:[A-Z0-9]{6,9}))(?![\w])")
+_PASSPORT = re.compile(r"(?i:passport)(?:[ \t]*(?i:number|num|no\.?|nr\.?|#))?[ \t]*(?:[:#=]|is\b)?[ \t]*" + LABEL_BREAK
+                       + r"((?-i:[A-Z0-9]{6,9}))(?![\w])")
 
 
 def find_passports(text: str) -> Iterator[PiiSpan]:
