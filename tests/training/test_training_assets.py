@@ -72,6 +72,7 @@ def test_transformers_auto_tokenizer_reads_the_shipped_folder():
     """tokenizer_config.json beside tokenizer.json: AutoTokenizer knows the end-of-text token the models'
     config.json names, the context length, and encodes the held-out text as our tokenizer does."""
     from pydoc_data.topics import topics
+
     from transformers import AutoConfig, AutoTokenizer
 
     _, tok = load_tiny("target")

@@ -17,6 +17,11 @@
 midpoints between neighbours, and ``bucketize`` (a value exactly on a midpoint goes to the lower entry). Equal
 entries (FP4's +0 and -0) are sorted stably by code index, so ``(-m, 0]`` maps to +0 (``0b0000``) and
 ``(0, m]`` to -0 (``0b1000``), the same bytes bitsandbytes writes on CPU.
+
+``table_code(x, code)`` is bitsandbytes' CPU 8-bit rounding (``quantize_blockwise``, used for the nested level
+of double quantization), which is *not* nearest-code: it snaps ``x`` to one of 65536 evenly spaced points of
+[-1, 1] and returns the nearest code of that point, so values closer than half a grid step (1.5e-5) to a
+midpoint, and the codes of the map finer than the grid (``|x| < 1.5e-5``), fall differently.
 """
 
 from __future__ import annotations
@@ -72,3 +77,30 @@ def nearest_code(x: torch.Tensor, code: torch.Tensor) -> torch.Tensor:
     sorted_code = code[order]
     midpoints = (sorted_code[:-1] + sorted_code[1:]) / 2
     return order[torch.bucketize(x.contiguous(), midpoints)]
+
+
+# bitsandbytes 0.50's CPU 8-bit quantizer looks codes up in a table over this many points of [-1, 1]
+TABLE_SIZE = 65536
+
+
+def code_lookup_table(code: torch.Tensor) -> torch.Tensor:
+    """(TABLE_SIZE,) int64: the index of the nearest entry of the sorted ``code`` (K,) float32 to each grid point
+    ``p_i = 2 i / (TABLE_SIZE - 1) - 1``, every step in float32; a point exactly on a midpoint takes the lower entry.
+    """
+    i = torch.arange(TABLE_SIZE, dtype=torch.float32, device=code.device)
+    points = (i + i) / (TABLE_SIZE - 1) - 1.0  # this order of float32 operations places the grid as bitsandbytes
+    midpoints = (code[:-1] + code[1:]) * 0.5
+    return torch.bucketize(points, midpoints)
+
+
+def table_code(x: torch.Tensor, code: torch.Tensor) -> torch.Tensor:
+    """bitsandbytes' CPU 8-bit rounding of ``x`` (any shape, float32, normally in [-1, 1]) to the sorted ``code``
+    (K,): int64 indices, shape of ``x``. ``x`` is clamped to [-1, 1] and snapped to grid point
+    ``trunc(fma((x + 1) * 0.5, TABLE_SIZE - 1, 0.5))`` (one rounding to float32 after the fused multiply-add, as
+    the compiled kernel does), then looked up in :func:`code_lookup_table`. NaN (``0 * inf`` where a block's
+    absmax is so small its reciprocal overflows) lands on point 0, as the kernel's float-to-int conversion does.
+    """
+    half = (torch.nan_to_num(x.float().clamp(-1.0, 1.0), nan=-1.0) + 1.0) * 0.5  # float32, each step rounded
+    # the product of a float32 by 65535 plus 0.5 is exact in float64, so one cast rounds like the fused op
+    point = (half.double() * (TABLE_SIZE - 1) + 0.5).float().long()
+    return code_lookup_table(code)[point]

@@ -11,7 +11,10 @@ byte, the first element in the high nibble.
 
 **Double quantization** (sec. 3, "Double Quantization"): the float32 absmax values cost 32 / blocksize bits
 per parameter (0.5 at 64). Subtract their mean ``c``, quantize ``absmax - c`` in blocks of 256 with the
-signed 8-bit dynamic map, keep one float32 absmax per 256 blocks:
+signed 8-bit dynamic map, keep one float32 absmax per 256 blocks (rounded as bitsandbytes 0.50's CPU kernel
+rounds, through a 65536-point grid: ``codebooks.table_code``; its CUDA kernel searches for the nearest code
+instead, so on a GPU a nested code may differ where a scaled absmax lies within 1.5e-5 of a midpoint between two
+codes -- unverified here, no GPU was available):
 
     bits/param = 4 + 8 / 64 + 32 / (64 * 256) = 4.127  (blocksize 64)
 
@@ -24,7 +27,7 @@ from typing import Any
 
 import torch
 
-from .codebooks import code_tensor, nearest_code, signed_dynamic_map
+from .codebooks import code_tensor, nearest_code, signed_dynamic_map, table_code
 from .tensor import (
     FOUR_BIT_BLOCKSIZES,
     NestedScales,
@@ -66,13 +69,27 @@ def blockwise_absmax_codes(x: torch.Tensor, code: torch.Tensor, blocksize: int) 
     return nearest_code(scaled, code), absmax
 
 
+def quantize_blockwise_dynamic(x: torch.Tensor, blocksize: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """bitsandbytes' CPU ``quantize_blockwise`` of ``x`` (n,) float32 with the signed dynamic map, to the bit.
+
+    Returns (codes (n,) uint8, absmax (ceil(n / blocksize),) float32). Unlike the 4-bit level there is no 1e-38
+    floor and no separate rule for a shorter last block: every block is scaled by ``x * (1 / absmax)`` in float32
+    (the reciprocal overflows to inf below absmax ~2.9e-39) and rounded by :func:`table_code` (a 65536-point grid,
+    not the nearest code). A block of zeros stores absmax 0 and codes 0, as bitsandbytes writes them: its
+    ``0 * (1 / 0)`` is NaN, which ``table_code`` sends to code 0.
+    """
+    n = x.numel()
+    absmax = _blocks(x, blocksize).abs().amax(dim=-1)  # the zero padding changes no maximum
+    inverse = (1.0 / absmax).repeat_interleave(blocksize)[:n]
+    return table_code(x * inverse, signed_dynamic_map(x.device)).to(torch.uint8), absmax
+
+
 def double_quantize(absmax: torch.Tensor, blocksize: int = NESTED_BLOCKSIZE) -> tuple[torch.Tensor, NestedScales]:
     """Second level: ``absmax`` (n,) -> (uint8 codes (n,), NestedScales) with the signed dynamic map.
 
-    This level is bitsandbytes' ``quantize_blockwise``, not ``quantize_4bit``: it has no 1e-38 floor, so each
-    block stores its true absmax (0 for a block of zeros, e.g. a tensor of a single block, whose codes are 0;
-    a few 1e-39 for a tensor of zeros whose last 4-bit block is short and stored 1e-38). Dequantization only
-    multiplies by this absmax (``D[0] * 0 = 0``), so such a block still comes back as exactly ``offset``.
+    This level is bitsandbytes' ``quantize_blockwise`` of ``absmax - offset`` (:func:`quantize_blockwise_dynamic`),
+    not ``quantize_4bit``. A block of zeros (e.g. a tensor of a single 4-bit block) stores absmax 0 and codes 0;
+    dequantization only multiplies by that absmax (``D[0] * 0 = 0``), so it still comes back as exactly ``offset``.
     The ``offset`` is the float32 mean, as bitsandbytes computes it; where that sum overflows (absmax values
     near float32's limit, beyond 1e36 or so) it is taken in float64 instead: bitsandbytes then stores an
     infinite offset and dequantizes the whole tensor to inf / NaN.
@@ -80,18 +97,8 @@ def double_quantize(absmax: torch.Tensor, blocksize: int = NESTED_BLOCKSIZE) -> 
     offset = absmax.mean()
     if not bool(torch.isfinite(offset)):
         offset = absmax.double().mean().float()
-    centred = absmax - offset
-    n = centred.numel()
-    codes, absmax2 = blockwise_absmax_codes(centred, signed_dynamic_map(absmax.device), blocksize)
-    true_max = _blocks(centred, blocksize).abs().amax(dim=-1)  # (n_nested_blocks,)
-    tiny = true_max < 1e-38  # scaled with the 1e-38 floor above: redo with the true absmax (0 / 0 -> code 0)
-    if bool(tiny.any()):
-        absmax2 = torch.where(tiny, true_max, absmax2)
-        scale = true_max.repeat_interleave(blocksize)[:n]
-        redo = nearest_code(torch.clamp(centred / scale, -1.0, 1.0), signed_dynamic_map(absmax.device))
-        redo = redo.masked_fill(scale == 0, 0)
-        codes = torch.where(tiny.repeat_interleave(blocksize)[:n], redo, codes)
-    return codes.to(torch.uint8), NestedScales(absmax=absmax2, offset=offset, blocksize=blocksize)
+    codes, absmax2 = quantize_blockwise_dynamic(absmax - offset, blocksize)
+    return codes, NestedScales(absmax=absmax2, offset=offset, blocksize=blocksize)
 
 
 def dequantize_absmax(codes: torch.Tensor, nested: NestedScales) -> torch.Tensor:
