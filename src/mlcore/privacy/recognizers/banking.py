@@ -52,9 +52,11 @@ def iban_valid(iban: str) -> bool:
 
 # letters may precede the country code ("IBAN:DE89...", "ibanDE89..."): the check digits and the exact
 # length make a false start inside a word vanishingly rare; such glued hits score lower
-_IBAN_START = re.compile(r"([A-Za-z]{2})(\d{2})(?=[ .\-\u00a0]?[A-Za-z0-9])")
-_IBAN_SEPS = " .-\u00a0"
-_IBAN_BODY = re.compile(r"[A-Za-z0-9]+(?:([ .\-\u00a0])[A-Za-z0-9]+(?:\1[A-Za-z0-9]+)*)?")
+# separators: one kind per value, single or doubled ("GB82  WEST ...": justified text and hand typing double
+# spaces); tab, no-break and thin spaces come from PDFs and spreadsheets (audit 13: these leaked)
+_IBAN_START = re.compile(r"([A-Za-z]{2})(\d{2})(?=[ .\-\t\u00a0\u2009\u202f]{0,2}[A-Za-z0-9])")
+_IBAN_SEPS = " .-\t\u00a0\u2009\u202f"
+_IBAN_BODY = re.compile(r"[A-Za-z0-9]+(?:([ .\-\t\u00a0\u2009\u202f])\1?[A-Za-z0-9]+(?:\1\1?[A-Za-z0-9]+)*)?")
 
 
 def _iban_heads(text: str) -> Iterator[re.Match[str]]:
@@ -81,10 +83,11 @@ def find_ibans(text: str) -> Iterator[PiiSpan]:
         # tells whether the last group goes on: reading no further keeps a long run of heads ("GB82 " * k)
         # from costing the whole run at every head
         body = _IBAN_BODY.match(text, m.start(), min(n, m.start() + 2 * length + 1))
-        groups, total, pos = body.group().replace("\u00a0", " "), 0, m.start()
+        groups, total, pos = body.group(), 0, m.start()
         sep = body.group(1)
         chars = []
-        for part in (groups.split(sep.replace("\u00a0", " ")) if sep else [groups]):
+        # a doubled separator splits into an empty part, which adds its one character to `pos` and nothing else
+        for part in (groups.split(sep) if sep else [groups]):
             chars.append(part)
             total += len(part)
             pos += len(part) + (1 if sep else 0)
@@ -121,8 +124,13 @@ def find_routing_numbers(text: str) -> Iterator[PiiSpan]:
 
 # LABEL_BREAK: the value may open the next line or table cell ("Sort code:\n20-00-00", "| Account | 12345678 |")
 LABEL_BREAK = r"(?:(?:\||\r?\n)[ \t]*)?"
-_SORT_CODE = re.compile(r"(?i:sort[ -]?code|\bsc\b)[ \t]*(?:no\.?|number|is)?[ \t]*[:#=]?[ \t]*" + LABEL_BREAK +
-                        r"([0-9]{2}([- ]?)[0-9]{2}\2[0-9]{2})(?![\w]|[.-][0-9])")
+# LABEL_QUOTE: the label and the value may be quoted, as in JSON or CSV ('"sort code": "20-00-00"'); used after
+# the label and before the value (audit 13: JSON-quoted values leaked)
+LABEL_QUOTE = r"[\"']?"
+_SORT_CODE = re.compile(r"(?i:sort[ -]?code|\bsc\b)[ \t]*(?:no\.?|number|is)?" + LABEL_QUOTE + r"[ \t]*[:#=]?[ \t]*"
+                        + LABEL_BREAK + LABEL_QUOTE + r"([0-9]{2}([-. \t]{0,2})[0-9]{2}\2[0-9]{2})(?![\w]|[.-][0-9])")
+# the label is required, so dotted, tabbed or doubled separators ("20.00.00", "20  00  00") are safe to accept
+# (audit 13: these leaked)
 
 
 # "SC 12 34 56 A" is a National Insurance number (prefix SC, suffix A-D), not "SC" (sort code) and six digits
@@ -139,8 +147,8 @@ def find_sort_codes(text: str) -> Iterator[PiiSpan]:
 
 
 _ACCOUNT = re.compile(
-    r"(?<![a-z])(?:account|acct|a/c|acc)\.?(?:[ \t]*(?:number|num|no\.?|nr\.?|#))?[ \t]*(?:[:#=]|is\b|was\b)?[ \t]*" + LABEL_BREAK +
-    r"((?-i:[A-Z]{1,4})?\d(?:-?\d){5,16})(?![\w]|[.,-]\d)",
+    r"(?<![a-z])(?:account|acct|a/c|acc)\.?(?:[ \t]*(?:number|num|no\.?|nr\.?|#))?" + LABEL_QUOTE + r"[ \t]*(?:[:#=]|is\b|was\b)?[ \t]*"
+    + LABEL_BREAK + LABEL_QUOTE + r"((?-i:[A-Z]{1,4})?\d(?:-?\d){5,16})(?![\w]|[.,-]\d)",
     re.IGNORECASE,
 )
 

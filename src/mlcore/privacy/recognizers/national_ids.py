@@ -33,13 +33,14 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 
-from mlcore.privacy.recognizers.banking import LABEL_BREAK
+from mlcore.privacy.recognizers.banking import LABEL_BREAK, LABEL_QUOTE
 from mlcore.privacy.recognizers.cards import DASHES
 from mlcore.privacy.recognizers.checksums import luhn_valid
 from mlcore.privacy.recognizers.classes import find_all, nino_classes, ssn_classes
 from mlcore.privacy.recognizers.context import (
     CONTEXT_WORDS,
     ID_PREFIXES,
+    context_windows,
     has_context,
     keyword_regions,
     letters_before,
@@ -60,10 +61,13 @@ ITIN_GROUPS = set(range(50, 66)) | set(range(70, 89)) | set(range(90, 93)) | set
 
 def classify_ssn(area: int, group: int, serial: int) -> str | None:
     """"SSN", "ITIN" or None (not a number either agency issues)."""
+    if area >= 900:
+        # the IRS format (9XX-GG-XXXX, group in ITIN_GROUPS; IRS "Individual Taxpayer Identification Number"
+        # page and IRM 3.21.263) excludes no serial: "serial 0000" is an SSA rule, so an ITIN with it is valid
+        # (python-stdnum's us.itin agrees)
+        return "ITIN" if group in ITIN_GROUPS else None
     if group == 0 or serial == 0:
         return None
-    if area >= 900:
-        return "ITIN" if group in ITIN_GROUPS else None
     if area == 0 or area == 666:
         return None
     return "SSN"
@@ -112,6 +116,30 @@ def _ssn_matches(text: str) -> Iterator[re.Match[str]]:
 # one context search for either kind's words ("SSN" or "ITIN" nearby: the same test as two searches)
 _SSN_ITIN_WORDS = CONTEXT_WORDS["SSN"] + CONTEXT_WORDS["ITIN"]
 
+# Mixed or doubled separators ("912-70 1234", "123 - 45 - 6789", "123.45-6789") and Unicode spaces: how users
+# and PDFs print numbers, but a bare "123 45-6789" is as likely a reference; reported only after an SSN / ITIN
+# word (audit 13: "ITIN 912-70 1234" leaked)
+_LOOSE_SEP = r"[ \t\u00a0\u2009\u202f." + re.escape(DASHES) + r"]{0,3}"
+_SSN_LOOSE = re.compile(r"([0-9]{3})" + _LOOSE_SEP + r"([0-9]{2})" + _LOOSE_SEP + r"([0-9]{4})")
+# the same shape over `ssn_classes` bytes (digits "0"; "-", "." and " " kept; a tab is "x")
+_SSN_LOOSE_CLASSES = re.compile(rb"000[-. x]{0,3}00[-. x]{0,3}0000")
+
+
+def _loose_ssns(text: str) -> Iterator[PiiSpan]:
+    """SSN / ITIN spans with loose separators, after an SSN / ITIN word only."""
+    cls = ssn_classes(text)  # ASCII text: the shape must show in its class bytes (a literal-prefix scan, cheap)
+    if cls is not None and _SSN_LOOSE_CLASSES.search(cls) is None:
+        return  # most text: skip the context-word scan
+    for m in (m for lo, hi in context_windows(text, "SSN", window=40, words=_SSN_ITIN_WORDS)
+              for m in _SSN_LOOSE.finditer(text, lo, hi)):
+        if not _free(text, m.start(), m.end()) or (m.start() > 0 and text[m.start() - 1].isalpha()):
+            continue
+        kind = classify_ssn(int(m.group(1)), int(m.group(2)), int(m.group(3)))
+        if kind is None or not has_context(text, m.start(), "SSN", words=_SSN_ITIN_WORDS):
+            continue
+        digits = m.group(1) + m.group(2) + m.group(3)
+        yield PiiSpan(kind, m.start(), m.end(), m.group(), DUMMY_SCORE if digits in DUMMY_SSNS else 0.85)
+
 
 def find_national_ids(text: str) -> Iterator[PiiSpan]:
     """SSN and ITIN spans."""
@@ -139,17 +167,19 @@ def find_national_ids(text: str) -> Iterator[PiiSpan]:
         if m.group(1) + m.group(3) + m.group(4) in DUMMY_SSNS:
             score = DUMMY_SCORE
         yield PiiSpan(kind, m.start(), m.end(), m.group(), score)
+    yield from _loose_ssns(text)  # overlaps with the spans above are resolved by `detect_pii`
 
 
 _SIN = re.compile(r"(?i:\bsin\b|social insurance|\bnas\b|assurance sociale)[^0-9\n]{0,24}?"
-                  r"\b([1-79][0-9]{2}([- ]?)[0-9]{3}\2[0-9]{3})(?![\w]|[.-][0-9])")
+                  r"\b([1-79][0-9]{2}([-. \t]{0,2})[0-9]{3}\2[0-9]{3})(?![\w]|[.-][0-9])")
+# separators after the label: "-", " ", "." or tab, possibly doubled ("046  454  286": audit 13, these leaked)
 
 
 def find_ca_sins(text: str) -> Iterator[PiiSpan]:
     """Canadian Social Insurance Numbers after a SIN word (Luhn-valid, first digit not 8)."""
     for m in (m for lo, hi in keyword_regions(text, ("sin", "social insurance", "nas", "assurance sociale"))
               for m in _SIN.finditer(text, lo, hi)):
-        digits = m.group(1).replace("-", "").replace(" ", "")
+        digits = re.sub(r"[^0-9]", "", m.group(1))
         if luhn_valid(digits):
             yield PiiSpan("CA_SIN", m.start(1), m.end(1), m.group(1), 0.85)
 
@@ -182,10 +212,29 @@ def find_uk_ninos(text: str) -> Iterator[PiiSpan]:
             continue
         score = 0.9 if has_context(text, m.start(), "UK_NINO") else 0.75
         yield PiiSpan("UK_NINO", m.start(), m.end(), m.group(), score)
+    yield from _loose_ninos(text)
 
 
-_PASSPORT = re.compile(r"(?i:passport)(?:[ \t]*(?i:number|num|no\.?|nr\.?|#))?[ \t]*(?:[:#=]|is\b)?[ \t]*" + LABEL_BREAK
-                       + r"((?-i:[A-Z0-9]{6,9}))(?![\w])")
+# After a NINO label, people type the number in lower or mixed case and with any spacing ("ab 12 34 56 c",
+# "ab123456c", "AB-12-34-56-C", "AB 123456 C"). Without a label a lowercase letters-six-digits-letter token is
+# too often a code or hash fragment, so the loose form needs the label (audit 13: these leaked).
+_NSEP = r"[ \t\u00a0\u2009\u202f." + re.escape(DASHES) + r"]{0,2}"
+_NINO_LOOSE = re.compile(r"(?<![A-Za-z0-9])([A-Za-z]{2})" + _NSEP + r"([0-9]{2})" + _NSEP + r"([0-9]{2})" + _NSEP
+                         + r"([0-9]{2})" + _NSEP + r"([A-Da-d])(?![A-Za-z0-9])")
+_NINO_PREFIX = re.compile(r"[A-CEGHJ-PR-TW-Z][A-CEGHJ-NPR-TW-Z]")
+
+
+def _loose_ninos(text: str) -> Iterator[PiiSpan]:
+    """UK NINO spans in any case and spacing, within reach of a NINO label only."""
+    for m in (m for lo, hi in keyword_regions(text, CONTEXT_WORDS["UK_NINO"], reach=48)
+              for m in _NINO_LOOSE.finditer(text, lo, hi)):
+        prefix = m.group(1).upper()
+        if _NINO_PREFIX.fullmatch(prefix) and prefix not in _NINO_BAD_PREFIXES:
+            yield PiiSpan("UK_NINO", m.start(), m.end(), m.group(), 0.9)
+
+
+_PASSPORT = re.compile(r"(?i:passport)(?:[ \t]*(?i:number|num|no\.?|nr\.?|#))?" + LABEL_QUOTE
+                       + r"[ \t]*(?:[:#=]|is\b)?[ \t]*" + LABEL_BREAK + LABEL_QUOTE + r"((?-i:[A-Z0-9]{6,9}))(?![\w])")
 
 
 def find_passports(text: str) -> Iterator[PiiSpan]:
