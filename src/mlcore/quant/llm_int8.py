@@ -27,6 +27,13 @@ PyTorch-native CPU path), which this module is tested against:
 - Rescale: we multiply by exactly ``1 / 127^2 = 6.2000124e-05``; bitsandbytes' CPU path writes the constant as
   ``6.200124e-05`` (its CUDA kernel has ``6.200012e-5``), so its int8 part is larger by a factor 1.0000180.
   The int8 codes and scales are identical; outputs differ by that relative 1.8e-5.
+
+Which bitsandbytes 0.50.2 code runs on CPU (checked, ``tests/quant/test_int8_bnb_exact.py``): quantization,
+rescale and the outlier part are its pure-PyTorch "default" ops, not ``libbitsandbytes_cpu.so``; the int32 product
+is ``torch._int_mm`` on AVX-512 CPUs, which is wrong for one input feature (K = 1) -- mlcore stays exact there.
+bitsandbytes also fails on 4-D inputs (flattens only 3-D) and, in training mode on CPU, runs a weight-only
+dequantize-and-matmul instead of LLM.int8(); mlcore flattens any leading dims and has no training mode.
+A row of zeros: bitsandbytes scales it by 127 / 0 and casts NaN to int8 (undefined); mlcore defines codes 0.
 """
 
 from __future__ import annotations
