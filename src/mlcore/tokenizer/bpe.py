@@ -20,6 +20,7 @@ import regex
 
 from .base import BaseTokenizer, Pair, check_special_text, strict_id
 from .encoder import ChunkEncoder
+from .export import save_pretrained
 from .fast_trainer import train_fast
 from .naive_trainer import train_naive
 from .patterns import GPT4_PATTERN, compile_pattern
@@ -195,21 +196,8 @@ class BPETokenizer(BaseTokenizer):
         token: for ``transformers.AutoTokenizer``, write a folder with :meth:`save_pretrained`."""
         Path(path).write_text(self.to_hf_json(), encoding="utf-8")
 
-    def save_pretrained(
-        self,
-        folder: str | Path,
-        *,
-        eos_token: str | None = None,
-        bos_token: str | None = None,
-        pad_token: str | None = None,
-        model_max_length: int | None = None,
-    ) -> Path:
-        """A folder ``transformers.AutoTokenizer.from_pretrained`` loads: ``tokenizer.json`` plus a
-        ``tokenizer_config.json`` naming the EOS / BOS / padding special tokens (``export.save_pretrained``)."""
-        from .export import save_pretrained
-
-        return save_pretrained(self, folder, eos_token=eos_token, bos_token=bos_token, pad_token=pad_token,
-                               model_max_length=model_max_length)
+    # a transformers folder (tokenizer.json + tokenizer_config.json); ``self`` is the function's ``tok``
+    save_pretrained = save_pretrained
 
     def __repr__(self) -> str:
         return (f"BPETokenizer(vocab_size={self.vocab_size}, merges={len(self.merges)}, "
