@@ -9,6 +9,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ._checks import check_index_positions
+
 
 class LearnedEncoding(nn.Module):
     """A table ``P`` of shape ``(max_len, dim)``: ``forward(positions (T,) or (B, T)) -> (..., dim)``."""
@@ -30,12 +32,7 @@ class LearnedEncoding(nn.Module):
         ``validate`` checks the range on the host (one device sync); the model's decode steps and vmapped
         per-sample gradients (which cannot read a value on the host) pass False: their positions were checked
         once per call, and an index past the table still fails in the lookup itself."""
-        if not isinstance(positions, torch.Tensor):
-            raise ValueError(f"positions must be an integer tensor, got {type(positions).__name__}")
-        # int64 / int32 only, as nn.Embedding takes: torch reads a uint8 index tensor as a boolean mask (rows 1 and 2
-        # of positions [0, 1, 2], silently), and int8 / int16 indices fail deep inside indexing
-        if positions.dtype not in (torch.int64, torch.int32):
-            raise ValueError(f"positions must be an int64 or int32 tensor, got dtype {positions.dtype}")
+        check_index_positions(positions)
         if validate and positions.numel() and not torch.compiler.is_compiling():
             lo, hi = int(positions.min()), int(positions.max())
             if lo < 0 or hi >= self.max_len:

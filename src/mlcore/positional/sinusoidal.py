@@ -14,6 +14,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ._checks import check_index_positions
+
 
 class SinusoidalEncoding(nn.Module):
     """Fixed sin/cos encodings: ``forward(positions (T,) or (B, T)) -> (..., dim)`` float32.
@@ -49,12 +51,7 @@ class SinusoidalEncoding(nn.Module):
 
     def forward(self, positions: torch.Tensor) -> torch.Tensor:
         """``positions`` int (T,) or (B, T), >= 0 -> encodings (T, dim) or (B, T, dim)."""
-        if not isinstance(positions, torch.Tensor):
-            raise ValueError(f"positions must be an integer tensor, got {type(positions).__name__}")
-        # int64 / int32 only, as nn.Embedding takes: torch reads a uint8 index tensor as a boolean mask (rows 1 and 2
-        # of positions [0, 1, 2], silently), and int8 / int16 indices fail deep inside indexing
-        if positions.dtype not in (torch.int64, torch.int32):
-            raise ValueError(f"positions must be an int64 or int32 tensor, got dtype {positions.dtype}")
+        check_index_positions(positions)
         if positions.numel() and int(positions.min()) < 0:
             raise ValueError(f"positions must be >= 0, got min {int(positions.min())}")
         if positions.numel() == 0 or int(positions.max()) < self.max_len:

@@ -116,10 +116,10 @@ def _quantized_layer(path: str, model: nn.Module, name: str, meta: dict[str, Any
         if unexpected:  # an unknown tensor would otherwise be dropped without a word
             raise ValueError(f"unexpected tensors {[prefix + k for k in unexpected]} for its {qt.scheme} weight")
         prefer = meta.get("prefer", "auto")  # files written before prefer was saved: "auto"
-        if prefer in ("int8pack", "int4pack") and unavailable_reason(prefer, qt) is not None:
-            # a kernel this torch lacks must not make the file unloadable: warn and let "auto" choose
+        why = unavailable_reason(prefer, qt) if prefer in ("int8pack", "int4pack") else None
+        if why is not None:  # a kernel this torch lacks must not make the file unloadable: warn, let "auto" choose
             warnings.warn(f"load_quantized: layer {name!r} was saved with prefer={prefer!r}, which cannot run "
-                          f"here ({unavailable_reason(prefer, qt)}); using prefer='auto'", stacklevel=3)
+                          f"here ({why}); using prefer='auto'", stacklevel=3)
             prefer = "auto"
         return QuantizedLinear(qt, bias, prefer=prefer)
     except ValueError as e:

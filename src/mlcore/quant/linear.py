@@ -323,23 +323,23 @@ class QuantizedLinear(nn.Module):
         qt = self._view()
         if kernel == "dequant":
             return F.linear(x, dequantize_unchecked(qt).to(x.dtype), bias)
-        if kernel == "int8pack":
-            weight, aux = qt.data, int8_channel_scales(qt)
-        else:
-            weight, aux = int4_weight(qt)
         # traced, the scales computed here would reach inductor's lowering unmaterialised: go through custom ops
         traced = torch.compiler.is_compiling()
+        if kernel == "int8pack":  # eager: the codes aligned for the int8 kernel (kernels.aligned)
+            weight, aux = qt.data if traced else aligned(qt.data), int8_channel_scales(qt)
+        else:
+            weight, aux = int4_weight(qt)
         return self._packed_matmul(x, kernel, weight, aux.to(x.dtype), bias, opaque=traced, align=not traced)
 
     def _packed_matmul(self, x: torch.Tensor, kernel: str, weight: torch.Tensor, aux: torch.Tensor,
                        bias: torch.Tensor | None, *, opaque: bool = False, align: bool = False) -> torch.Tensor:
         """x (..., in) -> (..., out) through torch's CPU kernel ``kernel`` on the packed ``weight``, with ``aux``
         the int8 scales (N,) or int4 scales-and-zeros (K / g, N, 2) in x's dtype; ``opaque``: through the
-        ``mlcore::`` custom ops (see ``kernels.py``); ``align`` (eager only): copy a misaligned ``x`` or int8
-        ``weight`` first, which the int8 kernel would crash on (``kernels.aligned``)."""
+        ``mlcore::`` custom ops (see ``kernels.py``); ``align`` (eager only): copy a misaligned ``x`` first, which the
+        int8 kernel would crash on (``kernels.aligned``; the callers hand it an aligned int8 ``weight``)."""
         x2 = x.reshape(-1, self.in_features).contiguous()
         if kernel == "int8pack" and align:
-            x2, weight = aligned(x2), aligned(weight)
+            x2 = aligned(x2)
         if kernel == "int8pack":
             y = (int8pack_mm_op if opaque else torch.ops.aten._weight_int8pack_mm)(x2, weight, aux)
         else:

@@ -119,7 +119,9 @@ _SSN_ITIN_WORDS = CONTEXT_WORDS["SSN"] + CONTEXT_WORDS["ITIN"]
 # Mixed or doubled separators ("912-70 1234", "123 - 45 - 6789", "123.45-6789") and Unicode spaces: how users
 # and PDFs print numbers, but a bare "123 45-6789" is as likely a reference; reported only after an SSN / ITIN
 # word (audit 13: "ITIN 912-70 1234" leaked)
-_LOOSE_SEP = r"[ \t\u00a0\u2009\u202f." + re.escape(DASHES) + r"]{0,3}"
+# what people and PDFs put between a number's groups: blanks (tab, no-break and thin spaces), dots, dashes
+_LOOSE_SEP_CHARS = r"[ \t\u00a0\u2009\u202f." + re.escape(DASHES) + r"]"
+_LOOSE_SEP = _LOOSE_SEP_CHARS + "{0,3}"
 _SSN_LOOSE = re.compile(r"([0-9]{3})" + _LOOSE_SEP + r"([0-9]{2})" + _LOOSE_SEP + r"([0-9]{4})")
 # the same shape over `ssn_classes` bytes (digits "0"; "-", "." and " " kept; a tab is "x")
 _SSN_LOOSE_CLASSES = re.compile(rb"000[-. x]{0,3}00[-. x]{0,3}0000")
@@ -218,7 +220,7 @@ def find_uk_ninos(text: str) -> Iterator[PiiSpan]:
 # After a NINO label, people type the number in lower or mixed case and with any spacing ("ab 12 34 56 c",
 # "ab123456c", "AB-12-34-56-C", "AB 123456 C"). Without a label a lowercase letters-six-digits-letter token is
 # too often a code or hash fragment, so the loose form needs the label (audit 13: these leaked).
-_NSEP = r"[ \t\u00a0\u2009\u202f." + re.escape(DASHES) + r"]{0,2}"
+_NSEP = _LOOSE_SEP_CHARS + "{0,2}"
 _NINO_LOOSE = re.compile(r"(?<![A-Za-z0-9])([A-Za-z]{2})" + _NSEP + r"([0-9]{2})" + _NSEP + r"([0-9]{2})" + _NSEP
                          + r"([0-9]{2})" + _NSEP + r"([A-Da-d])(?![A-Za-z0-9])")
 _NINO_PREFIX = re.compile(r"[A-CEGHJ-PR-TW-Z][A-CEGHJ-NPR-TW-Z]")
