@@ -21,6 +21,12 @@ One :meth:`Engine.step`:
 
 Greedy outputs equal ``mlcore.inference.generate`` on the request alone: rows never see each other's keys
 (the masks come from per-row key indices), and a preempted request resumes from its own tokens.
+
+Not served: RoPE whose frequencies depend on the longest position of a forward (dynamic NTK; LongRoPE's switch to
+its long factors), where the model can reach that point. In a batch the longest row would choose every row's
+frequencies, a chunked or recomputed prefill rotates keys otherwise than one ``generate`` call, and a shared
+prefix block was rotated for another request; outputs would differ from ``generate`` (measured: 6 of 6 random
+requests on a dynamic-NTK model, 5 of 6 on LongRoPE), so :func:`check_servable` refuses the model.
 """
 
 from __future__ import annotations
@@ -80,11 +86,36 @@ class EngineConfig:
             raise ValueError(f"batch_timeout must be a real number >= 0 (seconds), got {t!r}")
 
 
+def check_servable(model: nn.Module) -> None:
+    """Raise a ValueError naming why ``model`` cannot be served with outputs equal to ``generate`` (see the module
+    docstring): not an mlcore ``Transformer``, or RoPE frequencies that change with a forward's longest position
+    below ``max_seq_len``."""
+    from mlcore.model import Transformer
+
+    if not isinstance(model, Transformer):
+        raise ValueError(f"Engine serves an mlcore Transformer, got {type(model).__name__}")
+    rope, c = model.rope, model.config
+    rope_type = getattr(rope, "rope_type", "default") if rope is not None else "default"
+    if rope_type == "dynamic":
+        switch = rope.max_position_embeddings
+    elif rope_type == "longrope":
+        switch = rope.scaling["original_max_position_embeddings"]
+    else:
+        return
+    if c.max_seq_len > switch:
+        raise ValueError(
+            f"Engine cannot serve rope_type={rope_type!r} past position {switch} (max_seq_len={c.max_seq_len}): "
+            "its RoPE frequencies depend on the longest position in a forward, so batched rows, chunked prefill "
+            "and shared prefix blocks would change a request's tokens; use mlcore.inference.generate per request, "
+            f"or a model with max_seq_len <= {switch}")
+
+
 class Engine:
     """Continuous batching over a paged KV cache; thread-safe ``submit`` / ``abort`` (see the module docstring)."""
 
     def __init__(self, model: nn.Module, config: EngineConfig | None = None, *,
                  device: torch.device | str | None = None) -> None:
+        check_servable(model)
         self.model = model.eval()
         self.config = config = config or EngineConfig()
         c = model.config
