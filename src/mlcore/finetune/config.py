@@ -90,7 +90,10 @@ class LoraConfig:
     (``"none"``, ``"all"``, or ``"lora_only"`` = the biases of adapted layers). modules_to_save: modules
     trained in full and saved with the adapter (e.g. a fresh classification head), matched by PEFT's rule
     for them: every module whose full name ends in a name, with no "." boundary (``"head"`` matches
-    ``lm_head``, ``"norm"`` every ``*_layernorm`` and ``norm``).
+    ``lm_head``, ``"norm"`` every ``*_layernorm`` and ``norm``). ensure_weight_tying: PEFT's flag that keeps a
+    tied embedding / ``lm_head`` pair tied when one of them is trained (a module to save, or a LoRA target);
+    mlcore trains such a module apart from its partner (untied, PEFT's default), so :func:`apply_lora` refuses
+    the flag where it would change anything and accepts it elsewhere (PEFT then only warns).
     """
 
     r: int
@@ -101,6 +104,7 @@ class LoraConfig:
     init: str = "kaiming"
     bias: str = "none"
     modules_to_save: list[str] | None = field(default=None)
+    ensure_weight_tying: bool = False
 
     def __post_init__(self) -> None:
         if isinstance(self.r, bool) or not isinstance(self.r, int) or self.r <= 0:
@@ -112,6 +116,8 @@ class LoraConfig:
             raise ValueError(f"LoraConfig.init must be one of {INITS}, got {self.init!r}")
         if self.bias not in BIASES:
             raise ValueError(f"LoraConfig.bias must be one of {BIASES}, got {self.bias!r}")
+        if not isinstance(self.ensure_weight_tying, bool):
+            raise ValueError(f"LoraConfig.ensure_weight_tying must be a bool, got {self.ensure_weight_tying!r}")
         self.target_modules = _check_names("target_modules", self.target_modules, allow_regex=True)
         if self.modules_to_save is not None:
             self.modules_to_save = _check_names("modules_to_save", self.modules_to_save, allow_regex=False)
@@ -151,6 +157,7 @@ class LoraConfig:
             "layers_pattern": None,
             "exclude_modules": None,
             "target_parameters": None,
+            "ensure_weight_tying": self.ensure_weight_tying,
         }
 
     @classmethod
@@ -174,6 +181,8 @@ class LoraConfig:
             use_rslora=False if d.get("use_rslora") is None else d["use_rslora"],
             init=init,
             bias=d.get("bias", "none") or "none", modules_to_save=d.get("modules_to_save") or None,
+            # None (absent: PEFT before 0.18) is False; a non-bool is refused by __post_init__
+            ensure_weight_tying=False if d.get("ensure_weight_tying") is None else d["ensure_weight_tying"],
         )
 
 

@@ -221,6 +221,8 @@ def apply_lora(model: nn.Module, config: LoraConfig, *, generator: torch.Generat
     check_generator("apply_lora", generator)
     targets = find_targets(model, config)
     saved = resolve_modules_to_save(model, config)
+    if config.ensure_weight_tying and _names_an_embedding(config):
+        _refuse_weight_tying(model, targets + saved)
     before = _unique_numel(model)
     copies = sum(_unique_numel(model.get_submodule(name)) for name in saved)
     for name in saved:
@@ -259,6 +261,42 @@ def apply_lora(model: nn.Module, config: LoraConfig, *, generator: torch.Generat
         print(f"trainable params: {trainable:,d} || all params: {total:,d} || "
               f"trainable%: {100 * trainable / max(total, 1):.4f}")
     return model
+
+
+# PEFT's EMBEDDING_LAYER_NAMES: ensure_weight_tying acts only when modules_to_save or target_modules name one
+_EMBEDDING_LAYER_NAMES = ("embed_tokens", "lm_head")
+
+
+def _names_an_embedding(config: LoraConfig) -> bool:
+    """PEFT's test (``BaseTuner._check_tied_modules``) for whether ``ensure_weight_tying`` can act: a name of
+    ``modules_to_save`` or ``target_modules`` whose last component is ``embed_tokens`` or ``lm_head`` (a regex
+    target: one that matches either bare name). GPT-2's ``wte`` is not such a name, so PEFT leaves it untied."""
+    saved = config.modules_to_save or []
+    if any(m.split(".")[-1] in _EMBEDDING_LAYER_NAMES for m in saved):
+        return True
+    targets = config.target_modules
+    if isinstance(targets, str):
+        return targets != ALL_LINEAR and any(re.fullmatch(targets, n) for n in _EMBEDDING_LAYER_NAMES)
+    return any(t.split(".")[-1] in _EMBEDDING_LAYER_NAMES for t in targets)
+
+
+def _refuse_weight_tying(model: nn.Module, names: list[str]) -> None:
+    """ValueError when a module LoRA adapts or trains in full shares a weight with a module outside it.
+
+    With ``ensure_weight_tying`` PEFT keeps such a pair tied: training ``embed_tokens`` trains the tied
+    ``lm_head`` too (one tensor, gradients from both uses), and a LoRA on ``lm_head`` gets a twin on the
+    embedding. mlcore unties the module it trains and wraps linear layers only, which computes the same
+    forward from a loaded folder but other gradients in training (measured: 26-42% relative on the embedding),
+    so the flag is refused where it would act.
+    """
+    shared = _shared_weight_names(model)
+    for name in names:
+        for pname, p in model.get_submodule(name).named_parameters(prefix=name):
+            partners = [n for n in shared.get(id(p), []) if n != pname and not n.startswith(name + ".")]
+            if partners:
+                raise ValueError(f"ensure_weight_tying=True: {name!r} shares {pname!r} with {partners}; PEFT keeps "
+                                 "the pair tied while training it, mlcore trains it untied (other gradients): "
+                                 "set ensure_weight_tying=False, or untie the weights first")
 
 
 def _keep_modular_path(module: nn.Module, args: tuple) -> None:

@@ -26,6 +26,10 @@ import torch
 from torch import nn
 
 from mlcore.finetune.config import check_lora_alpha, check_lora_dropout, check_use_rslora
+from mlcore.quant import Int8MixedLinear, QuantizedLinear
+
+# bases whose LoRA sum follows PEFT's bitsandbytes layers (Linear4bit / Linear8bitLt) rather than its nn.Linear
+_QUANTIZED_BASES = (QuantizedLinear, Int8MixedLinear)
 
 
 def check_generator(where: str, generator: object) -> None:
@@ -135,6 +139,11 @@ class LoraLinear(nn.Module):
         result = self.base_layer(x, *args, **kwargs)
         if self.merged:
             return result  # the update already lives in the base weight
+        if isinstance(self.base_layer, _QUANTIZED_BASES):
+            # PEFT's LoRA over bitsandbytes' Linear4bit / Linear8bitLt rounds the low-rank output to the base
+            # output's dtype first, then adds (two roundings in bf16 / fp16: QLoRA logits differed by ~0.1)
+            return result + self.lora_delta(x).to(result.dtype)
+        # PEFT's LoRA over nn.Linear / Conv1D adds in the adapter's float32 and rounds the sum once
         return (result + self.lora_delta(x)).to(result.dtype)
 
     # -- merging ---------------------------------------------------------------------------------------

@@ -29,6 +29,8 @@ from mlcore.finetune.inject import (
 )
 from mlcore.finetune.lora import check_generator, check_module, linear_dims
 from mlcore.quant import QuantizedLinear, quantize_model
+from mlcore.quant.api import check_scheme
+from mlcore.quant.tensor import FOUR_BIT_BLOCKSIZES
 
 # set on a QuantizedLinear made from a Conv1D, so dequantize_lora_bases gives GPT-2's layout back
 FROM_CONV1D = "_mlcore_from_conv1d"
@@ -62,21 +64,49 @@ def _conv1d_to_linear(model: nn.Module, skip: tuple[str, ...]) -> list[str]:
     return replaced
 
 
+QUANT_TYPES = ("nf4", "fp4")
+
+
+def _cast_like_from_pretrained(model: nn.Module, dtype: torch.dtype) -> None:
+    """``model.to(dtype)``, except that a transformers ``*RotaryEmbedding`` keeps its float32 ``inv_freq``.
+
+    ``from_pretrained(dtype=torch.bfloat16)`` builds the rotary module with frequencies computed in float32 and
+    keeps them so (its forward computes cos / sin in float32 and casts the result); ``model.to(torch.bfloat16)``
+    would round them, and every angle ``m * theta_i`` with them (QLoRA logits off transformers' by ~0.03 at
+    12 positions). mlcore's own ``RotaryEmbedding`` keeps float32 by itself.
+    """
+    kept = []
+    for module in model.modules():
+        if type(module).__name__.endswith("RotaryEmbedding"):
+            for name, buf in module.named_buffers(recurse=False):
+                if buf is not None and buf.dtype == torch.float32:
+                    kept.append((module, name, buf))
+    model.to(dtype)
+    for module, name, buf in kept:
+        module._buffers[name] = buf.to(module._buffers[name].device)
+
+
 def prepare_qlora(model: nn.Module, config: LoraConfig, *, blocksize: int = 64, double_quant: bool = True,
                   compute_dtype: torch.dtype | None = None, skip: tuple[str, ...] | None = None,
                   gradient_checkpointing: bool = False, generator: torch.Generator | None = None,
-                  verbose: bool = True) -> nn.Module:
+                  verbose: bool = True, quant_type: str = "nf4") -> nn.Module:
     """Quantize ``model``'s linear layers to NF4 (+ double quantization) and apply LoRA over them; in place.
 
-    blocksize / double_quant: the NF4 format (bitsandbytes' defaults for QLoRA). compute_dtype: cast everything
-    that is not quantized (embeddings, norms, biases, activations follow) to it, e.g. ``torch.bfloat16`` as in
-    the paper; None keeps the model's dtype (float32 on a CPU without fast bf16). skip: module-name suffixes
+    quant_type / blocksize / double_quant: the 4-bit format, ``"nf4"`` (QLoRA's) or ``"fp4"``, as
+    ``BitsAndBytesConfig``'s ``bnb_4bit_quant_type`` / ``bnb_4bit_use_double_quant`` (bitsandbytes' block size
+    64). compute_dtype: the model is cast to it (embeddings, norms, biases; activations follow) *before* its
+    weights are quantized, e.g. ``torch.bfloat16`` as in the paper: transformers'
+    ``from_pretrained(dtype=compute_dtype, quantization_config=BitsAndBytesConfig(load_in_4bit=True,
+    bnb_4bit_compute_dtype=compute_dtype))`` quantizes the weights in that dtype too, so the packed bytes and
+    scales are bitsandbytes' own; None keeps the model's dtype (float32 on a CPU without fast bf16). skip: module-name suffixes
     kept in full precision (default: the output head and ``config.modules_to_save``). gradient_checkpointing:
     call transformers' ``gradient_checkpointing_enable`` (non-reentrant). GPT-2's ``Conv1D`` layers become
     ``nn.Linear`` (weight transposed) before quantizing, as in transformers' bitsandbytes loader. Returns ``model``.
     """
     if not isinstance(config, LoraConfig):
         raise ValueError(f"prepare_qlora config must be an mlcore LoraConfig, got {type(config).__name__}")
+    if quant_type not in QUANT_TYPES:
+        raise ValueError(f"prepare_qlora quant_type must be one of {QUANT_TYPES}, got {quant_type!r}")
     if compute_dtype is not None and compute_dtype not in (torch.float32, torch.float16, torch.bfloat16):
         raise ValueError(f"prepare_qlora compute_dtype must be float32, float16 or bfloat16, got {compute_dtype}")
     if gradient_checkpointing and not callable(getattr(model, "gradient_checkpointing_enable", None)):
@@ -95,12 +125,22 @@ def prepare_qlora(model: nn.Module, config: LoraConfig, *, blocksize: int = 64, 
     if skip is None:
         head = output_head_name(model)
         skip = tuple(([head] if head else []) + resolve_modules_to_save(model, config))
+    quant_options = dict(blocksize=blocksize, double_quant=double_quant)
+    check_scheme(quant_type, quant_options)
+    if not isinstance(blocksize, int) or isinstance(blocksize, bool) or blocksize not in FOUR_BIT_BLOCKSIZES:
+        raise ValueError(f"prepare_qlora blocksize must be one of {FOUR_BIT_BLOCKSIZES}, got {blocksize!r}")
+    if not isinstance(double_quant, bool):
+        raise ValueError(f"prepare_qlora double_quant must be True or False, got {double_quant!r}")
+    if compute_dtype is not None:
+        # before quantizing, as transformers' loader: the weights are rounded to compute_dtype, then quantized
+        # (quantizing the float32 weights first gave other codes and absmax values than bitsandbytes' in
+        # bfloat16 / float16: ~1-3% of the bytes); QuantizedLinear then dequantizes to compute_dtype as
+        # Linear4bit does to its quant_state.dtype
+        _cast_like_from_pretrained(model, compute_dtype)
     converted = _conv1d_to_linear(model, tuple(skip))  # else GPT-2's Conv1D would silently stay full precision
-    quantize_model(model, "nf4", skip=tuple(skip), blocksize=blocksize, double_quant=double_quant)
+    quantize_model(model, quant_type, skip=tuple(skip), **quant_options)
     for name in converted:
         setattr(model.get_submodule(name), FROM_CONV1D, True)
-    if compute_dtype is not None:
-        model.to(compute_dtype)  # QuantizedLinear keeps its codes and scales as stored
     if gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     return apply_lora(model, config, generator=generator, verbose=verbose)

@@ -10,6 +10,10 @@ The file holds the model's whole ``state_dict`` (quantized layers as their ``wei
 - ``aliases``: JSON ``{name: stored name}`` for tensors that share memory (a tied ``lm_head`` / embedding is
   stored once, as safetensors requires).
 
+Each quantized layer's tensors include ``<layer>.weight_format`` (its state dict's format marker, see
+``QuantizedLinear._save_to_state_dict``); files written before it existed lack it and load as before, and one
+that contradicts the header is refused.
+
 ``load_quantized(skeleton, path)`` takes an unquantized model of the same architecture (randomly initialised is
 fine), swaps the listed layers for ``QuantizedLinear`` built from the file and copies everything else in. A file
 that is not safetensors, lacks this metadata, or does not fit the skeleton (a missing or extra tensor, a layer
@@ -30,8 +34,8 @@ from safetensors.torch import save_file
 from torch import nn
 
 from .kernels import unavailable_reason
-from .linear import QuantizedLinear
-from .tensor import QuantizedTensor
+from .linear import FORMAT_KEY, QuantizedLinear
+from .tensor import QuantizedTensor, metadata_from_tensor, metadata_mismatch
 
 FORMAT = "mlcore.quant"
 FORMAT_VERSION = "1"
@@ -110,8 +114,14 @@ def _quantized_layer(path: str, model: nn.Module, name: str, meta: dict[str, Any
     if bool(meta.get("bias")) != (bias is not None) or (module.bias is not None) != (bias is not None):
         raise ValueError(f"path: {path!r}: layer {name!r}: bias in the file: {bias is not None}, "
                          f"in the model: {module.bias is not None}")
+    marker = parts.pop(FORMAT_KEY.removeprefix("weight_"), None)  # absent in files written before it existed
     try:
         qt = QuantizedTensor.from_state_dict(parts, meta)
+        if marker is not None:  # the header and the tensors' own marker must describe the same format
+            diff = metadata_mismatch(metadata_from_tensor(marker, prefix + "format"), qt.metadata())
+            if diff:
+                raise ValueError(f"its {prefix}format tensor contradicts the header: {'; '.join(diff)} "
+                                 "(tensor != header)")
         unexpected = sorted(parts.keys() - qt.tensors().keys())
         if unexpected:  # an unknown tensor would otherwise be dropped without a word
             raise ValueError(f"unexpected tensors {[prefix + k for k in unexpected]} for its {qt.scheme} weight")

@@ -54,9 +54,19 @@ from .kernels import (
     int8pack_mm_op,
     unavailable_reason,
 )
-from .tensor import FLOAT_DTYPES, NestedScales, QuantizedTensor, check_layout
+from .tensor import (
+    FLOAT_DTYPES,
+    NestedScales,
+    QuantizedTensor,
+    check_layout,
+    metadata_from_tensor,
+    metadata_mismatch,
+    metadata_to_tensor,
+)
 
 _FAST = ("int8pack", "int4pack")
+# the state-dict entry (after the module's prefix) that holds the weight's format, QuantizedTensor.metadata()
+FORMAT_KEY = "weight_format"
 
 
 
@@ -172,6 +182,36 @@ class QuantizedLinear(nn.Module):
         forced onto a kernel (or onto the exact ``"dequant"`` path) computes the same after a round trip."""
         return {**self._meta, "in_features": self.in_features, "out_features": self.out_features,
                 "bias": self.bias is not None, "prefer": self.prefer}
+
+    # -- state dict: the format travels with the codes ------------------------------------------------
+
+    def _save_to_state_dict(self, destination: dict[str, Any], prefix: str, keep_vars: bool) -> None:
+        """The buffers and bias, plus ``weight_format``: the weight's metadata (scheme, shape, dtype, block /
+        group size, granularity, symmetric, double-quant block size) as a uint8 tensor of JSON, because NF4 and
+        FP4 codes (or int8 codes from weights of two dtypes) have identical shapes and dtypes: without it an
+        NF4 state dict loads into an FP4 layer without a word and computes another weight."""
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        destination[prefix + FORMAT_KEY] = metadata_to_tensor(self._meta)
+
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, local_metadata: dict[str, Any],
+                              strict: bool, missing_keys: list[str], unexpected_keys: list[str],
+                              error_msgs: list[str]) -> None:
+        """Refuse (ValueError) a state dict whose ``weight_format`` differs from this layer's, before any of
+        this layer's tensors is copied. A state dict without the entry (written before it existed) loads as
+        before: its codes and scales are only checked for shape and dtype, by torch."""
+        key = prefix + FORMAT_KEY
+        if key in state_dict:
+            stored = metadata_from_tensor(state_dict[key], f"state_dict[{key!r}]")
+            diff = metadata_mismatch(stored, self._meta)
+            if diff:
+                raise ValueError(f"state_dict[{key!r}]: the state dict holds a {stored.get('scheme')!r} weight "
+                                 f"that this {self._meta['scheme']!r} QuantizedLinear cannot read: "
+                                 f"{'; '.join(diff)} (stored != this layer); build the layer with the same "
+                                 "quantize() options, or use load_quantized, which builds it from the file")
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
+        if key in unexpected_keys:  # not a buffer: torch lists it as unexpected
+            unexpected_keys.remove(key)
 
     def dequantized_weight(self) -> torch.Tensor:
         """The weight (out, in) in its original dtype."""

@@ -17,6 +17,7 @@ level of double quantization. ``state_dict()`` gives a flat dict of tensors and 
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -153,6 +154,37 @@ class QuantizedTensor:
         check_layout(qt)
         check_values(qt)
         return qt
+
+
+def metadata_to_tensor(metadata: dict[str, Any]) -> torch.Tensor:
+    """``metadata`` (``QuantizedTensor.metadata()``) as UTF-8 JSON bytes in a 1-D uint8 CPU tensor.
+
+    A state dict holds only tensors, and the codes and scales alone do not say how to read them (NF4 and FP4
+    codes, or two block sizes over the same number of blocks, have the same shapes and dtypes), so the format
+    travels as a tensor beside them; bitsandbytes does the same for its 4-bit weights
+    (``weight.quant_state.bitsandbytes__nf4``, ``bitsandbytes.utils.pack_dict_to_tensor``).
+    """
+    raw = json.dumps(metadata, sort_keys=True).encode("utf-8")
+    return torch.frombuffer(bytearray(raw), dtype=torch.uint8).clone()
+
+
+def metadata_from_tensor(t: object, name: str) -> dict[str, Any]:
+    """Inverse of :func:`metadata_to_tensor`; ValueError naming ``name`` if ``t`` is not such a tensor."""
+    if not isinstance(t, torch.Tensor) or t.dtype != torch.uint8 or t.dim() != 1:
+        got = f"{t.dtype} of shape {tuple(t.shape)}" if isinstance(t, torch.Tensor) else type(t).__name__
+        raise ValueError(f"{name}: expected a 1-D uint8 tensor of JSON (a quantization format marker), got {got}")
+    try:
+        meta = json.loads(bytes(t.detach().cpu().tolist()).decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{name}: the quantization format marker is not JSON ({e})") from None
+    if not isinstance(meta, dict):
+        raise ValueError(f"{name}: the quantization format marker must be a JSON object, got {type(meta).__name__}")
+    return meta
+
+
+def metadata_mismatch(stored: dict[str, Any], expected: dict[str, Any]) -> list[str]:
+    """``"key: stored != expected"`` for each field of ``expected`` that ``stored`` gives another value."""
+    return [f"{k}: {stored.get(k)!r} != {v!r}" for k, v in expected.items() if stored.get(k) != v]
 
 
 def _expect(ok: bool, what: str, seen: object, expected: object) -> None:

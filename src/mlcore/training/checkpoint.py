@@ -27,6 +27,8 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from mlcore.quant.linear import FORMAT_KEY as QUANT_FORMAT_KEY
+
 MODEL_FILE = "model.safetensors"
 STATE_FILE = "training_state.safetensors"
 META_KEY = "mlcore_checkpoint"
@@ -151,10 +153,15 @@ def load_checkpoint(
         weights[dup] = weights[kept]
 
     expected = model.state_dict()
-    missing = sorted(set(expected) - set(weights))
+    # a QuantizedLinear's format marker is checked by its own load_state_dict; checkpoints written before the
+    # marker existed lack it and still load
+    missing = sorted(k for k in set(expected) - set(weights) if not k.endswith("." + QUANT_FORMAT_KEY))
     unexpected = sorted(set(weights) - set(expected))
     wrong = [f"{k}: checkpoint {tuple(weights[k].shape)} vs model {tuple(v.shape)}"
              for k, v in expected.items() if k in weights and weights[k].shape != v.shape]
+    # a quantized layer of another format (NF4 codes into an FP4 layer) is refused here, before any layer loads
+    wrong += [f"{k}: another quantization format" for k in expected
+              if k.endswith("." + QUANT_FORMAT_KEY) and k in weights and not torch.equal(weights[k], expected[k])]
     if missing or unexpected or wrong:
         raise ValueError(f"checkpoint {str(directory)!r} is from another model shape: missing {missing[:5]}, "
                          f"unexpected {unexpected[:5]}, shape mismatches {wrong[:5]}")
