@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from numbers import Integral
+
 import torch
 from torch import Tensor
 
@@ -41,9 +43,12 @@ def check_buffer(buffer: Tensor, layer_idx: int, B: int, Hkv: int, D: int, owner
 
 
 def crop_length(n: int, length: int) -> int:
-    """The new length after ``crop(n)``: n >= 0 keeps the first n columns, n < 0 drops the last -n."""
-    if not isinstance(n, int) or isinstance(n, bool):
+    """The new length after ``crop(n)``: n >= 0 keeps the first n columns, n < 0 drops the last -n.
+
+    numpy integers are ints here (transformers' ``Cache.crop`` takes them); bools and floats are refused."""
+    if not isinstance(n, Integral) or isinstance(n, bool):
         raise ValueError(f"crop takes an int, got {n!r}")
+    n = int(n)
     new = length + n if n < 0 else n
     if not 0 <= new <= length:
         raise ValueError(f"cannot crop a cache of {length} columns to {n}")

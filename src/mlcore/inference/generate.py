@@ -95,9 +95,11 @@ def _eos_tensor(eos_token_id: int | Sequence[int] | Tensor | None, device: torch
     elif not isinstance(eos_token_id, (Tensor, Integral, Sequence, set)) and getattr(eos_token_id, "ndim", 2) <= 1:
         eos_token_id = eos_token_id.tolist()  # a numpy array of ids (its floats are refused below)
     ids = [eos_token_id] if isinstance(eos_token_id, Integral) else eos_token_id
-    if not isinstance(ids, (Sequence, set)) or isinstance(ids, str) or not ids or not all(
+    if isinstance(ids, (Sequence, set)) and not isinstance(ids, (str, bytes)) and len(ids) == 0:
+        return None  # no EOS id, as transformers reads eos_token_id=[] (a tokenizer may list none)
+    if not isinstance(ids, (Sequence, set)) or isinstance(ids, str) or not all(
             isinstance(i, Integral) and not isinstance(i, bool) and i >= 0 for i in ids):
-        raise ValueError(f"eos_token_id must be an int >= 0 or a non-empty list of them, got {eos_token_id!r}")
+        raise ValueError(f"eos_token_id must be an int >= 0 or a list of them, got {eos_token_id!r}")
     return torch.tensor([int(i) for i in ids], device=device)  # numpy integers too, as transformers takes them
 
 
@@ -185,9 +187,12 @@ def generate(
         ``softmax(logits / temperature)`` after ``top_k`` /
         ``top_p`` (nucleus) filtering; ``repetition_penalty`` as transformers defines it (CTRL, Keskar et al.
         2019). Draws use a local ``torch.Generator`` seeded with ``seed`` (the global RNG is never touched).
-    eos_token_id / stop: a row finishes at one of these ids or once its output ends with a ``stop`` token-id
-        sequence; later positions hold ``pad_token_id`` (default: the first EOS id, else 0). Generation ends
-        early when every row has finished, as transformers' does.
+    eos_token_id / stop: a row finishes at one of these ids (an int, a list, a tensor; an empty list means none,
+        as in transformers) or once its output ends with a ``stop`` token-id sequence: the generated tokens only
+        (OpenAI's and vLLM's rule for stop strings), so a sequence that starts inside the prompt never matches,
+        where transformers' ``StopStringCriteria`` would match it across the boundary. Later positions hold
+        ``pad_token_id`` (default: the first EOS id, else 0). Generation ends early when every row has finished,
+        as transformers' does.
     cache: "dynamic" | "static" | "paged" | "sliding" | "int8", or a cache object (mlcore's KVCache protocol)
         that is empty (it is filled from the prompt on; a preallocated one needs prompt + max_new_tokens - 1
         columns: the last new token is never fed back).
@@ -260,7 +265,10 @@ def generate(
         if greedy and present is None:  # plain greedy: what process_logits + sample_next would do, minus checks
             token = logits.argmax(dim=-1)  # (B,)
         else:
-            scores = process_logits(logits, temperature=temperature, top_k=top_k, top_p=top_p,
+            # greedy (temperature below GREEDY_BELOW) keeps only the penalty, as transformers' do_sample=False: a
+            # tiny temperature must not divide the logits (1e-40 made every positive logit +inf, and the argmax
+            # of a row of infs is its first one, not its largest logit)
+            scores = process_logits(logits, temperature=0.0 if greedy else temperature, top_k=top_k, top_p=top_p,
                                     repetition_penalty=repetition_penalty, present=present)
             token = sample_next(scores, generator=generator, greedy=greedy)  # (B,)
         if eos is not None or stops:  # without them no row ever finishes early: nothing to pad

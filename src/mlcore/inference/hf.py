@@ -60,7 +60,8 @@ def hf_generation_config(
     if cache_implementation not in HF_CACHES:
         raise ValueError(f"cache_implementation must be one of {HF_CACHES}, got {cache_implementation!r}")
     # the ids generate takes (an int, a list, a tensor or numpy array of ints), checked as generate checks them
-    eos = [] if eos_token_id is None else _eos_tensor(eos_token_id, torch.device("cpu")).tolist()
+    eos_ids = _eos_tensor(eos_token_id, torch.device("cpu"))  # None for None and for an empty list
+    eos = [] if eos_ids is None else eos_ids.tolist()
     if pad_token_id is None:
         pad_token_id = eos[0] if eos else 0
     sample = not is_greedy(temperature)  # as generate: below GREEDY_BELOW (1e-5) is argmax, not logits / T
