@@ -92,14 +92,15 @@ class AttentionInputs:
                    queries_are_tokens=attention_mask is None, rope_rows=rows)
 
     def rotary(self, x_dtype: torch.dtype, interleaved: bool) -> tuple[Tensor, Tensor]:
-        """RoPE tables (cos, signed sin), each (B, 1, T, rotary_dim) in ``promote(x_dtype, float32)``, made once
-        per forward for every layer (see :func:`mlcore.positional.rope.rotary_tables`)."""
+        """RoPE tables (cos, signed sin), each (B, 1, T, rotary_dim) in ``x_dtype``, made once per forward for
+        every layer (see :func:`mlcore.positional.rope.rotary_tables`): computed in float32 and rounded to the
+        queries' dtype once here, as transformers' rotary embedding returns them, rather than once per layer."""
         from mlcore.positional.rope import rotary_tables
 
         key = ("rotary", x_dtype, interleaved)
         hit = self._memo.get(key)
         if hit is None:
-            dtype = torch.promote_types(x_dtype, torch.float32)
+            dtype = x_dtype  # apply_rotary_tables computes in x's dtype (HF's rounding)
             if self.rope_rows is not None:
                 tables, rope, start, stop = self.rope_rows
                 hit = self._memo[key] = tables.rows(rope, dtype, interleaved, start, stop)

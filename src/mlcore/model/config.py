@@ -13,8 +13,11 @@ from typing import Any
 NORMS = ("rmsnorm", "layernorm")
 MLPS = ("swiglu", "gelu")
 POSITIONS = ("rope", "learned", "alibi", "none")
-ACTIVATIONS = ("silu", "gelu", "gelu_tanh", "relu", "quick_gelu", "relu2", "relu6", "leaky_relu", "tanh", "sigmoid",
-               "mish")
+# Each name is one formula with its own float roundings: the three spellings of GELU's tanh approximation
+# ("gelu_tanh" written out, "gelu_pytorch_tanh" torch's fused kernel, "gelu_fast") and the two of exact GELU
+# ("gelu" fused, "gelu_python" written out) agree only up to the last bits, so each is kept apart.
+ACTIVATIONS = ("silu", "gelu", "gelu_tanh", "gelu_pytorch_tanh", "gelu_fast", "gelu_python", "relu", "quick_gelu",
+               "relu2", "relu6", "leaky_relu", "tanh", "sigmoid", "mish")
 ATTN_BACKENDS = ("naive", "flash", "torch")
 LAYER_TYPES = ("full_attention", "sliding_attention")
 

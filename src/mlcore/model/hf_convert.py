@@ -82,12 +82,14 @@ _HF_DEFAULTS = {
     "qwen2": {"max_position_embeddings": 32768, "max_window_layers": 28},
     "gpt2": {"n_positions": 1024},
 }
-# transformers activation names -> mlcore activation names
-# (gelu_fast and gelu_accurate are the tanh formula written differently: equal to float rounding)
-_ACTIVATIONS = {"silu": "silu", "swish": "silu", "gelu": "gelu", "gelu_python": "gelu", "gelu_new": "gelu_tanh",
-                "gelu_pytorch_tanh": "gelu_tanh", "gelu_python_tanh": "gelu_tanh", "gelu_fast": "gelu_tanh",
-                "gelu_accurate": "gelu_tanh", "relu": "relu", "quick_gelu": "quick_gelu", "relu2": "relu2",
-                "relu6": "relu6", "leaky_relu": "leaky_relu", "tanh": "tanh", "sigmoid": "sigmoid", "mish": "mish"}
+# transformers activation names -> mlcore activation names, each the same formula with the same roundings (bit for
+# bit in every dtype: gelu_python_tanh and gelu_accurate are gelu_new's formula, swish is silu; the fused
+# gelu_pytorch_tanh, the factored gelu_fast and the written-out gelu_python are kept apart, model/config.py)
+_ACTIVATIONS = {"silu": "silu", "swish": "silu", "gelu": "gelu", "gelu_python": "gelu_python",
+                "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_pytorch_tanh", "gelu_python_tanh": "gelu_tanh",
+                "gelu_fast": "gelu_fast", "gelu_accurate": "gelu_tanh", "relu": "relu", "quick_gelu": "quick_gelu",
+                "relu2": "relu2", "relu6": "relu6", "leaky_relu": "leaky_relu", "tanh": "tanh", "sigmoid": "sigmoid",
+                "mish": "mish"}
 
 
 def _refuse(arch: str, what: str) -> ValueError:
@@ -225,6 +227,14 @@ def config_from_hf(d: dict[str, Any]) -> TransformerConfig:
             qkv_bias, out_bias = True, False
             sliding_window = d.get("sliding_window") if _flag(d, "use_sliding_window", False) else None
             types = d.get("layer_types")
+            if sliding_window is None and types is not None and "sliding_attention" in types:
+                # Qwen2Config then sets sliding_window=None and its forward fails building the sliding mask:
+                # no reference output exists, and full attention would be a guess
+                raise ValueError(f"{arch} config: layer_types marks sliding_attention layers but "
+                                 f"use_sliding_window={d.get('use_sliding_window')!r} / sliding_window="
+                                 f"{d.get('sliding_window')!r} gives them no window (transformers fails on this "
+                                 "config too); set use_sliding_window=true with a sliding_window, or mark every "
+                                 "layer full_attention")
         else:  # MistralForCausalLM slides every layer when sliding_window is set, whatever layer_types says
             sliding_window, types = d.get("sliding_window"), None
         if types is None and arch == "qwen2":  # what Qwen2Config derives when config.json has no layer_types
@@ -343,7 +353,9 @@ def config_to_hf(config: TransformerConfig) -> dict[str, Any]:
         problems.append("qkv_bias without out_bias together with mlp_bias")
     if c.out_bias and not c.qkv_bias:
         problems.append("out_bias without qkv_bias")
-    act = {"gelu_tanh": "gelu_pytorch_tanh"}.get(c.activation, c.activation)  # every other name is HF's too
+    # mlcore's written-out tanh GELU is transformers' gelu_new (gelu_pytorch_tanh is torch's fused kernel: other
+    # roundings); every other mlcore name is transformers' name for the same formula
+    act = {"gelu_tanh": "gelu_new"}.get(c.activation, c.activation)
     if problems:
         raise ValueError(f"to_hf exports Llama-family models (RMSNorm, SwiGLU, RoPE); this config has {problems}")
     rope: dict[str, Any] = {**(c.rope_scaling or {}), "rope_theta": c.rope_theta}

@@ -26,6 +26,26 @@ def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
     return 0.5 * x * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x.pow(3))))
 
 
+def gelu_tanh_fused(x: torch.Tensor) -> torch.Tensor:
+    """The same tanh approximation as :func:`gelu_tanh` in torch's one fused kernel
+    (``F.gelu(x, approximate="tanh")``, transformers' ``gelu_pytorch_tanh``): computed in float32 for half inputs
+    and rounded once, where :func:`gelu_tanh` rounds after every operation, so the two differ in the last bits
+    (in ~40% of bfloat16 outputs)."""
+    return F.gelu(x, approximate="tanh")
+
+
+def gelu_fast(x: torch.Tensor) -> torch.Tensor:
+    """The tanh approximation with the cube factored out (transformers' ``gelu_fast``):
+    ``0.5 x (1 + tanh(0.7978845608 x (1 + 0.044715 x^2)))``; equal to :func:`gelu_tanh` up to rounding."""
+    return 0.5 * x * (1.0 + torch.tanh(x * 0.7978845608 * (1.0 + 0.044715 * x * x)))
+
+
+def gelu_erf(x: torch.Tensor) -> torch.Tensor:
+    """Exact GELU written out with ``erf`` (transformers' ``gelu_python``): ``x/2 (1 + erf(x / sqrt(2)))``, one
+    rounding per operation where ``F.gelu`` computes in one kernel (they differ in the last bits)."""
+    return x * 0.5 * (1.0 + torch.erf(x / math.sqrt(2.0)))
+
+
 def quick_gelu(x: torch.Tensor) -> torch.Tensor:
     """The sigmoid approximation of GELU (CLIP's ``quick_gelu``): ``x * sigmoid(1.702 x)``."""
     return x * torch.sigmoid(1.702 * x)
@@ -39,7 +59,10 @@ def relu2(x: torch.Tensor) -> torch.Tensor:
 ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "silu": F.silu,
     "gelu": F.gelu,  # exact, erf-based
-    "gelu_tanh": gelu_tanh,
+    "gelu_tanh": gelu_tanh,  # transformers' gelu_new (GPT-2), gelu_python_tanh, gelu_accurate: bit for bit
+    "gelu_pytorch_tanh": gelu_tanh_fused,
+    "gelu_fast": gelu_fast,
+    "gelu_python": gelu_erf,
     "relu": F.relu,
     "quick_gelu": quick_gelu,
     "relu2": relu2,

@@ -7,9 +7,12 @@
   cast back before the gain is applied, the order Hugging Face's ``LlamaRMSNorm`` uses (a float64 input is
   rounded to float32 too, as there, so float64 logits equal a float64 transformers model's). The forward calls
   ``torch.nn.functional.rms_norm`` (torch >= 2.4), one fused call with the same float32 arithmetic (bit for bit
-  on CPU, measured); the formula is written out in :meth:`RMSNorm.reference`. LayerNorm computes
-  everything, gain and bias included, in float32 (float64 for a float64 input) and rounds once, as
-  ``torch.nn.functional.layer_norm`` does.
+  on CPU, measured); the formula is written out in :meth:`RMSNorm.reference`. LayerNorm calls
+  ``torch.nn.functional.layer_norm``, the kernel behind ``nn.LayerNorm`` and so behind transformers' GPT-2: it
+  computes in float32 (float64 for a float64 input) and rounds once. The formula, written out in
+  :meth:`LayerNorm.reference`, gives the same values up to the order of float additions (the fused kernel sums
+  the mean and variance in another order: ~half the float32 outputs and ~1 in 20,000 bfloat16 outputs differ in
+  their last bit), so the forward calls the kernel, bit for bit what the transformers model computes.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 _HAS_RMS_NORM = hasattr(F, "rms_norm")  # torch >= 2.4
+_HALF = (torch.bfloat16, torch.float16)
 
 
 class RMSNorm(nn.Module):
@@ -64,6 +68,15 @@ class LayerNorm(nn.Module):
         self.bias = nn.Parameter(torch.zeros(dim)) if bias else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(x - mean) / sqrt(var + eps) * weight + bias`` over the last dimension, as ``nn.LayerNorm``."""
+        w = self.weight
+        if w.dtype == x.dtype or (w.dtype == torch.float32 and x.dtype in _HALF):
+            return F.layer_norm(x, (x.shape[-1],), w, self.bias, self.eps)
+        # parameters in another precision than the input (which torch's kernel refuses): the written-out formula
+        return self.reference(x)
+
+    def reference(self, x: torch.Tensor) -> torch.Tensor:
+        """The formula written out: what :meth:`forward` computes, up to the order of float additions."""
         dtype = x.dtype
         # half inputs are computed in float32; float64 stays float64 (as torch's layer_norm, and GPT-2 in
         # transformers: a float32 round trip would cost float64 models 8 digits)

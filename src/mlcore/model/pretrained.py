@@ -138,20 +138,44 @@ def read_config(folder: str | Path) -> dict[str, Any]:
     return d
 
 
+_SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
+
+
+def auto_dtype(config: dict[str, Any], source: SafetensorsFolder) -> torch.dtype:
+    """The dtype ``dtype="auto"`` loads in, by transformers' rule (``modeling_utils._get_dtype``): the config's
+    ``dtype`` (``torch_dtype`` in older files) when it names one, else the dtype of the checkpoint's first floating
+    tensor (8-bit floats skipped), else float32. A folder written by ``save_pretrained`` in bfloat16 says
+    ``"dtype": "bfloat16"``, and so loads in bfloat16, as ``AutoModelForCausalLM.from_pretrained`` does by default."""
+    for key in ("dtype", "torch_dtype"):
+        name = config.get(key)
+        if name is None:
+            continue
+        found = getattr(torch, name, None) if isinstance(name, str) else None
+        if not isinstance(found, torch.dtype):
+            raise ValueError(f"config.json: {key} must name a torch dtype such as \"bfloat16\", got {name!r}")
+        return found
+    for key in source.keys():
+        code = source.meta[key][1]
+        if code in _SAFETENSORS_DTYPES:
+            return _SAFETENSORS_DTYPES[code]
+    return torch.float32
+
+
 def check_dtype(dtype: object) -> torch.dtype:
     """``dtype`` if the model can compute in it: a float dtype of 2 bytes or more. The 8-bit float formats are
     storage formats (PyTorch has no norm or matmul kernels for them): a load in one only failed at the first
     forward, so they are refused here (quantize= gives small weights that compute)."""
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point or dtype.itemsize < 2:
         raise ValueError(f"dtype: expected a floating torch.dtype to compute in (torch.float32, torch.bfloat16, "
-                         f"torch.float16, torch.float64), got {dtype!r}")
+                         f"torch.float16, torch.float64) or 'auto', got {dtype!r}")
     return dtype
 
 
-def from_pretrained(folder: str | Path, *, dtype: torch.dtype = torch.float32, quantize: str | None = None,
+def from_pretrained(folder: str | Path, *, dtype: torch.dtype | str = torch.float32, quantize: str | None = None,
                     quant_options: dict[str, Any] | None = None, device: torch.device | str = "cpu"):
     """Build an mlcore ``Transformer`` from an HF folder (Llama, Mistral, Qwen2, GPT-2), fully offline, in eval
-    mode with parameters of ``dtype`` (whatever dtype the file stores) on ``device``.
+    mode with parameters of ``dtype`` (whatever dtype the file stores) on ``device``. ``dtype="auto"`` takes the
+    dtype the folder was saved in (:func:`auto_dtype`), as transformers 5's ``from_pretrained`` does by default.
 
     ``quantize``: None, ``"int8"``, ``"int4"``, ``"nf4"`` or ``"fp4"``: quantize the linear layers while loading
     (see ``mlcore.model.streaming``); ``quant_options``: the scheme's options (``blocksize``, ``double_quant``,
@@ -160,7 +184,8 @@ def from_pretrained(folder: str | Path, *, dtype: torch.dtype = torch.float32, q
     """
     from mlcore.model.transformer import Transformer
 
-    check_dtype(dtype)
+    if not (isinstance(dtype, str) and dtype == "auto"):
+        check_dtype(dtype)
     check_quantize(quantize, quant_options)  # before any file is read
     folder = Path(folder)
     d = read_config(folder)
@@ -173,6 +198,8 @@ def from_pretrained(folder: str | Path, *, dtype: torch.dtype = torch.float32, q
         raise ValueError("device: 'meta' holds no weights; for a model without memory use "
                          "mlcore.model.streaming.build_on_meta(Transformer, config)")
     source = SafetensorsFolder(folder, device)
+    if isinstance(dtype, str):
+        dtype = check_dtype(auto_dtype(d, source))
     config = untie_if_stored_head_differs(config, source.keys(), architecture_of(d), source.read)
     plan = import_plan(source.keys(), architecture_of(d), tie_embeddings=config.tie_embeddings,
                        query_scales=gpt2_query_scales(d))

@@ -38,6 +38,29 @@ from mlcore.model.norm import build_norm
 from mlcore.positional import LearnedEncoding, RotaryEmbedding
 
 
+def _check_logits_to_keep(logits_to_keep: Any, T: int, validate: bool) -> torch.Tensor | None:
+    """The index tensor of a tensor ``logits_to_keep`` (None for the int form), after checking either form.
+
+    transformers' ``*ForCausalLM.forward`` slices ``hidden_states[:, -n:]`` for an int ``n`` (0 = everything) and
+    ``hidden_states[:, idx]`` for a tensor ``idx`` of positions; mlcore takes the same two forms."""
+    if isinstance(logits_to_keep, torch.Tensor):
+        # int64 / int32 only: torch reads a bool or uint8 index as a mask, not as positions
+        if logits_to_keep.dim() != 1 or logits_to_keep.dtype not in (torch.long, torch.int32):
+            raise ValueError("logits_to_keep as a tensor must be a 1-D int64 / int32 tensor of positions, got shape "
+                             f"{tuple(logits_to_keep.shape)} {logits_to_keep.dtype}")
+        index = logits_to_keep
+        if validate and not torch.compiler.is_compiling() and index.numel():
+            lo, hi = (int(v) for v in torch.aminmax(index))
+            if lo < -T or hi >= T:
+                raise ValueError(f"logits_to_keep positions must lie in [-{T}, {T}) for T={T} input tokens, got "
+                                 f"values in [{lo}, {hi}]")
+        return index
+    if not isinstance(logits_to_keep, int) or isinstance(logits_to_keep, bool) or logits_to_keep < 0:
+        raise ValueError("logits_to_keep must be an int >= 0 (0 = every position) or a 1-D tensor of positions, "
+                         f"got {logits_to_keep!r}")
+    return None
+
+
 class Transformer(nn.Module):
     """Decoder-only language model. ``model(input_ids) -> logits (B, T, vocab_size)``."""
 
@@ -99,8 +122,8 @@ class Transformer(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
     def forward(self, input_ids: torch.Tensor, *, attention_mask: torch.Tensor | None = None,
-                cache: Any = None, position_ids: torch.Tensor | None = None, logits_to_keep: int = 0,
-                validate: bool = True) -> torch.Tensor:
+                cache: Any = None, position_ids: torch.Tensor | None = None,
+                logits_to_keep: int | torch.Tensor = 0, validate: bool = True) -> torch.Tensor:
         """input_ids (B, T) -> logits (B, T, V), or (B, logits_to_keep, V) for the last positions only.
 
         ``attention_mask``: (B, P + T) with 1 = token, 0 = padding, covering the ``P`` tokens already in
@@ -108,7 +131,9 @@ class Transformer(nn.Module):
         (:mod:`mlcore.attention.kv_cache`, e.g. ``mlcore.inference.DynamicCache()``); positions start after its
         length. ``position_ids`` (B, T) overrides the positions derived from the mask.
         ``logits_to_keep``: compute logits for the last n positions only (0 = all): prefill needs one row,
-        not T. ``validate=False`` skips the checks that wait for the device (token range, mask values):
+        not T. As in transformers, it may also be a 1-D integer tensor of positions (negative ones count from the
+        end; any order, repeats allowed): logits (B, len(logits_to_keep), V) for those positions, in that order.
+        ``validate=False`` skips the checks that wait for the device (token range, mask values):
         a decode loop validates its inputs once and then steps without them.
         """
         c = self.config
@@ -122,8 +147,7 @@ class Transformer(nn.Module):
             raise ValueError(f"input_ids must hold at least one row and one token, got shape {(B, T)}")
         if attention_mask is not None and not isinstance(attention_mask, torch.Tensor):
             raise ValueError(f"attention_mask must be a (B, T) tensor of 0/1, got {type(attention_mask).__name__}")
-        if not isinstance(logits_to_keep, int) or isinstance(logits_to_keep, bool) or logits_to_keep < 0:
-            raise ValueError(f"logits_to_keep must be an int >= 0 (0 = every position), got {logits_to_keep!r}")
+        keep_index = _check_logits_to_keep(logits_to_keep, T, validate)
         check_cache(cache)
         if validate and not torch.compiler.is_compiling():  # one host sync, skipped by decode steps
             lo, hi = (int(v) for v in torch.aminmax(input_ids))
@@ -170,7 +194,9 @@ class Transformer(nn.Module):
                 x = torch.utils.checkpoint.checkpoint(block, x, inputs=inputs, cache=None, use_reentrant=False)
             else:
                 x = block(x, inputs=inputs, cache=cache)
-        if logits_to_keep:
+        if keep_index is not None:  # chosen positions (transformers' tensor form of logits_to_keep)
+            x = x[:, keep_index.to(x.device)]
+        elif logits_to_keep:
             x = x[:, -logits_to_keep:]
         return self.head_layout.run_layer(self.lm_head, self.norm(x), self.training)  # (B, T, V)
 
@@ -184,10 +210,11 @@ class Transformer(nn.Module):
         return from_hf(hf_model)
 
     @classmethod
-    def from_pretrained(cls, folder: str | Path, *, dtype: torch.dtype = torch.float32, quantize: str | None = None,
-                        quant_options: dict[str, Any] | None = None,
+    def from_pretrained(cls, folder: str | Path, *, dtype: torch.dtype | str = torch.float32,
+                        quantize: str | None = None, quant_options: dict[str, Any] | None = None,
                         device: torch.device | str = "cpu") -> Transformer:
-        """Read an HF model folder (``config.json`` + safetensors) offline; parameters in ``dtype`` on ``device``.
+        """Read an HF model folder (``config.json`` + safetensors) offline; parameters in ``dtype`` on ``device``
+        (``dtype="auto"``: the dtype the folder was saved in, transformers 5's default).
 
         Built on the meta device and filled tensor by tensor; ``quantize`` ("int8" | "int4" | "nf4" | "fp4")
         quantizes each linear weight as it is read, with ``quant_options`` as in ``mlcore.quant.quantize_model``.

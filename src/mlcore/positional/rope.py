@@ -231,8 +231,9 @@ def apply_rotary(
 
     ``cos``/``sin`` are (B, T, rotary_dim) (or (T, rotary_dim)) from :class:`RotaryEmbedding`, in the layout of
     ``interleaved``; they are broadcast over heads. Dims past ``rotary_dim`` (partial rotary) pass through. The
-    result has ``x``'s dtype; the rotation is computed in at least float32 (transformers computes it in
-    ``x``'s dtype, so bf16/fp16 results may differ from HF's by one rounding).
+    rotation is computed in ``x``'s dtype with cos/sin rounded to it, as transformers' ``apply_rotary_pos_emb``
+    (its rotary embedding returns cos/sin in ``x``'s dtype): bf16 / fp16 results equal HF's bit for bit (computing
+    in float32 and rounding once gave ~1 in 4 bfloat16 elements one rounding off HF's).
     """
     if x.dim() != 4:
         raise ValueError(f"x must have shape (B, H, T, D), got {tuple(x.shape)}")
@@ -248,12 +249,10 @@ def apply_rotary(
     rd = cos.shape[-1]
     if rd % 2 or rd > x.shape[-1]:
         raise ValueError(f"cos/sin last dim (rotary_dim) must be even and <= D={x.shape[-1]}, got {rd}")
-    compute = torch.promote_types(x.dtype, torch.float32)
-    cos, sin = cos[:, None].to(compute), sin[:, None].to(compute)  # (B, 1, T, rd): same angle for every head
+    cos, sin = cos[:, None].to(x.dtype), sin[:, None].to(x.dtype)  # (B, 1, T, rd): same angle for every head
     x_rot, x_pass = x[..., :rd], x[..., rd:]
     turn = rotate_pairs if interleaved else rotate_half
-    xf = x_rot.to(compute)
-    out = (xf * cos + turn(xf) * sin).to(x.dtype)
+    out = x_rot * cos + turn(x_rot) * sin
     return torch.cat((out, x_pass), dim=-1) if x_pass.shape[-1] else out
 
 
@@ -282,17 +281,18 @@ def apply_rotary_tables(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Te
     """``x * cos + swap(x) * signed_sin`` on the first ``rd`` dims of x (B, H, T, D): :func:`apply_rotary` with
     tables from :func:`rotary_tables` (no shape checks: the caller built both from the same positions).
 
-    Four element-wise ops instead of about a dozen; computed in the tables' dtype (float32 for half inputs).
+    Four element-wise ops instead of about a dozen, computed in ``x``'s dtype as :func:`apply_rotary` and
+    transformers do: tables in another dtype (float32 tables for a bfloat16 ``x``) are rounded to it first.
     """
     rd = cos.shape[-1]
     x_rot = x if rd == x.shape[-1] else x[..., :rd]
-    xf = x_rot if x_rot.dtype == cos.dtype else x_rot.to(cos.dtype)
+    if cos.dtype != x.dtype:
+        cos, signed_sin = cos.to(x.dtype), signed_sin.to(x.dtype)  # rounding -sin equals negating rounded sin
     if interleaved:
-        swapped = xf.unflatten(-1, (-1, 2)).flip(-1).flatten(-2)
+        swapped = x_rot.unflatten(-1, (-1, 2)).flip(-1).flatten(-2)
     else:
-        swapped = xf.roll(rd // 2, dims=-1)  # [x2, x1]: each member of a pair meets its partner
-    out = xf * cos + swapped * signed_sin  # not addcmul: its fused multiply-add would round differently
-    out = out if out.dtype == x.dtype else out.to(x.dtype)
+        swapped = x_rot.roll(rd // 2, dims=-1)  # [x2, x1]: each member of a pair meets its partner
+    out = x_rot * cos + swapped * signed_sin  # not addcmul: its fused multiply-add would round differently
     return out if rd == x.shape[-1] else torch.cat((out, x[..., rd:]), dim=-1)
 
 
