@@ -24,6 +24,7 @@ Saved format (UTF-8 text, one fact per line, readable in any editor)::
 
 from __future__ import annotations
 
+import codecs
 import json
 import operator
 from collections.abc import Iterable, Mapping, Sequence
@@ -165,9 +166,19 @@ class BaseTokenizer:
             raise TypeError(f"ids must be a sequence of token ids, got {type(ids).__name__}{hint}")
         return b"".join(self.token_bytes(_as_id(i)) for i in ids)
 
-    def decode(self, ids: Iterable[int]) -> str:
-        """Ids -> text. Byte sequences that are not valid UTF-8 become U+FFFD, never an exception."""
-        return self.decode_bytes(ids).decode("utf-8", errors="replace")
+    def decode(self, ids: Iterable[int], errors: str = "replace") -> str:
+        """Ids -> text. With the default ``errors="replace"``, byte sequences that are not valid UTF-8 become U+FFFD,
+        never an exception; ``errors`` is any Python codec error handler (``"strict"`` raises, ``"ignore"`` drops),
+        as in tiktoken's ``Encoding.decode(tokens, errors=...)``."""
+        if not isinstance(errors, str):
+            raise ValueError(f"errors must be the name of a codec error handler, got {type(errors).__name__} "
+                             f"{errors!r:.60}")
+        try:  # checked up front: Python looks a handler up only when it meets a bad byte
+            codecs.lookup_error(errors)
+        except LookupError:
+            raise ValueError(f"errors must be the name of a codec error handler such as 'replace', 'strict' or "
+                             f"'ignore', got {errors!r:.60}") from None
+        return self.decode_bytes(ids).decode("utf-8", errors=errors)
 
     # -- save / load -----------------------------------------------------------------------------
     def save(self, path: str | Path) -> None:

@@ -159,7 +159,9 @@ def save_pretrained(
     """Write ``tokenizer.json`` and ``tokenizer_config.json`` to ``folder`` (created), for
     ``transformers.AutoTokenizer.from_pretrained(folder)``. ``eos_token`` / ``bos_token`` / ``pad_token`` name
     special tokens of ``tok`` (None: the role is unset); ``model_max_length`` is the model's context length
-    (None: transformers' "very large" default). Nothing is added to encoded text (module docstring)."""
+    (None: transformers' "very large" default). The other special tokens are listed as
+    ``additional_special_tokens``, so transformers' ``all_special_ids`` holds every one. Nothing is added to encoded
+    text (module docstring)."""
     roles = {"eos_token": eos_token, "bos_token": bos_token, "pad_token": pad_token}
     for name, value in roles.items():
         if value is not None and (not isinstance(value, str) or value not in tok.special_tokens):
@@ -172,6 +174,13 @@ def save_pretrained(
         raise ValueError(f"model_max_length must be a positive int or None, got {model_max_length!r}")
     spec = to_hf_json(tok)  # before creating anything: it may raise
     config: dict = {"tokenizer_class": "PreTrainedTokenizerFast", "clean_up_tokenization_spaces": False, **roles}
+    # Every special token is special to transformers too: without this list its ``all_special_tokens`` /
+    # ``all_special_ids`` (which ``get_special_tokens_mask`` and data collators read) hold only the roles above, so
+    # ``<|im_start|>`` counted as ordinary text. ``additional_special_tokens`` is the key transformers 4 reads and 5
+    # renames to ``extra_special_tokens`` (in 4, ``extra_special_tokens`` is a dict of named tokens, not a list).
+    others = [s for s, _ in sorted(tok.special_tokens.items(), key=lambda x: x[1]) if s not in roles.values()]
+    if others:
+        config["additional_special_tokens"] = others
     if model_max_length is not None:
         config["model_max_length"] = int(model_max_length)
     out = Path(folder)
