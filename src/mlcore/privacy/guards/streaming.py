@@ -9,7 +9,8 @@ provably final:
    digit-bearing tokens, as in grouped card numbers and IBANs), off any detected span, and off an open
    ``-----BEGIN`` block;
 3. the released prefix is masked with the spans found on the whole buffer, plus `context` characters of
-   already-released original text so context words ("card number:") still count.
+   already-released original text so context words ("card number:") still count, and inside a table its
+   header line, so a column labelled "ssn" is read as such however many rows ago it came.
 
 Memory is bounded: when the buffer passes `max_buffer` characters the release point ignores rule 2's token
 rule (a single token that long is not a value we detect), so a gigantic input streams in O(max_buffer).
@@ -30,6 +31,7 @@ from mlcore.privacy.detect import (
     check_text,
     detect_pii,
 )
+from mlcore.privacy.recognizers.context import table_context
 from mlcore.privacy.spans import PiiSpan, replace_spans
 
 
@@ -106,9 +108,15 @@ class StreamScanner:
         self.spans.extend(s.shifted(base) for s in released)
         out = replace_spans(text[off:cut], released, self.replace, offset=off)
         self._released += cut - off
-        self._ctx = text[max(0, cut - self.context) : cut]
+        self._ctx = self._next_context(text, cut)
         self._buf = text[cut:]
         return out
+
+    def _next_context(self, text: str, cut: int) -> str:
+        """The last `context` released characters, or inside a table the header and the split row (see
+        `table_context`), so a column labelled "ssn" still labels the cells of rows that arrive long after it."""
+        table = table_context(text, cut, self.context)
+        return text[max(0, cut - self.context) : cut] if table is None else table
 
     def feed(self, chunk: str) -> str:
         """Add a chunk; return what can be released (possibly "")."""

@@ -20,7 +20,17 @@ import re
 from collections.abc import Iterator
 
 from mlcore.privacy.recognizers.classes import find_all, ip_classes, phone_classes
-from mlcore.privacy.recognizers.context import context_windows, has_context, score_with_context, search_free
+from mlcore.privacy.recognizers.context import (
+    CONTEXT_WORDS,
+    context_windows,
+    has_context,
+    label_hits,
+    label_or_context_before,
+    labelled_cells,
+    score_with_context,
+    search_free,
+    values_before_labels,
+)
 from mlcore.privacy.spans import PiiSpan
 
 # The lookahead bounds the local part to RFC 5321's 64 characters before the "@" is seen, so a long run of
@@ -41,7 +51,33 @@ _CONNECTION_USER = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s/@:]*:$")
 _CLOSERS = {"'": "'", "`": "`", "{": "}", "|": "|"}
 
 
+# An address percent-encoded in a URL's query string or path ("?email=ann.lee%40example.com", what browsers
+# and HTTP clients send and access logs keep): "%40" is its "@". The local part may hold other escapes
+# ("%2B" for "+"); the domain is plain (hostnames need no escaping). The domain is matched from the "%40"
+# first (cheap, and most "%40" have none), then the local part that ends at it.
+_PCT_DOMAIN = re.compile(r"%40(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,24}(?![\w-])")
+_PCT_LOCAL = re.compile(r"(?<![A-Za-z0-9._+%-])(?:[A-Za-z0-9._+-]|%[0-9A-Fa-f]{2}){1,64}\Z")
+
+
+def _encoded_emails(text: str) -> Iterator[PiiSpan]:
+    """Percent-encoded addresses (see `_PCT_DOMAIN`), found from each "%40": a literal search."""
+    at = text.find("%40")
+    while at >= 0:
+        domain = _PCT_DOMAIN.match(text, at)
+        # the local part cannot run back past 64 characters, each at most an escape of three
+        local = _PCT_LOCAL.search(text, max(0, at - 3 * 64), at) if domain is not None and at > 0 else None
+        if local is not None:
+            start = local.start()
+            while start < at and text[start] in "._-":
+                start += 1  # the local part starts with a letter, digit or escape
+            if start < at:
+                yield PiiSpan("EMAIL", start, domain.end(), text[start : domain.end()], 0.9)
+        at = text.find("%40", domain.end() if local is not None else at + 3)
+
+
 def find_emails(text: str) -> Iterator[PiiSpan]:
+    if "%" in text and "%40" in text:  # one character is found at memchr speed, three ~50x slower
+        yield from _encoded_emails(text)
     at = text.find("@")
     while at >= 0:
         # an address holds one "@", between a local-part character and a domain letter or digit: checking
@@ -316,9 +352,25 @@ def parse_date(m: re.Match[str]) -> dt.date | None:
         return None
 
 
+def _birth_date_at(text: str, start: int, end: int) -> PiiSpan | None:
+    """``text[start:end]`` as a DATE_OF_BIRTH span: a whole `DATE_PATTERN` date from 1900 up to yesterday."""
+    m = DATE_PATTERN.fullmatch(text, start, end)
+    if m is None or (end < len(text) and (text[end].isalnum() or text[end] == "/")):
+        return None
+    date = parse_date(m)
+    if date is None or not (dt.date(1900, 1, 1) <= date < dt.date.today()):
+        return None
+    return PiiSpan("DATE_OF_BIRTH", start, end, m.group(), 0.85)
+
+
 def find_dates_of_birth(text: str) -> Iterator[PiiSpan]:
-    seen: set[int] = set()
-    for m in (m for lo, hi in context_windows(text, "DATE_OF_BIRTH", window=30)
+    """Dates of birth: a date with a birth label before it ("DOB: 05/12/1985"), after it ("05/12/1985 (date of
+    birth)") or heading its table column ("name,dob\nAnn,1985-05-12")."""
+    hits = label_hits(text, CONTEXT_WORDS["DATE_OF_BIRTH"])
+    if not hits:
+        return
+    seen: set[int] = set()  # starts already tried (regions overlap) or reported
+    for m in (m for lo, hi in context_windows(text, "DATE_OF_BIRTH", window=30, hits=hits)
               for m in DATE_PATTERN.finditer(text, lo, hi)):
         if m.start() in seen:
             continue
@@ -326,5 +378,9 @@ def find_dates_of_birth(text: str) -> Iterator[PiiSpan]:
         date = parse_date(m)
         if date is None or not (dt.date(1900, 1, 1) <= date < dt.date.today()):
             continue
-        if has_context(text, m.start(), "DATE_OF_BIRTH", window=30):
+        if label_or_context_before(text, hits, m.start(), "DATE_OF_BIRTH", window=30):
             yield PiiSpan("DATE_OF_BIRTH", m.start(), m.end(), m.group(), 0.85)
+    for start, end in [*values_before_labels(text, hits, DATE_PATTERN.pattern, flags=re.IGNORECASE),
+                       *labelled_cells(text, hits)]:
+        if (span := _birth_date_at(text, start, end)) is not None:
+            yield span  # a date also reported above is the same span: `resolve_overlaps` keeps one

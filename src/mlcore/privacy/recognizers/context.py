@@ -6,10 +6,17 @@ words occurs in a window before the match. Here the window is measured in charac
 matched case-insensitively at word boundaries. Some kinds are only reported *with* context
 (account numbers, routing numbers, dates of birth, generic secrets); for the others context only raises
 the score.
+
+The kinds reported only with their label (loose SSNs and ITINs, sort codes, account and routing numbers,
+SINs, loose NINOs, passports, dates of birth) also accept a label in two more places (round six of the audits):
+after the value ("123 45 6789 (SSN)", "20-00-00 is my sort code": `values_before_labels`) and in the header
+of the value's table column (CSV, TSV, ";"-separated and Markdown tables: `labelled_cells`). Field names of
+data formats are labels too: "social_security_number", "dateOfBirth", "tax_id" (`label_hits`).
 """
 
 from __future__ import annotations
 
+import bisect
 import re
 from collections.abc import Iterator
 
@@ -105,7 +112,10 @@ def literal_spans(low: str, words: tuple[str, ...], pattern: re.Pattern[str]) ->
     the engine tries a match at each of those letters (most of the text); instead, every occurrence of every
     word is found by one scan per first letter (`_first_letter_scans`) and a merge of the sorted occurrences
     gives the same spans several times faster."""
-    if len({w[:1].lower() for w in words}) <= 1:
+    one_letter = _ONE_FIRST_LETTER.get(words)
+    if one_letter is None:  # cached: on the short texts a stream scanner checks, this set cost a third of the call
+        one_letter = _ONE_FIRST_LETTER[words] = len({w[:1].lower() for w in words}) <= 1
+    if one_letter:
         return [m.span() for m in pattern.finditer(low)]
     found = []
     for scan, roots in _first_letter_scans(words):
@@ -121,6 +131,9 @@ def literal_spans(low: str, words: tuple[str, ...], pattern: re.Pattern[str]) ->
             end = k - minus_len
             spans.append((k, end))
     return spans
+
+
+_ONE_FIRST_LETTER: dict[tuple[str, ...], bool] = {}
 
 
 def _first_letter_scans(words: tuple[str, ...]) -> list[tuple[re.Pattern[str], list[tuple[str, tuple[str, ...]]]]]:
@@ -156,13 +169,14 @@ _ROOTS: dict[tuple[str, ...], list[tuple[str, tuple[str, ...]]]] = {}
 
 
 def context_windows(text: str, kind: str, *, window: int = 40, reach: int = 64,
-                    words: tuple[str, ...] | None = None, low: str | None = None) -> list[tuple[int, int]]:
+                    words: tuple[str, ...] | None = None, low: str | None = None,
+                    hits: list[tuple[int, int]] | None = None) -> list[tuple[int, int]]:
     """Merged regions ``(pos, endpos)`` that hold every value a `kind` context word precedes by at most
     `window` characters (values up to `reach` characters long): a recognizer that needs context searches only
-    these, then confirms each hit with `has_context`."""
+    these, then confirms each hit with `has_context`. `hits`: the words' `keyword_hits`, if already found."""
     words = CONTEXT_WORDS.get(kind, ()) if words is None else words
     regions: list[tuple[int, int]] = []
-    for s, e in keyword_hits(text, words, low):
+    for s, e in (keyword_hits(text, words, low) if hits is None else hits):
         lo, hi = e, min(len(text), s + window + reach)
         if regions and lo <= regions[-1][1]:
             regions[-1] = (regions[-1][0], max(hi, regions[-1][1]))
@@ -171,11 +185,13 @@ def context_windows(text: str, kind: str, *, window: int = 40, reach: int = 64,
     return regions
 
 
-def keyword_regions(text: str, words: tuple[str, ...], *, reach: int = 48) -> list[tuple[int, int]]:
+def keyword_regions(text: str, words: tuple[str, ...], *, reach: int = 48,
+                    hits: list[tuple[int, int]] | None = None) -> list[tuple[int, int]]:
     """Merged regions from each whole-word occurrence of one of `words` to `reach` characters past it: a
-    recognizer whose pattern starts with those words ("sort code 20-00-00") runs it only there."""
+    recognizer whose pattern starts with those words ("sort code 20-00-00") runs it only there. `hits`: the
+    words' `keyword_hits`, if already found."""
     regions: list[tuple[int, int]] = []
-    for s, e in keyword_hits(text, words):
+    for s, e in (keyword_hits(text, words) if hits is None else hits):
         hi = min(len(text), e + reach)
         if regions and s <= regions[-1][1]:
             regions[-1] = (regions[-1][0], max(hi, regions[-1][1]))
@@ -307,3 +323,291 @@ def score_with_context(text: str, start: int, kind: str, base: float, *, boost: 
     elif has_negative_context(text, start, kind):  # a positive word outweighs a negative one
         score -= 0.5
     return round(max(0.0, min(1.0, score)), 6)
+
+
+_LABEL_FORMS: dict[tuple[str, ...], tuple[tuple[str, ...], re.Pattern[str], frozenset[str], int]] = {}
+
+
+def label_hits(text: str, words: tuple[str, ...]) -> list[tuple[int, int]]:
+    """(start, end) of each occurrence of one of `words` as a label, as `keyword_hits` finds them in prose and
+    also as the field names of data formats: a multi-word label joined by "_" or "-" or written as one word
+    ("social_security_number", "tax_id", "date-of-birth", "sortcode"), which may start or end at a camelCase
+    boundary ("socialSecurityNumber", "customerSSN", "routingNumber" in JSON, XML, YAML, query strings and
+    key=value logs). Sorted by start, non-overlapping; every `keyword_hits` occurrence is one or lies in one.
+
+    (The joined forms are added to the word list rather than "_" and "-" replaced in the text: the scan costs
+    the same per first letter, and two replacements of the whole text do not come free.)"""
+    forms = _LABEL_FORMS.get(words)
+    if forms is None:
+        joined = tuple(dict.fromkeys((*words, *(w.replace(" ", j) for w in words if " " in w for j in ("_", "-", "")))))
+        alternatives = "|".join(re.escape(w.lower()) for w in sorted(joined, key=len, reverse=True))
+        added = frozenset(w.lower() for w in joined) - {w.lower() for w in words}
+        forms = _LABEL_FORMS[words] = (joined, re.compile(alternatives), added, max(map(len, joined)))
+    joined, pattern, added, longest = forms
+    low = lowered(text)
+    n, hits = len(low), []
+    for s, e in literal_spans(low, joined, pattern):
+        if hits and s < hits[-1][1]:
+            continue  # inside a word a rejected joined form gave back (below)
+        if (s > 0 and low[s - 1] in _WORD_CHARS and low[s] in _WORD_CHARS and not _camel(text, s)) or (
+                e < n and low[e] in _WORD_CHARS and low[e - 1] in _WORD_CHARS and not _camel(text, e)):
+            if low[s:e] in added:
+                # a rejected joined form ("date-of-birthday") must not hide the prose words inside it
+                a, b = max(0, s - 1), min(n, e + longest + 1)
+                hits.extend((a + hs, a + he) for hs, he in keyword_hits(text[a:b], words, low[a:b])
+                            if s <= a + hs < e and a + he < b)
+            continue
+        hits.append((s, e))
+    return hits
+
+
+def _camel(text: str, k: int) -> bool:
+    """True at a camelCase word boundary: a lower-case letter, then an upper-case one at `k`."""
+    return text[k].isupper() and text[k - 1].islower()
+
+
+def label_before(text: str, hits: list[tuple[int, int]], start: int, window: int = 40) -> bool:
+    """`has_context` for label occurrences already found (`label_hits`): True if one lies wholly in the clause
+    that ends at `start`, at most `window` characters back. Only the last label that ends by `start` needs
+    the clause test: `hits` are sorted and do not overlap, so any other one starts earlier still."""
+    j = bisect.bisect_left(hits, (start,)) - 1
+    while j >= 0 and hits[j][1] > start:
+        j -= 1
+    return j >= 0 and hits[j][0] >= start - window and hits[j][0] >= _window_start(text, start, window)
+
+
+def label_or_context_before(text: str, hits: list[tuple[int, int]], start: int, kind: str, *, window: int = 40,
+                            words: tuple[str, ...] | None = None) -> bool:
+    """`label_before`, or `has_context` where the window is not ASCII (its regex folds Unicode case: "ſsn"
+    reads as "ssn", which `str.lower` does not): every label `has_context` sees, plus field names."""
+    return label_before(text, hits, start, window) or (
+        not text[max(0, start - window - 1) : start].isascii() and has_context(text, start, kind, window=window,
+                                                                               words=words))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# A label after the value: "123 45 6789 (SSN)", "20-00-00 is my sort code", "12345678 - account number".
+#
+# The kinds that are reported only with their label (loose SSNs, sort codes, account and routing numbers,
+# SINs, loose NINOs, passports, dates of birth) are read with a label that *follows* them too, joined to it by
+# one of three links:
+#
+# - a bracket: "123456789 (SSN)", "[sort code]";
+# - a verb, then at most one determiner: "is my SSN", "was the account number", "as the routing number";
+# - blanks or one punctuation mark: "123456789 SSN", "20-00-00 - sort code", "12345678, acct".
+#
+# Guards against prose: the label (with its noun, "number", "no.") must end its noun phrase, so "over
+# 1000000 account holders" and "1000000 was the account balance" are not account numbers: a clause or a
+# bracket closes after it, or a preposition or "and" follows ("12345678 is my account number at Barclays").
+# A label that introduces a value of its own ("123456789 SSN: 987654321", "... SSN is 987...") belongs to
+# that value and is not read backwards.
+# ---------------------------------------------------------------------------------------------------------
+
+_MARKS = r"[*_`\"']{0,2}"  # markdown emphasis, code ticks or quotes closing the value
+_AFTER_LINK = re.compile(
+    _MARKS + r"[ \t]*(?:[(\[][ \t]*"
+    r"|(?i:is|was|are|being|as)[ \t]+(?:(?i:my|our|his|her|their|your|the|a|an|its)[ \t]+)?"
+    r"|(?:[-\u2013\u2014:,=][ \t]*)?)\Z"
+)
+# what must follow a label read backwards: the end of its noun phrase
+_LABEL_END = re.compile(r"[ \t]*(?:[.,;:!?)\]\"'*`|]|\r?\n|\Z|(?i:at|with|for|in|on|from|and|of|to|please|thanks?)\b)")
+# a label that opens a value of its own ("SSN: 987...", "account no. 1234...", "sort code is 20-...")
+_LABEL_OPENS = re.compile(r"[ \t]*(?:[:=#][ \t]*|(?i:is)[ \t]+)?[\"']?[0-9]")
+# the noun a label word may carry ("social security number", "sort code no.", "account #")
+_LABEL_TAIL = re.compile(r"(?:[ \t]*(?i:numbers?|num|no\.?|nr\.?|#)(?![A-Za-z0-9]))?")
+_BEFORE_LABEL: dict[tuple[str, int], re.Pattern[str]] = {}
+_DIGIT = re.compile(r"[0-9]")
+
+
+def values_before_labels(text: str, hits: list[tuple[int, int]], value: str, *, flags: int = 0,
+                         reach: int = 40) -> list[tuple[int, int]]:
+    """Spans ``(start, end)`` of the values (matches of the regex source `value`, which must hold a digit: all
+    these kinds do) that a label occurrence in `hits` (`label_hits` of the kind's label words) follows, joined
+    as described above. The value must start at most `reach` characters before its label. The caller
+    validates each span (checksum, shape, the characters around it) as it would a value found after its label.
+
+    Each label costs one search of the `reach` characters before it, so the time is linear in the text."""
+    key = (value, flags)
+    pattern = _BEFORE_LABEL.get(key)
+    if pattern is None:  # the value, then the link up to the label: searched with `endpos` at the label
+        pattern = _BEFORE_LABEL[key] = re.compile(r"(?P<value>" + value + r")" + _AFTER_LINK.pattern, flags)
+    spans: list[tuple[int, int]] = []
+    seen: set[int] = set()
+    for s, e in hits:
+        e = _LABEL_TAIL.match(text, e).end()
+        if (_LABEL_OPENS.match(text, e) or not _LABEL_END.match(text, e)
+                or not _DIGIT.search(text, max(0, s - reach), s)):
+            continue
+        pos = max(0, s - reach)
+        while (m := pattern.search(text, pos, s)) is not None:
+            pos = m.start() + 1  # every start: the caller may reject one (inside a longer number) and want the next
+            if m.start() not in seen:
+                seen.add(m.start())
+                spans.append(m.span("value"))
+    return spans
+
+
+# ---------------------------------------------------------------------------------------------------------
+# A table whose header names the column: "name,ssn,iban\nAnn,123456789,GB..." (CSV), the same with tabs
+# (TSV) or ";" (spreadsheet exports in comma-decimal locales), and Markdown tables ("| SSN |\n|---|\n| 1... |").
+#
+# A header cell is a label when it is short (at most 40 characters, no digits) and holds one of the kind's
+# label words ("SSN", "customer_ssn", "Sort Code", "account_number"). The rows below it are the lines that
+# follow with the same number of cells (a Markdown rule line "|---|:--:|" is skipped; a blank line or a line
+# with another number of cells ends the table); the labelled column's cell of each row is handed to the
+# recognizer, which reports it only if the whole cell is a valid value of its kind. CSV quoting is honoured
+# ('"Lee, Ann"' is one cell). Each table is read once, from its first labelled header: linear time.
+# ---------------------------------------------------------------------------------------------------------
+
+_DELIMITERS = ("\t", "|", ";", ",")
+# the label words of every kind a table header can name (the recognizers that call `labelled_cells`)
+COLUMN_LABELS: tuple[str, ...] = tuple(dict.fromkeys(
+    (*CONTEXT_WORDS["SSN"], *CONTEXT_WORDS["ITIN"], *CONTEXT_WORDS["ABA_ROUTING"], *CONTEXT_WORDS["UK_NINO"],
+     *CONTEXT_WORDS["DATE_OF_BIRTH"], "account", "acct", "a/c", "acc", "sort code", "sortcode", "sc", "sin",
+     "social insurance", "nas", "assurance sociale", "passport")))
+_CELL_STRIP = " \t\r\"'*`"
+_RULE_LINE = re.compile(r"[ \t]*\|?[ \t]*:?-{2,}:?[ \t]*(?:\|[ \t]*:?-{2,}:?[ \t]*)*\|?[ \t]*\r?$")
+_CELL: dict[str, re.Pattern[str]] = {}
+
+
+def _cells(text: str, start: int, end: int, delimiter: str) -> list[tuple[int, int]]:
+    """Raw ``(start, end)`` of each cell of the line ``text[start:end]`` split at `delimiter`, a cell that opens
+    with a double quote running to its closing quote (CSV: a delimiter inside quotes does not split)."""
+    pattern = _CELL.get(delimiter)
+    if pattern is None:
+        d = re.escape(delimiter)
+        pattern = _CELL[delimiter] = re.compile(r'[ \t]*"(?:[^"\n]|"")*"[ \t]*(?=' + d + r"|\r?$)|[^" + d + r"\n]*")
+    cells, pos = [], start
+    while True:
+        m = pattern.match(text, pos, end)
+        cells.append((pos, m.end()))
+        if m.end() >= end or text[m.end()] != delimiter:
+            return cells
+        pos = m.end() + 1
+
+
+def _stripped(text: str, start: int, end: int) -> tuple[int, int]:
+    """``(start, end)`` of a cell without its padding, quotes and markdown marks."""
+    while start < end and text[start] in _CELL_STRIP:
+        start += 1
+    while end > start and text[end - 1] in _CELL_STRIP:
+        end -= 1
+    return start, end
+
+
+def _line(text: str, pos: int) -> tuple[int, int]:
+    """``(start, end)`` of the line holding `pos` (end at its newline or at the end of the text)."""
+    end = text.find("\n", pos)
+    return text.rfind("\n", 0, pos) + 1, len(text) if end < 0 else end
+
+
+# the rest of a header cell after its label, up to the delimiter that ends it, and the part before the label
+# from the delimiter or line start that opens it: no digits, at most 40 characters in all
+_CELL_REST = re.compile(r"[^\t|;,\n0-9]{0,40}(?:[\t|;,]|\n|\Z)")
+_CELL_HEAD = re.compile(r"(?:^|[\t|;,])[^\t|;,\n0-9]{0,40}\Z", re.MULTILINE)
+
+
+def _header_cell_around(text: str, s: int, e: int) -> bool:
+    """Cheap test, before any splitting: can the label at ``text[s:e]`` sit in a header cell (short, no
+    digits, a delimiter or the line's end after it)? Most labels are in prose or log lines ("routing number
+    021000021") and fail here at once."""
+    rest = _CELL_REST.match(text, e)
+    return (rest is not None and rest.end() - s <= 42
+            and _CELL_HEAD.search(text, max(0, s - 41), s) is not None)
+
+
+def labelled_cells(text: str, hits: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """``(start, end)`` of each data cell (stripped as `_stripped` does) in a table column whose header cell is
+    a label: one of the label occurrences `hits` (`label_hits` of the kind's words) is in it."""
+    out: list[tuple[int, int]] = []
+    n, done = len(text), -1  # `done`: end of the last table read; a label inside it was read with its header
+    for s, e in hits:
+        if s < done or not _header_cell_around(text, s, e):
+            continue
+        ls, le = _line(text, s)
+        done = le  # a line is read as a header once, whatever it holds: no label on it costs another split
+        delimiter = next((d for d in _DELIMITERS if d in text[ls:le]), None)
+        if delimiter is None:
+            continue
+        header = _cells(text, ls, le, delimiter)
+        if len(header) < 2:
+            continue
+        columns = []
+        for i, (cs, ce) in enumerate(header):
+            a, b = _stripped(text, cs, ce)
+            k = bisect.bisect_left(hits, (a,))  # the first label at or after the cell's start: is it inside?
+            if 0 < b - a <= 40 and k < len(hits) and hits[k][0] < b and not any(c.isdigit() for c in text[a:b]):
+                columns.append(i)
+        if not columns:
+            continue
+        pos = le + 1
+        if pos < n and delimiter == "|":
+            rule_end = _line(text, pos)[1]
+            if _RULE_LINE.match(text, pos, rule_end):
+                pos = rule_end + 1
+        while pos < n:
+            rs, re_ = _line(text, pos)
+            row = _cells(text, rs, re_, delimiter) if re_ > rs else []
+            if len(row) != len(header):
+                break
+            out.extend(_stripped(text, *row[i]) for i in columns)
+            pos = re_ + 1
+        done = pos
+    return out
+
+
+def table_context(text: str, cut: int, keep: int) -> str | None:
+    """The context a streaming scanner should carry past `cut` when `cut` lies in a table, or None for its
+    plain last `keep` characters: the table's header line, then the released text from the start of the line
+    that holds ``cut - keep`` (so nothing of the plain context is lost), so the next piece's cells stay under
+    their column labels however long ago the header came. When those lines are long, the row that `cut`
+    splits stands alone, its cells before the one that holds ``cut - keep`` emptied ("name,ssn\n," for a cut
+    inside the second cell; a cell longer than 4 * keep keeps its last `keep` characters). Bounded: None when
+    the header passes 4 * keep characters."""
+    lo = max(0, cut - keep)
+    row = text.rfind("\n", 0, cut) + 1
+    header = table_header(text, row)
+    if header is None or header[1] - header[0] > 4 * keep or header[0] >= lo:
+        return None  # no table, a header too long to carry, or one the plain context holds whole
+    hs, he = header
+    if not label_hits(text[hs:he], COLUMN_LABELS):
+        return None  # no column the recognizers read by its header: the plain context does
+    if lo <= he:
+        return text[hs:cut]
+    start = text.rfind("\n", 0, lo) + 1
+    if cut - start <= 4 * keep:
+        return text[hs:he] + "\n" + text[start:cut]
+    if row > lo:
+        return text[hs:he] + "\n" + text[row:cut]
+    delimiter = next(d for d in _DELIMITERS if d in text[hs:he])
+    cells = _cells(text, row, cut, delimiter)
+    k = max(i for i, (cs, _) in enumerate(cells) if cs <= lo)
+    tail = cells[k][0] if cut - cells[k][0] <= 4 * keep else lo  # a long cell: its last `keep` characters
+    return text[hs:he] + "\n" + delimiter * k + text[tail:cut]
+
+
+def table_header(text: str, pos: int) -> tuple[int, int] | None:
+    """``(start, end)`` of the first line of the table whose rows run up to `pos` (the lines before `pos` with
+    the same number of cells, a Markdown rule line skipped), or None when the line before `pos` is no table
+    row. Time: linear in the table's length within `text`."""
+    le = text.rfind("\n", 0, pos)
+    if le < 0:
+        return None
+    ls = text.rfind("\n", 0, le) + 1
+    delimiter = next((d for d in _DELIMITERS if d in text[ls:le]), None)
+    if delimiter is None:
+        return None
+    count = len(_cells(text, ls, le, delimiter))
+    if count < 2:
+        return None
+    header = (ls, le)
+    while ls > 0:
+        pe = ls - 1
+        ps = text.rfind("\n", 0, pe) + 1
+        if delimiter == "|" and _RULE_LINE.match(text, ps, pe):
+            ls = ps  # the rule line under a Markdown header
+            continue
+        if len(_cells(text, ps, pe, delimiter)) != count:
+            break
+        header, ls = (ps, pe), ps
+    return header

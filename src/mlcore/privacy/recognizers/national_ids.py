@@ -14,18 +14,22 @@ Numbers the SSA published as examples and that appear in forms and tests everywh
 masking bar, since they identify nobody.
 
 Printed with dashes or spaces, a valid number scores 0.85 (+0.1 with "SSN"/"social security" nearby); a
-bare nine-digit run is only reported when a context word precedes it (else it is anyone's nine digits). A
+bare nine-digit run, or one with mixed, doubled or "/" separators or a line break, is only reported with an
+SSN / ITIN label: before it, after it ("123456789 (SSN)") or heading its table column (else it is anyone's
+nine digits). "/" is safe there: a date is 2/2/4 or 4/2/2, never 3/2/4. A
 dashed number glued to a word ("ssn123-45-6789") scores 0.6, unless the word marks an identifier (ORD, SKU).
 Dotted ("123.45.6789") scores 0.85 with an SSN word and 0.55 without.
 
-- Canadian Social Insurance Number: nine digits (3-3-3), Luhn-valid, first digit not 8 (business numbers); reported only
-  after "SIN" / "social insurance" / "NAS" (one nine-digit number in ten passes Luhn).
+- Canadian Social Insurance Number: nine digits (3-3-3), Luhn-valid, first digit not 0 (unassigned) or 8
+  (business numbers), as python-stdnum's ca.sin; reported only with "SIN" / "social insurance" / "NAS" before
+  it, after it or heading its column (one nine-digit number in ten passes Luhn).
 - UK National Insurance number (HMRC NIM39110): two prefix letters (first not D F I Q U V, second not
   D F I O Q U V, and not BG GB KN NK NT TN ZZ), six digits, a suffix A-D; often printed "AB 12 34 56 C".
   0.75 bare, 0.9 after "national insurance" / "NI number" / "NINO"; HMRC's specimen QQ 12 34 56 C fails the prefix rule.
 - Passport numbers have no shared format (US: 9 digits or a letter and 8; UK: 9 digits; Germany: 9
   characters of C-Z and digits; France: 2 digits, 2 letters, 5 digits): 6-9 upper-case letters and digits
-  with at least one digit, reported only after "passport" (number / no. / #).
+  with at least one digit, reported only with "passport" (number / no. / #) before it, after it or heading
+  its column. Lower-case or loosely spaced NINOs likewise need their label in one of those places.
 """
 
 from __future__ import annotations
@@ -43,7 +47,11 @@ from mlcore.privacy.recognizers.context import (
     context_windows,
     has_context,
     keyword_regions,
+    label_hits,
+    label_or_context_before,
+    labelled_cells,
     letters_before,
+    values_before_labels,
 )
 from mlcore.privacy.spans import PiiSpan
 
@@ -117,30 +125,56 @@ def _ssn_matches(text: str) -> Iterator[re.Match[str]]:
 _SSN_ITIN_WORDS = CONTEXT_WORDS["SSN"] + CONTEXT_WORDS["ITIN"]
 
 # Mixed or doubled separators ("912-70 1234", "123 - 45 - 6789", "123.45-6789") and Unicode spaces: how users
-# and PDFs print numbers, but a bare "123 45-6789" is as likely a reference; reported only after an SSN / ITIN
-# word (audit 13: "ITIN 912-70 1234" leaked)
+# and PDFs print numbers, but a bare "123 45-6789" is as likely a reference; reported only with an SSN / ITIN
+# label (audit 13: "ITIN 912-70 1234" leaked)
 # what people and PDFs put between a number's groups: blanks (tab, no-break and thin spaces), dots, dashes
 _LOOSE_SEP_CHARS = r"[ \t\u00a0\u2009\u202f." + re.escape(DASHES) + r"]"
 _LOOSE_SEP = _LOOSE_SEP_CHARS + "{0,3}"
-_SSN_LOOSE = re.compile(r"([0-9]{3})" + _LOOSE_SEP + r"([0-9]{2})" + _LOOSE_SEP + r"([0-9]{4})")
-# the same shape over `ssn_classes` bytes (digits "0"; "-", "." and " " kept; a tab is "x")
+# With a label, two more separators are read (audit 6 of round six): "/" ("123/45/6789": a date is 2/2/4 or
+# 4/2/2 and a fraction has one slash, so a 3/2/4 shape is neither) and one line break (a value wrapped by a
+# mail client or a form, "SSN: 123-45-\n6789"); `_labelled_ssn` allows at most one break.
+_LABELLED_SEP = r"[ \t\u00a0\u2009\u202f./\n\r" + re.escape(DASHES) + r"]{0,3}"
+_SSN_LOOSE = re.compile(r"([0-9]{3})" + _LABELLED_SEP + r"([0-9]{2})" + _LABELLED_SEP + r"([0-9]{4})")
+# the same shape over `ssn_classes` bytes (digits "0"; "-", "." and " " kept; a tab, "/" or newline is "x")
 _SSN_LOOSE_CLASSES = re.compile(rb"000[-. x]{0,3}00[-. x]{0,3}0000")
 
 
+def _labelled_ssn(text: str, m: re.Match[str] | None) -> PiiSpan | None:
+    """The SSN / ITIN span a `_SSN_LOOSE` match `m` reads as, given a label: None when it is not one the SSA or
+    IRS issues, when it is part of a longer token ("/" or a letter before it, a digit or "/5" after it), or
+    when it holds more than one line break."""
+    if m is None:
+        return None
+    start, end = m.span()
+    if not _free(text, start, end) or (start > 0 and (text[start - 1].isalpha() or text[start - 1] == "/")):
+        return None
+    if end + 1 < len(text) and text[end] == "/" and text[end + 1].isdigit():
+        return None
+    kind = classify_ssn(int(m.group(1)), int(m.group(2)), int(m.group(3)))
+    if kind is None or m.group().count("\n") > 1:
+        return None
+    digits = m.group(1) + m.group(2) + m.group(3)
+    return PiiSpan(kind, start, end, m.group(), DUMMY_SCORE if digits in DUMMY_SSNS else 0.85)
+
+
 def _loose_ssns(text: str) -> Iterator[PiiSpan]:
-    """SSN / ITIN spans with loose separators, after an SSN / ITIN word only."""
+    """SSN / ITIN spans with loose separators (or none) that an SSN / ITIN label marks: before the value
+    ("SSN: 123 45 6789"), after it ("123 45 6789 (SSN)", "123456789 is my SSN"), or as the header of its
+    table column ("name,ssn\nAnn,123456789")."""
     cls = ssn_classes(text)  # ASCII text: the shape must show in its class bytes (a literal-prefix scan, cheap)
     if cls is not None and _SSN_LOOSE_CLASSES.search(cls) is None:
         return  # most text: skip the context-word scan
-    for m in (m for lo, hi in context_windows(text, "SSN", window=40, words=_SSN_ITIN_WORDS)
+    hits = label_hits(text, _SSN_ITIN_WORDS)
+    if not hits:
+        return
+    for m in (m for lo, hi in context_windows(text, "SSN", window=40, words=_SSN_ITIN_WORDS, hits=hits)
               for m in _SSN_LOOSE.finditer(text, lo, hi)):
-        if not _free(text, m.start(), m.end()) or (m.start() > 0 and text[m.start() - 1].isalpha()):
-            continue
-        kind = classify_ssn(int(m.group(1)), int(m.group(2)), int(m.group(3)))
-        if kind is None or not has_context(text, m.start(), "SSN", words=_SSN_ITIN_WORDS):
-            continue
-        digits = m.group(1) + m.group(2) + m.group(3)
-        yield PiiSpan(kind, m.start(), m.end(), m.group(), DUMMY_SCORE if digits in DUMMY_SSNS else 0.85)
+        span = _labelled_ssn(text, m)
+        if span is not None and label_or_context_before(text, hits, m.start(), "SSN", words=_SSN_ITIN_WORDS):
+            yield span
+    for start, end in [*values_before_labels(text, hits, _SSN_LOOSE.pattern), *labelled_cells(text, hits)]:
+        if (span := _labelled_ssn(text, _SSN_LOOSE.fullmatch(text, start, end))) is not None:
+            yield span
 
 
 def find_national_ids(text: str) -> Iterator[PiiSpan]:
@@ -172,18 +206,41 @@ def find_national_ids(text: str) -> Iterator[PiiSpan]:
     yield from _loose_ssns(text)  # overlaps with the spans above are resolved by `detect_pii`
 
 
-_SIN = re.compile(r"(?i:\bsin\b|social insurance|\bnas\b|assurance sociale)[^0-9\n]{0,24}?"
+_SIN = re.compile(r"(?i:(?<![a-z0-9])(?:sin|nas)(?![a-z0-9])|social[ _-]?insurance|assurance[ _-]?sociale)"
+                  r"[^0-9\n]{0,24}?" + LABEL_BREAK +
                   r"\b([1-79][0-9]{2}([-. \t]{0,2})[0-9]{3}\2[0-9]{3})(?![\w]|[.-][0-9])")
 # separators after the label: "-", " ", "." or tab, possibly doubled ("046  454  286": audit 13, these leaked)
 
 
+_SIN_WORDS = ("sin", "social insurance", "nas", "assurance sociale")
+# a SIN that a label follows or that sits in a SIN column (same separator twice, or none)
+_SIN_VALUE = re.compile(r"[1-79][0-9]{2}([-. \t]{0,2})[0-9]{3}\1[0-9]{3}")
+_SIN_VALUE_LOOSE = r"[1-79][0-9]{2}[-. \t]{0,2}[0-9]{3}[-. \t]{0,2}[0-9]{3}"
+
+
+def _sin_at(text: str, s: int, e: int) -> PiiSpan | None:
+    """``text[s:e]`` as a CA_SIN span when it has a SIN's shape, passes Luhn and stands alone."""
+    if _SIN_VALUE.fullmatch(text, s, e) is None or not _free(text, s, e):
+        return None
+    if s > 0 and (text[s - 1].isalpha() or text[s - 1] == "/"):
+        return None
+    value = text[s:e]
+    return PiiSpan("CA_SIN", s, e, value, 0.85) if luhn_valid(re.sub(r"[^0-9]", "", value)) else None
+
+
 def find_ca_sins(text: str) -> Iterator[PiiSpan]:
-    """Canadian Social Insurance Numbers after a SIN word (Luhn-valid, first digit not 8)."""
-    for m in (m for lo, hi in keyword_regions(text, ("sin", "social insurance", "nas", "assurance sociale"))
-              for m in _SIN.finditer(text, lo, hi)):
+    """Canadian Social Insurance Numbers (Luhn-valid, first digit not 8) after a SIN word, before one
+    ("046 454 286 (SIN)") or in a SIN table column."""
+    hits = label_hits(text, _SIN_WORDS)
+    if not hits:
+        return
+    for m in (m for lo, hi in keyword_regions(text, _SIN_WORDS, hits=hits) for m in _SIN.finditer(text, lo, hi)):
         digits = re.sub(r"[^0-9]", "", m.group(1))
         if luhn_valid(digits):
             yield PiiSpan("CA_SIN", m.start(1), m.end(1), m.group(1), 0.85)
+    for start, end in [*values_before_labels(text, hits, _SIN_VALUE_LOOSE), *labelled_cells(text, hits)]:
+        if (span := _sin_at(text, start, end)) is not None:
+            yield span
 
 
 _NINO = re.compile(r"([A-CEGHJ-PR-TW-Z][A-CEGHJ-NPR-TW-Z])( ?)([0-9]{2})\2([0-9]{2})\2([0-9]{2})\2"
@@ -226,23 +283,60 @@ _NINO_LOOSE = re.compile(r"(?<![A-Za-z0-9])([A-Za-z]{2})" + _NSEP + r"([0-9]{2})
 _NINO_PREFIX = re.compile(r"[A-CEGHJ-PR-TW-Z][A-CEGHJ-NPR-TW-Z]")
 
 
+def _loose_nino_at(text: str, start: int, end: int) -> PiiSpan | None:
+    """``text[start:end]`` as a UK_NINO span when it is a NINO in any case and spacing with a valid prefix."""
+    m = _NINO_LOOSE.fullmatch(text, start, end)
+    if m is None:
+        return None
+    prefix = m.group(1).upper()
+    if not _NINO_PREFIX.fullmatch(prefix) or prefix in _NINO_BAD_PREFIXES:
+        return None
+    return PiiSpan("UK_NINO", start, end, m.group(), 0.9)
+
+
 def _loose_ninos(text: str) -> Iterator[PiiSpan]:
-    """UK NINO spans in any case and spacing, within reach of a NINO label only."""
-    for m in (m for lo, hi in keyword_regions(text, CONTEXT_WORDS["UK_NINO"], reach=48)
+    """UK NINO spans in any case and spacing, with a NINO label before them, after them ("ab 12 34 56 c is my
+    NI number") or heading their table column."""
+    hits = label_hits(text, CONTEXT_WORDS["UK_NINO"])
+    if not hits:
+        return
+    for m in (m for lo, hi in keyword_regions(text, CONTEXT_WORDS["UK_NINO"], reach=48, hits=hits)
               for m in _NINO_LOOSE.finditer(text, lo, hi)):
-        prefix = m.group(1).upper()
-        if _NINO_PREFIX.fullmatch(prefix) and prefix not in _NINO_BAD_PREFIXES:
-            yield PiiSpan("UK_NINO", m.start(), m.end(), m.group(), 0.9)
+        if (span := _loose_nino_at(text, m.start(), m.end())) is not None:
+            yield span
+    for start, end in [*values_before_labels(text, hits, _NINO_LOOSE.pattern), *labelled_cells(text, hits)]:
+        if (span := _loose_nino_at(text, start, end)) is not None:
+            yield span
 
 
-_PASSPORT = re.compile(r"(?i:passport)(?:[ \t]*(?i:number|num|no\.?|nr\.?|#))?" + LABEL_QUOTE
-                       + r"[ \t]*(?:[:#=]|is\b)?[ \t]*" + LABEL_BREAK + LABEL_QUOTE + r"((?-i:[A-Z0-9]{6,9}))(?![\w])")
+_PASSPORT = re.compile(r"(?i:passport)(?:[ \t_-]*(?i:number|num|no\.?|nr\.?|#))?" + LABEL_QUOTE
+                       + r"[ \t]*(?:[:#=>]|is\b)?[ \t]*" + LABEL_BREAK + LABEL_QUOTE + r"((?-i:[A-Z0-9]{6,9}))(?![\w])")
+
+
+_PASSPORT_VALUE = re.compile(r"[A-Z0-9]{6,9}")
+
+
+def _passport_at(text: str, start: int, end: int) -> PiiSpan | None:
+    """``text[start:end]`` as a PASSPORT span: 6-9 upper-case letters and digits, one digit at least, alone."""
+    value = text[start:end]
+    if (_PASSPORT_VALUE.fullmatch(value) is None or not any(c.isdigit() for c in value)
+            or (start > 0 and (text[start - 1].isalnum() or text[start - 1] in "_-/."))
+            or (end < len(text) and (text[end].isalnum() or text[end] == "_"))):
+        return None
+    return PiiSpan("PASSPORT", start, end, value, 0.8)
 
 
 def find_passports(text: str) -> Iterator[PiiSpan]:
-    """Passport numbers right after "passport (number|no.|#)": 6-9 upper-case letters and digits, one digit
-    at least (German numbers may hold a single one)."""
-    for m in (m for lo, hi in keyword_regions(text, ("passport",)) for m in _PASSPORT.finditer(text, lo, hi)):
+    """Passport numbers right after "passport (number|no.|#)", before it ("X1234567 (passport)") or in a
+    passport table column: 6-9 upper-case letters and digits, one digit at least (German numbers may hold a
+    single one)."""
+    hits = label_hits(text, ("passport",))
+    if not hits:
+        return
+    for m in (m for lo, hi in keyword_regions(text, ("passport",), hits=hits) for m in _PASSPORT.finditer(text, lo, hi)):
         value = m.group(1)
         if any(c.isdigit() for c in value):
             yield PiiSpan("PASSPORT", m.start(1), m.end(1), value, 0.8)
+    for start, end in [*values_before_labels(text, hits, _PASSPORT_VALUE.pattern), *labelled_cells(text, hits)]:
+        if (span := _passport_at(text, start, end)) is not None:
+            yield span
