@@ -31,7 +31,7 @@ from mlcore.privacy.detect import (
     check_text,
     detect_pii,
 )
-from mlcore.privacy.recognizers.context import table_context
+from mlcore.privacy.recognizers.table_labels import table_context
 from mlcore.privacy.spans import PiiSpan, replace_spans
 
 

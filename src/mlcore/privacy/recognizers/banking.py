@@ -31,9 +31,9 @@ from mlcore.privacy.recognizers.context import (
     keyword_regions,
     label_hits,
     label_or_context_before,
-    labelled_cells,
-    values_before_labels,
 )
+from mlcore.privacy.recognizers.label_after import values_before_labels
+from mlcore.privacy.recognizers.table_labels import labelled_cells
 from mlcore.privacy.spans import PiiSpan
 
 IBAN_LENGTHS: dict[str, int] = {

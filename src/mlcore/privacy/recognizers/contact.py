@@ -26,11 +26,11 @@ from mlcore.privacy.recognizers.context import (
     has_context,
     label_hits,
     label_or_context_before,
-    labelled_cells,
     score_with_context,
     search_free,
-    values_before_labels,
 )
+from mlcore.privacy.recognizers.label_after import values_before_labels
+from mlcore.privacy.recognizers.table_labels import labelled_cells
 from mlcore.privacy.spans import PiiSpan
 
 # The lookahead bounds the local part to RFC 5321's 64 characters before the "@" is seen, so a long run of

@@ -49,10 +49,10 @@ from mlcore.privacy.recognizers.context import (
     keyword_regions,
     label_hits,
     label_or_context_before,
-    labelled_cells,
     letters_before,
-    values_before_labels,
 )
+from mlcore.privacy.recognizers.label_after import values_before_labels
+from mlcore.privacy.recognizers.table_labels import labelled_cells
 from mlcore.privacy.spans import PiiSpan
 
 # separators: dot, space, or any dash the card recognizer accepts (U+2010 hyphen, U+2013 en dash, ...: what
