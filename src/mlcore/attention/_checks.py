@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["check_qkv", "prepare_mask"]
+__all__ = ["check_qkv", "prepare_mask", "check_generator"]
 
 
 def check_qkv(q: Tensor, k: Tensor, v: Tensor) -> tuple[int, int, int, int, int, int, int]:
@@ -108,3 +108,14 @@ def check_dropout_and_scale(dropout_p: Any, scale: Any, is_causal: Any = False) 
     if scale is not None and (isinstance(scale, bool) or not isinstance(scale, (Real, torch.Tensor))
                               or (isinstance(scale, torch.Tensor) and scale.numel() != 1)):
         raise ValueError(f"scale must be None or a number, got {scale!r}")
+
+
+def check_generator(generator: Any) -> None:
+    """``generator`` None or a ``torch.Generator``.
+
+    Checked up front, whatever ``dropout_p`` is: the flash kernel reads ``generator.device`` (an int gave an
+    AttributeError) and the naive one hands it to ``torch.rand`` (a TypeError that does not say which argument
+    of the attention call was wrong); torch's own ``dropout(generator=...)`` refuses a non-generator too.
+    """
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise ValueError(f"generator must be None or a torch.Generator, got {generator!r} ({type(generator).__name__})")

@@ -39,7 +39,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ._checks import check_dropout_and_scale, check_qkv, prepare_mask
+from ._checks import check_dropout_and_scale, check_generator, check_qkv, prepare_mask
 
 __all__ = ["flash_attention"]
 
@@ -283,6 +283,7 @@ def flash_attention(
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ValueError(f"{name} must be a positive int, got {value!r}")
     check_dropout_and_scale(dropout_p, scale, is_causal)
+    check_generator(generator)
     if use_triton is not None and not isinstance(use_triton, bool):  # "no" would read as True (demand Triton)
         raise ValueError(f"use_triton must be None or a bool, got {use_triton!r} ({type(use_triton).__name__})")
     acc_dtype = torch.promote_types(q.dtype, torch.float32)

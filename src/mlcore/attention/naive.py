@@ -23,7 +23,7 @@ import math
 import torch
 from torch import Tensor
 
-from ._checks import check_dropout_and_scale, check_qkv, prepare_mask
+from ._checks import check_dropout_and_scale, check_generator, check_qkv, prepare_mask
 
 __all__ = ["scaled_dot_product_attention", "safe_softmax", "single_query_attention"]
 
@@ -102,6 +102,7 @@ def scaled_dot_product_attention(
     """
     B, H, Hkv, Tq, Tk, D, Dv = check_qkv(q, k, v)
     check_dropout_and_scale(dropout_p, scale, is_causal)
+    check_generator(generator)
     if not isinstance(return_weights, bool):  # "no" would read as True and change the return type to a tuple
         raise ValueError(f"return_weights must be a bool, got {return_weights!r} ({type(return_weights).__name__})")
     G = H // Hkv

@@ -55,6 +55,9 @@ class DriftMonitor:
                  every: int | None = None, threshold: float = 0.2, thresholds: Mapping[str, float] | None = None,
                  categorical: Iterable[str] = (), bins: int = 10, eps: float = PSI_EPS,
                  callback: Callable[[DriftEvent], Any] | None = None) -> None:
+        if not isinstance(reference, Mapping):
+            raise ValueError(f"reference must map feature names to reference samples (a dict), got "
+                             f"{type(reference).__name__}")
         if not reference:
             raise ValueError("reference must name at least one feature, got none")
         for name, value in (("window", window), ("min_samples", min_samples), ("bins", bins)):

@@ -206,6 +206,9 @@ def generate(
         same model, batch size and (bucketed) length, or compiled again when the weights changed. See
         :mod:`mlcore.inference.compiled`.
     """
+    if not isinstance(model, nn.Module) or not hasattr(getattr(model, "config", None), "vocab_size"):
+        raise ValueError(f"model must be an mlcore Transformer (a language model with a config), got "
+                         f"{type(model).__name__}; for a transformers model use mlcore.inference.hf_generate")
     # as transformers, without an attention_mask a pad id found in the prompt marks padding
     mask = prompt_mask(model, input_ids, attention_mask, pad_token_id, eos_token_id, max_new_tokens)
     max_new_tokens = int(max_new_tokens)  # a numpy integer would leak into the caches' sizes

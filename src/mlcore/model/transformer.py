@@ -159,7 +159,7 @@ class Transformer(nn.Module):
         # sequence may run past max_seq_len; learned absolute positions never can.
         streaming = bool(getattr(cache, "streaming", False)) and c.position != "learned"
         if past + T > c.max_seq_len and not streaming:
-            raise ValueError(f"sequence length {past + T} (cache {past} + input {T}) exceeds "
+            raise ValueError(f"input_ids: sequence length {past + T} (cache {past} + input {T}) exceeds "
                              f"max_seq_len={c.max_seq_len} of this model")
         if attention_mask is not None:
             if tuple(attention_mask.shape) != (B, past + T):

@@ -1,6 +1,6 @@
 """``python -m mlcore.serve --model tiny-target|DIR [--host 127.0.0.1] [--port 8000] [--api-keys-file F]
-[--ssl-certfile C --ssl-keyfile K]``; keys also from ``MLCORE_API_KEYS=k1,k2``. SIGTERM / Ctrl-C shut down
-gracefully: no new connections, responses in flight finish, then the engine drains."""
+[--ssl-certfile C --ssl-keyfile K]``; keys also from ``MLCORE_API_KEYS=k1,k2`` (each key at least 8 characters). SIGTERM /
+Ctrl-C shut down gracefully: no new connections, responses in flight finish, then the engine drains."""
 
 from __future__ import annotations
 

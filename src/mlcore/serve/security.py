@@ -9,7 +9,8 @@ API4 unrestricted resource consumption).
   of up to ``rpm`` requests passes, a sustained rate above ``rpm`` per minute gets HTTP 429 with Retry-After.
 
 Sources, in order: ``--api-keys-file`` (one key per line, ``key`` or ``key rpm``; ``#`` comments) and the
-environment variable ``MLCORE_API_KEYS=k1,k2``.
+environment variable ``MLCORE_API_KEYS=k1,k2`` (comma-separated). Every key must be at least ``MIN_KEY_LENGTH`` = 8
+characters long; a shorter one is refused (ValueError), so ``k1`` and ``k2`` stand for real keys.
 """
 
 from __future__ import annotations

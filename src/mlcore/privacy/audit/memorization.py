@@ -180,8 +180,13 @@ class Exposure:
 
 
 def _score(log_perplexity: LogPerplexity, texts: list[str], batch_size: int) -> torch.Tensor:
-    out = [log_perplexity(texts[i : i + batch_size]).detach().double().cpu().reshape(-1)
-           for i in range(0, len(texts), batch_size)]
+    out = []
+    for i in range(0, len(texts), batch_size):
+        scores = log_perplexity(texts[i : i + batch_size])
+        if not isinstance(scores, torch.Tensor):
+            raise ValueError(f"log_perplexity must return a torch.Tensor of one score per text, got "
+                             f"{type(scores).__name__}")
+        out.append(scores.detach().double().cpu().reshape(-1))
     scores = torch.cat(out) if out else torch.empty(0, dtype=torch.float64)
     if scores.numel() != len(texts):
         raise ValueError(f"log_perplexity returned {scores.numel()} scores for {len(texts)} texts; expected one each")
@@ -205,6 +210,10 @@ def canary_exposure(
 
     method: "exact" (all of R), "sampled", "skewnorm", or "auto" (exact when |R| <= `exact_limit`, else
     skew-normal).
+
+    `log_perplexity(texts: list[str])` must return a ``torch.Tensor`` holding one score per text (any shape with
+    ``len(texts)`` elements; it is flattened), called on batches of at most `batch_size` texts. `canaries` are
+    the secrets themselves (``space.length`` symbols of ``space.alphabet``), not the rendered sentences.
     """
     if isinstance(canaries, str | bytes):
         raise TypeError("canaries must be a list of secrets, got a single str; wrap it: canaries=[secret]")
@@ -212,7 +221,7 @@ def canary_exposure(
         raise TypeError(f"canaries must be a list of str secrets, got {canaries!r}")
     if not isinstance(space, SecretSpace):
         raise TypeError(f"space must be a SecretSpace, got {type(space).__name__}")
-    for name, value in (("n_samples", n_samples), ("batch_size", batch_size)):
+    for name, value in (("n_samples", n_samples), ("batch_size", batch_size), ("exact_limit", exact_limit)):
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ValueError(f"{name} must be a positive int, got {value!r}")
     if method not in ("auto", "exact", "sampled", "skewnorm"):
