@@ -15,7 +15,9 @@ Each quantized layer's tensors include ``<layer>.weight_format`` (its state dict
 that contradicts the header is refused.
 
 ``load_quantized(skeleton, path)`` takes an unquantized model of the same architecture (randomly initialised is
-fine), swaps the listed layers for ``QuantizedLinear`` built from the file and copies everything else in. A file
+fine), swaps the listed layers for ``QuantizedLinear`` built from the file and copies everything else in; the
+skeleton's float dtype is the one the model computes in (each quantized layer's ``compute_dtype`` and bias follow
+its skeleton layer, as every other float tensor does; codes and scales keep their stored dtypes). A file
 that is not safetensors, lacks this metadata, or does not fit the skeleton (a missing or extra tensor, a layer
 of another shape) raises ``ValueError`` saying what differs; so do NaN / Inf scales and int4 zero points past 15
 (``tensor.check_values``), which would otherwise load and turn outputs into NaN. Nothing is unpickled.
@@ -131,9 +133,24 @@ def _quantized_layer(path: str, model: nn.Module, name: str, meta: dict[str, Any
             warnings.warn(f"load_quantized: layer {name!r} was saved with prefer={prefer!r}, which cannot run "
                           f"here ({why}); using prefer='auto'", stacklevel=3)
             prefer = "auto"
-        return QuantizedLinear(qt, bias, prefer=prefer)
+        layer = QuantizedLinear(qt, bias, prefer=prefer)
     except ValueError as e:
         raise ValueError(f"path: {path!r}: layer {name!r}: {e}") from e
+    # The skeleton's dtype decides the precision the model computes in, as for every other float tensor of the
+    # file (copied into the skeleton's tensors): a model quantized in float32 then cast with .to(bfloat16) must
+    # come back computing in bfloat16 (its kernel choice, its traced scales), not in the quantized weight's
+    # original dtype. .to(dtype) moves the compute dtype and bias only; codes and scales keep their dtypes.
+    return layer.to(_skeleton_compute_dtype(module, qt.dtype))
+
+
+def _skeleton_compute_dtype(module: nn.Module, fallback: torch.dtype) -> torch.dtype:
+    """The float dtype ``module`` (the skeleton's ``nn.Linear`` or ``QuantizedLinear``) computes in."""
+    if isinstance(module, QuantizedLinear):
+        return module.compute_dtype
+    weight = getattr(module, "weight", None)
+    if isinstance(weight, torch.Tensor) and weight.dtype in (torch.float32, torch.bfloat16, torch.float16):
+        return weight.dtype
+    return fallback
 
 
 def load_quantized(model_skeleton: nn.Module, path: str | os.PathLike[str]) -> nn.Module:
