@@ -64,7 +64,7 @@ def adapter_state_dict(model: nn.Module, *, rename: Callable[[str], str] | None 
     check_module("adapter_state_dict", model)
     layers = lora_layers(model)
     if not layers:
-        raise ValueError(f"{type(model).__name__} has no LoRA layers to save (apply_lora first)")
+        raise ValueError(f"model: {type(model).__name__} has no LoRA layers to save (apply_lora first)")
     out: dict[str, torch.Tensor] = {}
     for name, layer in layers.items():
         out[f"{PREFIX}{name}.lora_A.weight"] = layer.lora_A.weight.detach()
@@ -90,7 +90,7 @@ def _config_of(model: nn.Module) -> tuple[LoraConfig, list[str]]:
     """The LoraConfig apply_lora stored, or one rebuilt from the layers (hand-built LoraLinear modules)."""
     layers = lora_layers(model)
     if not layers:
-        raise ValueError(f"{type(model).__name__} has no LoRA layers to save (apply_lora first)")
+        raise ValueError(f"model: {type(model).__name__} has no LoRA layers to save (apply_lora first)")
     info = getattr(model, "_mlcore_lora", None)
     if info is not None:
         return info["config"], info["targets"]

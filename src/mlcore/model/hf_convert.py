@@ -320,7 +320,7 @@ def from_hf(hf_model: nn.Module) -> nn.Module:
 
     cls_name = type(hf_model).__name__
     if cls_name not in SUPPORTED_ARCHITECTURES:
-        raise ValueError(f"unsupported architecture {cls_name!r}; supported: {sorted(SUPPORTED_ARCHITECTURES)}")
+        raise ValueError(f"hf_model: unsupported architecture {cls_name!r}; supported: {sorted(SUPPORTED_ARCHITECTURES)}")
     d = hf_model.config.to_dict()
     d["architectures"], d["model_type"] = [cls_name], SUPPORTED_ARCHITECTURES[cls_name]  # the class that runs
     config = config_from_hf(d)
