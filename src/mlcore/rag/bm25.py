@@ -21,18 +21,48 @@ from __future__ import annotations
 
 import math
 import re
+import sys
+import unicodedata
 from collections import Counter
 from collections.abc import Sequence
+from functools import lru_cache
 
 import torch
 from torch import Tensor
 
-_WORD = re.compile(r"\w+")
+
+@lru_cache(maxsize=1)
+def _word_pattern() -> re.Pattern[str]:
+    """A word: a ``\\w`` character followed by ``\\w`` characters and combining marks.
+
+    Python's ``\\w`` holds no combining mark (Unicode categories Mn, Mc, Me), so ``\\w+`` alone cut Devanagari,
+    Bengali, Tamil ... words at every vowel sign and dropped the signs (``"हिन्दी" -> ["ह", "न", "द"]``), shredded
+    vocalised Arabic / Hebrew into single letters, and split a decomposed Latin word (``"nai\\u0308ve" ->
+    ["nai", "ve"]``). ``re`` has no ``\\p{M}``, so the marks' class is built once from ``unicodedata``.
+    """
+    ranges: list[str] = []
+    start = prev = -2
+    for cp in range(sys.maxunicode + 1):
+        if unicodedata.category(chr(cp)) in ("Mn", "Mc", "Me"):
+            if cp != prev + 1:
+                if start >= 0:
+                    ranges.append(f"{re.escape(chr(start))}-{re.escape(chr(prev))}")
+                start = cp
+            prev = cp
+    ranges.append(f"{re.escape(chr(start))}-{re.escape(chr(prev))}")
+    return re.compile(rf"\w[\w{''.join(ranges)}]*")
 
 
 def simple_tokenize(text: str) -> list[str]:
-    """Lower-cased word tokens (``\\w+``); the tokenization both BM25 and its twin are fed in the tests."""
-    return _WORD.findall(text.lower())
+    """Lower-cased word tokens: runs of ``\\w`` characters and the combining marks inside them, in Unicode NFC.
+
+    NFC makes a precomposed ``"é"`` and ``"e" + U+0301`` the same token; keeping marks keeps scripts whose vowel
+    signs are marks (Devanagari, Thai, vocalised Arabic) in whole words. A mark with no word character before it
+    is dropped. This is the tokenization both BM25 and its twin are fed in the tests.
+    """
+    if not isinstance(text, str):
+        raise ValueError(f"text must be a str, got {type(text).__name__}")
+    return _word_pattern().findall(unicodedata.normalize("NFC", text.lower()))
 
 
 class BM25:
