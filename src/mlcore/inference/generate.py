@@ -128,6 +128,14 @@ def prompt_mask(model: nn.Module, input_ids: Tensor, attention_mask: Tensor | No
                                   "and that mask")
 
 
+def check_language_model(name: str, model: Any) -> None:
+    """ValueError naming ``name`` unless ``model`` is an mlcore language model (a module with a ``config`` that
+    has a ``vocab_size``), e.g. an ``nn.Linear`` or a transformers model passed by mistake."""
+    if not isinstance(model, nn.Module) or not hasattr(getattr(model, "config", None), "vocab_size"):
+        raise ValueError(f"{name} must be an mlcore Transformer (a language model with a config), got "
+                         f"{type(model).__name__}; for a transformers model use mlcore.inference.hf_generate")
+
+
 def _check_streamer(streamer: Any) -> None:
     if isinstance(streamer, type):  # TextStreamer, not TextStreamer(tokenizer): put() would miss its argument
         raise ValueError(f"streamer must be a streamer object, got the class {streamer.__name__}; pass an instance "
@@ -206,9 +214,7 @@ def generate(
         same model, batch size and (bucketed) length, or compiled again when the weights changed. See
         :mod:`mlcore.inference.compiled`.
     """
-    if not isinstance(model, nn.Module) or not hasattr(getattr(model, "config", None), "vocab_size"):
-        raise ValueError(f"model must be an mlcore Transformer (a language model with a config), got "
-                         f"{type(model).__name__}; for a transformers model use mlcore.inference.hf_generate")
+    check_language_model("model", model)
     # as transformers, without an attention_mask a pad id found in the prompt marks padding
     mask = prompt_mask(model, input_ids, attention_mask, pad_token_id, eos_token_id, max_new_tokens)
     max_new_tokens = int(max_new_tokens)  # a numpy integer would leak into the caches' sizes

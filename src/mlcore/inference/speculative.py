@@ -38,7 +38,7 @@ import torch
 from torch import Tensor, nn
 
 from mlcore.inference.cache_factory import make_cache
-from mlcore.inference.generate import _eos_tensor, pad_token, prompt_mask
+from mlcore.inference.generate import _eos_tensor, check_language_model, pad_token, prompt_mask
 from mlcore.inference.sampling import is_greedy, make_generator, process_logits, validate_sampling_args
 from mlcore.inference.speculative_sampling import AcceptanceStats, verify_draft
 
@@ -67,8 +67,7 @@ class SpeculativeStats(AcceptanceStats):
 
 def _check_pair(target: nn.Module, draft: nn.Module, input_ids: Tensor) -> None:
     for name, model in (("target", target), ("draft", draft)):
-        if not isinstance(model, nn.Module) or not hasattr(model, "config"):
-            raise ValueError(f"{name} must be an mlcore Transformer, got {type(model).__name__}")
+        check_language_model(name, model)
         device = next(model.parameters()).device
         if device != input_ids.device:
             raise ValueError(f"{name} is on {device} but input_ids on {input_ids.device}; move them to one device")
@@ -145,8 +144,7 @@ def _target_forward(model: nn.Module, kv: Any, tokens: Tensor, start: int, mask:
     n = tokens.shape[1]
     if not getattr(rope, "per_call", False):
         return _forward(model, kv, tokens, start, mask, offset, keep)
-    limit = (rope.scaling["original_max_position_embeddings"] if rope.rope_type == "longrope"
-             else rope.max_position_embeddings)
+    limit = rope.per_call_limit
     # generate's step at column c sees the largest position of that column over the rows: c + max(offset)
     first_past = max(limit - int(offset.max()), prompt_len)  # first column whose call would reach past L0
     cuts = {start + n} | {c for c in (prompt_len, first_past) if start < c < start + n}

@@ -99,6 +99,13 @@ class RotaryEmbedding(nn.Module):
         self.register_buffer("inv_freq", inv_freq, persistent=False)  # (rotary_dim/2,)
         self.attention_factor = float(attention_factor)
         self.per_call = self.rope_type in PER_CALL_TYPES  # angles depend on the call's longest position
+        # L0 for those types: a call whose positions stay below it uses the base frequencies; one reaching past it
+        # switches (LongRoPE's long factors, dynamic NTK's larger base). None for the other types.
+        self.per_call_limit: int | None = None
+        if self.rope_type == "longrope":
+            self.per_call_limit = int(self.scaling["original_max_position_embeddings"])
+        elif self.per_call:
+            self.per_call_limit = self.max_position_embeddings
         if self.rope_type == "longrope":  # the long factors' frequencies, for calls reaching past L0
             self.register_buffer("long_inv_freq", self._long_inv_freq(), persistent=False)
 
@@ -155,8 +162,7 @@ class RotaryEmbedding(nn.Module):
         if self.rope_type == "longrope":  # long factors once the call reaches past L0 (a select: no host read)
             if not position_ids.numel():
                 return self.inv_freq
-            orig = self.scaling["original_max_position_embeddings"]
-            return torch.where(position_ids.max() + 1 > orig, self.long_inv_freq.to(position_ids.device),
+            return torch.where(position_ids.max() + 1 > self.per_call_limit, self.long_inv_freq.to(position_ids.device),
                                self.inv_freq.to(position_ids.device))
         if self.rope_type != "dynamic":
             return self.inv_freq

@@ -95,16 +95,12 @@ def check_servable(model: nn.Module) -> None:
     if not isinstance(model, Transformer):
         raise ValueError(f"Engine serves an mlcore Transformer, got {type(model).__name__}")
     rope, c = model.rope, model.config
-    rope_type = getattr(rope, "rope_type", "default") if rope is not None else "default"
-    if rope_type == "dynamic":
-        switch = rope.max_position_embeddings
-    elif rope_type == "longrope":
-        switch = rope.scaling["original_max_position_embeddings"]
-    else:
+    if not getattr(rope, "per_call", False):
         return
+    switch = rope.per_call_limit
     if c.max_seq_len > switch:
         raise ValueError(
-            f"Engine cannot serve rope_type={rope_type!r} past position {switch} (max_seq_len={c.max_seq_len}): "
+            f"Engine cannot serve rope_type={rope.rope_type!r} past position {switch} (max_seq_len={c.max_seq_len}): "
             "its RoPE frequencies depend on the longest position in a forward, so batched rows, chunked prefill "
             "and shared prefix blocks would change a request's tokens; use mlcore.inference.generate per request, "
             f"or a model with max_seq_len <= {switch}")

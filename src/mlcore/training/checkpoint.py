@@ -28,6 +28,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from mlcore.quant.linear import FORMAT_KEY as QUANT_FORMAT_KEY
+from mlcore.quant.tensor import metadata_from_tensor, metadata_mismatch
 
 MODEL_FILE = "model.safetensors"
 STATE_FILE = "training_state.safetensors"
@@ -160,8 +161,12 @@ def load_checkpoint(
     wrong = [f"{k}: checkpoint {tuple(weights[k].shape)} vs model {tuple(v.shape)}"
              for k, v in expected.items() if k in weights and weights[k].shape != v.shape]
     # a quantized layer of another format (NF4 codes into an FP4 layer) is refused here, before any layer loads
-    wrong += [f"{k}: another quantization format" for k in expected
-              if k.endswith("." + QUANT_FORMAT_KEY) and k in weights and not torch.equal(weights[k], expected[k])]
+    # (the rule QuantizedLinear's load_state_dict applies, checked for every layer first)
+    for k in expected:
+        if k.endswith("." + QUANT_FORMAT_KEY) and k in weights:
+            diff = metadata_mismatch(metadata_from_tensor(weights[k], k), metadata_from_tensor(expected[k], k))
+            if diff:
+                wrong.append(f"{k}: another quantization format ({'; '.join(diff)})")
     if missing or unexpected or wrong:
         raise ValueError(f"checkpoint {str(directory)!r} is from another model shape: missing {missing[:5]}, "
                          f"unexpected {unexpected[:5]}, shape mismatches {wrong[:5]}")
