@@ -203,9 +203,12 @@ def test_decoder_refuses_bad_arguments_and_a_full_cache():
     assert decoder.steps == 0
 
 
-def test_a_decoder_first_used_under_inference_mode_serves_later_calls():
+@pytest.mark.parametrize("kernel", ["row_dots", "library"])
+def test_a_decoder_first_used_under_inference_mode_serves_later_calls(kernel, monkeypatch):
     """The decoder is kept per model: built under torch.inference_mode its cache (and batch-1 tiles) were
-    inference tensors, and every later compile=True call outside that mode failed writing them in place."""
+    inference tensors, and every later compile=True call outside that mode failed writing them in place. For both
+    single-row GEMVs (inference/gemv_choice.py): the library one reads stacked copies instead of tiles."""
+    monkeypatch.setenv("MLCORE_CPU_GEMV", kernel)
     model = Transformer(_config()).eval()
     ids = torch.randint(0, 64, (1, 5), generator=torch.Generator().manual_seed(0))
     eager = generate(model, ids, max_new_tokens=4)
@@ -216,9 +219,12 @@ def test_a_decoder_first_used_under_inference_mode_serves_later_calls():
     # (tiles that required grad made the compiled 27M step ~1.6x slower)
     from mlcore.attention.fused_linear import LinearFusion
 
-    tiles = [t for m in model.modules() for v in vars(m).values() if isinstance(v, LinearFusion)
-             for t in (v._tiles or []) if t is not None]
-    assert tiles and not any(t.requires_grad or t.is_inference() for t in tiles)
+    fusions = [v for m in model.modules() for v in vars(m).values() if isinstance(v, LinearFusion)]
+    tiles = [t for v in fusions for t in (v._tiles or []) if t is not None]
+    assert bool(tiles) is (kernel == "row_dots")
+    read = [t for v in fusions for t in v.tensors()]  # what the step reads besides the parameters
+    assert read and not any(t.requires_grad for t in read)
+    assert not any(t.is_inference() for t in tiles)
     assert not any(t.requires_grad for t in decoder_tensors(model))
 
 
@@ -391,11 +397,14 @@ def test_scales_edited_in_place_reach_the_compiled_graph(scheme):
 @pytest.mark.slow
 @pytest.mark.parametrize("scheme", ["dense", "int8"])
 @pytest.mark.parametrize("kind", ["single", "padded"])
-def test_single_row_steps_run_row_dots_and_batched_steps_the_library_matmul(kind, scheme):
-    """A batch-1 CPU step computes every linear layer as row dot products (mlcore._row_dot): the compiled graph
-    calls no library matmul at all; with more rows it calls MKL's packed GEMM (frozen dense weights) or torch's
-    int8 kernel. The tokens stay those of eager decoding."""
+def test_single_row_steps_run_row_dots_and_batched_steps_the_library_matmul(kind, scheme, monkeypatch):
+    """With row dots chosen (``MLCORE_CPU_GEMV=row_dots``; the default on CPUs other than Intel + MKL, see
+    inference/gemv_choice.py) a batch-1 CPU step computes every linear layer as row dot products
+    (mlcore._row_dot): the compiled graph calls no library matmul at all; with more rows it calls MKL's packed
+    GEMM (frozen dense weights) or torch's int8 kernel. The tokens stay those of eager decoding."""
     import copy
+
+    monkeypatch.setenv("MLCORE_CPU_GEMV", "row_dots")
     import re
 
     from torch._inductor.utils import run_and_get_code
@@ -537,13 +546,16 @@ def test_steps_given_strided_token_and_position_views_read_the_right_rows():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("d_ff", [64, 40], ids=["all-tiled", "one-untiled"])
-def test_batch1_cpu_step_reads_tiled_weights_refreshed_each_generation(d_ff):
-    """A batch-1 CPU step reads each linear layer's weight as tiles (mlcore._row_dot.tiled_weight) that the
-    prefill keeps current: an in-place edit between two generations reaches the second one. With d_ff=40 (not a
-    multiple of a tile) gate_proj and up_proj can have none, so no layer reads tiles (all row dots, compiled with
-    realize_opcount_threshold=0, where a tiled layer would be slow) and none are kept."""
+def test_batch1_cpu_step_reads_tiled_weights_refreshed_each_generation(d_ff, monkeypatch):
+    """With row dots chosen, a batch-1 CPU step reads each linear layer's weight as tiles
+    (mlcore._row_dot.tiled_weight) that the prefill keeps current: an in-place edit between two generations
+    reaches the second one. With d_ff=40 (not a multiple of a tile) gate_proj and up_proj can have none, so no
+    layer reads tiles (all row dots, compiled with realize_opcount_threshold=0, where a tiled layer would be
+    slow) and none are kept."""
     from mlcore.attention.fused_linear import LinearFusion
     from mlcore.inference.compiled import _tiled_everywhere
+
+    monkeypatch.setenv("MLCORE_CPU_GEMV", "row_dots")
 
     model = Transformer(_config(n_layers=2, d_ff=d_ff, tie_embeddings=False)).eval()
     ids = torch.randint(0, 64, (1, 6), generator=torch.Generator().manual_seed(8))

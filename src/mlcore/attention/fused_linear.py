@@ -130,6 +130,9 @@ class LinearFusion:
         # trace_tiles: set by a batch-1 CPU CompiledDecoder (inference/compiled.py); eager calls then also keep
         # each plain layer's weight as mlcore._row_dot.tiled_weight tiles, which its traced step reads
         self.trace_tiles = False
+        # row_dots: whether a traced single-row CPU step computes these layers as row dots (mlcore._row_dot) or
+        # calls the library matmul; set by that decoder from inference/gemv_choice.py (measured per machine)
+        self.row_dots = True
         self._tiles: list[Tensor | None] | None = None
         self._tiles_key: tuple[int, ...] | None = None
 
@@ -155,6 +158,10 @@ class LinearFusion:
         if not on:
             self._tiles, self._tiles_key = None, None
 
+    def set_row_dots(self, on: bool) -> None:
+        """Whether a traced single-row CPU step computes these layers as row dots (``on``) or calls the library."""
+        self.row_dots = on
+
     def tiled_layers(self) -> int:
         """How many of the group's layers hold tiles for a traced step (see ``trace_tiles``)."""
         return sum(t is not None for t in self._tiles or ())
@@ -172,7 +179,7 @@ class LinearFusion:
         return {}  # pickling a model carries no cached copies
 
     def __setstate__(self, state: dict) -> None:
-        self.release()
+        self.__init__()  # a fresh holder: every attribute, none of the copies
 
     def __call__(self, modules: Sequence[nn.Module], owner_training: bool) -> Callable[[Tensor], Tensor] | None:
         if owner_training or torch.is_grad_enabled():
@@ -186,7 +193,7 @@ class LinearFusion:
             # (stacked) weight is handed over instead, which inductor's freezing packs again
             fallback = self._fn.plain if isinstance(self._fn, _OneDnnBf16Call) else (
                 self._fn if isinstance(self._fn, (_LinearCall, nn.Module)) else None)
-            if all(type(m) is nn.Linear and _plain(m) for m in modules):  # single-row CPU steps: row dots
+            if self.row_dots and all(type(m) is nn.Linear and _plain(m) for m in modules):  # single-row CPU: row dots
                 tiles = self._tiles if self._tiles is not None and len(self._tiles) == len(modules) else None
                 return RowDotLinear([m.weight for m in modules], [m.bias for m in modules], fallback, tiles)
             return fallback

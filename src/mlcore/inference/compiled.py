@@ -25,8 +25,10 @@ output lengths share a graph; attention then reads the empty slots too, masked.
 After the first step of a generation (dynamo's guards checked), CPU steps call the compiled graph directly
 (:mod:`mlcore.inference.direct_graph`), without dynamo's per-call entry.
 
-On a CPU a batch-1 step computes its float32 / bfloat16 / int8 linear layers as row dot products that inductor
-generates itself (:mod:`mlcore._row_dot`: 1.4-1.7x the weight-read rate of MKL, oneDNN or torch's int8 GEMV on
+On a CPU a batch-1 step computes its int8 linear layers, and its float32 / bfloat16 ones where
+:func:`mlcore.inference.gemv_choice.single_row_gemv` picks them (everywhere but float32 on an Intel CPU with MKL,
+where the graph calls MKL's sgemv on the stacked copies: 1.14x faster per token there), as row dot products that
+inductor generates itself (:mod:`mlcore._row_dot`: 1.4-1.7x the weight-read rate of MKL, oneDNN or torch's int8 GEMV on
 a small model's matrices on a 2-core EPYC; on a Xeon with AVX-512 and a 480 MB L3, where MKL and oneDNN are much
 better, the tiled step still beat the frozen library graph per token of the 27M model: float32 1.14x, bfloat16
 1.04x); see :data:`mlcore.inference.compile_options.ROW_DOT_OPTIONS` for the two compiler settings that graph needs. Its
@@ -74,6 +76,7 @@ from mlcore.inference.compile_options import (
     without_guards,
 )
 from mlcore.inference.direct_graph import DirectCall, GraphCapture
+from mlcore.inference.gemv_choice import single_row_gemv
 from mlcore.inference.static_cache import StaticCache
 
 __all__ = ["CompiledDecoder", "decoder_for", "check_compilable", "COMPILE_MODES"]
@@ -139,6 +142,12 @@ def _fusions(model: nn.Module) -> Iterator[LinearFusion]:
                 yield value
 
 
+def _set_row_dots(model: nn.Module, on: bool) -> None:
+    """Switch every ``LinearFusion`` of ``model`` between row dots and the library GEMV in a traced batch-1 step."""
+    for fusion in _fusions(model):
+        fusion.set_row_dots(on)
+
+
 def _set_trace_tiles(model: nn.Module, on: bool) -> None:
     """Switch every ``LinearFusion`` of ``model`` to keep tiles from its eager calls, or off (tiles dropped)."""
     for fusion in _fusions(model):
@@ -201,7 +210,10 @@ class CompiledDecoder:
         tensors = [*model.parameters(), *model.buffers()]
         # inference tensors keep no version counter: a change to frozen weights could not be seen
         self.row_dots = self.device.type == "cpu" and batch == 1  # see ROW_DOT_OPTIONS
-        self.tiles: bool | None = None if self.row_dots else False  # decided at the first trace (_tiled_everywhere)
+        # the float linears' GEMV of a batch-1 CPU step, measured per machine (gemv_choice.py); batched: library
+        self.gemv = single_row_gemv(self.dtype) if self.row_dots else "library"
+        # tiles: decided at the first trace (_tiled_everywhere); none where the library GEMV reads the weights
+        self.tiles: bool | None = None if self.row_dots and self.gemv == "row_dots" else False
         default_freeze = self.device.type == "cpu" and not self.row_dots
         self.freeze = (default_freeze if freeze is None else bool(freeze)) and not any(
             t.is_inference() for t in tensors)
@@ -256,11 +268,16 @@ class CompiledDecoder:
         from torch._dynamo import config as dynamo_config
         from torch._inductor import config as inductor_config
 
-        if self.row_dots and not self._traced:  # tiles for every linear layer, or none (see _tiled_everywhere)
-            self.tiles = _tiled_everywhere(self.model)
-            if not self.tiles:
-                _set_trace_tiles(self.model, False)
-        row_dot_options = ROW_DOT_OPTIONS if self.row_dots and not self.tiles else {}
+        model = self.model
+        if self.row_dots:
+            _set_row_dots(model, self.gemv == "row_dots")  # read while tracing (LinearFusion.__call__)
+            if not self._traced:  # tiles for every linear layer, or none (see _tiled_everywhere)
+                self.tiles = self.gemv == "row_dots" and _tiled_everywhere(model)
+                if not self.tiles:
+                    _set_trace_tiles(model, False)
+        # untiled row dots (float ones, or a quantized layer's) need inputs realized once (ROW_DOT_OPTIONS)
+        untiled = self.gemv == "row_dots" or any(hasattr(m, "prepare_traced") for m in model.modules())
+        row_dot_options = ROW_DOT_OPTIONS if self.row_dots and not self.tiles and untiled else {}
         wanted = {**INDUCTOR_OPTIONS, **(CPU_OPTIONS if self.device.type == "cpu" else {}), **row_dot_options}
         options = {k: v for k, v in wanted.items() if hasattr(inductor_config, k)}  # older torch lacks some
         # dynamo skips guards on module hooks by default: a hook added after the trace would be ignored by the
