@@ -254,8 +254,8 @@ def weight_error(original: Mapping[str, Tensor], model: nn.Module,
 # ---------------------------------------------------------------------------------------------- kernels
 
 
-# what a batch-1 compiled CPU step runs instead of a path (mlcore._row_dot: float and int8 layers become
-# row dot products that inductor generates; int4 keeps torch's kernel)
+# what a batch-1 compiled CPU step runs instead of a path (mlcore._row_dot: int8 layers become row dot products
+# that inductor generates, float ones too where inference/gemv_choice.py picks them; int4 keeps torch's kernel)
 _ROW_DOT_PATHS = {"fp": "fp row dots", "int8pack": "int8 row dots"}
 
 
@@ -264,7 +264,10 @@ def kernel_summary(model: nn.Module, *, compiled_single_row: bool = False) -> st
     the path its latest forward took, else ``.kernel``; ``llm.int8`` for Int8MixedLinear, ``fp`` for nn.Linear).
     ``compiled_single_row``: the paths of a batch-1 compiled CPU decode step (``"int8 row dots x28, fp row dots
     x1"``)."""
+    from mlcore.inference.gemv_choice import single_row_gemv
+
     counts: Counter[str] = Counter()
+    fp_dtype = None
     for m in model.modules():
         if isinstance(m, QuantizedLinear):
             counts[m.last_kernel or m.kernel] += 1
@@ -272,8 +275,12 @@ def kernel_summary(model: nn.Module, *, compiled_single_row: bool = False) -> st
             counts["llm.int8"] += 1
         elif type(m) is nn.Linear:
             counts["fp"] += 1
+            fp_dtype = m.weight.dtype
     if compiled_single_row:
-        counts = Counter({_ROW_DOT_PATHS.get(k, k): v for k, v in counts.items()})
+        paths = dict(_ROW_DOT_PATHS)
+        if fp_dtype is not None and single_row_gemv(fp_dtype) == "library":
+            paths["fp"] = "fp library GEMV"
+        counts = Counter({paths.get(k, k): v for k, v in counts.items()})
     return ", ".join(f"{k} x{v}" for k, v in counts.most_common())
 
 

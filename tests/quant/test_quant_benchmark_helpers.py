@@ -130,11 +130,20 @@ def test_kernel_summary_names_the_path_each_layer_takes():
         else "dequant"
     assert qh.kernel_summary(model) == f"{expected} x{n}, fp x1"
     row_dots = "int8 row dots" if expected == "int8pack" else expected
-    assert qh.kernel_summary(model, compiled_single_row=True) == f"{row_dots} x{n}, fp row dots x1"
+    assert qh.kernel_summary(model, compiled_single_row=True) == f"{row_dots} x{n}, fp row dots x1"  # bf16 head
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         mixed = quantize_like_bnb(_tiny_model(), "llm_int8")
     assert qh.kernel_summary(mixed) == f"llm.int8 x{n}, fp x1"
+
+
+@pytest.mark.parametrize("kernel", ["row_dots", "library"])
+def test_kernel_summary_names_the_float_gemv_a_compiled_step_chose(kernel, monkeypatch):
+    monkeypatch.setenv("MLCORE_CPU_GEMV", kernel)
+    model = _tiny_model()  # float32, unquantized
+    n = len(find_linears(model)) + 1  # and the head
+    label = "fp row dots" if kernel == "row_dots" else "fp library GEMV"
+    assert qh.kernel_summary(model, compiled_single_row=True) == f"{label} x{n}"
 
 
 def test_divisible_group_picks_the_largest_divisor():

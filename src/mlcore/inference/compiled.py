@@ -166,6 +166,9 @@ class CompiledDecoder:
             step reads them as inputs, see :data:`ROW_DOT_OPTIONS`); ``start()`` recompiles when the frozen
             weights changed since.
         dtype, device: of the cache (default: the model's parameters').
+
+    ``gemv`` (attribute): the float linears' GEMV of a batch-1 CPU step, ``"row_dots"`` or ``"library"``, fixed
+    when the decoder is made (:func:`mlcore.inference.gemv_choice.single_row_gemv`); ``"library"`` otherwise.
     """
 
     def __init__(self, model: nn.Module, *, batch: int, max_len: int, mode: str = "default",

@@ -40,7 +40,8 @@ ENV_VAR = "MLCORE_CPU_GEMV"
 
 def single_row_gemv(dtype: torch.dtype) -> str:
     """``"row_dots"`` or ``"library"``: the GEMV a compiled batch-1 CPU step uses for ``dtype``'s linear layers
-    (see the module docstring). ``MLCORE_CPU_GEMV`` (``row_dots``, ``library`` or ``auto``, the default) pins it."""
+    (see the module docstring). ``MLCORE_CPU_GEMV`` (``row_dots``, ``library`` or ``auto``, the default) pins it;
+    a ``CompiledDecoder`` reads it once, when it is made."""
     pinned = os.environ.get(ENV_VAR, "auto").strip().lower()
     if pinned in GEMV_KERNELS:
         return pinned
