@@ -55,6 +55,16 @@ def _goal(ctx: Context, key: str, batch: int, dtype: str) -> Goal | list[Goal] |
     return None
 
 
+def _linear_gemv(model: Any, device: torch.device, batch: int) -> str:
+    """Which GEMV the compiled step's float linears use (``mlcore.inference.gemv_choice``): a batch-1 CPU step
+    chooses per machine; every other step calls the library matmul."""
+    from mlcore.inference.gemv_choice import single_row_gemv
+
+    if device.type != "cpu" or batch != 1:
+        return "library"
+    return single_row_gemv(next(model.parameters()).dtype)
+
+
 def compiled_rows(ctx: Context, pair: Pair, tokenizer: Any, batch: int, *, prompt: int, new: int,
                   rounds: int, ceiling: GemvCeiling | None = None) -> Iterator[Result]:
     """One decode row: mlcore StaticCache + torch.compile vs transformers' generate (and mlcore eager static)."""
@@ -108,6 +118,7 @@ def compiled_rows(ctx: Context, pair: Pair, tokenizer: Any, batch: int, *, promp
         "first_diff_column": diff,
         "compile_s": round(compile_s, 1),
         "mode": "reduce-overhead" if dev.type == "cuda" else "default",
+        "linear_gemv": _linear_gemv(pair.mlcore, dev, batch),
     }
     if ceiling is not None:  # the eager rows' roofline (decode.py): per round, the ideal step over the measured one
         step_bytes = roofline_bytes(pair.mlcore, batch, mean_decode_context(P, N))

@@ -33,7 +33,9 @@ On CPU the topic runs on ``CPU_THREADS`` = 1 thread (restored afterwards), mlcor
 measures the probe's GEMV ceiling on that thread, on a weight the size of the largest model's, for the roofline.
 
 ``task=decode, cache=static+compile`` (``_decode_compiled.py``): ``generate(..., compile=True)``, every decode
-step one ``torch.compile`` graph (CUDA graphs on CUDA; on CPU row-dot linears, ``mlcore._row_dot``), batch 1, with its
+step one ``torch.compile`` graph (CUDA graphs on CUDA; on CPU the float linears' GEMV that
+``mlcore.inference.gemv_choice`` picks for the machine, shown as ``linear_gemv``: MKL's sgemv or the row dots of
+``mlcore._row_dot``), batch 1, with its
 compile time (~15-50 s per model and dtype on the 2-core CPU) and the same roofline fraction. Both models are
 compiled in every preset. The CUDA goal (3x transformers' eager generate, llama-25M, batch 1) sits on that row,
 and so does the CPU roofline goal (85% for llama-25M): the compiled step is mlcore's StaticCache decode with the
@@ -86,7 +88,7 @@ PLOTS = [
 ]
 TABLES = [
     Table("Decode tokens/s (batch 1)", where={"task": "decode", "batch": 1}, params=("model",),
-          columns=("tpot_ms", "paired_speedup", "speedup_vs_hf_static", "frac_roofline", "valid")),
+          columns=("tpot_ms", "paired_speedup", "speedup_vs_hf_static", "frac_roofline", "linear_gemv", "valid")),
     Table("Decode tokens/s (batch 8)", where={"task": "decode", "batch": 8}, params=("model",),
           columns=("tpot_ms", "paired_speedup", "speedup_vs_hf_static", "frac_roofline", "valid")),
     Table("Prefill (time to first token), StaticCache", where={"task": "prefill"}, params=("model", "batch")),
