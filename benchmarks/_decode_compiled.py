@@ -55,20 +55,12 @@ def _goal(ctx: Context, key: str, batch: int, dtype: str) -> Goal | list[Goal] |
     return None
 
 
-def _linear_gemv(model: Any, device: torch.device, batch: int) -> str:
-    """Which GEMV the compiled step's float linears use (``mlcore.inference.gemv_choice``): a batch-1 CPU step
-    chooses per machine; every other step calls the library matmul."""
-    from mlcore.inference.gemv_choice import single_row_gemv
-
-    if device.type != "cpu" or batch != 1:
-        return "library"
-    return single_row_gemv(next(model.parameters()).dtype)
-
-
 def compiled_rows(ctx: Context, pair: Pair, tokenizer: Any, batch: int, *, prompt: int, new: int,
                   rounds: int, ceiling: GemvCeiling | None = None) -> Iterator[Result]:
     """One decode row: mlcore StaticCache + torch.compile vs transformers' generate (and mlcore eager static)."""
     from mlcore.inference import generate
+    from mlcore.inference.compile_options import resolve_mode
+    from mlcore.inference.compiled import decoder_for
     from mlcore.inference.hf import hf_generate
 
     dev, P, N = ctx.device, prompt, new
@@ -118,7 +110,8 @@ def compiled_rows(ctx: Context, pair: Pair, tokenizer: Any, batch: int, *, promp
         "first_diff_column": diff,
         "compile_s": round(compile_s, 1),
         "mode": "reduce-overhead" if dev.type == "cuda" else "default",
-        "linear_gemv": _linear_gemv(pair.mlcore, dev, batch),
+        # the GEMV the float linears of the decoder that ran use (mlcore.inference.gemv_choice)
+        "linear_gemv": decoder_for(pair.mlcore, batch=batch, needed=P + N - 1, mode=resolve_mode(True, dev)).gemv,
     }
     if ceiling is not None:  # the eager rows' roofline (decode.py): per round, the ideal step over the measured one
         step_bytes = roofline_bytes(pair.mlcore, batch, mean_decode_context(P, N))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import re
 
 import torch
 
@@ -61,3 +62,13 @@ def full_logits(model: Transformer, ids: torch.Tensor, mask: torch.Tensor) -> to
     full_mask = torch.cat([mask, torch.ones(mask.shape[0], ids.shape[1] - T, dtype=mask.dtype)], dim=1)
     with torch.no_grad():
         return model(ids, attention_mask=full_mask)[:, T - 1:]
+
+
+# a library matmul call of a linear layer in a compiled graph's generated code (bmm, attention over the cache, is
+# in every step and not matched)
+_LIBRARY_MATMUL = re.compile(r"\b\w*?(?<!b)(?:mm|addmm|_mkl_linear|_linear_pointwise|int8pack_mm|linear)(?:_out)?\s*\(")
+
+
+def library_matmuls(sources: list[str]) -> set[str]:
+    """The library matmul calls of linear layers in ``sources`` (``run_and_get_code``'s generated code)."""
+    return {c for src in sources for c in _LIBRARY_MATMUL.findall(src)}

@@ -19,7 +19,7 @@ from mlcore.inference.compiled import CompiledDecoder, bucket_length, decoder_fo
 from mlcore.inference.hf import hf_generate
 from mlcore.model import Transformer, TransformerConfig
 
-from ._gen_testutils import NEW, batch, pair
+from ._gen_testutils import NEW, batch, library_matmuls, pair
 
 
 def _graphs() -> int:
@@ -404,13 +404,11 @@ def test_single_row_steps_run_row_dots_and_batched_steps_the_library_matmul(kind
     GEMM (frozen dense weights) or torch's int8 kernel. The tokens stay those of eager decoding."""
     import copy
 
-    monkeypatch.setenv("MLCORE_CPU_GEMV", "row_dots")
-    import re
-
     from torch._inductor.utils import run_and_get_code
 
     from mlcore.quant import quantize_model
 
+    monkeypatch.setenv("MLCORE_CPU_GEMV", "row_dots")
     _, model = pair("llama")
     if scheme == "int8":
         model = quantize_model(copy.deepcopy(model), "int8", prefer="int8pack")
@@ -425,9 +423,7 @@ def test_single_row_steps_run_row_dots_and_batched_steps_the_library_matmul(kind
         model(ids, attention_mask=mask, cache=decoder.start())
         token, positions = ids[:, -1:], mask.long().sum(-1, keepdim=True)  # each row's next position
         _, sources = run_and_get_code(decoder.step, token, positions)
-    # library matmuls of the linear layers (bmm is attention over the cache, in every step)
-    calls = {c for src in sources for c in re.findall(
-        r"\b\w*?(?<!b)(?:mm|addmm|_mkl_linear|_linear_pointwise|int8pack_mm|linear)(?:_out)?\s*\(", src)}
+    calls = library_matmuls(sources)
     assert bool(calls) is (rows > 1), sorted(calls)
 
 

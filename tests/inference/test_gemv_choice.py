@@ -6,8 +6,6 @@ References: eager ``generate`` (checked against transformers' generate elsewhere
 
 from __future__ import annotations
 
-import re
-
 import pytest
 import torch
 
@@ -16,7 +14,7 @@ from mlcore.inference import generate
 from mlcore.inference.compiled import CompiledDecoder, decoder_for
 from mlcore.inference.hf import hf_generate
 
-from ._gen_testutils import NEW, pair
+from ._gen_testutils import NEW, library_matmuls, pair
 
 
 @pytest.mark.parametrize("value", ["row_dots", "library", " Library "])
@@ -49,8 +47,7 @@ def _graph_calls(model, ids) -> set[str]:
     with torch.no_grad():
         model(ids, cache=decoder.start())
         _, sources = run_and_get_code(decoder.step, ids[:, -1:], torch.full((1, 1), ids.shape[1]))
-    return {c for src in sources for c in re.findall(
-        r"\b\w*?(?<!b)(?:mm|addmm|_mkl_linear|_linear_pointwise|linear)(?:_out)?\s*\(", src)}
+    return library_matmuls(sources)
 
 
 @pytest.mark.slow

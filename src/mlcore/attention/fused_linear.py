@@ -131,7 +131,7 @@ class LinearFusion:
         # each plain layer's weight as mlcore._row_dot.tiled_weight tiles, which its traced step reads
         self.trace_tiles = False
         # row_dots: whether a traced single-row CPU step computes these layers as row dots (mlcore._row_dot) or
-        # calls the library matmul; set by that decoder from inference/gemv_choice.py (measured per machine)
+        # calls the library matmul; set by that decoder from inference/gemv_choice.py (chosen per machine)
         self.row_dots = True
         self._tiles: list[Tensor | None] | None = None
         self._tiles_key: tuple[int, ...] | None = None

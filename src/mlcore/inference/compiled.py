@@ -130,8 +130,13 @@ def _tiled_everywhere(model: nn.Module) -> bool:
     """
     linears = sum(type(m) is nn.Linear for m in model.modules())
     tiled = sum(fusion.tiled_layers() for fusion in _fusions(model))
-    others = any(hasattr(m, "prepare_traced") for m in model.modules())  # e.g. QuantizedLinear's row dots
+    others = _own_row_dots(model)
     return linears > 0 and tiled == linears and not others
+
+
+def _own_row_dots(model: nn.Module) -> bool:
+    """True when a layer of ``model`` traces row dots of its own (e.g. QuantizedLinear's, over int8 codes)."""
+    return any(hasattr(m, "prepare_traced") for m in model.modules())
 
 
 def _fusions(model: nn.Module) -> Iterator[LinearFusion]:
@@ -213,7 +218,7 @@ class CompiledDecoder:
         tensors = [*model.parameters(), *model.buffers()]
         # inference tensors keep no version counter: a change to frozen weights could not be seen
         self.row_dots = self.device.type == "cpu" and batch == 1  # see ROW_DOT_OPTIONS
-        # the float linears' GEMV of a batch-1 CPU step, measured per machine (gemv_choice.py); batched: library
+        # the float linears' GEMV of a batch-1 CPU step, chosen per machine (gemv_choice.py); batched: library
         self.gemv = single_row_gemv(self.dtype) if self.row_dots else "library"
         # tiles: decided at the first trace (_tiled_everywhere); none where the library GEMV reads the weights
         self.tiles: bool | None = None if self.row_dots and self.gemv == "row_dots" else False
@@ -223,6 +228,7 @@ class CompiledDecoder:
         self._fn: Callable[..., Tensor] | None = None
         self._weights: tuple[int, ...] | None = None  # the weights' state when the frozen graph was made
         self._traced = False  # the current compiled function has run (was traced) once
+        self._realize = False  # compile with ROW_DOT_OPTIONS (decided with the tiles, at the first trace)
         with normal_tensors():  # written in place by every step, whatever mode the caller is in
             self._column = torch.zeros(1, dtype=torch.long, device=self.device)
         self._guarded = False  # a step since start() ran with dynamo's guards checked
@@ -278,9 +284,9 @@ class CompiledDecoder:
                 self.tiles = self.gemv == "row_dots" and _tiled_everywhere(model)
                 if not self.tiles:
                     _set_trace_tiles(model, False)
-        # untiled row dots (float ones, or a quantized layer's) need inputs realized once (ROW_DOT_OPTIONS)
-        untiled = self.gemv == "row_dots" or any(hasattr(m, "prepare_traced") for m in model.modules())
-        row_dot_options = ROW_DOT_OPTIONS if self.row_dots and not self.tiles and untiled else {}
+                # untiled row dots (float ones, or a quantized layer's) need inputs realized once
+                self._realize = not self.tiles and (self.gemv == "row_dots" or _own_row_dots(model))
+        row_dot_options = ROW_DOT_OPTIONS if self._realize else {}
         wanted = {**INDUCTOR_OPTIONS, **(CPU_OPTIONS if self.device.type == "cpu" else {}), **row_dot_options}
         options = {k: v for k, v in wanted.items() if hasattr(inductor_config, k)}  # older torch lacks some
         # dynamo skips guards on module hooks by default: a hook added after the trace would be ignored by the

@@ -9,7 +9,7 @@ ways, and neither wins everywhere:
 What was measured (27M Llama, batch 1, one thread, the same tokens either way):
 
 - 2-core AMD EPYC: the row dots read the model's matrices 1.4-1.7x faster than MKL or oneDNN, float32 and
-  bfloat16 alike (MKL's fast code paths are chosen by CPU vendor).
+  bfloat16 alike.
 - 2-core Intel Xeon (Sapphire Rapids class: AVX-512, AMX): the compiled float32 step was 1.14x faster per token
   with MKL (6.56 against 7.46 ms, two decoders interleaved over 15 rounds); the trained 4M target's step was
   within noise (0.98x). In bfloat16 the row dots stay ahead: over one layer's matrices (q|k|v, o, gate|up,
