@@ -278,8 +278,10 @@ def kernel_summary(model: nn.Module, *, compiled_single_row: bool = False) -> st
             fp_dtype = m.weight.dtype
     if compiled_single_row:
         paths = dict(_ROW_DOT_PATHS)
-        if fp_dtype is not None and single_row_gemv(fp_dtype) == "library":
-            paths["fp"] = "fp library GEMV"
+        gemv = single_row_gemv(fp_dtype) if fp_dtype is not None else "row_dots"
+        if gemv == "template" and any(hasattr(m, "prepare_traced") for m in model.modules()):
+            gemv = "row_dots"  # int8 row-dot layers keep the step unfrozen: no template (CompiledDecoder's rule)
+        paths["fp"] = {"library": "fp library GEMV", "template": "fp GEMM template"}.get(gemv, "fp row dots")
         counts = Counter({paths.get(k, k): v for k, v in counts.items()})
     return ", ".join(f"{k} x{v}" for k, v in counts.most_common())
 

@@ -34,7 +34,8 @@ measures the probe's GEMV ceiling on that thread, on a weight the size of the la
 
 ``task=decode, cache=static+compile`` (``_decode_compiled.py``): ``generate(..., compile=True)``, every decode
 step one ``torch.compile`` graph (CUDA graphs on CUDA; on CPU the float linears' GEMV that
-``mlcore.inference.gemv_choice`` picks for the machine, shown as ``linear_gemv``: MKL's sgemv or the row dots of
+``mlcore.inference.gemv_choice`` picks for the machine, shown as ``linear_gemv``: MKL's sgemv, inductor's GEMM
+template (bf16 with AMX) or the row dots of
 ``mlcore._row_dot``), batch 1, with its
 compile time (~15-50 s per model and dtype on the 2-core CPU) and the same roofline fraction. Both models are
 compiled in every preset. The CUDA goal (3x transformers' eager generate, llama-25M, batch 1) sits on that row,

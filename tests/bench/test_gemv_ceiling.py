@@ -43,3 +43,31 @@ def test_gemv_ceiling_takes_the_fastest_candidate_of_each_round():
     per = {"ceiling|a": [0.1, 0.1, 0.1], "ceiling|b": [0.05, 0.2, 0.08]}  # b faster in rounds 1 and 3
     gbs, name = ceiling.per_round(per)
     assert gbs == pytest.approx([20.0, 10.0, 12.5]) and name == "b"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("amx", [True, False])
+def test_bfloat16_candidates_include_the_gemm_template_exactly_where_amx_exists(amx, monkeypatch):
+    """The compiled bf16 step runs inductor's GEMM template where the CPU has AMX (inference/gemv_choice.py): the
+    probe times the same kernel there (its values: the next test)."""
+    import mlcore.bench.probe as probe
+
+    monkeypatch.setattr(probe, "has_amx", lambda: amx)
+    kernels = {k.name: k for k in gemv_kernels(torch.device("cpu"), torch.bfloat16, 1 << 20)}
+    assert ("gemm template (compiled, frozen)" in kernels) is amx
+    if amx:
+        with torch.no_grad():
+            template, plain = kernels["gemm template (compiled, frozen)"].fn(), kernels["row-major"].fn()
+        assert template.shape == plain.shape == (1, 4096)
+
+
+def test_the_template_candidate_computes_f_linear():
+    from mlcore.bench.probe import _compiled_template
+
+    gen = torch.Generator().manual_seed(0)
+    w = torch.randn(256, 128, generator=gen).to(torch.bfloat16)
+    x = torch.randn(1, 128, generator=gen).to(torch.bfloat16)
+    run = _compiled_template(x, w)
+    assert run is not None
+    with torch.no_grad():
+        torch.testing.assert_close(run().float(), torch.nn.functional.linear(x, w).float(), atol=0.05, rtol=0.02)

@@ -70,5 +70,6 @@ _LIBRARY_MATMUL = re.compile(r"\b\w*?(?<!b)(?:mm|addmm|_mkl_linear|_linear_point
 
 
 def library_matmuls(sources: list[str]) -> set[str]:
-    """The library matmul calls of linear layers in ``sources`` (``run_and_get_code``'s generated code)."""
-    return {c for src in sources for c in _LIBRARY_MATMUL.findall(src)}
+    """The library matmul calls of linear layers in ``sources`` (``run_and_get_code``'s generated code); inductor's
+    own kernels (``cpp_fused_*``, e.g. a GEMM template's ``..._micro_gemm``) are not library calls."""
+    return {c for src in sources for c in _LIBRARY_MATMUL.findall(src) if not c.startswith("cpp_fused")}

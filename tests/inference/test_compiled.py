@@ -428,17 +428,21 @@ def test_single_row_steps_run_row_dots_and_batched_steps_the_library_matmul(kind
 
 
 @pytest.mark.slow
-def test_bfloat16_dense_model_compiles_with_stacked_projections():
+@pytest.mark.parametrize("kernel", ["row_dots", "template"])
+def test_bfloat16_dense_model_compiles_with_stacked_projections(kernel, monkeypatch):
     """In bf16 the eager step reads oneDNN-packed stacked weights, which a graph cannot trace: a batch-1 graph
-    computes row dot products on the layers' own weights instead, a batched one gets the plain stacked weight
-    (inductor packs it again). Its first step matches eager at bf16 tolerance."""
+    computes row dot products on the layers' own weights instead, or (``template``, the default on a CPU with
+    AMX) inductor's GEMM template over the plain stacked weight, frozen; a batched one gets the plain stacked
+    weight (inductor packs it again). Its first step matches eager at bf16 tolerance."""
     import copy
 
+    monkeypatch.setenv("MLCORE_CPU_GEMV", kernel)
     _, model = pair("llama")
     model = copy.deepcopy(model).to(torch.bfloat16)
     ids = torch.randint(0, model.config.vocab_size, (1, 5), generator=torch.Generator().manual_seed(4))
     out = generate(model, ids, max_new_tokens=3, compile=True)
     decoder = decoder_for(model, batch=1, needed=8, mode="default")
+    assert decoder.gemv == kernel
     with torch.no_grad():
         token, positions = out[:, 5:6], torch.full((1, 1), 5)
         cache = StaticCache.for_model(model, 1, decoder.max_len, dtype=torch.bfloat16)

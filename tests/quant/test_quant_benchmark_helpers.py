@@ -137,13 +137,18 @@ def test_kernel_summary_names_the_path_each_layer_takes():
     assert qh.kernel_summary(mixed) == f"llm.int8 x{n}, fp x1"
 
 
-@pytest.mark.parametrize("kernel", ["row_dots", "library"])
+@pytest.mark.parametrize("kernel", ["row_dots", "library", "template"])
 def test_kernel_summary_names_the_float_gemv_a_compiled_step_chose(kernel, monkeypatch):
     monkeypatch.setenv("MLCORE_CPU_GEMV", kernel)
     model = _tiny_model()  # float32, unquantized
     n = len(find_linears(model)) + 1  # and the head
-    label = "fp row dots" if kernel == "row_dots" else "fp library GEMV"
+    label = {"row_dots": "fp row dots", "library": "fp library GEMV", "template": "fp GEMM template"}[kernel]
     assert qh.kernel_summary(model, compiled_single_row=True) == f"{label} x{n}"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        quantize_model(model, "int8")
+    if kernel == "template":  # int8 row-dot layers keep the step unfrozen: the head runs row dots
+        assert qh.kernel_summary(model, compiled_single_row=True).endswith("fp row dots x1")
 
 
 def test_divisible_group_picks_the_largest_divisor():

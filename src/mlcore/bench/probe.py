@@ -14,7 +14,9 @@ The ceilings are the denominators of every roofline fraction in the report:
   compiled row-dot GEMV (``mlcore._row_dot``, inductor's own reduction kernel, which a compiled decode
   step runs) is a candidate too: it reads small models' weights 1.5x faster than MKL or oneDNN here; and so is
   the same GEMV on the weight in ``tiled_weight``'s layout (what a compiled batch-1 step reads where it can),
-  ~1.1x faster again on this 4096-wide weight;
+  ~1.1x faster again on this 4096-wide weight; on a CPU with AMX, bfloat16 also times inductor's C++ GEMM
+  template over the weight frozen into a compiled graph (what a compiled batch-1 bf16 step runs there;
+  ``mlcore._gemm_template``): 24.7 GB/s against oneDNN's 25.3 on a 4096-wide weight, one thread;
 - matmul throughput (FLOP/s) per dtype, ``2 n^3`` FLOPs for an ``n x n`` product.
 """
 
@@ -28,6 +30,7 @@ from pathlib import Path
 
 import torch
 
+from mlcore._gemm_template import TEMPLATE_OPTIONS, has_amx
 from mlcore._onednn import onednn_bf16_available
 
 from .timing import time_fn
@@ -172,6 +175,10 @@ def gemv_kernels(device: torch.device, dtype: torch.dtype, nbytes: int) -> Itera
         tiled = _compiled_row_dots(x, weight(rows, k), tiled=True)
         if tiled is not None:
             yield GemvKernel("tiled row-dots (compiled)", tiled, size)
+    if device.type == "cpu" and dtype == torch.bfloat16 and has_amx():
+        template = _compiled_template(x, weight(rows, k))
+        if template is not None:
+            yield GemvKernel("gemm template (compiled, frozen)", template, size)
 
 
 def fastest_gemv(device: torch.device, dtype: torch.dtype, nbytes: int, quick: bool) -> tuple[float, GemvKernel]:
@@ -207,6 +214,28 @@ def _compiled_row_dots(x: torch.Tensor, weight: torch.Tensor, tiled: bool = Fals
 
     try:
         run()
+    except Exception:  # noqa: BLE001 -- any compiler failure only removes this candidate
+        return None
+    return run
+
+
+def _compiled_template(x: torch.Tensor, weight: torch.Tensor) -> Callable[[], object] | None:
+    """``F.linear(x, weight)`` compiled with the weight frozen in and inductor's C++ GEMM template selected
+    (``mlcore._gemm_template.TEMPLATE_OPTIONS``), or None where ``torch.compile`` cannot build it."""
+    from torch._inductor import config as inductor_config
+
+    layer = torch.nn.Linear(weight.shape[1], weight.shape[0], bias=False, device=weight.device, dtype=weight.dtype)
+    layer.weight = torch.nn.Parameter(weight, requires_grad=False)  # the same tensor: no second copy of it
+    compiled = torch.compile(layer.eval(), dynamic=False, fullgraph=True)
+    options = {k: v for k, v in TEMPLATE_OPTIONS.items() if hasattr(inductor_config, k)}
+
+    def run() -> torch.Tensor:
+        with torch.no_grad():
+            return compiled(x)
+
+    try:
+        with inductor_config.patch(freezing=True, **options):
+            run()  # compiles (reads the settings) once
     except Exception:  # noqa: BLE001 -- any compiler failure only removes this candidate
         return None
     return run

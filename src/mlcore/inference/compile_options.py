@@ -14,6 +14,8 @@ import inspect
 import torch
 from torch import nn
 
+from mlcore._gemm_template import TEMPLATE_OPTIONS as TEMPLATE_OPTIONS  # re-exported for compiled.py
+
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 COMPILE_BACKENDS = ("naive", "torch")
 
@@ -90,6 +92,13 @@ CPU_OPTIONS = {"cpp_wrapper": True}
 #   realizing every element-wise result computes each once (buffers of one token: a few KB). Measured on the
 #   27M int8 step: 4.3 -> 2.5 ms; float32 and bfloat16 steps 5-15% faster.
 ROW_DOT_OPTIONS = {"realize_opcount_threshold": 0}
+
+# TEMPLATE_OPTIONS (defined in mlcore/_gemm_template.py, which the probe shares): a batch-1 CPU step whose linears
+# use inductor's C++ GEMM template (gemv_choice "template", bfloat16 on a CPU with AMX). The template applies only
+# to a frozen weight, which it prepacks for its micro-GEMM (the decoder freezes such graphs). Only the CPP
+# backend is offered, so no autotuning run picks between it and the library kernel from a timing (a choice that
+# could change from one compile to the next, and the rounding with it); a matmul the template cannot serve falls
+# back to the library kernel (autotune_fallback_to_aten).
 
 
 # GUARDS_ONCE: before running a compiled graph, dynamo checks its guards: that every module attribute, parameter,

@@ -27,7 +27,8 @@ After the first step of a generation (dynamo's guards checked), CPU steps call t
 
 On a CPU a batch-1 step computes its int8 linear layers, and its float32 / bfloat16 ones where
 :func:`mlcore.inference.gemv_choice.single_row_gemv` picks them (everywhere but float32 on an Intel CPU with MKL,
-where the graph calls MKL's sgemv on the stacked copies: 1.14x faster per token there), as row dot products that
+where the graph calls MKL's sgemv on the stacked copies: 1.14x faster per token there, and bfloat16 on a CPU with
+AMX, where inductor's C++ GEMM template runs AMX kernels over frozen weights: 1.6-1.9x), as row dot products that
 inductor generates itself (:mod:`mlcore._row_dot`: 1.4-1.7x the weight-read rate of MKL, oneDNN or torch's int8 GEMV on
 a small model's matrices on a 2-core EPYC; on a Xeon with AVX-512 and a 480 MB L3, where MKL and oneDNN are much
 better, the tiled step still beat the frozen library graph per token of the 27M model: float32 1.14x, bfloat16
@@ -36,7 +37,7 @@ float32 / bfloat16 ``nn.Linear`` layers read their weights as cache-line tiles (
 1.04-1.24x faster per token on the 27M model), which each layer's ``LinearFusion`` keeps from the prefill of every
 generation once a batch-1 decoder has started (one more copy of those weights, refilled in place when they are
 edited; a weight edited *during* a generation is read from the next one on). A batched
-CPU step keeps the library matmuls, and there the weights are *frozen* into the graph (inductor's
+CPU step keeps the library matmuls, and there (and under the GEMM template) the weights are *frozen* into the graph (inductor's
 ``freezing``: constants, linear weights prepacked for oneDNN / MKL; measured 1.2-1.6x faster per token than the
 unfrozen graph). A frozen
 graph would go stale if the weights changed, so each call compares the model's parameters and buffers with the
@@ -68,6 +69,7 @@ from mlcore.inference.compile_options import (
     CPU_OPTIONS,
     INDUCTOR_OPTIONS,
     ROW_DOT_OPTIONS,
+    TEMPLATE_OPTIONS,
     bucket_length,
     check_compilable,
     compile_errors,
@@ -167,13 +169,14 @@ class CompiledDecoder:
 
     Args:
         mode: the ``torch.compile`` mode ("reduce-overhead" = CUDA graphs on CUDA).
-        freeze: fold the weights into the graph as constants (default: on a CPU for batch > 1; a batch-1 CPU
-            step reads them as inputs, see :data:`ROW_DOT_OPTIONS`); ``start()`` recompiles when the frozen
-            weights changed since.
+        freeze: fold the weights into the graph as constants (default: on a CPU for batch > 1, and for a batch-1
+            CPU step whose linears use inductor's GEMM template; other batch-1 CPU steps read them as inputs, see
+            :data:`ROW_DOT_OPTIONS`); ``start()`` recompiles when the frozen weights changed since.
         dtype, device: of the cache (default: the model's parameters').
 
-    ``gemv`` (attribute): the float linears' GEMV of a batch-1 CPU step, ``"row_dots"`` or ``"library"``, fixed
-    when the decoder is made (:func:`mlcore.inference.gemv_choice.single_row_gemv`); ``"library"`` otherwise.
+    ``gemv`` (attribute): the float linears' GEMV of a batch-1 CPU step, ``"row_dots"``, ``"library"`` or
+    ``"template"``, fixed when the decoder is made (:func:`mlcore.inference.gemv_choice.single_row_gemv`; the
+    template only with frozen weights and no int8 row-dot layers, else the row dots); ``"library"`` otherwise.
     """
 
     def __init__(self, model: nn.Module, *, batch: int, max_len: int, mode: str = "default",
@@ -220,11 +223,15 @@ class CompiledDecoder:
         self.row_dots = self.device.type == "cpu" and batch == 1  # see ROW_DOT_OPTIONS
         # the float linears' GEMV of a batch-1 CPU step, chosen per machine (gemv_choice.py); batched: library
         self.gemv = single_row_gemv(self.dtype) if self.row_dots else "library"
-        # tiles: decided at the first trace (_tiled_everywhere); none where the library GEMV reads the weights
-        self.tiles: bool | None = None if self.row_dots and self.gemv == "row_dots" else False
-        default_freeze = self.device.type == "cpu" and not self.row_dots
+        template = self.gemv == "template"  # inductor's GEMM template: over frozen weights only
+        default_freeze = self.device.type == "cpu" and (not self.row_dots or template)
         self.freeze = (default_freeze if freeze is None else bool(freeze)) and not any(
             t.is_inference() for t in tensors)
+        if template and (not self.freeze or _own_row_dots(model)):
+            # unfrozen weights, or int8 row dots whose widened weights freezing would fold: row dots instead
+            self.gemv, self.freeze = "row_dots", self.freeze and freeze is True
+        # tiles: decided at the first trace (_tiled_everywhere); none where a library or template GEMV reads
+        self.tiles: bool | None = None if self.row_dots and self.gemv == "row_dots" else False
         self._fn: Callable[..., Tensor] | None = None
         self._weights: tuple[int, ...] | None = None  # the weights' state when the frozen graph was made
         self._traced = False  # the current compiled function has run (was traced) once
@@ -241,6 +248,8 @@ class CompiledDecoder:
     def _compiled(self) -> Callable[..., Tensor]:
         """The compiled step; with frozen weights, a new one when the model's parameters or buffers changed."""
         weights = None
+        if self.gemv == "template" and _own_row_dots(self.model):  # quantized since it was made: as in __init__
+            self.gemv, self.freeze, self.tiles, self._fn = "row_dots", False, None, None
         if self.freeze:
             model = self.model
             weights = tensor_state_key([*model.parameters(), *model.buffers()])
@@ -287,7 +296,9 @@ class CompiledDecoder:
                 # untiled row dots (float ones, or a quantized layer's) need inputs realized once
                 self._realize = not self.tiles and (self.gemv == "row_dots" or _own_row_dots(model))
         row_dot_options = ROW_DOT_OPTIONS if self._realize else {}
-        wanted = {**INDUCTOR_OPTIONS, **(CPU_OPTIONS if self.device.type == "cpu" else {}), **row_dot_options}
+        template_options = TEMPLATE_OPTIONS if self.gemv == "template" else {}
+        wanted = {**INDUCTOR_OPTIONS, **(CPU_OPTIONS if self.device.type == "cpu" else {}), **row_dot_options,
+                  **template_options}
         options = {k: v for k, v in wanted.items() if hasattr(inductor_config, k)}  # older torch lacks some
         # dynamo skips guards on module hooks by default: a hook added after the trace would be ignored by the
         # compiled step, silently unlike eager decoding; with hook guards on, the guarded call recompiles
