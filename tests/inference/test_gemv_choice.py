@@ -117,6 +117,7 @@ def test_the_template_falls_back_to_row_dots_where_it_cannot_freeze(why, monkeyp
 def test_a_model_quantized_after_its_decoder_was_made_leaves_the_template():
     import copy
 
+    from mlcore.attention.fused_linear import LinearFusion
     from mlcore.quant import quantize_model
 
     _, model = pair("llama")
@@ -127,4 +128,6 @@ def test_a_model_quantized_after_its_decoder_was_made_leaves_the_template():
     assert decoder.gemv == "template" and decoder.freeze
     quantize_model(model, "int8")
     decoder.start()
-    assert decoder.gemv == "row_dots" and decoder.freeze is False
+    assert decoder.gemv == "row_dots" and decoder.freeze is False and decoder.tiles is None
+    fusions = [v for m in model.modules() for v in vars(m).values() if isinstance(v, LinearFusion)]
+    assert fusions and all(f.trace_tiles for f in fusions)  # this very prefill keeps tiles for the row dots

@@ -355,9 +355,9 @@ class CompiledDecoder:
             prepare = getattr(module, "prepare_traced", None)
             if prepare is not None:
                 prepare()
+        self._compiled()  # first: it may leave the template for row dots (a model quantized since), which tile
         if self.tiles is not False:  # the prefill keeps tiled weights for the step (see _tiled_everywhere)
             _set_trace_tiles(self.model, True)
-        self._compiled()
         self.cache.reset()
         self._guarded = False
         self._direct = None
