@@ -25,6 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from mlcore.inference.cache_factory import make_cache
+from mlcore.inference.eager_step import EagerDecodeStep
 from mlcore.inference.sampling import (
     is_greedy,
     make_generator,
@@ -261,6 +262,9 @@ def generate(
         if positions is None:  # the compiled step always takes positions as a tensor (no per-step Python int)
             positions = torch.full((B, 1), T - 1, dtype=torch.long, device=input_ids.device)
         run_step = functools.partial(decoder.step, validate=False)  # ids and positions in range by construction
+    elif (lean := EagerDecodeStep.for_generation(model, kv, padded=padded)) is not None:
+        def run_step(token: Tensor, positions: Tensor | None) -> Tensor:
+            return lean(token)  # the forward's ops for one token, decided once (inference/eager_step.py)
     else:
         def run_step(token: Tensor, positions: Tensor | None) -> Tensor:
             return model(token, cache=kv, position_ids=positions, logits_to_keep=1, validate=False)

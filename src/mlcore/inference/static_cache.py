@@ -117,9 +117,16 @@ class StaticCache:
         check_buffer(buf_k, layer_idx, k.shape[0], k.shape[1], k.shape[3], "StaticCache")
         buf_k.index_copy_(2, slots, k if k.dtype == buf_k.dtype else k.to(buf_k.dtype))
         buf_v.index_copy_(2, slots, v if v.dtype == buf_v.dtype else v.to(buf_v.dtype))
+        self.write_index(slots, index)  # the same values from every layer of one step
         assert self.index is not None
-        self.index.index_copy_(1, slots, index)  # the same values from every layer of one step
         return buf_k, buf_v, self.index
+
+    def write_index(self, slots: Tensor, index: Tensor) -> None:
+        """Record the column indices ``index`` (B, T) of the keys written at ``slots`` (T,) by :meth:`update_at` or
+        by :class:`mlcore.inference.eager_step.EagerDecodeStep` (which writes the buffers itself)."""
+        if self.index is None:
+            raise ValueError("StaticCache.write_index: nothing is allocated yet")
+        self.index.index_copy_(1, slots, index)
 
     def advance(self, n: int) -> None:
         """Count ``n`` more columns as written in every layer (after :meth:`update_at` wrote them)."""
