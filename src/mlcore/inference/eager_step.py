@@ -42,8 +42,6 @@ from mlcore.positional.rope import apply_rotary_tables
 
 __all__ = ["EagerDecodeStep"]
 
-_Layer = tuple[Callable[[Tensor], Tensor], ...]
-
 
 def _direct(fn: Callable[[Tensor], Tensor]) -> Callable[[Tensor], Tensor]:
     """A module's own ``forward`` (no hooks anywhere, checked once), else the fused callable itself."""
@@ -78,10 +76,8 @@ class EagerDecodeStep:
 
         if not isinstance(model, Transformer) or type(model.embed) is not nn.Embedding:
             return None
-        c = model.config
         if (padded or type(cache) is not StaticCache or cache.full_view or model.training
                 or torch.is_grad_enabled() or model.pos_emb is not None or model.rope is None
-                or c.attn_backend != "naive"
                 or not model.rope_tables.usable(model.rope, cache.max_len) or model.embed.max_norm is not None
                 or not _no_hooks(model)):
             return None
